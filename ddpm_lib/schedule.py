@@ -1,0 +1,181 @@
+"""Beta schedules, the forward process q and its posterior (Ho et al. 2020, Sec. 2), and Algorithm 1.
+
+Index 0 of every tensor here is the paper's t = 1; `t` is an int64 tensor in [0, T-1].
+Coefficients are computed in float64 and stored as float32 (a float64 copy stays on the CPU
+so that float64 inputs get float64 coefficients).
+"""
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+_COEFFICIENTS = (
+    "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
+    "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+)
+
+
+def _check_steps(steps: int) -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+
+
+def linear_betas(steps: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.02) -> torch.Tensor:
+    """The paper's schedule: beta_1..beta_T evenly spaced from beta_min to beta_max (float64, (T,))."""
+    _check_steps(steps)
+    if not 0.0 < beta_min < 1.0 or not 0.0 < beta_max < 1.0:
+        raise ValueError(f"beta_min and beta_max must lie in (0, 1), got {beta_min!r} and {beta_max!r}")
+    if beta_min >= beta_max:
+        raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min!r} >= beta_max={beta_max!r}")
+    return torch.linspace(beta_min, beta_max, steps, dtype=torch.float64)
+
+
+def cosine_betas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal (2021) Eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at max_beta."""
+    _check_steps(steps)
+    if not s >= 0.0:
+        raise ValueError(f"s must be >= 0, got {s!r}")
+    if not 0.0 < max_beta < 1.0:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
+    t = torch.arange(steps + 1, dtype=torch.float64) / steps
+    alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]                       # beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
+    return betas.clamp(max=max_beta)
+
+
+def _randn(shape, generator: Optional[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
+    """N(0, I) drawn on the generator's device, then moved: a CPU generator gives the same numbers on any device."""
+    gen_device = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
+
+
+class NoiseSchedule:
+    """The forward process q(x_t | x0) of a beta schedule, its posterior, and the conversions between x0 and eps."""
+
+    def __init__(self, betas: Union[torch.Tensor, Sequence[float]]):
+        betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
+        if betas.ndim != 1 or betas.numel() == 0:
+            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
+        if not bool(((betas > 0) & (betas < 1)).all()):
+            raise ValueError(f"betas must lie in the open interval (0, 1), got min {betas.min().item():.3g}, "
+                             f"max {betas.max().item():.3g}")
+        alphas = 1 - betas
+        alphas_cumprod = torch.cumprod(alphas, 0)                                       # alpha_bar_t
+        alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+        posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)  # Eq. 7, beta_tilde_t
+        # beta_tilde at the paper's t = 1 is 0; like the official code, log it as beta_tilde at t = 2 (or beta_1 if T = 1)
+        first = posterior_variance[1:2] if len(betas) > 1 else betas[:1]
+        f64 = {
+            "betas": betas,
+            "alphas": alphas,
+            "alphas_cumprod": alphas_cumprod,
+            "alphas_cumprod_prev": alphas_cumprod_prev,
+            "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+            "sqrt_one_minus_alphas_cumprod": (1 - alphas_cumprod).sqrt(),
+            "sqrt_recip_alphas_cumprod": alphas_cumprod.rsqrt(),
+            "sqrt_recipm1_alphas_cumprod": (1 / alphas_cumprod - 1).sqrt(),
+            "posterior_variance": posterior_variance,
+            "posterior_log_variance_clipped": torch.cat([first, posterior_variance[1:]]).log(),
+            "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),          # Eq. 7
+            "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),   # Eq. 7
+        }
+        self._f64 = f64
+        self.steps = len(betas)
+        self.device = torch.device("cpu")
+        for name in _COEFFICIENTS:
+            setattr(self, name, f64[name].float())
+
+    @classmethod
+    def linear(cls, steps: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.02) -> "NoiseSchedule":
+        return cls(linear_betas(steps, beta_min, beta_max))
+
+    @classmethod
+    def cosine(cls, steps: int = 1000, s: float = 0.008) -> "NoiseSchedule":
+        return cls(cosine_betas(steps, s))
+
+    def to(self, device) -> "NoiseSchedule":
+        """A copy whose float32 tensors live on `device` (the float64 copy stays on the CPU)."""
+        new = object.__new__(NoiseSchedule)
+        new.__dict__.update(self.__dict__)
+        new.device = torch.device(device)
+        for name in _COEFFICIENTS:
+            setattr(new, name, getattr(self, name).to(new.device))
+        return new
+
+    def state_dict(self) -> dict:
+        return {"betas": self._f64["betas"].clone()}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "NoiseSchedule":
+        if not isinstance(state, dict) or "betas" not in state:
+            raise ValueError("state must be a dict with a 'betas' tensor, as NoiseSchedule.state_dict() returns")
+        return cls(state["betas"])
+
+    def __repr__(self) -> str:
+        b = self._f64["betas"]
+        return f"NoiseSchedule(T={self.steps}, beta_1={b[0].item():.3g}, beta_T={b[-1].item():.3g}, device={self.device})"
+
+    def _check_t(self, t, device=None) -> torch.Tensor:
+        t = torch.as_tensor(t, device=device)
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"t must hold integer timesteps in [0, {self.steps - 1}], got dtype {t.dtype}")
+        return t.long()
+
+    def _extract(self, name: str, t, x: torch.Tensor) -> torch.Tensor:
+        """coefficient[t] on x's device and dtype, shaped (B, 1, ..., 1) to broadcast against x."""
+        t = self._check_t(t, x.device)
+        coef = self._f64[name] if x.dtype == torch.float64 else getattr(self, name)
+        out = coef.to(x.device)[t].to(x.dtype)
+        return out.reshape(out.shape + (1,) * (x.ndim - out.ndim))
+
+    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor) -> torch.Tensor:
+        """x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps  (Eq. 4, reparameterised)."""
+        if noise.shape != x0.shape:
+            raise ValueError(f"noise must have x0's shape {tuple(x0.shape)}, got {tuple(noise.shape)}")
+        return (self._extract("sqrt_alphas_cumprod", t, x0) * x0
+                + self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * noise)
+
+    def q_posterior(self, x0: torch.Tensor, x_t: torch.Tensor, t):
+        """Mean, variance and log-variance of q(x_{t-1} | x_t, x0)  (Eqs. 6-7), each of x_t's shape."""
+        mean = (self._extract("posterior_mean_coef1", t, x_t) * x0
+                + self._extract("posterior_mean_coef2", t, x_t) * x_t)                  # Eq. 7, mu_tilde
+        variance = self._extract("posterior_variance", t, x_t).expand(x_t.shape)
+        log_variance = self._extract("posterior_log_variance_clipped", t, x_t).expand(x_t.shape)
+        return mean, variance, log_variance
+
+    def predict_x0(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (Eq. 4 solved for x0)."""
+        return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
+
+    def snr(self, t) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), on t's device (float32)."""
+        t = self._check_t(t)
+        abar = self._f64["alphas_cumprod"][t.cpu()]                     # float64: 1 - alpha_bar is tiny near t = 0
+        return (abar / (1 - abar)).float().to(t.device)
+
+
+def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
+                   reduction: str = "mean", t: Optional[torch.Tensor] = None,
+                   noise: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = ||eps - eps_theta(x_t, t)||^2.
+
+    reduction="mean" averages over everything; "none" returns the per-example loss (B,).
+    `t` and `noise` fix the random draws (both default to draws from `generator`).
+    """
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if x0.ndim < 1 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
+    B = x0.shape[0]
+    if t is None:                                                                         # Algorithm 1, line 3
+        gen_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, schedule.steps, (B,), generator=generator, device=gen_device).to(x0.device)
+    elif t.shape != (B,):
+        raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
+    if noise is None:                                                                     # Algorithm 1, line 4
+        noise = _randn(x0.shape, generator, x0.device, x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)
+    err = (noise - model(x_t, t).to(noise.dtype)) ** 2                                    # Algorithm 1, line 5
+    return err.mean() if reduction == "mean" else err.reshape(B, -1).mean(1)

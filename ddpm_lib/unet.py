@@ -1,0 +1,280 @@
+"""The noise-prediction network eps_theta(x_t, t): a U-Net with a sinusoidal time embedding and self-attention.
+
+Parts to whole: time embedding, ResBlock, resampling, one Level, UNetConfig, UNet, presets, model_summary.
+The structure follows the DDPM paper's TensorFlow code (diffusion_tf/models/unet.py), which diffusers'
+google/ddpm-cifar10-32 mirrors; the seed's knobs (ch_list, attention_layer, num_heads, temb_dim) set its numbers.
+"""
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MultiHeadSelfAttention2d
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding (B,) -> (B, dim): [sin(t * f_i), cos(t * f_i)], f_i = 10000^(-i / (dim/2 - 1))."""
+    half = dim // 2
+    freqs = torch.exp(torch.arange(half, dtype=torch.float32, device=t.device) * (-math.log(10000.0) / (half - 1)))
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv, add the time embedding (a Linear to this block's channels), GroupNorm-SiLU-dropout-conv,
+    add the input (through a 1x1 conv when the channels change)."""
+
+    def __init__(self, in_ch: int, out_ch: int, temb_ch: int, dropout: float, groups: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, in_ch, eps=eps)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, out_ch)
+        self.norm2 = nn.GroupNorm(groups, out_ch, eps=eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(temb)[:, :, None, None]  # (B, C) -> (B, C, 1, 1), broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    """Halve H and W: 3x3 conv with stride 2 and TF's 'SAME' padding (pad right/bottom by 1), or 2x2 average pool."""
+
+    def __init__(self, ch: int, with_conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2) if with_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:
+            return F.avg_pool2d(x, 2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Double H and W: nearest neighbour, then (optionally) a 3x3 conv."""
+
+    def __init__(self, ch: int, with_conv: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1) if with_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x if self.conv is None else self.conv(x)
+
+
+class Level(nn.Module):
+    """One resolution: res blocks, each followed by its attention (or nn.Identity), then an optional resample."""
+
+    def __init__(self, res: list, attn: list, resample: nn.Module | None):
+        super().__init__()
+        self.res, self.attn, self.resample = nn.ModuleList(res), nn.ModuleList(attn), resample
+
+
+@dataclass
+class UNetConfig:
+    ch_list: tuple = (3, 64, 128, 256, 512)  # image channels, then each level's channels (H, W halve between levels)
+    attention_layer: tuple = (1, 2)  # indices into ch_list of the levels with self-attention, going down and up
+    num_heads: int = 4               # attention heads; each sees channels / num_heads of the channels
+    temb_dim: int = 256              # size of the sinusoidal time embedding (even)
+    num_res_blocks: int = 1          # res blocks per level going down; one more per level going up
+    dropout: float = 0.1             # dropout inside every res block
+    norm_groups: int = 32            # GroupNorm groups; must divide every level's channels
+    norm_eps: float = 1e-5           # GroupNorm epsilon (the paper's TF code: 1e-6)
+    time_mlp_dim: int = 0            # 0: blocks map the sinusoid directly; > 0: Linear-SiLU-Linear-SiLU to this width first
+    mid_attention: bool = False      # self-attention between the two res blocks at the bottom
+    resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
+    image_size: int = 32             # the resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
+
+    def __post_init__(self):
+        self.ch_list, self.attention_layer = tuple(self.ch_list), tuple(self.attention_layer)  # lists from checkpoints
+        levels = self.ch_list[1:]
+        if len(self.ch_list) < 2 or any(not isinstance(c, int) or c < 1 for c in self.ch_list):
+            raise ValueError(f"ch_list must be >= 2 positive ints (image channels, then levels); got {self.ch_list}")
+        if self.norm_groups < 1 or any(c % self.norm_groups for c in levels):
+            raise ValueError(f"norm_groups={self.norm_groups} must divide every level's channels {levels} (ch_list)")
+        bad = [i for i in self.attention_layer if not isinstance(i, int) or not 1 <= i < len(self.ch_list)]
+        if bad:
+            raise ValueError(f"attention_layer {bad} outside the levels 1..{len(self.ch_list) - 1} of ch_list")
+        attn_ch = [self.ch_list[i] for i in self.attention_layer] + ([levels[-1]] if self.mid_attention else [])
+        if self.num_heads < 1 or any(c % self.num_heads for c in attn_ch):
+            raise ValueError(f"num_heads={self.num_heads} must divide the channels {attn_ch} of the attention levels")
+        if self.temb_dim < 4 or self.temb_dim % 2:
+            raise ValueError(f"temb_dim must be even and >= 4; got {self.temb_dim}")
+        if self.num_res_blocks < 1:
+            raise ValueError(f"num_res_blocks must be >= 1; got {self.num_res_blocks}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.norm_eps <= 0:
+            raise ValueError(f"norm_eps must be > 0; got {self.norm_eps}")
+        if self.time_mlp_dim < 0:
+            raise ValueError(f"time_mlp_dim must be >= 0 (0: no MLP); got {self.time_mlp_dim}")
+        if self.image_size < 1 or self.image_size % self.downsample_factor:
+            raise ValueError(f"image_size={self.image_size} must be a multiple of {self.downsample_factor} "
+                             f"(the {len(levels)} levels of ch_list halve it {len(levels) - 1} times)")
+
+    @property
+    def downsample_factor(self) -> int:
+        return 2 ** (len(self.ch_list) - 2)
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): (B, C, H, W) float and (B,) int64 timesteps -> predicted noise eps, (B, C, H, W)."""
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        cfg = self.config = config if config is not None else UNetConfig()
+        levels, nrb = cfg.ch_list[1:], cfg.num_res_blocks
+        temb_ch = cfg.time_mlp_dim or cfg.temb_dim
+        self.time_mlp = nn.Identity() if not cfg.time_mlp_dim else nn.Sequential(
+            nn.Linear(cfg.temb_dim, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch), nn.SiLU())
+
+        def res(in_ch, out_ch):
+            return ResBlock(in_ch, out_ch, temb_ch, cfg.dropout, cfg.norm_groups, cfg.norm_eps)
+
+        def attn(ch, used):
+            return MultiHeadSelfAttention2d(ch, cfg.num_heads, cfg.norm_groups, cfg.norm_eps) if used else nn.Identity()
+
+        self.conv_in = nn.Conv2d(cfg.ch_list[0], levels[0], 3, padding=1)
+        ch, skips, down = levels[0], [levels[0]], []
+        for i, out_ch in enumerate(levels, start=1):  # i indexes ch_list, as attention_layer does
+            blocks = []
+            for _ in range(nrb):
+                blocks.append(res(ch, out_ch))
+                ch = out_ch
+                skips.append(ch)
+            last = i == len(levels)
+            down.append(Level(blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
+                              None if last else Downsample(ch, cfg.resample_with_conv)))
+            skips += [] if last else [ch]
+        self.down = nn.ModuleList(down)
+        self.mid = Level([res(ch, ch), res(ch, ch)], [attn(ch, cfg.mid_attention), nn.Identity()], None)
+        up = []
+        for i in reversed(range(1, len(levels) + 1)):
+            blocks = []
+            for _ in range(nrb + 1):
+                blocks.append(res(ch + skips.pop(), levels[i - 1]))
+                ch = levels[i - 1]
+            up.append(Level(blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
+                            None if i == 1 else Upsample(ch, cfg.resample_with_conv)))
+        self.up = nn.ModuleList(up)  # deepest level first
+        self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
+        self.conv_out = nn.Conv2d(ch, cfg.ch_list[0], 3, padding=1)
+        self._init_weights()
+
+    def _init_weights(self):
+        """The TF code's init: Xavier-uniform weights, zero biases, last layer of each residual branch ~ 0."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+            if isinstance(m, MultiHeadSelfAttention2d):
+                for w in m.qkv.weight.chunk(3):  # q, k, v are three separate 1x1 layers there
+                    nn.init.xavier_uniform_(w)
+        outs = [m.conv2 for m in self.modules() if isinstance(m, ResBlock)] + [self.conv_out] + [
+            m.proj_out for m in self.modules() if isinstance(m, MultiHeadSelfAttention2d)]
+        for m in outs:
+            nn.init.xavier_uniform_(m.weight, gain=1e-5)  # TF default_init(scale=1e-10)
+
+    def _check_input(self, x: torch.Tensor, t: torch.Tensor):
+        """Shapes only (Python ints): no host synchronisation."""
+        cfg, f = self.config, self.config.downsample_factor
+        if x.ndim != 4 or x.shape[1] != cfg.ch_list[0]:
+            raise ValueError(f"x must be (B, {cfg.ch_list[0]}, H, W); got shape {tuple(x.shape)}")
+        if x.shape[2] % f or x.shape[3] % f:
+            raise ValueError(f"x's height and width must be multiples of {f} ({len(cfg.ch_list) - 1} levels in "
+                             f"ch_list halve them {len(cfg.ch_list) - 2} times); got {x.shape[2]}x{x.shape[3]}")
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image; got {tuple(t.shape)}")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+        t = torch.as_tensor(t, device=x.device)
+        t = t.expand(x.shape[0]) if t.ndim == 0 else t
+        self._check_input(x, t)
+        temb = self.time_mlp(timestep_embedding(t, self.config.temb_dim).to(self.conv_in.weight.dtype))
+        h = self.conv_in(x)
+        hs = [h]
+        for level in self.down:
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(h, temb))
+                hs.append(h)
+            if level.resample is not None:
+                h = level.resample(h)
+                hs.append(h)
+        for res, attn in zip(self.mid.res, self.mid.attn):
+            h = attn(res(h, temb))
+        for level in self.up:
+            for res, attn in zip(level.res, level.attn):
+                h = attn(res(torch.cat([h, hs.pop()], dim=1), temb))  # skip connection
+            if level.resample is not None:
+                h = level.resample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+PRESETS = {
+    # The seed's network: ch_list [3, 64, 128, 256, 512], 4-head attention on the 64- and 128-channel levels.
+    "seed": UNetConfig(),
+    # The paper's CIFAR-10 network (ch=128, ch_mult=(1, 2, 2, 2), 2 res blocks, attention at 16x16): 35,746,307 params.
+    "ddpm-cifar10": UNetConfig(ch_list=(3, 128, 256, 256, 256), attention_layer=(2,), num_heads=1, temb_dim=128,
+                               num_res_blocks=2, dropout=0.1, norm_groups=32, norm_eps=1e-6, time_mlp_dim=512,
+                               mid_attention=True),
+    # Small enough to learn the shapes data set on a laptop CPU in minutes.
+    "tiny": UNetConfig(ch_list=(3, 32, 64, 128), attention_layer=(3,), num_heads=4, temb_dim=64, num_res_blocks=1,
+                       dropout=0.0, norm_groups=8, time_mlp_dim=128, mid_attention=True),
+}
+
+
+def unet_from_preset(name: str, **overrides) -> UNet:
+    """UNet(PRESETS[name] with `overrides` replacing fields), e.g. unet_from_preset("seed", num_heads=8)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    unknown = set(overrides) - {f.name for f in fields(UNetConfig)}
+    if unknown:
+        raise ValueError(f"unknown UNetConfig fields {sorted(unknown)}")
+    return UNet(replace(PRESETS[name], **overrides))
+
+
+@dataclass
+class ModelSummary:
+    rows: list            # (part, channels, resolution, parameters), from input to output
+    total_params: int     # all trainable parameters
+    flops_per_image: int  # one forward pass at image_size, by torch.utils.flop_counter (a multiply-add counts 2)
+    image_size: int       # the resolution the FLOPs were counted at
+
+    def __str__(self) -> str:
+        lines = [f"{'part':<16}{'channels':>9}{'resolution':>12}{'parameters':>14}"]
+        lines += [f"{p:<16}{c:>9}{r:>12}{n:>14,}" for p, c, r, n in self.rows]
+        lines.append(f"{'total':<37}{self.total_params:>14,}")
+        lines.append(f"forward GFLOPs per {self.image_size}x{self.image_size} image: {self.flops_per_image / 1e9:.2f}")
+        return "\n".join(lines)
+
+
+def model_summary(model: UNet, image_size: int | None = None) -> ModelSummary:
+    """Parameters per level of `model` and the FLOPs of one forward pass per image."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg, size = model.config, image_size or model.config.image_size
+    L = len(cfg.ch_list) - 1
+
+    def count(*modules):
+        return sum(p.numel() for m in modules for p in m.parameters())
+
+    def res(i):
+        return f"{size >> (i - 1)}x{size >> (i - 1)}"
+
+    rows = [("time embedding", cfg.time_mlp_dim or cfg.temb_dim, "-", count(model.time_mlp)),
+            ("conv_in", cfg.ch_list[1], res(1), count(model.conv_in))]
+    rows += [(f"down {i}", cfg.ch_list[i], res(i), count(lvl)) for i, lvl in enumerate(model.down, start=1)]
+    rows.append(("mid", cfg.ch_list[-1], res(L), count(model.mid)))
+    rows += [(f"up {L - k}", cfg.ch_list[L - k], res(L - k), count(lvl)) for k, lvl in enumerate(model.up)]
+    rows.append(("out", cfg.ch_list[0], res(1), count(model.norm_out, model.conv_out)))
+    p = next(model.parameters())
+    x = torch.zeros(1, cfg.ch_list[0], size, size, device=p.device, dtype=p.dtype)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x, torch.zeros(1, dtype=torch.long, device=p.device))
+    return ModelSummary(rows, count(model), counter.get_total_flops(), size)
