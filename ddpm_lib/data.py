@@ -320,6 +320,8 @@ def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32
     if name_or_path == "shapes":
         return make_shapes(n or 10_000, size=size, seed=seed)
     if name_or_path == "cifar10":
+        if size != 32:
+            raise ValueError(f"size: CIFAR-10 images are 32x32, got size={size}")
         images = load_cifar10(root if root is not None else "data", train=True, download=download)[0]
     elif Path(str(name_or_path)).expanduser().is_dir():
         images = load_image_folder(name_or_path, size=size)

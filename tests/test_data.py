@@ -1,0 +1,306 @@
+"""ddpm_lib.data: CIFAR-10 in its own format (torchvision as the oracle), image folders, shapes, device batches."""
+import os
+import pickle
+from urllib.error import URLError
+
+import numpy as np
+import pytest
+import torch
+import torchvision.datasets as tvd
+import torchvision.datasets.cifar as tv_cifar
+from PIL import Image
+
+import ddpm_lib.data as data
+from ddpm_lib.data import (DeviceBatches, load_cifar10, load_dataset, load_image_folder, make_shapes,
+                           write_cifar10_format)
+
+TRAIN_FILES = [name for name, _ in tvd.CIFAR10.train_list]
+
+
+def random_cifar(n, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+@pytest.fixture
+def cifar_root(tmp_path):
+    images, labels = random_cifar(23, 0)  # 23: the 5 train batches get unequal sizes
+    test_images, test_labels = random_cifar(7, 1)
+    write_cifar10_format(tmp_path, images, labels, test_images=test_images, test_labels=test_labels)
+    return tmp_path, (images, labels), (test_images, test_labels)
+
+
+# ----------------------------------------------------------------------------- CIFAR-10
+
+def test_cifar10_round_trip(cifar_root):
+    root, (images, labels), (test_images, test_labels) = cifar_root
+    x, y = load_cifar10(root, train=True, download=False, verify_md5=False)
+    assert x.dtype == torch.uint8 and y.dtype == torch.int64
+    assert torch.equal(x, images) and torch.equal(y, labels)
+    x, y = load_cifar10(root, train=False, download=False, verify_md5=False)
+    assert torch.equal(x, test_images) and torch.equal(y, test_labels)
+
+
+def test_written_batches_have_cifar10_layout(cifar_root):
+    root, (images, labels), _ = cifar_root
+    folder = root / "cifar-10-batches-py"
+    assert sorted(os.listdir(folder)) == sorted(TRAIN_FILES + ["test_batch", "batches.meta"])
+    rows = []
+    for i, name in enumerate(TRAIN_FILES):
+        raw = (folder / name).read_bytes()
+        assert raw[:2] == b"\x80\x02"  # pickle protocol 2, as the original (Python 2 cPickle)
+        entry = pickle.loads(raw, encoding="bytes")  # Python 2 str -> bytes, like the original files
+        assert set(entry) == {b"batch_label", b"labels", b"data", b"filenames"}
+        assert entry[b"batch_label"] == f"training batch {i + 1} of 5".encode()
+        assert entry[b"data"].dtype == np.uint8 and entry[b"data"].shape[1] == 3072
+        assert all(type(label) is int for label in entry[b"labels"])
+        assert all(type(f) is bytes and f.endswith(b".png") for f in entry[b"filenames"])
+        assert len(entry[b"labels"]) == len(entry[b"filenames"]) == len(entry[b"data"])
+        assert set(pickle.loads(raw, encoding="latin1")) == {"batch_label", "labels", "data", "filenames"}
+        rows.append(entry[b"data"])
+    rows = np.concatenate(rows)
+    # documented layout: 1024 red, then 1024 green, then 1024 blue values; each plane row-major
+    for i, c, y, x in [(0, 0, 0, 0), (3, 1, 5, 31), (22, 2, 31, 7), (11, 2, 17, 0)]:
+        assert rows[i, c * 1024 + y * 32 + x] == images[i, c, y, x]
+    meta = pickle.loads((folder / "batches.meta").read_bytes(), encoding="bytes")
+    assert set(meta) == {b"num_cases_per_batch", b"label_names", b"num_vis"} and meta[b"num_vis"] == 3072
+    test = pickle.loads((folder / "test_batch").read_bytes(), encoding="bytes")
+    assert test[b"batch_label"] == b"testing batch 1 of 1"
+
+
+def test_torchvision_reads_written_batches(cifar_root, monkeypatch):
+    root, (images, labels), _ = cifar_root
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *args, **kwargs: True)  # fixture md5s differ
+    ds = tvd.CIFAR10(root, train=True)
+    assert torch.equal(torch.from_numpy(ds.data).permute(0, 3, 1, 2), images)  # torchvision keeps HWC
+    assert ds.targets == labels.tolist()
+    assert ds.classes == list(data.CIFAR10_CLASSES)
+
+
+def test_verify_md5_rejects_fixture(cifar_root):
+    root = cifar_root[0]
+    with pytest.raises(ValueError, match=r"data_batch_1: md5 .* does not match"):
+        load_cifar10(root, download=False)
+
+
+def test_download_uses_torchvision_archive(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_download(url, download_root, filename, md5):
+        calls.append((url, filename, md5))
+        write_cifar10_format(download_root, *random_cifar(10, 2))  # as if the archive was extracted
+
+    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    x, _ = load_cifar10(tmp_path, verify_md5=False)
+    assert calls == [(tvd.CIFAR10.url, tvd.CIFAR10.filename, tvd.CIFAR10.tgz_md5)] and len(x) == 10
+    load_cifar10(tmp_path, verify_md5=False)
+    assert len(calls) == 1  # files present: no second download
+
+
+@pytest.mark.parametrize("error", [URLError("no network"), OSError("Network is unreachable")])
+def test_offline_with_nothing_names_folder_and_files(tmp_path, monkeypatch, error):
+    def offline(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    with pytest.raises(FileNotFoundError) as info:
+        load_cifar10(tmp_path / "nowhere")
+    message = str(info.value)
+    assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in message
+    assert all(name in message for name in TRAIN_FILES) and "download" in message
+    with pytest.raises(FileNotFoundError, match="test_batch"):
+        load_cifar10(tmp_path, train=False, download=False)
+
+
+def test_corrupt_batch_names_the_file(cifar_root):
+    root = cifar_root[0]
+    path = root / "cifar-10-batches-py" / "data_batch_3"
+    path.write_bytes(path.read_bytes()[:500])
+    with pytest.raises(ValueError, match="data_batch_3"):
+        load_cifar10(root, download=False, verify_md5=False)
+
+
+def test_batch_file_cannot_run_code(cifar_root, tmp_path):
+    root = cifar_root[0]
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
+    with pytest.raises(ValueError, match="data_batch_2.*refusing to load"):
+        load_cifar10(root, download=False, verify_md5=False)
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- image folders
+
+def save(path, array):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path)
+
+
+def test_image_folder_flat_and_class_subfolders(tmp_path):
+    red, green, blue = [255, 0, 0], [0, 255, 0], [0, 0, 255]
+    wide = np.zeros((32, 64, 3), np.uint8)  # quarters: red | green green | blue
+    wide[:, :16], wide[:, 16:48], wide[:, 48:] = red, green, blue
+    save(tmp_path / "flat" / "a.png", np.full((16, 16, 3), red))
+    save(tmp_path / "flat" / "b.jpg", np.full((40, 40, 3), blue))
+    save(tmp_path / "flat" / "c.png", wide)
+    x = load_image_folder(tmp_path / "flat")
+    assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
+    assert (x[0] == torch.tensor(red).view(3, 1, 1)).all()  # upscaled solid colour stays exact
+    assert (x[1].float() - torch.tensor(blue).view(3, 1, 1)).abs().max() <= 2  # jpeg
+    assert (x[2] == torch.tensor(green).view(3, 1, 1)).all()  # centre crop keeps the middle half
+    save(tmp_path / "classes" / "cat" / "1.png", np.full((8, 8, 3), red))
+    save(tmp_path / "classes" / "dog" / "1.png", np.full((8, 8, 3), green))
+    x = load_image_folder(tmp_path / "classes", size=16)
+    assert x.shape == (2, 3, 16, 16) and x[1, 1].eq(255).all()
+
+
+def test_image_folder_cached_after_first_decode(tmp_path, monkeypatch):
+    for i in range(3):
+        save(tmp_path / f"{i}.png", np.full((8, 8, 3), 40 * i))
+    first = load_image_folder(tmp_path)
+    assert (tmp_path / ".ddpm_cache_32.pt").is_file()
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(data.Image, "open", no_decoding)
+    assert torch.equal(load_image_folder(tmp_path), first)
+    save(tmp_path / "3.png", np.full((8, 8, 3), 200))  # the folder changed: the cache is stale
+    with pytest.raises(ValueError, match="decoded again"):
+        load_image_folder(tmp_path)
+    monkeypatch.undo()
+    assert len(load_image_folder(tmp_path)) == 4
+
+
+def test_image_folder_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        load_image_folder(tmp_path / "missing")
+    (tmp_path / "notes.txt").write_text("no pictures here")
+    with pytest.raises(FileNotFoundError, match="no images"):
+        load_image_folder(tmp_path)
+    save(tmp_path / "good.png", np.zeros((8, 8, 3)))
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="broken.png"):
+        load_image_folder(tmp_path)
+
+
+# ----------------------------------------------------------------------------- shapes
+
+def fill_ratio(image):
+    """Foreground pixels / bounding-box area: square 1, circle ~pi/4, triangle ~1/2."""
+    fg = (image != image[:, :1, :1]).any(0)  # the corner is background
+    ys, xs = fg.nonzero(as_tuple=True)
+    return fg.sum().item() / ((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)).item()
+
+
+def test_shapes_deterministic_and_seeded():
+    x = make_shapes(64, seed=3)
+    assert x.shape == (64, 3, 32, 32) and x.dtype == torch.uint8
+    assert torch.equal(x, make_shapes(64, seed=3))
+    assert not torch.equal(x, make_shapes(64, seed=4))
+    assert make_shapes(5, size=64).shape == (5, 3, 64, 64)
+    with pytest.raises(ValueError, match="n"):
+        make_shapes(0)
+
+
+def test_shapes_three_kinds_two_colours():
+    x = make_shapes(300, seed=0)
+    ratios = torch.tensor([fill_ratio(image) for image in x])
+    # measured over this set: squares 1.0, circles 0.72-0.85, triangles 0.50-0.63 (small ones are blocky)
+    square, circle, triangle = ratios > 0.95, (ratios > 0.695) & (ratios < 0.9), (ratios > 0.4) & (ratios < 0.675)
+    assert (square | circle | triangle).all()
+    assert min(square.sum(), circle.sum(), triangle.sum()) > 60  # about 100 of each
+    for image in x[:20]:
+        assert len(image.flatten(1).unique(dim=1).T) == 2  # background + shape colour
+
+
+# ----------------------------------------------------------------------------- device batches
+
+def test_device_batches_scaling_and_determinism():
+    images = make_shapes(50, seed=1)
+    batches = DeviceBatches(images, 16, flip=False, seed=5)
+    idx, _ = batches.indices(3)
+    x = batches.batch(3)
+    assert x.dtype == torch.float32 and x.shape == (16, 3, 32, 32) and x.device == images.device
+    assert x.min() >= -1 and x.max() <= 1 and x.min() == -1
+    torch.testing.assert_close(x, images[idx].float() / 127.5 - 1, rtol=0, atol=1e-6)
+    flipped = DeviceBatches(images, 16, seed=5)
+    assert torch.equal(flipped.batch(7), DeviceBatches(images, 16, seed=5).batch(7))  # fresh instance: resume
+    assert not torch.equal(flipped.batch(7), DeviceBatches(images, 16, seed=6).batch(7))
+
+
+def test_every_epoch_covers_every_image_once():
+    batches = DeviceBatches(torch.zeros(60, 3, 4, 4, dtype=torch.uint8), 12, seed=0)
+    epochs = [torch.cat([batches.indices(s)[0] for s in range(e * 5, e * 5 + 5)]) for e in range(3)]
+    for order in epochs:
+        assert torch.equal(order.sort().values, torch.arange(60))
+    assert not torch.equal(epochs[0], epochs[1])
+
+
+def test_fewer_images_than_batch():
+    batches = DeviceBatches(torch.zeros(7, 3, 4, 4, dtype=torch.uint8), 16)
+    stream = torch.cat([batches.indices(s)[0] for s in range(7)])  # 112 = 16 epochs of 7
+    for order in stream.view(16, 7):
+        assert torch.equal(order.sort().values, torch.arange(7))
+    assert batches.batch(0).shape == (16, 3, 4, 4)
+
+
+def test_ranks_split_the_global_batch():
+    images = make_shapes(40, seed=2)
+    whole = DeviceBatches(images, 16, seed=9)
+    ranks = [DeviceBatches(images, 16, seed=9, rank=r, world_size=4) for r in range(4)]
+    for step in (0, 1, 2, 6):  # step 2 runs over an epoch boundary
+        shares = [r.indices(step)[0] for r in ranks]
+        assert all(len(s) == 4 for s in shares)
+        if step != 2:
+            assert len(torch.cat(shares).unique()) == 16  # disjoint
+        assert torch.equal(torch.cat(shares), whole.indices(step)[0])
+        assert torch.equal(torch.cat([r.batch(step) for r in ranks]), whole.batch(step))  # flips too
+
+
+def test_flips_happen_about_half_the_time():
+    images = torch.randint(0, 256, (32, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    batches = DeviceBatches(images, 32, seed=1)
+    plain = DeviceBatches(images, 32, seed=1, flip=False)
+    flipped = 0
+    for step in range(20):
+        x, x_plain = batches.batch(step), plain.batch(step)
+        is_flipped = (x == x_plain.flip(-1)).flatten(1).all(1)
+        assert (is_flipped | (x == x_plain).flatten(1).all(1)).all()
+        flipped += is_flipped.sum().item()
+    assert 0.4 < flipped / 640 < 0.6
+
+
+def test_device_batches_bad_input():
+    images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="batch_size"):
+        DeviceBatches(images, 10, world_size=4)
+    with pytest.raises(ValueError, match="rank"):
+        DeviceBatches(images, 8, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="uint8"):
+        DeviceBatches(images.float(), 8)
+
+
+# ----------------------------------------------------------------------------- by name
+
+def test_load_dataset(tmp_path, monkeypatch):
+    assert torch.equal(load_dataset("shapes", n=20, seed=1), make_shapes(20, seed=1))
+    save(tmp_path / "imgs" / "a.png", np.zeros((8, 8, 3)))
+    assert load_dataset(str(tmp_path / "imgs")).shape == (1, 3, 32, 32)
+    images, labels = random_cifar(10, 0)
+    write_cifar10_format(tmp_path, images, labels)
+    md5s = dict(tvd.CIFAR10.train_list)
+    monkeypatch.setattr(data, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
+    assert torch.equal(load_dataset("cifar10", root=tmp_path, n=4, download=False), images[:4])
+    with pytest.raises(ValueError, match="32x32"):
+        load_dataset("cifar10", root=tmp_path, size=64)
+    with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
+        load_dataset("cifar10", root=tmp_path / "empty", download=False)
+    with pytest.raises(ValueError, match="expected cifar10, shapes or a folder of images"):
+        load_dataset("imagenet")
