@@ -44,11 +44,11 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
 
 
 def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
-    """eps_theta(x_t, t) and the x0 it implies, clipped to [-1, 1] if asked."""
+    """The x0 that eps_theta(x_t, t) implies (Eq. 4 solved for x0), clipped to [-1, 1] if asked, and t as (B,)."""
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
     eps = model(x_t, t_batch).to(x_t.dtype)
     x0 = schedule.predict_x0(x_t, t_batch, eps)
-    return eps, (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
+    return (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
 
 
 class _Trajectory:
@@ -91,7 +91,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     traj = _Trajectory(return_trajectory)
     for t in tqdm(range(schedule.steps - 1, -1, -1), disable=not progress, desc="DDPM"):   # Algorithm 2, line 2
-        _, x0, t_batch = _denoise(model, schedule, x, t, clip_denoised)
+        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised)
         traj.add(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
         if t > 0:                                                                          # Algorithm 2, line 3
@@ -130,7 +130,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: flo
     abar, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
     traj = _Trajectory(return_trajectory)
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM")):
-        _, x0, _ = _denoise(model, schedule, x, t, clip_denoised)
+        x0, _ = _denoise(model, schedule, x, t, clip_denoised)
         traj.add(t, x, x0)
         eps = (x - sqrt_abar[t] * x0) / sqrt_1m_abar[t]                                  # Eq. 12, eps of this x0
         abar_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
@@ -145,13 +145,15 @@ def dpm_solver_timesteps(schedule: NoiseSchedule, steps: int) -> list:
     """Integer timesteps from T-1 down to 0, spaced uniformly in log-SNR lambda = log(alpha_t / sigma_t).
 
     Targets evenly spaced in lambda are mapped to t by linear interpolation and rounded, as diffusers'
-    `use_lu_lambdas` does; timesteps that coincide after rounding are merged (only for steps near T).
+    `use_lu_lambdas` does. Timesteps that coincide after rounding are merged, so there can be fewer than
+    `steps`: with many steps, or with schedules whose lambda falls steeply near T-1 (cosine betas clipped
+    at 0.999 lose one of 10 steps there).
     """
     _check_solver_steps(steps, schedule.steps)
-    _, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
-    log_sigma = torch.tensor([math.log(s / a) for a, s in zip(sqrt_abar, sqrt_1m_abar)], dtype=torch.float64)
     if schedule.steps == 1:
         return [0]
+    _, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
+    log_sigma = torch.tensor([math.log(s / a) for a, s in zip(sqrt_abar, sqrt_1m_abar)], dtype=torch.float64)
     target = torch.linspace(log_sigma[-1].item(), log_sigma[0].item(), steps, dtype=torch.float64)  # -lambda, T-1 -> 0
     hi = torch.searchsorted(log_sigma, target).clamp(1, schedule.steps - 1)    # log_sigma increases with t
     lo = hi - 1
@@ -170,7 +172,8 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = 20, *,
     Solves the probability-flow ODE in lambda with the exponential integrator, using the model's x0
     prediction D and a second-order correction from the previous step's D. The first step is first order
     (no history yet, it equals DDIM); the last model call, at t = 0, returns its x0 prediction (the step
-    to sigma = 0, diffusers' final_sigmas_type="zero"). `steps` model calls in all.
+    to sigma = 0, diffusers' final_sigmas_type="zero"). One model call per `dpm_solver_timesteps` entry.
+    The step sizes use lambda of the rounded timesteps the model sees (diffusers keeps the unrounded ones).
     """
     timesteps = dpm_solver_timesteps(schedule, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
@@ -179,7 +182,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = 20, *,
     traj = _Trajectory(return_trajectory)
     D_prev, h_prev = None, None
     for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DPM-Solver++")):
-        _, D, _ = _denoise(model, schedule, x, t, clip_denoised)                  # data prediction x0_theta(x_t, t)
+        D, _ = _denoise(model, schedule, x, t, clip_denoised)                     # data prediction x0_theta(x_t, t)
         traj.add(t, x, D)
         if i + 1 == len(timesteps):                                               # to sigma = 0: x0 = D
             x = D

@@ -64,7 +64,7 @@ class NoiseSchedule:
         alphas_cumprod = torch.cumprod(alphas, 0)                                       # alpha_bar_t
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
         posterior_variance = betas * (1 - alphas_cumprod_prev) / (1 - alphas_cumprod)  # Eq. 7, beta_tilde_t
-        # beta_tilde at the paper's t = 1 is 0; like the official code, log it as beta_tilde at t = 2 (or beta_1 if T = 1)
+        # beta_tilde at the paper's t = 1 is 0: like the official code, log beta_tilde at t = 2 there (beta_1 if T = 1)
         first = posterior_variance[1:2] if len(betas) > 1 else betas[:1]
         f64 = {
             "betas": betas,
@@ -114,7 +114,8 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         b = self._f64["betas"]
-        return f"NoiseSchedule(T={self.steps}, beta_1={b[0].item():.3g}, beta_T={b[-1].item():.3g}, device={self.device})"
+        return (f"NoiseSchedule(T={self.steps}, beta_1={b[0].item():.3g}, beta_T={b[-1].item():.3g}, "
+                f"device={self.device})")
 
     def _check_t(self, t, device=None) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)
