@@ -8,6 +8,7 @@ DDPM_UPDATE_SCREENSHOT=1 also writes the final screenshot to docs/widget_in_jupy
 import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -29,6 +30,7 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+RUN_TIMEOUT_S = 180  # for the cells up to the explorer under DDPM_SMOKE=1 (tens of seconds on 2 idle cores)
 WIDGET_ERRORS = ("Error displaying widget", "Failed to load model class")
 # Fresh JupyterLab user settings: every cell in the DOM (no windowing), no news or update checks.
 LAB_SETTINGS = {
@@ -57,14 +59,13 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _write_fixture(root):
-    """A small CIFAR-10-format data set for the notebook under DDPM_SMOKE=1."""
-    from ddpm_lib.data import write_cifar10_format
+def _write_fixture(root, n=500):
+    """A small CIFAR-10-format data set (procedural shapes) for the notebook under DDPM_SMOKE=1
+    (smaller than the root conftest's 6000-image nbval fixture, which only exists when nbval runs)."""
+    from ddpm_lib.data import make_shapes, write_cifar10_format
 
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (120, 3, 32, 32), generator=g, dtype=torch.uint8)
-    labels = torch.arange(120) % 10
-    write_cifar10_format(root, images, labels)
+    images = make_shapes(n, seed=0)  # (n, 3, 32, 32) uint8
+    write_cifar10_format(root, images, torch.arange(n) % 10)
 
 
 def _start_lab(root, env, log, tmp):
@@ -84,7 +85,7 @@ def _start_lab(root, env, log, tmp):
     proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{Path(log.name).read_text()}")
@@ -93,11 +94,13 @@ def _start_lab(root, env, log, tmp):
                 return proc, url, token
         except OSError:
             time.sleep(0.5)
-    raise RuntimeError(f"jupyter lab did not answer in 60 s:\n{Path(log.name).read_text()}")
+    raise RuntimeError(f"jupyter lab did not answer in 90 s:\n{Path(log.name).read_text()}")
 
 
 def _stop_lab(proc, url, token):
-    """Shut the server (and its kernels) down, then kill its process group whatever is left."""
+    """Shut the server (and its kernels) down, then kill its process group whatever is left.
+    (Kernels run in sessions of their own; without the server they exit by themselves, as ipykernel
+    watches its parent.)"""
     if proc.poll() is None:
         try:
             req = urllib.request.Request(f"{url}/api/shutdown?token={token}", method="POST")
@@ -113,7 +116,7 @@ def _stop_lab(proc, url, token):
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            continue
+            pass
 
 
 def _errors_in_page(page):
@@ -121,14 +124,22 @@ def _errors_in_page(page):
     return [e for e in WIDGET_ERRORS + ("Traceback (most recent call last)",) if e in text]
 
 
+IDLE_JS = "() => /\\|\\s*Idle/.test(document.querySelector('#jp-main-statusbar')?.innerText ?? '')"
+
+
+def _kernel_idle(page):
+    """The status bar shows the kernel idle ("Python 3 (ipykernel) | Idle")."""
+    return page.evaluate(IDLE_JS)
+
+
 def _wait_idle(page, timeout_s):
-    # The toolbar's execution indicator carries the kernel status.
-    page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=timeout_s * 1000)
+    page.wait_for_function(IDLE_JS, timeout=timeout_s * 1000)
 
 
 def _run_menu(page, item):
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text=item).first.click()
+    """Click Run > `item` in JupyterLab's menu bar."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile("^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(f"^{re.escape(item)}$")).click()
 
 
 def _t_slider(output):
@@ -141,62 +152,106 @@ def _t_slider(output):
     return sliders.first
 
 
+def _settled_picture(page, image, before, timeout_s):
+    """The image element's screenshot once it differs from `before`, the kernel is idle and it stops changing."""
+    deadline, last, stable = time.monotonic() + timeout_s, before, 0
+    while time.monotonic() < deadline:
+        page.wait_for_timeout(500)
+        shot = image.screenshot()
+        stable = stable + 1 if shot == last else 0
+        last = shot
+        if shot != before and stable >= 2 and _kernel_idle(page):
+            break
+    return last
+
+
+def _run_explorer_cell(page, url, token, notebook):
+    """Open the notebook, run every cell above the explorer and the explorer; returns its cell."""
+    page.goto(f"{url}/lab/tree/{notebook.as_posix()}?reset&token={token}")
+    page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
+    _wait_idle(page, 60)  # without this the first cells can be sent before the kernel is there
+    cell = page.locator(".jp-Notebook .jp-CodeCell", has_text=MARKER)
+    cell.first.wait_for(timeout=30_000)
+    assert cell.count() == 1, f"expected one cell starting with {MARKER!r} in {notebook}"
+    cell.locator(".jp-InputPrompt").click()  # select the cell (command mode)
+    _run_menu(page, "Run All Above Selected Cell")
+    _run_menu(page, "Run Selected Cell")
+    try:
+        cell.locator(".jp-OutputArea .widget-image").first.wait_for(state="visible", timeout=RUN_TIMEOUT_S * 1000)
+    except Exception as exc:
+        raise AssertionError(f"the explorer did not appear; errors in page: {_errors_in_page(page)}") from exc
+    _wait_idle(page, 60)
+    return cell
+
+
+def _check_t_moves_picture(page, cell):
+    """Move t with the keyboard, then with a click on its track; the picture must change each time."""
+    output = cell.locator(".jp-OutputArea")
+    image = output.locator(".widget-image").first
+    image.scroll_into_view_if_needed()
+    slider = _t_slider(output)
+    readout = slider.locator(".widget-readout")
+
+    t_start, start = readout.inner_text(), image.screenshot()
+    slider.locator(".noUi-handle").first.focus()
+    for key in ["ArrowRight"] * 3 + ["End"]:
+        page.keyboard.press(key)
+    keyed = _settled_picture(page, image, start, timeout_s=60)
+    assert readout.inner_text() != t_start, f"t did not move from {t_start} with the keyboard"
+    assert keyed != start, "the explorer's picture did not change when t moved (keyboard)"
+
+    # A click a quarter along the track: t about T/4 also leaves a telling picture for the docs.
+    t_keyed, track = readout.inner_text(), slider.locator(".noUi-target").first
+    box = track.bounding_box()
+    track.click(position={"x": box["width"] * 0.25, "y": box["height"] / 2})
+    clicked = _settled_picture(page, image, keyed, timeout_s=60)
+    assert readout.inner_text() != t_keyed, f"t did not move from {t_keyed} with a click"
+    assert clicked != keyed, "the explorer's picture did not change when t moved (click)"
+    assert not _errors_in_page(page), f"errors in page: {_errors_in_page(page)}"
+
+
+def _screenshot_cell(page, cell, path):
+    """The notebook's toolbar down to the end of `cell`, as a PNG file."""
+    cell.evaluate("e => e.scrollIntoView({block: 'start'})")
+    panel, shown = page.locator(".jp-NotebookPanel").first.bounding_box(), cell.bounding_box()
+    bottom = min(shown["y"] + shown["height"] + 12, panel["y"] + panel["height"])
+    page.screenshot(path=str(path), clip={
+        "x": panel["x"], "y": panel["y"], "width": panel["width"], "height": bottom - panel["y"]})
+
+
 def drive_explorer(root, notebook, env, tmp, screenshot):
-    """Open `notebook` in JupyterLab served from `root`, run the explorer cell, move t; checks the picture."""
+    """Serve `root` with JupyterLab, run `notebook`'s explorer in Chromium, move t; screenshot to `screenshot`."""
     from playwright.sync_api import sync_playwright
 
-    log = open(tmp / "jupyter-lab.log", "w")
-    proc, url, token = _start_lab(root, env, log, tmp)
-    try:
-        with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(tmp / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1000},
-            )
-            try:
+    t0 = time.monotonic()
+    with open(tmp / "jupyter-lab.log", "w") as log:
+        proc, url, token = _start_lab(root, env, log, tmp)
+        try:
+            with sync_playwright() as pw:
+                context = pw.chromium.launch_persistent_context(
+                    str(tmp / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+                    args=CHROMIUM_ARGS, viewport={"width": 1280, "height": 1000},
+                )
                 page = context.new_page()
-                page.goto(f"{url}/lab/tree/{notebook.as_posix()}?reset&token={token}")
-                page.wait_for_selector(".jp-NotebookPanel .jp-Cell", timeout=60_000)
-                _wait_idle(page, 60)
-
-                cell = page.locator(".jp-Notebook .jp-CodeCell", has_text=MARKER)
-                assert cell.count() == 1, f"expected one cell starting with {MARKER!r} in {notebook}"
-                cell.locator(".jp-InputPrompt").click()  # select the cell (command mode)
-                _run_menu(page, "Run All Above Selected Cell")
-                _run_menu(page, "Run Selected Cell")
-
-                output = cell.locator(".jp-OutputArea")
-                image = output.locator(".widget-image").first
                 try:
-                    image.wait_for(state="visible", timeout=90_000)
-                except Exception as exc:
-                    raise AssertionError(f"explorer did not appear; page errors: {_errors_in_page(page)}") from exc
-                _wait_idle(page, 60)
-                image.scroll_into_view_if_needed()
-                before = image.screenshot()
-
-                slider = _t_slider(output)
-                readout = slider.locator(".widget-readout")
-                t_before = readout.inner_text()
-                slider.locator(".noUi-handle").first.focus()
-                for _ in range(5):
-                    page.keyboard.press("ArrowRight")
-                page.keyboard.press("End")
-
-                deadline, after = time.monotonic() + 30, before
-                while after == before and time.monotonic() < deadline:
-                    page.wait_for_timeout(500)
-                    after = image.screenshot()
-                assert readout.inner_text() != t_before, f"t slider did not move from {t_before}"
-                assert after != before, "the explorer's picture did not change when t moved"
-                assert not _errors_in_page(page), f"errors in page: {_errors_in_page(page)}"
-                cell.scroll_into_view_if_needed()
-                page.locator(".jp-NotebookPanel").first.screenshot(path=str(screenshot))
-            finally:
-                context.close()
-    finally:
-        _stop_lab(proc, url, token)
-        log.close()
+                    print(f"[{time.monotonic() - t0:5.1f} s] JupyterLab at {url}, chromium started")
+                    cell = _run_explorer_cell(page, url, token, notebook)
+                    print(f"[{time.monotonic() - t0:5.1f} s] explorer shown")
+                    _check_t_moves_picture(page, cell)
+                    print(f"[{time.monotonic() - t0:5.1f} s] t moved, picture changed")
+                    _screenshot_cell(page, cell, screenshot)
+                except Exception:
+                    page.screenshot(path=str(tmp / "failure.png"))
+                    status = page.locator("#jp-main-statusbar").inner_text(timeout=2000)
+                    log.flush()
+                    print(f"failure screenshot: {tmp / 'failure.png'}; status bar: {status!r}\n"
+                          f"end of the JupyterLab log:\n{Path(log.name).read_text()[-3000:]}")
+                    raise
+                finally:
+                    context.close()
+        finally:
+            _stop_lab(proc, url, token)
+            print(f"[{time.monotonic() - t0:5.1f} s] browser and server stopped")
 
 
 def test_noising_explorer_in_jupyterlab(tmp_path):
@@ -206,8 +261,10 @@ def test_noising_explorer_in_jupyterlab(tmp_path):
     root = tmp_path / "root"  # a copy, so JupyterLab's autosave never touches the committed notebook
     (root / NOTEBOOK).parent.mkdir(parents=True)
     shutil.copy(REPO / NOTEBOOK, root / NOTEBOOK)
-    data = tmp_path / "data"
-    _write_fixture(data)
+    data = os.environ.get("DDPM_DATA_ROOT")  # kept where set (e.g. the real CIFAR-10), as the root conftest does
+    if data is None:
+        data = tmp_path / "data"
+        _write_fixture(data)
     env = dict(os.environ, DDPM_SMOKE="1", DDPM_DATA_ROOT=str(data), DDPM_RUNS=str(tmp_path / "runs"),
                JUPYTER_RUNTIME_DIR=str(tmp_path / "jupyter-runtime"),
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
