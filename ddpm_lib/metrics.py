@@ -52,7 +52,7 @@ def inception_extractor(weights_path=None) -> nn.Module:
         raise FileNotFoundError(
             f"could not download the Inception weights for FID/KID ({err}). They are needed once: run with network "
             f"access, or put {INCEPTION_FILE} (from github.com/toshas/torch-fidelity/releases/tag/v0.2.0) at "
-            f"{target}, or pass weights_path") from err
+            f"{target} (or pass its path as inception_extractor(weights_path=...))") from err
 
 
 def _extractor_name(extractor) -> str:
@@ -81,7 +81,7 @@ def extract_features(images, extractor, batch_size=256, device=None, progress=Fa
 
 def _fingerprint(images, extractor) -> str:
     """Digest of the image bytes and the extractor's weights: a cache entry can never go stale."""
-    h = hashlib.sha256(images.contiguous().numpy().tobytes())
+    h = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
     for t in extractor.state_dict().values():
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -213,6 +213,8 @@ def evaluate_checkpoint(ckpt_path, n=50_000, sampler="ddim", steps=100, ref="cif
 
     if not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path {str(ckpt_path)!r} does not exist")
+    if not (isinstance(n, int) and n >= 2):
+        raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
     device = torch.device(device) if device is not None else default_device()
     extractor = feature_extractor if feature_extractor is not None else inception_extractor()  # fail before sampling
     model, schedule = load_model(ckpt_path, ema=True, device=device)
