@@ -60,15 +60,22 @@ def _wire(render, controls: dict, layout: list):
 
 # ----------------------------------------------------------------------------- noising explorer
 
-def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed: int = 0) -> bytes:
-    """x0 and x_t ~ q(x_t | x0) (Eq. 4) for images[index], x_t's pixel histogram against N(0, 1),
-    and alpha_bar with a marker at t. eps is drawn from a generator seeded with `seed`, so only t moves x_t."""
+def _forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: int):
+    """(x0, x_t) for images[index], each (1, C, H, W) on the CPU; eps ~ N(0, I) from a generator seeded with `seed`."""
     x = _as_images(images, "images")
     index = _check_index(index, len(x), "index")
     t = _check_index(t, schedule.steps, "t")
     x0 = x[index : index + 1]                                                 # (1, C, H, W)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-    x_t = schedule.q_sample(x0.to(schedule.device), torch.tensor([t]), eps.to(schedule.device)).cpu()
+    x_t = schedule.q_sample(x0.to(schedule.device), torch.tensor([t]), eps.to(schedule.device))  # Eq. 4
+    return x0, x_t.cpu()
+
+
+def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed: int = 0) -> bytes:
+    """x0 and x_t ~ q(x_t | x0) (Eq. 4) for images[index], x_t's pixel histogram against N(0, 1),
+    and alpha_bar with a marker at t. eps is drawn from a generator seeded with `seed`, so only t moves x_t."""
+    x0, x_t = _forward_sample(images, schedule, t, index, seed)
+    t = int(t)
     alpha_bar = schedule.alphas_cumprod.cpu().numpy()
 
     fig = Figure(figsize=(12, 3.0))
@@ -89,7 +96,7 @@ def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed
     ax3.set_title(f"alpha_bar_t = {alpha_bar[t]:.4f}")
     ax3.set_xlabel("t")
     ax3.set_ylim(-0.02, 1.02)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.16, top=0.88, wspace=0.25)
     return _png(fig)
 
 
@@ -109,7 +116,7 @@ def noising_explorer(images, schedule: NoiseSchedule):
     schedule = schedule.to("cpu")
     T, kind = schedule.steps, _schedule_kind(schedule)
     b = schedule.betas
-    wide = {"continuous_update": True, "style": {"description_width": "initial"}}
+    wide = {"style": {"description_width": "initial"}}
     controls = {
         "t": widgets.IntSlider(value=T // 2, min=0, max=T - 1, description="t", **wide),
         "index": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image", **wide),
@@ -122,8 +129,8 @@ def noising_explorer(images, schedule: NoiseSchedule):
     }
     state = {"schedule": schedule}
 
-    def render(t, index, **_schedule_controls):
-        return render_noising(images, state["schedule"], min(t, state["schedule"].steps - 1), index)
+    def render(t, index):
+        return render_noising(images, state["schedule"], t, index)
 
     box = _wire(render, {"t": controls["t"], "index": controls["index"]},
                 [[controls["t"], controls["index"]], [controls["schedule"], controls["steps"]],
@@ -135,7 +142,7 @@ def noising_explorer(images, schedule: NoiseSchedule):
                              else NoiseSchedule.cosine(c["steps"]))
         controls["beta_min"].disabled = controls["beta_max"].disabled = c["schedule"] == "cosine"
         t_before = controls["t"].value
-        controls["t"].max = c["steps"] - 1  # clamps t when T shrinks, which re-renders
+        controls["t"].max = c["steps"] - 1  # when T shrinks this first clamps t, which re-renders
         if controls["t"].value == t_before:
             box.refresh()
 
@@ -185,7 +192,7 @@ def render_attention(image, weights, query, head: int) -> bytes:
     for ax in axes:
         ax.plot([(qx + 0.5) * scale - 0.5], [(qy + 0.5) * scale - 0.5], "c+", markersize=12, mew=2)
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.03, top=0.9, wspace=0.15)
     return _png(fig)
 
 
@@ -243,7 +250,7 @@ def render_trajectory(trajectories: dict, step: int, index: int = 0) -> bytes:
         row[1].set_title(f"predicted x0 (step {s}/{len(tr['t'])})", fontsize=9)
         for ax in row:
             ax.set_axis_off()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.02, top=0.92, wspace=0.05, hspace=0.2)
     return _png(fig)
 
 
@@ -290,7 +297,7 @@ def render_training(losses, grid=None) -> bytes:
         axes[1].imshow(_hwc(make_grid(g, nrow=int(np.ceil(len(g) ** 0.5)), pad_value=1.0)), cmap="gray")
         axes[1].set_title(f"{len(g)} samples")
         axes[1].set_axis_off()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.9, wspace=0.1)
     return _png(fig)
 
 

@@ -1,0 +1,200 @@
+"""Viewers: render functions give valid PNGs that follow their arguments; widgets show exactly what they render."""
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+pytest.importorskip("ipywidgets")
+from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
+from ddpm_lib.data import make_shapes  # noqa: E402
+from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
+from ddpm_lib.widgets import (  # noqa: E402
+    TrainingMonitor, _forward_sample, attention_viewer, noising_explorer, render_attention, render_noising,
+    render_training, render_trajectory, trajectory_scrubber)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(png)) as im:
+        assert im.format == "PNG"
+        return np.asarray(im.convert("RGB"), dtype=np.int16)
+
+
+def differ(a: bytes, b: bytes) -> bool:
+    pa, pb = pixels(a), pixels(b)
+    return pa.shape != pb.shape or bool((pa != pb).any())
+
+
+@pytest.fixture(scope="module")
+def images():
+    return make_shapes(3, size=16)
+
+
+@pytest.fixture(scope="module")
+def schedule():
+    return NoiseSchedule.linear(100)
+
+
+def widgets_in(widget):
+    yield widget
+    for child in getattr(widget, "children", ()):
+        yield from widgets_in(child)
+
+
+# ----------------------------------------------------------------------------- noising
+
+
+def test_forward_sample_is_eq4_with_the_same_eps_at_every_t(images, schedule):
+    x0, x_a = _forward_sample(images, schedule, 10, 1, seed=3)
+    _, x_b = _forward_sample(images, schedule, 90, 1, seed=3)
+    torch.testing.assert_close(x0[0], images[1].float() / 127.5 - 1)
+    abar = schedule.alphas_cumprod.double()
+    eps_a = (x_a.double() - abar[10].sqrt() * x0) / (1 - abar[10]).sqrt()   # Eq. 4 solved for eps
+    eps_b = (x_b.double() - abar[90].sqrt() * x0) / (1 - abar[90]).sqrt()
+    torch.testing.assert_close(eps_a, eps_b, atol=1e-5, rtol=1e-5)           # moving t moves only t
+    torch.testing.assert_close(eps_a.float(), torch.randn(x0.shape, generator=torch.Generator().manual_seed(3)),
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_render_noising_is_a_png_that_follows_t_and_nothing_else(images, schedule):
+    a = render_noising(images, schedule, 5)
+    assert pixels(a).ndim == 3 and pixels(a).shape[0] > 100
+    assert a == render_noising(images, schedule, 5)
+    assert differ(a, render_noising(images, schedule, 60))
+
+
+@pytest.mark.parametrize("kwargs", [{"t": 100}, {"t": -1}, {"t": 2.0}, {"t": 3, "index": 3}])
+def test_render_noising_rejects_bad_arguments(images, schedule, kwargs):
+    with pytest.raises(ValueError, match="t must|index must"):
+        render_noising(images, schedule, **kwargs)
+
+
+def test_render_noising_rejects_images_of_the_wrong_shape(schedule):
+    with pytest.raises(ValueError, match="images must be"):
+        render_noising(torch.zeros(3, 16, 16, dtype=torch.uint8), schedule, 0)
+
+
+def test_noising_explorer_shows_render_noising_for_its_controls(images, schedule):
+    box = noising_explorer(images, schedule)
+    c = box.controls
+    first_int_slider = next(w for w in widgets_in(box) if type(w).__name__ == "IntSlider")
+    assert first_int_slider is c["t"]
+    assert c["schedule"].value == "linear" and c["steps"].value == 100
+    c["t"].value = 7
+    assert box.image.value == render_noising(images, schedule, 7)
+    c["index"].value = 2
+    assert box.image.value == render_noising(images, schedule, 7, index=2)
+    c["schedule"].value = "cosine"
+    assert box.image.value == render_noising(images, NoiseSchedule.cosine(100), 7, index=2)
+    assert c["beta_max"].disabled
+    c["schedule"].value = "linear"
+    c["steps"].value = 50
+    c["t"].value = 49
+    c["beta_max"].value = 0.03
+    assert box.current_schedule().steps == 50
+    expected = NoiseSchedule.linear(50, c["beta_min"].value, 0.03)
+    assert box.image.value == render_noising(images, expected, 49, index=2)
+    before = box.image.value
+    c["steps"].value = 20                                                     # t is clamped to the new T - 1
+    assert c["t"].value == 19 and c["t"].max == 19
+    assert box.image.value == render_noising(images, NoiseSchedule.linear(20, c["beta_min"].value, 0.03), 19, 2)
+    assert differ(before, box.image.value)
+
+
+def test_noising_explorer_recognises_a_cosine_schedule(images):
+    box = noising_explorer(images, NoiseSchedule.cosine(30))
+    assert box.controls["schedule"].value == "cosine" and box.controls["t"].max == 29
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+@pytest.fixture(scope="module")
+def attention():
+    torch.manual_seed(0)
+    block = MultiHeadSelfAttention2d(16, num_heads=2, norm_groups=4)
+    x = torch.randn(1, 16, 8, 8)
+    _, weights = block(x, return_attention=True)
+    return block, x, weights.detach()
+
+
+def test_render_attention_follows_query_and_head(images, attention):
+    _, _, weights = attention
+    a = render_attention(images[0], weights, (2, 3), 0)
+    assert a == render_attention(images[0], weights[0], (2, 3), 0)          # with or without the batch dim
+    assert differ(a, render_attention(images[0], weights, (5, 3), 0))
+    assert differ(a, render_attention(images[0], weights, (2, 3), 1))
+    assert pixels(render_attention(None, weights, (2, 3), 1)).shape[1] < pixels(a).shape[1]
+
+
+@pytest.mark.parametrize("query, head, match", [((0, 0), 2, "head must"), ((0, 8), 0, r"query\[1\] must"),
+                                                ((-1, 0), 0, r"query\[0\] must"), (3, 0, "query must")])
+def test_render_attention_rejects_bad_arguments(attention, query, head, match):
+    with pytest.raises(ValueError, match=match):
+        render_attention(None, attention[2], query, head)
+
+
+def test_render_attention_rejects_non_square_weights():
+    with pytest.raises(ValueError, match="weights must be"):
+        render_attention(None, torch.rand(2, 12, 12), (0, 0), 0)
+
+
+def test_attention_viewer_shows_render_attention_for_its_controls(images, attention):
+    block, x, weights = attention
+    box = attention_viewer(block, x[0], image=images[0])
+    torch.testing.assert_close(box.weights, weights[0])
+    c = box.controls
+    c["qx"].value, c["qy"].value, c["head"].value = 1, 6, 1
+    assert box.image.value == render_attention(images[0], weights, (6, 1), 1)
+    assert list(c["head"].options) == [("head 0", 0), ("head 1", 1)]
+
+
+# ----------------------------------------------------------------------------- trajectories
+
+
+def trajectory(steps, seed):
+    g = torch.Generator().manual_seed(seed)
+    return {"t": list(range(steps - 1, -1, -1)), "x_t": torch.randn(steps + 1, 2, 3, 8, 8, generator=g),
+            "x0_pred": torch.randn(steps, 2, 3, 8, 8, generator=g).clamp(-1, 1)}
+
+
+def test_render_trajectory_follows_step_and_index():
+    trs = {"DDPM (EMA)": trajectory(10, 0), "DDIM (EMA)": trajectory(5, 1)}
+    a = render_trajectory(trs, 4)
+    assert differ(a, render_trajectory(trs, 10)) and differ(a, render_trajectory(trs, 4, index=1))
+    with pytest.raises(ValueError, match="step must"):
+        render_trajectory(trs, 11)
+    with pytest.raises(ValueError, match="index must"):
+        render_trajectory(trs, 0, index=2)
+    with pytest.raises(ValueError, match="trajectories must"):
+        render_trajectory({}, 0)
+
+
+def test_trajectory_scrubber_shows_render_trajectory_for_its_controls():
+    trs = {"DDPM (EMA)": trajectory(6, 0), "DDPM (raw)": trajectory(6, 2)}
+    box = trajectory_scrubber(trs)
+    assert box.controls["step"].max == 6
+    box.controls["step"].value, box.controls["index"].value = 6, 1
+    assert box.image.value == render_trajectory(trs, 6, 1)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_render_training_follows_losses_and_grid(images):
+    losses = list(np.exp(-np.linspace(0, 3, 200)) + 0.05)
+    a = render_training(losses[:100])
+    assert differ(a, render_training(losses)) and differ(a, render_training(losses[:100], grid=images))
+    with pytest.raises(ValueError, match="losses must"):
+        render_training(np.ones((3, 2)))
+    with pytest.raises(ValueError, match="grid must"):
+        render_training(losses, grid=torch.zeros(3, 8, 8))
+
+
+def test_training_monitor_updates_its_image_in_place(images):
+    monitor = TrainingMonitor()
+    empty = monitor.image.value
+    assert empty == render_training([])
+    monitor.update([1.0, 0.5, 0.25], grid=images)
+    assert monitor.image.value == render_training([1.0, 0.5, 0.25], images) != empty
