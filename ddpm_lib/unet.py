@@ -224,7 +224,7 @@ PRESETS = {
                                num_res_blocks=2, dropout=0.1, norm_groups=32, norm_eps=1e-6, time_mlp_dim=512,
                                mid_attention=True),
     # Small enough to learn the shapes data set on a laptop CPU in minutes.
-    "tiny": UNetConfig(ch_list=(3, 32, 64, 128), attention_layer=(3,), num_heads=4, temb_dim=64, num_res_blocks=1,
+    "tiny": UNetConfig(ch_list=(3, 32, 64, 64), attention_layer=(3,), num_heads=4, temb_dim=64, num_res_blocks=1,
                        dropout=0.0, norm_groups=8, time_mlp_dim=128, mid_attention=True),
 }
 
