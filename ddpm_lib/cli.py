@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="cifar10, shapes, or a folder of images")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root (downloaded there when missing)")
     p.add_argument("--steps", type=_positive_int, required=True, help="total optimizer steps to reach (also on --resume)")
-    p.add_argument("--batch-size", type=_positive_int, default=128, help="global batch size (split over DDP ranks)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size, split over DDP ranks (default 128)")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.jsonl, samples/")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
     p.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and dropout")
@@ -128,7 +128,8 @@ def _train(args) -> None:
     device = _init_distributed(args.device)
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     try:
-        out, overrides = Path(args.out), {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress}
+        out = Path(args.out)
+        overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile}
         for name in ("lr", "warmup_steps", "log_every", "sample_every", "checkpoint_every"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
@@ -137,16 +138,20 @@ def _train(args) -> None:
             raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
         if args.resume and checkpoint.exists():
             trainer = Trainer.load(checkpoint, device=device, **overrides)
+            if args.batch_size not in (None, trainer.config.batch_size):
+                raise ValueError(f"--batch-size {args.batch_size} differs from the checkpoint's "
+                                 f"{trainer.config.batch_size}; resuming keeps the data order of the original run")
             if rank == 0:
                 print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
         else:
             torch.manual_seed(args.seed)  # weight init (DDP broadcasts rank 0's anyway)
             model = unet_from_preset(args.preset, **({} if args.dropout is None else {"dropout": args.dropout}))
-            config = TrainConfig(batch_size=args.batch_size, seed=args.seed, compile=args.compile, **overrides)
+            config = TrainConfig(seed=args.seed, **overrides, **({} if args.batch_size is None else
+                                                                 {"batch_size": args.batch_size}))
             trainer = Trainer(model, None, config, device=device)
         if rank != 0:  # rank 0 downloads / decodes first, the others then read its files or cache
             dist.barrier()
-        images = load_dataset(args.data, root=args.data_root, n=args.n_images, seed=args.seed,
+        images = load_dataset(args.data, root=args.data_root, n=args.n_images, seed=trainer.config.seed,
                               size=trainer.model.config.image_size)
         if rank == 0 and world > 1:
             dist.barrier()
@@ -158,8 +163,9 @@ def _train(args) -> None:
             dist.destroy_process_group()
 
 
-def _steps(args, schedule) -> int:
-    return args.steps if args.steps is not None else DEFAULT_STEPS.get(args.sampler, schedule.steps)
+def _steps(args, T: int) -> int:
+    """--steps, else the sampler's default (ddpm: all T)."""
+    return args.steps if args.steps is not None else DEFAULT_STEPS.get(args.sampler, T)
 
 
 def _sample(args) -> None:
@@ -171,7 +177,7 @@ def _sample(args) -> None:
 
     device = args.device if args.device is not None else default_device()
     model, schedule = load_model(args.ckpt, ema=not args.no_ema, device=device)
-    images = generate_images(model, schedule, args.n, args.sampler, _steps(args, schedule), args.batch_size,
+    images = generate_images(model, schedule, args.n, args.sampler, _steps(args, schedule.steps), args.batch_size,
                              device, args.seed, progress=True)  # uint8 (n, 3, H, W)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -185,7 +191,7 @@ def _fid(args) -> None:
 
     ckpt = Path(args.ckpt)
     T = len(read_checkpoint(ckpt)["schedule"]["betas"])  # also: a clear error before any sampling
-    steps = args.steps if args.steps is not None else DEFAULT_STEPS.get(args.sampler, T)
+    steps = _steps(args, T)
     result = evaluate_checkpoint(ckpt, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
                                  data_root=args.data_root, batch_size=args.batch_size, device=args.device,
                                  seed=args.seed)

@@ -5,7 +5,6 @@ import copy
 import json
 import math
 import os
-import pickle
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
@@ -54,8 +53,9 @@ class TrainConfig:
         non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every")
         for name in positive + non_negative:
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{name} must be a number, got {value!r}")
+            kind = float if name in ("lr", "grad_clip") else int
+            if isinstance(value, bool) or not isinstance(value, (kind, int)) or not math.isfinite(value):
+                raise ValueError(f"TrainConfig.{name} must be {'a number' if kind is float else 'an int'}, got {value!r}")
             if value < 0 or (value == 0 and name in positive):
                 raise ValueError(f"TrainConfig.{name} must be {'> 0' if name in positive else '>= 0'}, got {value!r}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -185,7 +185,7 @@ class Trainer:
                         if done or save or self.step % cfg.log_every == 0:
                             rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
                             mean = self._read_losses(pending, log)
-                            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.0f}")
+                            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
                             pending, clock, since = [], time.perf_counter(), self.step
                         if (out is not None and self.rank == 0 and cfg.sample_every
                                 and self.step % cfg.sample_every == 0):
@@ -251,7 +251,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda"], self.device)
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def save(self, path=None) -> Path | None:
+    def save(self, path=None) -> Path:
         """Write one checkpoint file atomically (temp file + os.replace). Under DDP call on every rank."""
         path = Path(path) if path is not None else Path(self.config.out_dir) / "checkpoint.pt"
         if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
@@ -261,8 +261,13 @@ class Trainer:
         if self.world_size > 1:  # each rank's dropout RNG, so a resumed DDP run continues every stream
             rngs = [None] * self.world_size
             dist.all_gather_object(rngs, rng)
-        if self.rank != 0:
-            return None
+        if self.rank == 0:
+            self._write(path, rngs)
+        if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
+            dist.barrier()
+        return path
+
+    def _write(self, path: Path, rngs: list) -> None:
         state = {
             "format": CHECKPOINT_FORMAT, "version": 1, "step": self.step,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
@@ -283,7 +288,6 @@ class Trainer:
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        return path
 
     @classmethod
     def load(cls, path, device=None, **overrides) -> "Trainer":
@@ -312,12 +316,14 @@ def read_checkpoint(path) -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"{path} is not a ddpm_lib checkpoint: weights_only loading refused it "
-                         f"({str(e).strip().splitlines()[0]})") from None
-    except Exception as e:  # truncated zip, random bytes, ...
-        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}: "
-                         f"{str(e).strip().splitlines()[0] if str(e).strip() else 'no detail'})") from None
+    except Exception as e:  # refused pickle globals, truncated zip, random bytes, ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
+            ("Weights only load failed", "Please file an issue", "Check the documentation"))]
+        detail = lines[0] if lines else type(e).__name__
+        if "GLOBAL" in detail:
+            raise ValueError(f"{path} is not a ddpm_lib checkpoint: it holds pickled objects that "
+                             f"torch.load(weights_only=True) refuses to run ({detail})") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({detail})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a ddpm_lib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     return ckpt

@@ -1,0 +1,202 @@
+"""Training throughput of the paper's CIFAR-10 network: ddpm_lib vs diffusers vs denoising-diffusion-pytorch.
+
+Each contender runs its usual full training step (forward, backward, gradient clipping, optimizer, EMA) on
+the same batch of 32x32 images; contenders are interleaved in every repeat so machine load hits all alike.
+Prints and writes a markdown table (images/s, forward GFLOPs per image, utilisation of the measured peak).
+
+    python benchmarks/throughput.py --device cuda --batch-size 128 --repeats 5
+    python benchmarks/throughput.py --device cpu --batch-size 8 --repeats 3 --steps 2
+"""
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from ddpm_lib.device import default_device
+from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.unet import unet_from_preset
+
+# google/ddpm-cifar10-32's UNet2DModel: the paper's network in diffusers (35,746,307 parameters).
+DIFFUSERS_CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
+                        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
+                                                              "DownBlock2D"),
+                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_eps=1e-6,
+                        flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, dropout=0.1)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(device):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def ddpm_lib_step(device, compile):
+    """ddpm_lib's Trainer.train_step: Algorithm 1, Adam (fused on CUDA), clip, foreach EMA; bf16 on CUDA."""
+    torch.manual_seed(0)
+    config = TrainConfig(out_dir=None, progress=False, compile=compile)
+    trainer = Trainer(unet_from_preset("ddpm-cifar10"), None, config, device=device)
+    return trainer.model, lambda x0: trainer.train_step(x0)
+
+
+def diffusers_step(device, compile):
+    """diffusers' train_unconditional example: DDPMScheduler.add_noise, MSE, AdamW, clip, EMAModel."""
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.training_utils import EMAModel
+
+    torch.manual_seed(0)
+    model = UNet2DModel(**DIFFUSERS_CONFIG).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    net = torch.compile(model) if compile else model
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
+    ema = EMAModel(model.parameters(), decay=0.9999)
+    ema.to(device)
+
+    def step(x0):
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, 1000, (x0.shape[0],), device=device)
+        with autocast(device):
+            loss = F.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample.float(), noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.step(model.parameters())
+        return loss.detach()
+
+    return model, step
+
+
+def lucidrains_step(device, compile):
+    """denoising-diffusion-pytorch's Trainer step: GaussianDiffusion loss, Adam, clip, ema_pytorch EMA."""
+    from denoising_diffusion_pytorch import GaussianDiffusion, Unet
+    from ema_pytorch import EMA
+
+    torch.manual_seed(0)
+    model = Unet(dim=64, dim_mults=(1, 2, 4, 8), dropout=0.1)  # its default: 35,711,491 parameters
+    diffusion = GaussianDiffusion(model, image_size=32, timesteps=1000).to(device)
+    net = torch.compile(diffusion) if compile else diffusion
+    optimizer = torch.optim.Adam(diffusion.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    ema = EMA(diffusion, beta=0.995, update_every=10).to(device)
+
+    def step(x0):
+        with autocast(device):
+            loss = net((x0 + 1) / 2)  # it takes images in [0, 1] and normalises them itself
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(diffusion.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        ema.update()
+        return loss.detach()
+
+    return model, step
+
+
+CONTENDERS = {"ddpm_lib": ddpm_lib_step, "diffusers UNet2DModel": diffusers_step,
+              "denoising-diffusion-pytorch Unet": lucidrains_step}
+
+
+def forward_flops(model, device) -> int:
+    """FLOPs of one forward pass for one 32x32 image (a multiply-add counts 2)."""
+    x, t = torch.randn(1, 3, 32, 32, device=device), torch.zeros(1, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x, t)
+    return counter.get_total_flops()
+
+
+def measured_peak(device, n=4096, repeats=5) -> float:
+    """FLOP/s of a big square matmul in the training precision (bf16 on CUDA, fp32 on CPU): the best of repeats."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    n = n if device.type == "cuda" else 2048
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        sync(device)
+        best = min(best, (time.perf_counter() - start) / 10)
+    return 2 * n ** 3 / best
+
+
+def machine(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        name = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
+                     if ln.startswith("model name")), name)
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available)")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--steps", type=int, default=10, help="training steps timed per contender per round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every contender's model")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file the table is appended to")
+    args = parser.parse_args()
+    device = torch.device(args.device) if args.device else default_device()
+
+    peak = measured_peak(device)
+    x0 = torch.rand(args.batch_size, 3, 32, 32, device=device) * 2 - 1
+    steps, rates = {}, {name: [] for name in CONTENDERS}
+    flops, params = {}, {}
+    for name, build in CONTENDERS.items():
+        model, step = build(device, args.compile)
+        params[name] = sum(p.numel() for p in model.parameters())
+        flops[name] = forward_flops(model, device)
+        for _ in range(args.warmup):
+            step(x0)
+        steps[name] = step
+    for _ in range(args.repeats):
+        for name, step in steps.items():
+            sync(device)
+            start = time.perf_counter()
+            for _ in range(args.steps):
+                step(x0)
+            sync(device)
+            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
+
+    precision = "bf16 autocast" if device.type == "cuda" else "fp32"
+    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
+    lines = [f"### Training throughput: {machine(device)}", "",
+             f"{datetime.date.today()}, torch {torch.__version__}{load}; batch {args.batch_size}, {precision}, "
+             f"compile={args.compile}, "
+             f"median of {args.repeats} interleaved rounds of {args.steps} steps; measured matmul peak "
+             f"{peak / 1e12:.2f} TFLOP/s. Utilisation = images/s x 3 x forward FLOPs / peak.", "",
+             "| implementation | parameters | forward GFLOPs / image | images / s | utilisation of peak |",
+             "|---|---:|---:|---:|---:|"]
+    for name in CONTENDERS:
+        rate = statistics.median(rates[name])
+        shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
+        lines.append(f"| {name} | {params[name]:,} | {flops[name] / 1e9:.2f} | {shown} | "
+                     f"{rate * 3 * flops[name] / peak:.1%} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fresh = not out.exists() or out.stat().st_size == 0
+    with out.open("a") as f:
+        f.write(table if fresh else "\n" + table)
+
+
+if __name__ == "__main__":
+    main()
