@@ -1,0 +1,59 @@
+"""Test-session setup for the notebooks (nbval).
+
+When notebooks are collected (`pytest --nbval-lax notebooks/`), the kernels inherit this process's
+environment, so before any kernel starts we set DDPM_SMOKE=1, write a small CIFAR-10-format fixture
+(procedural shapes, in CIFAR-10's own batch files) and point DDPM_DATA_ROOT and DDPM_RUNS at
+temporary folders, and give each kernel one OpenMP thread. The notebooks then run their CIFAR-10
+path, offline, in CI sizes. Variables already set are kept (e.g. DDPM_DATA_ROOT at the real CIFAR-10).
+Plain library tests are unaffected.
+"""
+import os
+import shutil
+import tempfile
+
+import matplotlib
+
+FIXTURE_TRAIN = 5000  # training images in the fixture (data_batch_1..5)
+FIXTURE_TEST = 1000  # test images in the fixture (test_batch)
+
+
+def _runs_notebooks(config):
+    """True when nbval is on or an .ipynb file is named on the command line."""
+    nbval = config.getoption("nbval", default=False) or config.getoption("nbval_lax", default=False)
+    return nbval or any(str(arg).split("::")[0].endswith(".ipynb") for arg in config.args)
+
+
+def _write_fixture(root):
+    import torch
+
+    from ddpm_lib.data import make_shapes, write_cifar10_format
+
+    images = make_shapes(FIXTURE_TRAIN + FIXTURE_TEST, seed=0)  # (N, 3, 32, 32) uint8
+    labels = torch.arange(len(images)) % 10
+    write_cifar10_format(root, images[:FIXTURE_TRAIN], labels[:FIXTURE_TRAIN],
+                         images[FIXTURE_TRAIN:], labels[FIXTURE_TRAIN:])
+
+
+def pytest_configure(config):
+    matplotlib.use("Agg")  # this process never opens windows; kernels keep their inline backend
+    if not _runs_notebooks(config):
+        return
+    if hasattr(config.option, "nbval_current_env") and not config.option.nbval_kernel_name:
+        config.option.nbval_current_env = True  # kernels run this interpreter (the venv), whatever kernelspec says
+    tmp = tempfile.mkdtemp(prefix="ddpm_nbval_")
+    config._ddpm_nbval_tmp = tmp
+    os.environ.setdefault("DDPM_SMOKE", "1")
+    # One intra-op thread per kernel: on a shared 2-core machine two OpenMP threads per kernel oversubscribe
+    # the cores, and the small-batch forward passes of the notebooks were measured 5-25x slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "DDPM_DATA_ROOT" not in os.environ:
+        data_root = os.path.join(tmp, "data")
+        _write_fixture(data_root)
+        os.environ["DDPM_DATA_ROOT"] = data_root
+    os.environ.setdefault("DDPM_RUNS", os.path.join(tmp, "runs"))
+
+
+def pytest_unconfigure(config):
+    tmp = getattr(config, "_ddpm_nbval_tmp", None)
+    if tmp is not None:
+        shutil.rmtree(tmp, ignore_errors=True)
