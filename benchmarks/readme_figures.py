@@ -5,7 +5,7 @@
 
 `forward` noises real images (e.g. a folder of CIFAR-10 images) with the paper's linear schedule and
 the cosine schedule; `run` turns a `python -m ddpm_lib train` output folder into a loss curve and
-copies its latest EMA sample grid.
+copies its latest EMA sample grid (samples/step_*.png).
 """
 import argparse
 import json
@@ -48,7 +48,7 @@ def forward_figure(images_dir: str, n: int = 5, seed: int = 0) -> Path:
 
 def run_figures(run_dir: str) -> list[Path]:
     run = Path(run_dir)
-    rows = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in (run / "loss.jsonl").read_text().splitlines() if line.strip()]
     steps = torch.tensor([r["step"] for r in rows], dtype=torch.float64)
     loss = torch.tensor([r["loss"] for r in rows], dtype=torch.float64)
     k = max(1, len(loss) // 50)
@@ -62,7 +62,7 @@ def run_figures(run_dir: str) -> list[Path]:
     fig.tight_layout()
     out = [DOCS / "loss_curve.png"]
     fig.savefig(out[0], dpi=110)
-    grids = sorted(run.glob("samples_*.png"))
+    grids = sorted((run / "samples").glob("step_*.png"))
     if grids:
         out.append(DOCS / f"samples_{run.name}.png")
         shutil.copyfile(grids[-1], out[-1])

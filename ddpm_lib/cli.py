@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 2e-4)")
     p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 5000)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.9999; short runs want less, e.g. 0.999)")
     p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
     p.add_argument("--log-every", type=_positive_int, default=None, help="steps between loss read-backs (default 100)")
     p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids, 0 = never (default 10000)")
@@ -130,7 +131,7 @@ def _train(args) -> None:
     try:
         out = Path(args.out)
         overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile}
-        for name in ("lr", "warmup_steps", "log_every", "sample_every", "checkpoint_every"):
+        for name in ("lr", "warmup_steps", "ema_decay", "log_every", "sample_every", "checkpoint_every"):
             if getattr(args, name) is not None:
                 overrides[name] = getattr(args, name)
         checkpoint = out / "checkpoint.pt"

@@ -8,13 +8,7 @@ from ddpm_lib.attention import MultiHeadSelfAttention2d
 B, C, H, W, HEADS = 2, 32, 5, 6, 4  # H != W so a transposed reshape would show
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_block(heads=HEADS, seed=0):

@@ -11,13 +11,7 @@ from ddpm_lib.attention import MultiHeadSelfAttention2d
 from ddpm_lib.unet import PRESETS, UNetConfig, model_summary, unet_from_preset
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one thread is as fast, and far faster when other processes share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def perturbed(model: nn.Module, seed=0, std=0.05) -> nn.Module:
