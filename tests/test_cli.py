@@ -65,6 +65,7 @@ def bad_runs(tmp_path_factory):
         "non-integer steps": train + ("--data", "shapes", "--steps", "ten"),
         "existing run without --resume": ("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
                                           "--out", tmp / "run"),
+        "ema decay of 1 or more": train + ("--data", "shapes", "--steps", "1", "--ema-decay", "1.5"),
     }
     procs = {case: cli(*args, cwd=tmp, env=offline) for case, args in cases.items()}
     runs = {case: finish(proc) for case, proc in procs.items()}
@@ -88,6 +89,7 @@ def bad_runs(tmp_path_factory):
     ("negative batch size", "--batch-size: expected a positive integer"),
     ("non-integer steps", "--steps: expected a positive integer"),
     ("existing run without --resume", "--resume"),
+    ("ema decay of 1 or more", "TrainConfig.ema_decay must be in [0, 1)"),
 ])
 def test_bad_input_is_one_line_on_stderr(bad_runs, case, message):
     rc, out, err = bad_runs[case]
@@ -101,8 +103,9 @@ def test_train_resume_and_sample_on_shapes(tmp_path):
     run = tmp_path / "run"
     train = ("train", "--preset", "tiny", "--data", "shapes", "--n-images", "32", "--batch-size", "4",
              "--out", run, "--device", "cpu", "--log-every", "1", "--sample-every", "0", "--no-progress")
-    rc, _, err = finish(cli(*train, "--steps", "2", cwd=tmp_path))
+    rc, _, err = finish(cli(*train, "--steps", "2", "--ema-decay", "0.5", cwd=tmp_path))
     assert rc == 0, err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["train_config"]["ema_decay"] == 0.5
     rc, _, err = finish(cli(*train, "--steps", "3", "--resume", cwd=tmp_path))
     assert rc == 0 and "resuming" in err, err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
