@@ -243,8 +243,20 @@ def make_shapes(n, size=32, seed=0):
 
 # ----------------------------------------------------------------------------- batches on the device
 
-def _epoch_seed(seed, epoch):
-    return int.from_bytes(hashlib.sha256(f"ddpm_lib.data:{seed}:{epoch}".encode()).digest()[:8], "little")
+def mix_seed(*parts) -> int:
+    """A 63-bit generator seed from integers such as (seed, step, rank): an independent stream per tuple."""
+    digest = hashlib.sha256(":".join(["ddpm_lib", *map(str, parts)]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def to_model_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float32 [-1, 1] (the range the model sees)."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """float [-1, 1] -> uint8 [0, 255], rounded and clipped (the way back)."""
+    return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
 
 class DeviceBatches:
@@ -279,7 +291,7 @@ class DeviceBatches:
 
     def _epoch(self, epoch):
         if epoch not in self._epochs:
-            g = torch.Generator().manual_seed(_epoch_seed(self.seed, epoch))
+            g = torch.Generator().manual_seed(mix_seed("epoch", self.seed, epoch))
             perm = torch.randperm(self.num_images, generator=g)
             flips = torch.rand(self.num_images, generator=g) < 0.5
             self._epochs[epoch] = (perm.to(self.device), flips.to(self.device))
@@ -307,7 +319,7 @@ class DeviceBatches:
         x = self.images.index_select(0, idx)
         if self.flip:
             x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
-        return x.float().div_(127.5).sub_(1.0)
+        return to_model_range(x)
 
 
 # ----------------------------------------------------------------------------- by name

@@ -1,4 +1,7 @@
-"""Device choice shared by the library, the CLI and the notebooks."""
+"""Where things run and rest: the device and the cache folder, shared by the library, the CLI and the notebooks."""
+import os
+from pathlib import Path
+
 import torch
 
 
@@ -10,3 +13,9 @@ def default_device() -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def cache_dir(*parts: str) -> Path:
+    """$DDPM_LIB_CACHE, else $XDG_CACHE_HOME/ddpm_lib, else ~/.cache/ddpm_lib; joined with `parts`."""
+    root = os.environ.get("DDPM_LIB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm_lib"
+    return Path(root).expanduser().joinpath(*parts)

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .device import cache_dir as default_cache
+
 SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the TF Inception weights
 
@@ -87,15 +89,11 @@ def _fingerprint(images, extractor) -> str:
     return h.hexdigest()[:16]
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm_lib" / "fid"
-
-
 def cached_features(images, extractor, key, cache_dir=None, batch_size=256, device=None, progress=False):
     """extract_features, stored on disk as cache_dir/{key}-n{N}-{extractor name}-{digest}.pt and reused."""
     _check_images("images", images)
     name = f"{key}-n{len(images)}-{_extractor_name(extractor)}-{_fingerprint(images, extractor)}.pt"
-    path = Path(cache_dir if cache_dir is not None else default_cache_dir()) / name
+    path = (Path(cache_dir) if cache_dir is not None else default_cache("fid")) / name
     if path.exists():
         return torch.load(path, weights_only=True)["features"]
     features = extract_features(images, extractor, batch_size, device, progress)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from .device import cache_dir as default_cache
 from .unet import UNet, unet_from_preset
 
 REPO_ID = "google/ddpm-cifar10-32"
@@ -68,11 +69,6 @@ def unet_from_diffusers(model_or_state_dict) -> UNet:
     return model
 
 
-def default_cache_dir() -> Path:
-    """$DDPM_LIB_CACHE, else ~/.cache/ddpm_lib."""
-    return Path(os.environ.get("DDPM_LIB_CACHE", Path.home() / ".cache" / "ddpm_lib"))
-
-
 def _download(folder: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
@@ -92,10 +88,10 @@ def _download(folder: Path) -> Path:
 def load_ddpm_cifar10(cache_dir: str | os.PathLike | None = None) -> UNet:
     """The paper's CIFAR-10 network with the google/ddpm-cifar10-32 weights (the non-EMA ones, see module doc).
 
-    Looks in cache_dir/ddpm-cifar10-32/ (cache_dir defaults to default_cache_dir()) and downloads there with
+    Looks in cache_dir/ddpm-cifar10-32/ (cache_dir defaults to ddpm_lib.device.cache_dir()) and downloads there with
     huggingface_hub when the file is absent; offline, raises FileNotFoundError saying where to put it.
     """
-    folder = Path(cache_dir if cache_dir is not None else default_cache_dir()) / "ddpm-cifar10-32"
+    folder = (Path(cache_dir) if cache_dir is not None else default_cache()) / "ddpm-cifar10-32"
     path = next((folder / n for n in FILENAMES if (folder / n).is_file()), None) or _download(folder)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file

@@ -12,7 +12,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb",
-             "04_training.ipynb", "05_sampling.ipynb", "06_evaluation.ipynb"]
+             "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb"]
 COLAB = "https://colab.research.google.com/github/ddpm-lib/ddpm_lib/blob/main/notebooks/"
 SMOKE_LINE = 'SMOKE = os.environ.get("DDPM_SMOKE") == "1"'
 
