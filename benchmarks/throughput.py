@@ -3,6 +3,7 @@
 Each contender runs its usual full training step (forward, backward, gradient clipping, optimizer, EMA) on
 the same batch of 32x32 images; contenders are interleaved in every repeat so machine load hits all alike.
 Prints and writes a markdown table (images/s, forward GFLOPs per image, utilisation of the measured peak).
+benchmarks/gpu_check.py imports the contenders and the timing helpers from here.
 
     python benchmarks/throughput.py --device cuda --batch-size 128 --repeats 5
     python benchmarks/throughput.py --device cpu --batch-size 8 --repeats 3 --steps 2
@@ -29,6 +30,13 @@ DIFFUSERS_CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out
                                                               "DownBlock2D"),
                         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_eps=1e-6,
                         flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, dropout=0.1)
+# denoising-diffusion-pytorch's default Unet: 35,711,491 parameters.
+LUCIDRAINS_CONFIG = dict(dim=64, dim_mults=(1, 2, 4, 8), dropout=0.1)
+# toy=True: small networks of the same families, for CPU dry runs (benchmarks/gpu_check.py --dry-run).
+TOY_PRESET = "tiny"
+DIFFUSERS_TOY = dict(DIFFUSERS_CONFIG, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+                     down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"))
+LUCIDRAINS_TOY = dict(dim=16, dim_mults=(1, 2), dropout=0.0)
 
 
 def sync(device):
@@ -36,25 +44,33 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def autocast(device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast(device, dtype=torch.bfloat16):
+    """Autocast in `dtype` on CUDA; a no-op elsewhere (CPU runs are fp32)."""
+    return torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
 
 
-def ddpm_lib_step(device, compile):
-    """ddpm_lib's Trainer.train_step: Algorithm 1, Adam (fused on CUDA), clip, foreach EMA; bf16 on CUDA."""
+def ddpm_lib_step(device, compile, toy=False):
+    """ddpm_lib's Trainer.train_step: Algorithm 1, Adam (fused on CUDA), clip, foreach EMA.
+
+    Its precision is the Trainer's own (ddpm_lib.train.autocast_dtype: bf16 on Ampere+). Returns the model and
+    the bound method trainer.train_step (its __self__ is the Trainer).
+    """
     torch.manual_seed(0)
     config = TrainConfig(out_dir=None, progress=False, compile=compile)
-    trainer = Trainer(unet_from_preset("ddpm-cifar10"), None, config, device=device)
-    return trainer.model, lambda x0: trainer.train_step(x0)
+    trainer = Trainer(unet_from_preset(TOY_PRESET if toy else "ddpm-cifar10"), None, config, device=device)
+    return trainer.model, trainer.train_step
 
 
-def diffusers_step(device, compile):
-    """diffusers' train_unconditional example: DDPMScheduler.add_noise, MSE, AdamW, clip, EMAModel."""
+def diffusers_step(device, compile, toy=False, dtype=torch.bfloat16):
+    """diffusers' train_unconditional example: DDPMScheduler.add_noise, MSE, AdamW, clip, EMAModel.
+
+    dtype: the autocast dtype on CUDA; float16 adds a GradScaler, as its example does with --mixed_precision fp16.
+    """
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.training_utils import EMAModel
 
     torch.manual_seed(0)
-    model = UNet2DModel(**DIFFUSERS_CONFIG).to(device)
+    model = UNet2DModel(**(DIFFUSERS_TOY if toy else DIFFUSERS_CONFIG)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if compile else model
@@ -62,15 +78,18 @@ def diffusers_step(device, compile):
     optimizer = torch.optim.AdamW(model.parameters(), lr=2e-4)
     ema = EMAModel(model.parameters(), decay=0.9999)
     ema.to(device)
+    scaler = torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
 
     def step(x0):
         noise = torch.randn_like(x0)
         t = torch.randint(0, 1000, (x0.shape[0],), device=device)
-        with autocast(device):
+        with autocast(device, dtype):
             loss = F.mse_loss(net(scheduler.add_noise(x0, noise, t), t).sample.float(), noise)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         optimizer.zero_grad(set_to_none=True)
         ema.step(model.parameters())
         return loss.detach()
@@ -78,13 +97,13 @@ def diffusers_step(device, compile):
     return model, step
 
 
-def lucidrains_step(device, compile):
-    """denoising-diffusion-pytorch's Trainer step: GaussianDiffusion loss, Adam, clip, ema_pytorch EMA."""
+def lucidrains_step(device, compile, toy=False):
+    """denoising-diffusion-pytorch's Trainer step: GaussianDiffusion loss, Adam, clip, ema_pytorch EMA; bf16 on CUDA."""
     from denoising_diffusion_pytorch import GaussianDiffusion, Unet
     from ema_pytorch import EMA
 
     torch.manual_seed(0)
-    model = Unet(dim=64, dim_mults=(1, 2, 4, 8), dropout=0.1)  # its default: 35,711,491 parameters
+    model = Unet(**(LUCIDRAINS_TOY if toy else LUCIDRAINS_CONFIG))
     diffusion = GaussianDiffusion(model, image_size=32, timesteps=1000).to(device)
     net = torch.compile(diffusion) if compile else diffusion
     optimizer = torch.optim.Adam(diffusion.parameters(), lr=2e-4, betas=(0.9, 0.99))
@@ -115,10 +134,23 @@ def forward_flops(model, device) -> int:
     return counter.get_total_flops()
 
 
-def measured_peak(device, n=4096, repeats=5) -> float:
-    """FLOP/s of a big square matmul in the training precision (bf16 on CUDA, fp32 on CPU): the best of repeats."""
+def images_per_second(step, x0, steps, device) -> float:
+    """Training images/s of `steps` calls of step(x0), timed between device synchronisations."""
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(x0)
+    sync(device)
+    return steps * x0.shape[0] / (time.perf_counter() - start)
+
+
+def measured_peak(device, n=None, repeats=5) -> float:
+    """FLOP/s of a big square matmul in the training precision (bf16 on CUDA, fp32 on CPU): the best of repeats.
+
+    n: the matrix size (default 4096 on CUDA, 2048 elsewhere).
+    """
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    n = n if device.type == "cuda" else 2048
+    n = n or (4096 if device.type == "cuda" else 2048)
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     a @ b
     best = float("inf")
@@ -168,12 +200,7 @@ def main():
         steps[name] = step
     for _ in range(args.repeats):
         for name, step in steps.items():
-            sync(device)
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                step(x0)
-            sync(device)
-            rates[name].append(args.steps * args.batch_size / (time.perf_counter() - start))
+            rates[name].append(images_per_second(step, x0, args.steps, device))
 
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""

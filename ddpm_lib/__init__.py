@@ -3,25 +3,30 @@
 The public API, re-exported. Notebook viewers live in `ddpm_lib.widgets`.
 """
 from .attention import MultiHeadSelfAttention2d
-from .data import DeviceBatches, load_cifar10, load_dataset, load_image_folder, make_shapes, write_cifar10_format
+from .checkpoint import load_model, read_checkpoint, resolve_checkpoint
+from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
+                   make_shapes)
 from .device import default_device
-from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, generate_images
+from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_neighbours
 from .pretrained import load_ddpm_cifar10, unet_from_diffusers
-from .samplers import ddim_sample, ddpm_sample, dpm_solver_sample
+from .samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
-from .train import TrainConfig, Trainer, load_model
+from .testing import write_cifar10_format
+from .train import TrainConfig, Trainer, autocast_dtype
 from .unet import PRESETS, UNet, UNetConfig, model_summary, unet_from_preset
 
 __version__ = "0.1.0"
 
 __all__ = [
     "MultiHeadSelfAttention2d",
-    "DeviceBatches", "load_cifar10", "load_dataset", "load_image_folder", "make_shapes", "write_cifar10_format",
+    "CIFAR10_CLASSES", "SHAPE_KINDS", "DeviceBatches", "load_cifar10", "load_dataset", "load_image_folder",
+    "make_shapes", "write_cifar10_format",
     "default_device",
-    "evaluate_checkpoint", "fid_kid", "frechet_distance", "generate_images",
+    "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
     "load_ddpm_cifar10", "unet_from_diffusers",
-    "ddim_sample", "ddpm_sample", "dpm_solver_sample",
+    "SAMPLERS", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images",
     "NoiseSchedule", "cosine_betas", "diffusion_loss", "linear_betas",
-    "TrainConfig", "Trainer", "load_model",
+    "load_model", "read_checkpoint", "resolve_checkpoint",
+    "TrainConfig", "Trainer", "autocast_dtype",
     "PRESETS", "UNet", "UNetConfig", "model_summary", "unet_from_preset",
 ]

@@ -1,17 +1,33 @@
-"""python -m ddpm_lib train | sample | fid   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP)."""
+"""python -m ddpm_lib train | sample | fid | export   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP).
+
+Every usage or input error is one line `error: ...` on stderr and a non-zero exit, without a traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import math
-import os
 import sys
+from contextlib import contextmanager
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
-DEFAULT_STEPS = {"ddim": 100, "dpm-solver": 20}  # ddpm always runs all T steps
+from .samplers import SAMPLERS
+from .schedule import NoiseSchedule, linear_betas
+from .train import TrainConfig
+from .unet import PRESETS
+
+SEED_NET = PRESETS["seed"]                              # the seed's network: the knobs' documented defaults
+SEED_SCHEDULE = inspect.signature(linear_betas).parameters  # the seed's schedule: steps, beta_min, beta_max
+KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
+         "temb_dim": "--temb-dim", "dropout": "--dropout"}  # UNetConfig field -> the train flag that overrides it
+TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "log_every", "sample_every", "checkpoint_every",
+                   "cond_drop_prob")  # TrainConfig fields a flag may set, also when resuming
+STEPS_HELP = "sampler steps (default: " + ", ".join(
+    f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items()) + ")"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,24 +38,62 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _positive_int(text: str) -> int:
+def _number(text: str, kind, ok, expected: str):
+    """An argparse type: kind(text) when ok(value), else one line saying what was expected."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        value = None
+    if value is None or not ok(value):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
     return value
 
 
-def _positive_float(text: str) -> float:
+def _positive_int(text):
+    return _number(text, int, lambda v: v >= 1, "a positive integer")
+
+
+def _positive_float(text):
+    return _number(text, float, lambda v: 0 < v < math.inf, "a positive number")
+
+
+def _non_negative_float(text):
+    return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
+
+
+def _probability(text):
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+
+def _beta(text):
+    return _number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
+
+
+def _int_list(text: str, what: str, allow_empty: bool) -> tuple:
+    """"3,64,128" -> (3, 64, 128); "none" or "" -> () where allowed."""
+    if allow_empty and text.strip().lower() in ("", "none"):
+        return ()
     try:
-        value = float(text)
+        values = tuple(int(part) for part in text.split(","))
     except ValueError:
-        value = float("nan")
-    if not value > 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+        values = ()
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    return values
+
+
+def _ch_list(text):
+    return _int_list(text, "comma-separated positive channel counts, e.g. 3,64,128,256,512", False)
+
+
+def _levels(text):
+    return _int_list(text, "comma-separated level indices into --ch-list, e.g. 1,2 (or none)", True)
+
+
+def _preset(text):
+    if text not in PRESETS:
+        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; expected one of {sorted(PRESETS)}")
+    return text
 
 
 def _device(text: str) -> torch.device:
@@ -52,60 +106,114 @@ def _device(text: str) -> torch.device:
     return device
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m ddpm_lib", description="Train, sample and evaluate DDPMs (Ho et al. 2020).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid}")
+def _show(value) -> str:
+    """A flag's value as it is typed: (3, 64) -> "3,64", () -> "none"."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value)) or "none"
+    return str(value)
 
+
+def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a UNet (Algorithm 1); DDP under torchrun")
-    p.add_argument("--preset", required=True, help="UNet preset: ddpm-cifar10, seed or tiny")
-    p.add_argument("--data", required=True, help="cifar10, shapes, or a folder of images")
+    p.add_argument("--preset", type=_preset, help=f"UNet preset: {', '.join(PRESETS)} (needed for a new run)")
+    p.add_argument("--data", help="cifar10, shapes, or a folder of images (default on --resume: the run's)")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root (downloaded there when missing)")
     p.add_argument("--steps", type=_positive_int, required=True, help="total optimizer steps to reach (also on --resume)")
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="global batch size, split over DDP ranks (default 128)")
+    p.add_argument("--batch-size", type=_positive_int, help=f"global batch size, split over DDP ranks "
+                                                            f"(default {TrainConfig.batch_size})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.jsonl, samples/")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt when it exists")
-    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, noise and dropout")
+    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt when it exists; flags that "
+                   "would change its network, schedule, data or seed are refused")
+    p.add_argument("--seed", type=int, help=f"seed of init, data order, noise and dropout (default {TrainConfig.seed})")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate (default 2e-4)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="linear warm-up steps (default 5000)")
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA decay (default 0.9999; short runs want less, e.g. 0.999)")
-    p.add_argument("--dropout", type=float, default=None, help="override the preset's dropout")
-    p.add_argument("--log-every", type=_positive_int, default=None, help="steps between loss read-backs (default 100)")
-    p.add_argument("--sample-every", type=int, default=None, help="steps between sample grids, 0 = never (default 10000)")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="steps between checkpoints (default 10000)")
-    p.add_argument("--n-images", type=_positive_int, default=None, help="shapes: how many to make; else keep the first N")
+    p.add_argument("--device", type=_device, help="cpu, cuda, mps (default: the best available)")
+    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
+    p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {TrainConfig.warmup_steps})")
+    p.add_argument("--ema-decay", type=float, help=f"EMA decay (default {TrainConfig.ema_decay}; short runs want "
+                                                   f"less, e.g. 0.999)")
+    p.add_argument("--log-every", type=_positive_int, help=f"steps between loss read-backs (default {TrainConfig.log_every})")
+    p.add_argument("--sample-every", type=int, help=f"steps between sample grids, 0 = never "
+                                                    f"(default {TrainConfig.sample_every})")
+    p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints "
+                                                        f"(default {TrainConfig.checkpoint_every})")
+    p.add_argument("--n-images", type=_positive_int, help="shapes: how many to make; else keep the first N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
+    g.add_argument("--timesteps", type=_positive_int, metavar="T",
+                   help=f"diffusion steps T (default {SEED_SCHEDULE['steps'].default})")
+    g.add_argument("--schedule", choices=("linear", "cosine"), help="beta schedule (default linear)")
+    g.add_argument("--beta-min", type=_beta, metavar="B", help=f"beta_1 of the linear schedule "
+                                                               f"(default {SEED_SCHEDULE['beta_min'].default})")
+    g.add_argument("--beta-max", type=_beta, metavar="B", help=f"beta_T of the linear schedule "
+                                                               f"(default {SEED_SCHEDULE['beta_max'].default})")
+    g.add_argument("--heads", dest="num_heads", type=_positive_int, metavar="H",
+                   help=f"attention heads (seed: {SEED_NET.num_heads}; default: the preset's)")
+    g.add_argument("--ch-list", type=_ch_list, metavar="C,C,...",
+                   help=f"image channels, then each level's (seed: {_show(SEED_NET.ch_list)}; default: the preset's)")
+    g.add_argument("--attention-layer", type=_levels, metavar="L,L",
+                   help=f"levels with self-attention, indices into --ch-list, or none "
+                        f"(seed: {_show(SEED_NET.attention_layer)}; default: the preset's)")
+    g.add_argument("--temb-dim", type=_positive_int, metavar="D",
+                   help=f"size of the sinusoidal time embedding (seed: {SEED_NET.temb_dim}; default: the preset's)")
+    g.add_argument("--dropout", type=_probability, help=f"dropout in the res blocks (seed: {SEED_NET.dropout}; "
+                                                        f"default: the preset's)")
+    g = p.add_argument_group("class conditioning (classifier-free guidance)")
+    g.add_argument("--class-cond", action="store_true", help="condition on the data's labels: CIFAR-10 classes, "
+                   "shape kinds, or a folder's class sub-folders")
+    g.add_argument("--cond-drop-prob", type=_probability, help=f"how often a label is dropped in training "
+                                                               f"(default {TrainConfig.cond_drop_prob})")
     p.set_defaults(run=_train)
 
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m ddpm_lib", description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,export}")
+    _add_train(sub)
+    ckpt_help = "a checkpoint file written by train, or its run folder"
+
     p = sub.add_parser("sample", help="sample a grid of images from a checkpoint")
-    p.add_argument("--ckpt", required=True, help="checkpoint file written by train")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (ddpm: T; ddim 100; dpm-solver 20)")
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images")
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
+    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
+    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", required=True, help="PNG file for the grid")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--class", dest="label", type=int, metavar="K",
+                   help="class-conditional models: every image of class K (default: the classes in turn)")
+    p.add_argument("--guidance", type=_non_negative_float, default=1.0, metavar="S",
+                   help="classifier-free guidance scale: 0 unconditional, 1 conditional (default), > 1 guided")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--batch-size", type=_positive_int, default=256, help="images per sampler call")
-    p.add_argument("--device", type=_device, default=None)
+    p.add_argument("--device", type=_device)
     p.set_defaults(run=_sample)
 
     p = sub.add_parser("fid", help="FID and KID of a checkpoint's EMA samples")
-    p.add_argument("--ckpt", required=True)
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--n", type=_positive_int, default=50_000, help="samples to draw (paper: 50,000)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddim")
-    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps (ddpm: T; ddim 100; dpm-solver 20)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
+    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
     p.add_argument("--ref", default="cifar10", help="cifar10 (training split) or a folder of images")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root for --ref cifar10")
+    p.add_argument("--guidance", type=_non_negative_float, default=1.0, metavar="S",
+                   help="class-conditional models: guidance scale (labels balanced over the classes)")
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=_device, default=None)
+    p.add_argument("--device", type=_device)
     p.set_defaults(run=_fid)
+
+    p = sub.add_parser("export", help="write a diffusers DDPMPipeline folder (safetensors) of a checkpoint")
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--out", required=True, help="folder for DDPMPipeline.from_pretrained")
+    p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.set_defaults(run=_export)
     return parser
 
 
+# -- train ------------------------------------------------------------------------------------------------------
 def _init_distributed(device: torch.device | None) -> torch.device:
     """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL on CUDA, gloo otherwise."""
+    import os
+
     import torch.distributed as dist
 
     from .device import default_device
@@ -119,67 +227,169 @@ def _init_distributed(device: torch.device | None) -> torch.device:
     return device
 
 
+@contextmanager
+def _rank_zero_first():
+    """Under DDP, rank 0 downloads / decodes the data first; the other ranks then read its files or cache."""
+    import torch.distributed as dist
+
+    first = not dist.is_initialized() or dist.get_rank() == 0
+    if not first:
+        dist.barrier()
+    yield
+    if first and dist.is_initialized():
+        dist.barrier()
+
+
+def _schedule(args) -> NoiseSchedule:
+    """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max."""
+    T = args.timesteps or SEED_SCHEDULE["steps"].default
+    if args.schedule == "cosine":
+        if args.beta_min is not None or args.beta_max is not None:
+            raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
+        return NoiseSchedule.cosine(T)
+    beta_min = args.beta_min if args.beta_min is not None else SEED_SCHEDULE["beta_min"].default
+    beta_max = args.beta_max if args.beta_max is not None else SEED_SCHEDULE["beta_max"].default
+    if beta_min >= beta_max:
+        raise ValueError(f"--beta-min {beta_min} must be < --beta-max {beta_max}")
+    return NoiseSchedule.linear(T, beta_min, beta_max)
+
+
+def _network(args):
+    """The UNetConfig of --preset with the knobs given; a bad combination names its flags."""
+    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
+    try:
+        return replace(PRESETS[args.preset], **given)
+    except ValueError as e:
+        flags = [flag for name, flag in KNOBS.items() if name in given and name in str(e)]
+        flags = flags or [KNOBS[name] for name in given]
+        raise ValueError(f"{'/'.join(flags)}: {e} (with --preset {args.preset})") from None
+
+
+def _data_id(data: str) -> str:
+    """What --data names: cifar10 or shapes, else the folder's absolute path."""
+    return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
+
+
+def _resume_conflicts(args, ckpt: dict) -> list:
+    """The flags given that disagree with the checkpoint being resumed (flags left out never do)."""
+    from .pretrained import scheduler_config
+
+    unet, train, data = ckpt["unet_config"], ckpt["train_config"], ckpt.get("data") or {}
+    sched = scheduler_config(NoiseSchedule.from_state_dict(ckpt["schedule"]))
+    kind = {"linear": "linear", "squaredcos_cap_v2": "cosine"}.get(sched.get("beta_schedule"), "custom")
+    stored = {"--seed": train["seed"], "--batch-size": train["batch_size"],
+              "--timesteps": sched["num_train_timesteps"], "--schedule": kind,
+              "--beta-min": sched.get("beta_start", f"none ({kind} schedule)"),
+              "--beta-max": sched.get("beta_end", f"none ({kind} schedule)"),
+              **{flag: tuple(unet[name]) if isinstance(unet[name], list) else unet[name] for name, flag in KNOBS.items()}}
+    given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
+             "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,
+             **{flag: getattr(args, name) for name, flag in KNOBS.items()}}
+    if data:
+        stored.update({"--data": data.get("data"), "--n-images": data.get("n")})
+        given.update({"--data": args.data and _data_id(args.data), "--n-images": args.n_images})
+    conflicts = [f"{flag} {_show(value)} (the run's: {_show(stored[flag])})" for flag, value in given.items()
+                 if value is not None and value != stored[flag]]
+    if args.preset is not None:  # the preset's other fields (the knobs given are compared above)
+        preset = PRESETS[args.preset]
+        differ = [f.name for f in fields(preset) if f.name not in KNOBS and f.name != "num_classes"
+                  and getattr(preset, f.name) != (tuple(unet[f.name]) if isinstance(unet[f.name], list) else unet[f.name])]
+        conflicts += [f"--preset {args.preset} (the run's network differs in {', '.join(differ)})"] if differ else []
+    if args.class_cond and unet.get("num_classes") is None:
+        conflicts.append("--class-cond (the run's network is unconditional)")
+    return conflicts
+
+
 def _train(args) -> None:
     import torch.distributed as dist
 
-    from .data import load_dataset
-    from .train import Trainer, TrainConfig
-    from .unet import unet_from_preset
-
     device = _init_distributed(args.device)
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     try:
-        out = Path(args.out)
-        overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile}
-        for name in ("lr", "warmup_steps", "ema_decay", "log_every", "sample_every", "checkpoint_every"):
-            if getattr(args, name) is not None:
-                overrides[name] = getattr(args, name)
-        checkpoint = out / "checkpoint.pt"
-        if checkpoint.exists() and not args.resume:
-            raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-        if args.resume and checkpoint.exists():
-            trainer = Trainer.load(checkpoint, device=device, **overrides)
-            if args.batch_size not in (None, trainer.config.batch_size):
-                raise ValueError(f"--batch-size {args.batch_size} differs from the checkpoint's "
-                                 f"{trainer.config.batch_size}; resuming keeps the data order of the original run")
-            if rank == 0:
-                print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
-        else:
-            torch.manual_seed(args.seed)  # weight init (DDP broadcasts rank 0's anyway)
-            model = unet_from_preset(args.preset, **({} if args.dropout is None else {"dropout": args.dropout}))
-            config = TrainConfig(seed=args.seed, **overrides, **({} if args.batch_size is None else
-                                                                 {"batch_size": args.batch_size}))
-            trainer = Trainer(model, None, config, device=device)
-        if rank != 0:  # rank 0 downloads / decodes first, the others then read its files or cache
-            dist.barrier()
-        images = load_dataset(args.data, root=args.data_root, n=args.n_images, seed=trainer.config.seed,
-                              size=trainer.model.config.image_size)
-        if rank == 0 and world > 1:
-            dist.barrier()
-        trainer.fit(images)
-        if rank == 0:
-            print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
+        _fit(args, device)
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _steps(args, T: int) -> int:
-    """--steps, else the sampler's default (ddpm: all T)."""
-    return args.steps if args.steps is not None else DEFAULT_STEPS.get(args.sampler, T)
+def _fit(args, device: torch.device) -> None:
+    from .checkpoint import read_checkpoint
+    from .data import load_dataset
+    from .train import Trainer
+    from .unet import UNet
+
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    if checkpoint.exists() and not args.resume:
+        raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
+    overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
+                 **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
+    if args.resume and checkpoint.exists():
+        ckpt = read_checkpoint(checkpoint)
+        conflicts = _resume_conflicts(args, ckpt)
+        if conflicts:
+            raise ValueError(f"--resume: {'; '.join(conflicts)}: leave these flags out to continue {checkpoint}, "
+                             f"or choose another --out")
+        stored = ckpt.get("data") or {}
+        data, n = args.data or stored.get("data"), args.n_images or stored.get("n")
+        if data is None:
+            raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
+        seed, config = ckpt["train_config"]["seed"], None
+        class_cond = ckpt["unet_config"].get("num_classes") is not None
+        size = ckpt["unet_config"]["image_size"]
+    else:
+        if args.preset is None or args.data is None:
+            raise ValueError("--preset and --data are needed to start a new run")
+        data, n, seed = args.data, args.n_images, args.seed if args.seed is not None else TrainConfig.seed
+        config, schedule, class_cond = _network(args), _schedule(args), args.class_cond
+        batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+        train_config = TrainConfig(seed=seed, **batch, **overrides)
+        size = config.image_size
+    if args.cond_drop_prob is not None and not class_cond:
+        raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
+
+    with _rank_zero_first():
+        loaded = load_dataset(data, root=args.data_root, n=n, seed=seed, size=size, with_labels=class_cond)
+    images, labels, class_names = loaded if class_cond else (loaded, None, None)
+    if config is None:
+        trainer = Trainer.load(checkpoint, device=device, **overrides)
+        if trainer.rank == 0:
+            print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
+    else:
+        torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
+        model = UNet(replace(config, num_classes=len(class_names)) if class_cond else config)
+        trainer = Trainer(model, schedule, train_config, device=device)
+    trainer.data_info = {"data": _data_id(data), "n": len(images), "size": size, "class_names": class_names}
+    trainer.fit(images, labels)
+    if trainer.rank == 0:
+        print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
+
+
+# -- sample, fid, export ----------------------------------------------------------------------------------------
+def _check_guidance(args, num_classes: int | None) -> None:
+    """--class and --guidance need a class-conditional network; --class must name one of its classes."""
+    label = getattr(args, "label", None)
+    if num_classes is None:
+        if label is not None or args.guidance != 1:
+            flag = "--class" if label is not None else "--guidance"
+            raise ValueError(f"{flag}: the checkpoint's network is unconditional (train with --class-cond)")
+    elif label is not None and not 0 <= label < num_classes:
+        raise ValueError(f"--class {label}: expected a class in [0, {num_classes})")
 
 
 def _sample(args) -> None:
     from torchvision.utils import save_image
 
+    from .checkpoint import load_model
     from .device import default_device
-    from .metrics import generate_images
-    from .train import load_model
+    from .samplers import generate_images
 
     device = args.device if args.device is not None else default_device()
     model, schedule = load_model(args.ckpt, ema=not args.no_ema, device=device)
-    images = generate_images(model, schedule, args.n, args.sampler, _steps(args, schedule.steps), args.batch_size,
-                             device, args.seed, progress=True)  # uint8 (n, 3, H, W)
+    K = model.config.num_classes
+    _check_guidance(args, K)
+    y = None if K is None else (torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K)
+    images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=args.steps,
+                             batch_size=args.batch_size, seed=args.seed, y=y, guidance_scale=args.guidance,
+                             device=device, progress=True)  # uint8 (n, 3, H, W)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float() / 255, out, nrow=math.ceil(math.sqrt(args.n)))
@@ -187,18 +397,35 @@ def _sample(args) -> None:
 
 
 def _fid(args) -> None:
+    from .checkpoint import read_checkpoint, resolve_checkpoint
     from .metrics import evaluate_checkpoint
-    from .train import read_checkpoint
 
-    ckpt = Path(args.ckpt)
-    T = len(read_checkpoint(ckpt)["schedule"]["betas"])  # also: a clear error before any sampling
-    steps = _steps(args, T)
-    result = evaluate_checkpoint(ckpt, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
+    ckpt_path = resolve_checkpoint(args.ckpt)
+    if args.ref != "cifar10" and not Path(args.ref).is_dir():
+        raise FileNotFoundError(f"--ref {args.ref}: no such folder (expected cifar10 or a folder of images)")
+    ckpt = read_checkpoint(ckpt_path)  # a clear error before any sampling
+    _check_guidance(args, ckpt["unet_config"].get("num_classes"))
+    steps = args.steps or SAMPLERS[args.sampler].default_steps or len(ckpt["schedule"]["betas"])
+    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
                                  data_root=args.data_root, batch_size=args.batch_size, device=args.device,
-                                 seed=args.seed)
-    path = ckpt.with_name(f"{ckpt.stem}_fid_{args.sampler}{steps}_n{args.n}.json")
+                                 seed=args.seed, guidance_scale=args.guidance)
+    guided = f"_cfg{args.guidance:g}" if args.guidance != 1 else ""
+    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{steps}{guided}_n{args.n}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}  ({path})")
+
+
+def _export(args) -> None:
+    from .checkpoint import load_model
+    from .pretrained import save_diffusers_pipeline
+
+    try:
+        import diffusers  # noqa: F401
+    except ImportError:
+        raise ValueError("export needs diffusers: pip install diffusers") from None
+    model, schedule = load_model(args.ckpt, ema=not args.no_ema, device="cpu")
+    out = save_diffusers_pipeline(model, schedule, args.out)
+    print(f"wrote {out} (DDPMPipeline.from_pretrained({str(out)!r}))", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

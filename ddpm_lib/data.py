@@ -1,13 +1,11 @@
-"""Data: CIFAR-10, image folders, a procedural "shapes" set, and batches drawn on the device.
+"""Data: CIFAR-10, image folders, the procedural "shapes" set (ddpm_lib.shapes), and batches drawn on the device.
 
 Images rest as uint8 (N, 3, H, W); `DeviceBatches` keeps them on the training device and turns each
 batch into floats in [-1, 1] there (random horizontal flip included), so no DataLoader workers are needed.
 """
 import hashlib
-import io
 import os
 import pickle
-import struct
 import warnings
 from pathlib import Path
 from urllib.error import URLError
@@ -18,24 +16,13 @@ from PIL import Image
 from torchvision.datasets import CIFAR10
 from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
+from .shapes import SHAPE_KINDS, make_shapes
+
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 
 
 # ----------------------------------------------------------------------------- CIFAR-10 batches
-
-class _Py2Pickler(pickle._Pickler):
-    """Pickles `bytes` as Python 2 `str` (BINSTRING), as CIFAR-10's own cPickle batches do."""
-
-    dispatch = pickle._Pickler.dispatch.copy()
-
-    def _save_py2_str(self, obj):
-        n = len(obj)
-        self.write((pickle.SHORT_BINSTRING + bytes([n]) if n < 256 else pickle.BINSTRING + struct.pack("<i", n)) + obj)
-        self.memoize(obj)
-
-    dispatch[bytes] = _save_py2_str
-
 
 class _ArrayUnpickler(pickle.Unpickler):
     """Loads plain containers and numpy arrays only: a batch file cannot run code."""
@@ -70,7 +57,7 @@ def load_cifar10(root, train=True, download=True, verify_md5=True):
 
     download: fetch and extract torchvision's archive (md5-checked) when batch files are missing.
     verify_md5: check every batch file against torchvision's md5 list; False accepts fixtures
-    written by `write_cifar10_format`.
+    written by `ddpm_lib.testing.write_cifar10_format`.
     """
     root = Path(root).expanduser()
     folder = root / CIFAR10.base_folder
@@ -102,49 +89,6 @@ def load_cifar10(root, train=True, download=True, verify_md5=True):
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def _as_cifar_arrays(images, labels, what):
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (3, 32, 32):
-        raise ValueError(f"{what} images: expected uint8 (N, 3, 32, 32), got {images.dtype} {images.shape}")
-    if labels.shape != (len(images),) or ((labels < 0) | (labels > 9)).any():
-        raise ValueError(f"{what} labels: expected {len(images)} integers in 0..9, got shape {labels.shape}")
-    return images.reshape(len(images), 3072), labels  # (N, 3072): R, G, B planes, row-major
-
-
-def _dump(path, obj):
-    buffer = io.BytesIO()
-    _Py2Pickler(buffer, protocol=2).dump(obj)
-    path.write_bytes(buffer.getvalue())
-
-
-def write_cifar10_format(root, images, labels, test_images=None, test_labels=None):
-    """Write uint8 (N, 3, 32, 32) images in CIFAR-10's own format under root/cifar-10-batches-py.
-
-    The train split is spread over data_batch_1..5; the test split (test_batch) holds test_images,
-    or the same images when none are given. Files are protocol-2 pickles of dicts with the original's
-    keys (batch_label, labels, data (n, 3072) uint8, filenames) and batches.meta.
-    """
-    train = _as_cifar_arrays(images, labels, "train")
-    test = train if test_images is None else _as_cifar_arrays(test_images, test_labels, "test")
-    folder = Path(root).expanduser() / CIFAR10.base_folder
-    folder.mkdir(parents=True, exist_ok=True)
-    batches = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", d, l)
-               for i, (d, l) in enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))]
-    batches.append(("test_batch", "testing batch 1 of 1", *test))
-    for name, batch_label, data, batch_labels in batches:
-        _dump(folder / name, {
-            b"batch_label": batch_label.encode(),
-            b"labels": [int(label) for label in batch_labels],
-            b"data": np.ascontiguousarray(data),
-            b"filenames": [f"{CIFAR10_CLASSES[label]}_s_{i:06d}.png".encode() for i, label in enumerate(batch_labels)],
-        })
-    _dump(folder / CIFAR10.meta["filename"], {
-        b"num_cases_per_batch": max(len(b[2]) for b in batches),
-        b"label_names": [name.encode() for name in CIFAR10_CLASSES],
-        b"num_vis": 3072,
-    })
-
-
 # ----------------------------------------------------------------------------- image folders
 
 def _decode(file, size):
@@ -163,22 +107,20 @@ def _decode(file, size):
     return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
 
 
-def load_image_folder(path, size=32):
-    """All images under `path` (flat or in class sub-folders), as uint8 (N, 3, size, size).
+def _class_labels(folder, files):
+    """Labels from the first-level sub-folder of each file (class names sorted, as torchvision's ImageFolder)."""
+    loose = [f.name for f in files if len(f.relative_to(folder).parts) == 1]
+    if loose:
+        raise ValueError(f"with_labels=True expects images in class sub-folders of {folder}; found "
+                         f"{len(loose)} directly in it (e.g. {loose[0]})")
+    classes = [f.relative_to(folder).parts[0] for f in files]
+    names = sorted(set(classes))
+    index = {name: i for i, name in enumerate(names)}
+    return torch.tensor([index[c] for c in classes], dtype=torch.int64), names
 
-    Non-square images are centre-cropped to a square, then resized (bicubic). Files are sorted by path.
-    The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes and
-    modification times, so later calls skip decoding until the folder changes.
-    """
-    folder = Path(path).expanduser()
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of images)")
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size: expected a positive integer, got {size!r}")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+
+def _decode_cached(folder, files, size):
+    """uint8 (N, 3, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches."""
     listing = "\n".join(f"{f.relative_to(folder)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files)
     key = hashlib.sha256(f"{size}\n{listing}".encode()).hexdigest()
     cache = folder / f".ddpm_cache_{size}.pt"
@@ -199,46 +141,28 @@ def load_image_folder(path, size=32):
     return images
 
 
-# ----------------------------------------------------------------------------- procedural shapes
+def load_image_folder(path, size=32, with_labels=False):
+    """All images under `path` (flat or in class sub-folders), as uint8 (N, 3, size, size).
 
-_PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-                         [145, 30, 180], [240, 240, 240], [20, 20, 20]], dtype=torch.uint8)  # (P, 3) RGB
-
-
-def _shape_mask(kind, dx, dy, r):
-    """Pixels inside a circle (0), square (1) or triangle (2) of radius r, at offsets dx, dy from its centre."""
-    if kind == 0:
-        return dx ** 2 + dy ** 2 <= r ** 2
-    if kind == 1:
-        return (dx.abs() <= 0.8 * r) & (dy.abs() <= 0.8 * r)
-    return (dy <= r) & (dx.abs() <= (dy + r) / 2)  # apex (0, -r), base of width 2r at dy = r
-
-
-def make_shapes(n, size=32, seed=0):
-    """n images uint8 (n, 3, size, size): one solid circle, square or triangle on a plain background.
-
-    Kind, colours (two distinct palette colours), radius r in [0.15, 0.3] * size and a centre that
-    keeps the shape inside the image (corners stay background) are drawn with a CPU generator seeded by `seed`.
+    with_labels=True: (images, labels int64 (N,), class_names), the label of an image being the index of
+    its first-level sub-folder in the sorted class_names; images directly in `path` are then an error.
+    Non-square images are centre-cropped to a square, then resized (bicubic). Files are sorted by path.
+    The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes and
+    modification times, so later calls skip decoding until the folder changes (the labels follow from
+    the same sorted file names, so the key covers them too).
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size: expected an integer >= 8, got {size!r}")
-    g = torch.Generator().manual_seed(seed)
-    P = len(_PALETTE)
-    kind = torch.randint(0, 3, (n,), generator=g)  # 0 circle, 1 square, 2 triangle
-    bg = torch.randint(0, P, (n,), generator=g)
-    fg = (bg + torch.randint(1, P, (n,), generator=g)) % P
-    r = size * (0.15 + 0.15 * torch.rand(n, generator=g))
-    cx, cy = ((r + 1) + (size - 2 * r - 2) * torch.rand(2, n, generator=g)).view(2, n, 1, 1)
-    grid = torch.arange(size, dtype=torch.float32) + 0.5  # pixel centres
-    dx, dy, r = grid.view(1, 1, size) - cx, grid.view(1, size, 1) - cy, r.view(n, 1, 1)  # (n,1,W), (n,H,1)
-    inside = torch.empty(n, size, size, dtype=torch.bool)
-    for k in range(3):
-        s = kind == k
-        inside[s] = _shape_mask(k, dx[s], dy[s], r[s])
-    fg, bg = _PALETTE[fg].view(n, 3, 1, 1), _PALETTE[bg].view(n, 3, 1, 1)
-    return torch.where(inside.unsqueeze(1), fg, bg)  # (n, 3, size, size)
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of images)")
+    if not isinstance(size, int) or size < 1:
+        raise ValueError(f"size: expected a positive integer, got {size!r}")
+    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
+                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
+    classes = _class_labels(folder, files) if with_labels else None  # (labels, names), checked before decoding
+    images = _decode_cached(folder, files, size)
+    return (images, *classes) if with_labels else images
 
 
 # ----------------------------------------------------------------------------- batches on the device
@@ -266,9 +190,11 @@ class DeviceBatches:
     generator seeded from (seed, e)), each with its own horizontal-flip bits, so global batch `step`
     is stream[step * batch_size : (step + 1) * batch_size] and resuming needs only the step. Rank r of
     world_size takes the r-th of world_size disjoint, equal slices of every global batch.
+    With `labels` (integers >= 0, one per image), `batch_labels(step)` gives the labels of exactly the rows
+    of `batch(step)`.
     """
 
-    def __init__(self, images_uint8, batch_size, device=None, flip=True, seed=0, rank=0, world_size=1):
+    def __init__(self, images_uint8, batch_size, device=None, flip=True, seed=0, rank=0, world_size=1, labels=None):
         if not (torch.is_tensor(images_uint8) and images_uint8.dtype == torch.uint8 and images_uint8.ndim == 4
                 and len(images_uint8) > 0):
             raise ValueError("images_uint8: expected a non-empty uint8 tensor (N, C, H, W)")
@@ -278,6 +204,7 @@ class DeviceBatches:
             raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size}, got {batch_size!r}")
         self.images = images_uint8.to(images_uint8.device if device is None else device)  # moved once, stays uint8
         self.device = self.images.device
+        self.labels = None if labels is None else _check_labels(labels, len(images_uint8)).to(self.device)
         self.batch_size, self.flip, self.seed, self.rank, self.world_size = batch_size, flip, seed, rank, world_size
         self.local_batch_size = batch_size // world_size
         self._epochs = {}  # epoch -> (permutation (N,), flip bits (N,)) on the device
@@ -321,22 +248,56 @@ class DeviceBatches:
             x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         return to_model_range(x)
 
+    def batch_labels(self, step):
+        """Int64 (b,) on the device: the labels of the rows of `batch(step)`; None without labels."""
+        return None if self.labels is None else self.labels.index_select(0, self.indices(step)[0])
+
+
+def _check_labels(labels, n):
+    """labels -> int64 (n,) tensor, or ValueError saying what was expected."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"labels: expected integers, got dtype {labels.dtype}")
+    if labels.shape != (n,) or (n and labels.min() < 0):
+        raise ValueError(f"labels: expected {n} integers >= 0 (one per image), got shape {tuple(labels.shape)}"
+                         + (f" with minimum {labels.min().item()}" if labels.numel() else ""))
+    return labels.long()
+
 
 # ----------------------------------------------------------------------------- by name
 
-def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32):
+def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32, with_labels=False):
     """uint8 images for "cifar10" (train split under root, default "data"), "shapes" (n, default
-    10,000, from seed) or a folder of images; n also keeps only the first n of cifar10 or a folder."""
+    10,000, from seed) or a folder of images; n also keeps only the first n of cifar10 or a folder.
+
+    with_labels=True: (images, labels int64 (N,), class_names): CIFAR10_CLASSES, SHAPE_KINDS, or the
+    folder's class sub-folders (see load_image_folder).
+    """
     if n is not None and (not isinstance(n, int) or n < 1):
         raise ValueError(f"n: expected a positive integer, got {n!r}")
     if name_or_path == "shapes":
-        return make_shapes(n or 10_000, size=size, seed=seed)
-    if name_or_path == "cifar10":
+        images, labels = make_shapes(n or 10_000, size=size, seed=seed, with_labels=True)
+        names = list(SHAPE_KINDS)
+    elif name_or_path == "cifar10":
         if size != 32:
             raise ValueError(f"size: CIFAR-10 images are 32x32, got size={size}")
-        images = load_cifar10(root if root is not None else "data", train=True, download=download)[0]
+        images, labels = load_cifar10(root if root is not None else "data", train=True, download=download)
+        names = list(CIFAR10_CLASSES)
     elif Path(str(name_or_path)).expanduser().is_dir():
-        images = load_image_folder(name_or_path, size=size)
+        loaded = load_image_folder(name_or_path, size=size, with_labels=with_labels)
+        images, labels, names = loaded if with_labels else (loaded, None, None)
     else:
         raise ValueError(f"data: expected cifar10, shapes or a folder of images, got {name_or_path!r}")
-    return images[:n] if n is not None else images
+    if not with_labels:
+        return images[:n]
+    return images[:n], labels[:n], names
+
+
+def __getattr__(name):
+    """`from ddpm_lib.data import write_cifar10_format` still works: it lives in ddpm_lib.testing (imported on first
+    use, since ddpm_lib.testing imports this module)."""
+    if name == "write_cifar10_format":
+        from .testing import write_cifar10_format
+
+        return write_cifar10_format
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

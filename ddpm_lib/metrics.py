@@ -3,7 +3,8 @@
 Protocol (Ho et al. 2020, Sec. 4): 50,000 samples against the 50,000 CIFAR-10 training images, features from
 the pool3 layer (2048-d) of the TensorFlow Inception network that the original FID code used. Here that network
 is torch-fidelity's port (through torchmetrics), with its TF1-style bilinear resize to 299x299.
-See docs/fid.md for why other choices give other numbers.
+See docs/fid.md for why other choices give other numbers. Memorisation (does a sample copy a training image?):
+`nearest_neighbours` of the samples in the training set.
 """
 import hashlib
 import os
@@ -14,9 +15,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import to_model_range
 from .device import cache_dir as default_cache
+from .samplers import generate_images, resolve_steps
 
-SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the TF Inception weights
 
 
@@ -61,18 +63,18 @@ def _extractor_name(extractor) -> str:
     return str(getattr(extractor, "name", type(extractor).__name__))
 
 
-def _check_images(name, images):
+def _check_images(name, images, minimum=2):
     if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3):
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W), got {got}")
-    if images.shape[0] < 2:
-        raise ValueError(f"{name} needs at least 2 images, got {images.shape[0]}")
+    if images.shape[0] < minimum:
+        raise ValueError(f"{name} needs at least {minimum} image{'s' * (minimum > 1)}, got {images.shape[0]}")
 
 
 @torch.no_grad()
 def extract_features(images, extractor, batch_size=256, device=None, progress=False) -> torch.Tensor:
     """Features float32 (N, D) on the CPU of uint8 images (N,3,H,W), batched on `device` (default: extractor's)."""
-    _check_images("images", images)
+    _check_images("images", images, minimum=1)
     if device is None:
         device = next(extractor.parameters(), torch.empty(0)).device
     extractor = extractor.to(device).eval()
@@ -81,9 +83,31 @@ def extract_features(images, extractor, batch_size=256, device=None, progress=Fa
     return torch.cat(chunks).reshape(len(images), -1)  # (N, D)
 
 
+_PLAIN = (bool, int, float, str, type(None), torch.dtype)
+
+
+def _extractor_config(extractor) -> str:
+    """What besides its weights changes an extractor's features: its `cache_key` if it has one, else its class
+    and every plain (non-tensor) attribute of it and its submodules, such as resize size, antialias, dtype."""
+    if getattr(extractor, "cache_key", None) is not None:
+        return f"{type(extractor).__qualname__}:{extractor.cache_key}"
+    config = []
+    for prefix, module in extractor.named_modules():
+        for key, value in sorted(vars(module).items()):
+            plain = isinstance(value, _PLAIN) or (isinstance(value, (tuple, list))
+                                                  and all(isinstance(v, _PLAIN) for v in value))
+            if plain and not key.startswith("_") and key != "training":
+                config.append(f"{prefix}.{key}={value!r}")
+    return f"{type(extractor).__module__}.{type(extractor).__qualname__}:" + ";".join(config)
+
+
 def _fingerprint(images, extractor) -> str:
-    """Digest of the image bytes and the extractor's weights: a cache entry can never go stale."""
+    """Digest of the image bytes, the extractor's configuration and weights: a cache entry can never go stale.
+
+    An attribute that changes between calls (a counter) defeats the cache: give such an extractor a `cache_key`.
+    """
     h = hashlib.sha256(images.cpu().contiguous().numpy().tobytes())
+    h.update(_extractor_config(extractor).encode())
     for t in extractor.state_dict().values():
         h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
@@ -149,47 +173,6 @@ def fid_kid(real_images, fake_images, feature_extractor=None, real_key=None, cac
     return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
-def _to_uint8(x0):
-    """[-1, 1] float -> uint8 [0, 255]."""
-    return ((x0.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
-def generate_images(model, schedule, n, sampler="ddim", steps=100, batch_size=256, device=None, seed=0,
-                    progress=True) -> torch.Tensor:
-    """n samples as uint8 (n,3,H,W) on the CPU, drawn in batches; deterministic in (seed, batch_size).
-
-    sampler: "ddpm" (Algorithm 2, all T steps: steps must equal T), "ddim" or "dpm-solver" (`steps` evaluations).
-    """
-    from ddpm_lib import samplers
-
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
-    if sampler == "ddpm" and steps != schedule.steps:
-        raise ValueError(f"sampler='ddpm' runs all T={schedule.steps} steps: pass steps={schedule.steps}, "
-                         f"or use 'ddim'/'dpm-solver' for fewer (got steps={steps})")
-    for name, value in (("n", n), ("steps", steps), ("batch_size", batch_size)):
-        if not (isinstance(value, int) and value >= 1):
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model, schedule = model.to(device).eval(), schedule.to(device)
-    size = model.config.image_size
-    generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
-    with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
-        for start in range(0, n, batch_size):
-            shape = (min(batch_size, n - start), 3, size, size)
-            if sampler == "ddpm":
-                x0 = samplers.ddpm_sample(model, schedule, shape, generator=generator, device=device)
-            elif sampler == "ddim":
-                x0 = samplers.ddim_sample(model, schedule, shape, steps=steps, generator=generator, device=device)
-            else:
-                x0 = samplers.dpm_solver_sample(model, schedule, shape, steps=steps, generator=generator,
-                                                device=device)
-            images[start:start + shape[0]] = _to_uint8(x0).cpu()
-            bar.update(shape[0])
-    return images
-
-
 def load_reference(ref="cifar10", data_root="data", size=32):
     """(uint8 images (N,3,size,size), cache key): "cifar10" = its training split, else an image folder."""
     from ddpm_lib import data
@@ -202,22 +185,74 @@ def load_reference(ref="cifar10", data_root="data", size=32):
     return data.load_image_folder(folder, size=size), f"folder-{folder.resolve().name}"
 
 
-def evaluate_checkpoint(ckpt_path, n=50_000, sampler="ddim", steps=100, ref="cifar10", data_root="data",
-                        batch_size=256, device=None, seed=0, feature_extractor=None, cache_dir=None,
-                        progress=True) -> dict:
-    """FID/KID of a checkpoint's EMA model: n samples against `ref` (default: the paper's protocol)."""
-    from ddpm_lib.device import default_device
-    from ddpm_lib.train import load_model
+def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",
+                        batch_size=256, device=None, seed=0, guidance_scale=1.0, feature_extractor=None,
+                        cache_dir=None, progress=True) -> dict:
+    """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
+    protocol). A class-conditional model samples balanced labels (i % num_classes) with `guidance_scale`."""
+    from .checkpoint import load_model
+    from .device import default_device
 
-    if not Path(ckpt_path).is_file():
-        raise FileNotFoundError(f"ckpt_path {str(ckpt_path)!r} does not exist")
-    if not (isinstance(n, int) and n >= 2):
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
     device = torch.device(device) if device is not None else default_device()
-    extractor = feature_extractor if feature_extractor is not None else inception_extractor()  # fail before sampling
-    model, schedule = load_model(ckpt_path, ema=True, device=device)
+    model, schedule = load_model(ckpt, ema=True, device=device)
+    steps = resolve_steps(sampler, steps, schedule.steps)                       # fail before any sampling
+    num_classes = getattr(model.config, "num_classes", None)
+    if num_classes is None and guidance_scale != 1:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; {ckpt} is "
+                         f"unconditional (use guidance_scale=1)")
+    y = None if num_classes is None else torch.arange(n) % num_classes          # balanced labels
+    extractor = feature_extractor if feature_extractor is not None else inception_extractor()
     real, key = load_reference(ref, data_root, size=model.config.image_size)
-    fake = generate_images(model, schedule, n, sampler, steps, batch_size, device, seed, progress)
+    fake = generate_images(model, schedule, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
+                           y=y, guidance_scale=guidance_scale, device=device, progress=progress)
     scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
                      device=device, seed=seed, progress=progress)
-    return {**scores, "n": n, "sampler": sampler, "steps": steps, "ref": ref}
+    return {**scores, "n": n, "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale, "ref": ref}
+
+
+@torch.no_grad()
+def nearest_neighbours(samples, train_images, k=1, space="pixel", feature_extractor=None, batch_size=1024,
+                       device=None) -> tuple:
+    """The k training images closest in L2 to each sample: (distances float32 (N, k), indices int64 (N, k)), nearest
+    first, on the CPU. A sample that copies a training image is at distance 0 from it (memorisation check).
+
+    space="pixel": uint8 -> [-1, 1], flattened (3 H W values); "features": the extractor's features (default:
+    Inception pool3). Both sets go through torch.cdist on `device` in blocks of batch_size x batch_size; the
+    ranking uses cdist's matrix-product form, the returned distances are recomputed exactly in float64.
+    """
+    _check_images("samples", samples, minimum=1)
+    _check_images("train_images", train_images, minimum=1)
+    if space not in ("pixel", "features"):
+        raise ValueError(f"space must be 'pixel' or 'features', got {space!r}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(train_images):
+        raise ValueError(f"k must be an int in [1, {len(train_images)}] (the number of training images), got {k!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if space == "pixel" and samples.shape[1:] != train_images.shape[1:]:
+        raise ValueError(f"samples and train_images must have the same (3, H, W) in pixel space, got "
+                         f"{tuple(samples.shape[1:])} and {tuple(train_images.shape[1:])}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if space == "pixel":
+        a, b = to_model_range(samples).flatten(1), to_model_range(train_images).flatten(1)    # (N, 3 H W)
+    else:
+        extractor = feature_extractor if feature_extractor is not None else inception_extractor()
+        a, b = (extract_features(x, extractor, batch_size, device) for x in (samples, train_images))  # (N, D)
+    b = b.to(device)
+    distances, indices = [], []
+    for i in range(0, len(a), batch_size):
+        query = a[i:i + batch_size].to(device)
+        best_d, best_i = None, None                                                 # (q, k) running best
+        for j in range(0, len(b), batch_size):
+            d = torch.cdist(query, b[j:j + batch_size])                             # (q, batch)
+            idx = torch.arange(j, j + d.shape[1], device=device).expand_as(d)
+            if best_d is not None:
+                d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            best_d, pos = d.topk(min(k, d.shape[1]), dim=1, largest=False)
+            best_i = idx.gather(1, pos)
+        exact = (query.double()[:, None, :] - b[best_i].double()).norm(dim=-1)    # (q, k)
+        exact, order = exact.sort(dim=1, stable=True)
+        distances.append(exact.float().cpu())
+        indices.append(best_i.gather(1, order).cpu())
+    return torch.cat(distances), torch.cat(indices)

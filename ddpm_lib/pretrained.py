@@ -1,4 +1,5 @@
-"""The official DDPM CIFAR-10 weights (diffusers' google/ddpm-cifar10-32) as a ddpm_lib UNet.
+"""The official DDPM CIFAR-10 weights (diffusers' google/ddpm-cifar10-32) as a ddpm_lib UNet, and the way back:
+a ddpm_lib UNet as a diffusers UNet2DModel, a NoiseSchedule as a DDPMScheduler, a checkpoint as a DDPMPipeline.
 
 Note: the google/ddpm-cifar10-32 checkpoint is reported to hold the non-EMA weights: its samples score an
 FID of about 12, where the paper's EMA weights give 3.17.
@@ -10,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .device import cache_dir as default_cache
-from .unet import UNet, unet_from_preset
+from .schedule import NoiseSchedule, cosine_betas, linear_betas
+from .unet import PRESETS, UNet, UNetConfig
 
 REPO_ID = "google/ddpm-cifar10-32"
 FILENAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # tried in this order
@@ -24,39 +26,119 @@ _RENAMES = [
     (r"\.conv_shortcut\.", ".skip."), (r"\.group_norm\.", ".norm."), (r"\.(to_out\.0|proj_attn)\.", ".proj_out."),
     (r"\.(to_q|query)\.", ".q."), (r"\.(to_k|key)\.", ".k."), (r"\.(to_v|value)\.", ".v."),
 ]
-# config values of a diffusers UNet2DModel that change the function without changing any weight's name or shape
-_EXPECTED_CONFIG = {"flip_sin_to_cos": False, "freq_shift": 1, "norm_eps": 1e-6, "act_fn": "silu",
-                    "time_embedding_type": "positional", "center_input_sample": False, "downsample_padding": 0,
-                    "mid_block_scale_factor": 1, "resnet_time_scale_shift": "default"}
+# UNet2DModel settings that change the function without changing any weight's name or shape; ddpm_lib's UNet
+# (the paper's TF code) always computes these
+_FIXED_CONFIG = {"flip_sin_to_cos": False, "freq_shift": 1, "act_fn": "silu", "time_embedding_type": "positional",
+                 "center_input_sample": False, "downsample_padding": 0, "mid_block_scale_factor": 1,
+                 "resnet_time_scale_shift": "default", "downsample_type": "conv", "upsample_type": "conv",
+                 "mid_block_type": "UNetMidBlock2D", "class_embed_type": None, "num_class_embeds": None,
+                 "attn_norm_num_groups": None}
+
+
+def _ours(key: str) -> tuple:
+    """A diffusers parameter name -> (ddpm_lib name, index of its third of the stacked `qkv`, or None)."""
+    for pattern, new in _RENAMES:
+        key = re.sub(pattern, new, key)
+    m = re.fullmatch(r"(.*)\.([qkv])\.(weight|bias)", key)
+    return (f"{m[1]}.qkv.{m[3]}", "qkv".index(m[2])) if m else (key, None)
+
+
+def _attention_channels(cfg: UNetConfig) -> list:
+    return [cfg.ch_list[i] for i in cfg.attention_layer] + ([cfg.ch_list[-1]] if cfg.mid_attention else [])
+
+
+def diffusers_config(config: UNetConfig) -> dict:
+    """The UNet2DModel arguments that compute the same function as UNet(config); ValueError saying why there are none.
+
+    diffusers' UNet2DModel always maps the sinusoid of block_out_channels[0] entries through Linear-SiLU-Linear,
+    resamples with convolutions and has one attention head size for every level.
+    """
+    levels, why = config.ch_list[1:], []
+    if getattr(config, "num_classes", None) is not None:
+        why.append(f"num_classes={config.num_classes} (class-conditional networks are not exported)")
+    if config.time_mlp_dim == 0:
+        why.append("time_mlp_dim=0 (diffusers always applies a Linear-SiLU-Linear to the time embedding)")
+    if config.temb_dim != levels[0]:
+        why.append(f"temb_dim={config.temb_dim} != ch_list[1]={levels[0]} (diffusers' sinusoid has as many "
+                   f"entries as the first level's channels)")
+    if not config.resample_with_conv:
+        why.append("resample_with_conv=False (diffusers resamples with convolutions)")
+    attn_ch, head_dim = _attention_channels(config), None
+    if config.num_heads > 1 and attn_ch:
+        if len(set(attn_ch)) > 1:
+            why.append(f"num_heads={config.num_heads} on attention levels of channels {attn_ch} (diffusers has "
+                       f"one attention_head_dim for every level: use num_heads=1 or equal channels)")
+        head_dim = attn_ch[0] // config.num_heads
+    if why:
+        raise ValueError("config: diffusers' UNet2DModel cannot express " + "; ".join(why))
+    attn = set(config.attention_layer)
+    return dict(sample_size=config.image_size, in_channels=config.ch_list[0], out_channels=config.ch_list[0],
+                block_out_channels=levels, layers_per_block=config.num_res_blocks,
+                down_block_types=tuple("AttnDownBlock2D" if i in attn else "DownBlock2D"
+                                       for i in range(1, len(levels) + 1)),
+                up_block_types=tuple("AttnUpBlock2D" if i in attn else "UpBlock2D" for i in range(len(levels), 0, -1)),
+                attention_head_dim=head_dim, norm_num_groups=config.norm_groups, norm_eps=config.norm_eps,
+                dropout=config.dropout, time_embedding_dim=config.time_mlp_dim, add_attention=config.mid_attention,
+                **_FIXED_CONFIG)
+
+
+def _config_from_diffusers(config) -> UNetConfig:
+    """The UNetConfig of a UNet2DModel's config (the inverse of diffusers_config); ValueError where there is none."""
+    wrong = {k: config.get(k) for k, v in _FIXED_CONFIG.items() if k in config and config.get(k) != v}
+    levels = tuple(config.get("block_out_channels", ()))
+    down, up = tuple(config.get("down_block_types", ())), tuple(config.get("up_block_types", ()))
+    attention_layer = tuple(i for i, kind in enumerate(down, start=1) if kind == "AttnDownBlock2D")
+    expected_up = tuple("AttnUpBlock2D" if i in attention_layer else "UpBlock2D" for i in range(len(down), 0, -1))
+    if set(down) - {"DownBlock2D", "AttnDownBlock2D"} or up != expected_up or len(down) != len(levels):
+        wrong.update(down_block_types=down, up_block_types=up)
+    if config.get("in_channels") != config.get("out_channels"):
+        wrong["out_channels"] = config.get("out_channels")
+    size = config.get("sample_size") or 32
+    if isinstance(size, (tuple, list)):
+        wrong.update({} if size[0] == size[-1] else {"sample_size": size})
+        size = size[0]
+    mid_attention = config.get("add_attention", True)
+    head_dim = config.get("attention_head_dim")
+    attn_ch = [levels[i - 1] for i in attention_layer if i <= len(levels)] + ([levels[-1]] if mid_attention else [])
+    heads = {1} if head_dim is None else {c // head_dim for c in attn_ch if c % head_dim == 0}
+    if len(heads) > 1 or (attn_ch and any(c % (head_dim or c) for c in attn_ch)):
+        wrong["attention_head_dim"] = head_dim
+    if wrong:
+        raise ValueError(f"model_or_state_dict: config {wrong} differs from what ddpm_lib's UNet computes")
+    return UNetConfig(ch_list=(config.get("in_channels", 3), *levels), attention_layer=attention_layer,
+                      num_heads=heads.pop() if heads else 1, temb_dim=levels[0],
+                      num_res_blocks=config.get("layers_per_block"), dropout=config.get("dropout", 0.0),
+                      norm_groups=config.get("norm_num_groups"), norm_eps=config.get("norm_eps"),
+                      time_mlp_dim=config.get("time_embedding_dim") or 4 * levels[0], mid_attention=mid_attention,
+                      resample_with_conv=True, image_size=size)
 
 
 def unet_from_diffusers(model_or_state_dict) -> UNet:
-    """A diffusers UNet2DModel (or its state dict) in the google/ddpm-cifar10-32 layout -> the "ddpm-cifar10" UNet.
+    """A diffusers UNet2DModel -> the UNet of the same layout (its config read); a bare state dict -> "ddpm-cifar10".
 
     q, k, v (Linear layers there) become the stacked 1x1 conv `qkv`; the output Linear becomes the 1x1 `proj_out`.
+    The result is a trainable copy in float32.
     """
     config = getattr(model_or_state_dict, "config", None)
-    if config is not None:
-        wrong = {k: config.get(k) for k, v in _EXPECTED_CONFIG.items() if k in config and config.get(k) != v}
-        if config.get("attention_head_dim") not in (None, 256):  # one head of 256 channels
-            wrong["attention_head_dim"] = config.get("attention_head_dim")
-        if wrong:
-            raise ValueError(f"model_or_state_dict: config {wrong} differs from google/ddpm-cifar10-32's")
+    layout = "its config's layout" if config is not None else "the google/ddpm-cifar10-32 layout"
+    config = _config_from_diffusers(config) if config is not None else PRESETS["ddpm-cifar10"]
     state = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
-    renamed = {}
+    renamed, thirds = {}, {}
     for key, value in state.items():
-        for pattern, new in _RENAMES:
-            key = re.sub(pattern, new, key)
-        renamed[key] = value
-    for key in [k for k in renamed if re.search(r"\.q\.(weight|bias)$", k)]:  # (C, C) x 3 -> (3C, C)
-        prefix, kind = key.rsplit(".q.", 1)
-        renamed[f"{prefix}.qkv.{kind}"] = torch.cat([renamed.pop(f"{prefix}.{n}.{kind}") for n in "qkv"])
+        name, third = _ours(key)
+        if third is None:
+            renamed[name] = value
+        else:
+            thirds.setdefault(name, {})[third] = value
+    for name, parts in thirds.items():  # (C, C) x 3 -> (3C, C)
+        if len(parts) == 3:
+            renamed[name] = torch.cat([parts[i] for i in range(3)])
     with torch.device("meta"):  # no time spent initialising weights that are about to be replaced
-        model = unet_from_preset("ddpm-cifar10")
+        model = UNet(config)
     target = model.state_dict()
     missing, unexpected = sorted(set(target) - set(renamed)), sorted(set(renamed) - set(target))
     if missing or unexpected:
-        raise ValueError(f"model_or_state_dict is not in the google/ddpm-cifar10-32 layout: missing {missing[:5]}, "
+        raise ValueError(f"model_or_state_dict is not in {layout}: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]} ({len(missing)} and {len(unexpected)} in all, ddpm_lib names)")
     for key, value in renamed.items():
         if value.ndim == 2 and target[key].ndim == 4:
@@ -67,6 +149,27 @@ def unet_from_diffusers(model_or_state_dict) -> UNet:
         renamed[key] = renamed[key].detach().to(torch.float32, copy=True)  # never shares memory with the source
     model.load_state_dict(renamed, assign=True)
     return model
+
+
+def unet_to_diffusers(unet: UNet):
+    """The diffusers UNet2DModel computing the same function as `unet` (float32, on unet's device, its train/eval
+    mode); ValueError when diffusers cannot express the network (see diffusers_config)."""
+    from diffusers import UNet2DModel
+
+    config = diffusers_config(unet.config)
+    ours = unet.state_dict()
+    model = UNet2DModel(**config)
+    state, used = {}, set()
+    for key, like in model.state_dict().items():
+        name, third = _ours(key)
+        value = ours[name] if third is None else ours[name].chunk(3)[third]  # (3C, C, 1, 1) -> (C, C, 1, 1)
+        state[key] = value.reshape(like.shape).detach().to("cpu", torch.float32, copy=True)  # 1x1 conv -> Linear
+        used.add(name)
+    if set(ours) - used:
+        raise ValueError(f"unet: parameters {sorted(set(ours) - used)[:5]} have no place in diffusers' UNet2DModel")
+    model.load_state_dict(state)
+    return model.to(next(unet.parameters()).device).train(unet.training)
+
 
 
 def _download(folder: Path) -> Path:
@@ -100,3 +203,31 @@ def load_ddpm_cifar10(cache_dir: str | os.PathLike | None = None) -> UNet:
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
     return unet_from_diffusers(state)
+
+def scheduler_config(schedule: NoiseSchedule) -> dict:
+    """DDPMScheduler arguments for `schedule`: diffusers' names for linear and cosine betas, else the betas themselves.
+
+    variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
+    variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
+    """
+    betas = schedule.state_dict()["betas"]  # float64, (T,)
+    T, b1, bT = len(betas), betas[0].item(), betas[-1].item()
+    config = dict(num_train_timesteps=T, variance_type="fixed_large", clip_sample=True, clip_sample_range=1.0,
+                  prediction_type="epsilon")
+    if T > 1 and b1 < bT and torch.allclose(betas, linear_betas(T, b1, bT), rtol=1e-12, atol=0):
+        return {**config, "beta_schedule": "linear", "beta_start": b1, "beta_end": bT}
+    if torch.allclose(betas, cosine_betas(T), rtol=1e-12, atol=0):
+        return {**config, "beta_schedule": "squaredcos_cap_v2"}  # Nichol & Dhariwal's cosine, betas capped at 0.999
+    return {**config, "trained_betas": betas.tolist()}
+
+
+def save_diffusers_pipeline(unet: UNet, schedule: NoiseSchedule, out_dir) -> Path:
+    """Write a diffusers DDPMPipeline folder (safetensors weights) that DDPMPipeline.from_pretrained(out_dir) loads."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"out_dir {str(out_dir)!r} is a file; expected a folder for the pipeline")
+    pipeline = DDPMPipeline(unet=unet_to_diffusers(unet).eval(), scheduler=DDPMScheduler(**scheduler_config(schedule)))
+    pipeline.save_pretrained(out_dir, safe_serialization=True)
+    return out_dir

@@ -1,7 +1,7 @@
-"""Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022).
+"""Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022), one registry.
 
-Each takes the noise predictor as `model(x_t, t) -> eps`, with x_t float (B, C, H, W) and t int64 (B,),
-draws x_T ~ N(0, I) and returns x0. Common keyword arguments:
+Each takes the noise predictor as `model(x_t, t) -> eps` (or `model(x_t, t, y)` when labels are given), with
+x_t float (B, C, H, W), t int64 (B,) and y int64 (B,), draws x_T ~ N(0, I) and returns x0. Common keyword arguments:
   generator          torch.Generator for every random draw (x_T first, then the per-step noise);
                      a CPU generator gives the same numbers on every device
   device             where to sample (default: the schedule's device)
@@ -11,14 +11,24 @@ draws x_T ~ N(0, I) and returns x0. Common keyword arguments:
                      and x_t[S] the returned sample
   clip_denoised      clip the predicted x0 to [-1, 1] at every step, as the official code does
   x_T                start from this noise instead of drawing it (its dtype and device are used)
+  y                  class labels int64 (B,) for a class-conditional model; -1 = no label for that row
+  guidance_scale     classifier-free guidance s (Ho & Salimans 2022, diffusers' convention):
+                     eps = eps_uncond + s (eps_cond - eps_uncond); s = 1 the conditional model, s = 0 the
+                     unconditional one (label -1); other s evaluate both in one batched model call
 """
 import math
-from typing import Optional
+from types import MappingProxyType
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from tqdm.auto import tqdm
 
+from .data import to_uint8
 from .schedule import NoiseSchedule, _randn
+from .timesteps import _check_solver_steps, ddim_timesteps, dpm_solver_timesteps
+
+DDIM_STEPS = 50        # DDIM's default number of model evaluations
+DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
 
 
 def _check_shape(shape) -> tuple:
@@ -28,9 +38,27 @@ def _check_shape(shape) -> tuple:
     return shape
 
 
-def _check_solver_steps(steps, T: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+def _check_guidance(model, y, guidance_scale, batch: int, device) -> Optional[torch.Tensor]:
+    """y as int64 (batch,) on `device` (or None) after checking it and guidance_scale against the model."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
+            or not math.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
+    if y is None:
+        if guidance_scale != 1:
+            raise ValueError(f"guidance_scale={guidance_scale!r} needs class labels y (guidance mixes the "
+                             f"conditional and unconditional predictions)")
+        return None
+    if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool \
+            or tuple(y.shape) != (batch,):
+        got = f"{y.dtype} {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
+        raise ValueError(f"y must be an integer tensor of shape ({batch},), got {got}")
+    num_classes = getattr(getattr(model, "config", None), "num_classes", -1)  # -1: a plain callable, not checked
+    if num_classes is None:
+        raise ValueError("y was given but the model is unconditional (its config.num_classes is None)")
+    if len(y) and (y.min() < -1 or (num_classes != -1 and y.max() >= num_classes)):
+        raise ValueError(f"y must hold labels in [-1, {num_classes}) (-1 = no label), "
+                         f"got min {y.min().item()}, max {y.max().item()}")
+    return y.to(device, torch.long)
 
 
 def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
@@ -43,10 +71,23 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
     return schedule.to(device), x
 
 
-def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
+def _guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], s: float) -> torch.Tensor:
+    """eps_theta(x_t, t), or with labels eps_u + s (eps_c - eps_u)  (classifier-free guidance)."""
+    if y is None:
+        return model(x_t, t)
+    if s == 1:
+        return model(x_t, t, y)                                           # the conditional model alone
+    if s == 0:
+        return model(x_t, t, torch.full_like(y, -1))                      # the unconditional model alone
+    both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, -1)]))  # (2B, C, H, W)
+    eps_c, eps_u = both.chunk(2)
+    return eps_u + s * (eps_c - eps_u)
+
+
+def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool, y, s):
     """The x0 that eps_theta(x_t, t) implies (Eq. 4 solved for x0), clipped to [-1, 1] if asked, and t as (B,)."""
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    eps = model(x_t, t_batch).to(x_t.dtype)
+    eps = _guided_eps(model, x_t, t_batch, y, s).to(x_t.dtype)
     x0 = schedule.predict_x0(x_t, t_batch, eps)
     return (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
 
@@ -78,7 +119,8 @@ def _cpu_coefficients(schedule: NoiseSchedule):
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
-                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None):
+                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
     """Algorithm 2, ancestral sampling through all T steps.
 
     variance="beta" uses sigma_t^2 = beta_t (the paper's CIFAR-10 choice); "posterior" uses
@@ -88,10 +130,11 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     traj = _Trajectory(return_trajectory)
     for t in tqdm(range(schedule.steps - 1, -1, -1), disable=not progress, desc="DDPM"):   # Algorithm 2, line 2
-        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised)
+        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)
         traj.add(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
         if t > 0:                                                                          # Algorithm 2, line 3
@@ -102,22 +145,11 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
     return traj.result(x, return_trajectory)
 
 
-def ddim_timesteps(T: int, steps: int) -> list:
-    """`steps` timesteps evenly spaced from T-1 down to 0, both included (diffusers' "linspace" spacing).
-
-    Unlike "leading" spacing (0, T//steps, ... which stops short of T-1 when steps does not divide T),
-    the first step always starts where x_T ~ N(0, I) is defined and the last one reaches t = 0.
-    """
-    _check_solver_steps(steps, T)
-    if steps == 1:
-        return [T - 1]
-    return [int(math.floor((T - 1) * (1 - i / (steps - 1)) + 0.5)) for i in range(steps)]
-
-
 @torch.no_grad()
-def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: float = 0.0, *,
+def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
-                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None):
+                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None,
+                y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
     """DDIM (Song et al. 2021, Eq. 12) on `ddim_timesteps(T, steps)`; eta=0 is deterministic, eta=1 is DDPM-like.
 
     With clipping, eps is recomputed from the clipped x0 (as improved-diffusion does) so that both agree.
@@ -127,73 +159,121 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = 50, eta: flo
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     timesteps = ddim_timesteps(schedule.steps, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     abar, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
+    abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
     traj = _Trajectory(return_trajectory)
-    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DDIM")):
-        x0, _ = _denoise(model, schedule, x, t, clip_denoised)
+    steps_ = tqdm(zip(timesteps, abars[:-1], abars[1:]), total=len(timesteps), disable=not progress, desc="DDIM")
+    for t, abar_t, abar_next in steps_:
+        x0, _ = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)
         traj.add(t, x, x0)
         eps = (x - sqrt_abar[t] * x0) / sqrt_1m_abar[t]                                  # Eq. 12, eps of this x0
-        abar_prev = abar[timesteps[i + 1]] if i + 1 < len(timesteps) else 1.0
-        sigma = eta * math.sqrt((1 - abar_prev) / (1 - abar[t]) * (1 - abar[t] / abar_prev))    # Eq. 16
-        x = math.sqrt(abar_prev) * x0 + math.sqrt(max(1 - abar_prev - sigma ** 2, 0.0)) * eps   # Eq. 12
+        sigma = eta * math.sqrt((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next))      # Eq. 16
+        x = math.sqrt(abar_next) * x0 + math.sqrt(max(1 - abar_next - sigma ** 2, 0.0)) * eps   # Eq. 12
         if eta > 0:
             x = x + sigma * _randn(x.shape, generator, x.device, x.dtype)
     return traj.result(x, return_trajectory)
 
 
-def dpm_solver_timesteps(schedule: NoiseSchedule, steps: int) -> list:
-    """Integer timesteps from T-1 down to 0, spaced uniformly in log-SNR lambda = log(alpha_t / sigma_t).
-
-    Targets evenly spaced in lambda are mapped to t by linear interpolation and rounded, as diffusers'
-    `use_lu_lambdas` does. Timesteps that coincide after rounding are merged, so there can be fewer than
-    `steps`: with many steps, or with schedules whose lambda falls steeply near T-1 (cosine betas clipped
-    at 0.999 lose one of 10 steps there).
-    """
-    _check_solver_steps(steps, schedule.steps)
-    if schedule.steps == 1:
-        return [0]
-    _, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
-    log_sigma = torch.tensor([math.log(s / a) for a, s in zip(sqrt_abar, sqrt_1m_abar)], dtype=torch.float64)
-    target = torch.linspace(log_sigma[-1].item(), log_sigma[0].item(), steps, dtype=torch.float64)  # -lambda, T-1 -> 0
-    hi = torch.searchsorted(log_sigma, target).clamp(1, schedule.steps - 1)    # log_sigma increases with t
-    lo = hi - 1
-    w = ((target - log_sigma[lo]) / (log_sigma[hi] - log_sigma[lo])).clamp(0, 1)
-    t = torch.round(lo + w).long().tolist()
-    return sorted(set(t), reverse=True)
-
-
 @torch.no_grad()
-def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = 20, *,
+def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SOLVER_STEPS, *,
                       generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                       return_trajectory: bool = False, clip_denoised: bool = True,
-                      x_T: Optional[torch.Tensor] = None):
+                      x_T: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
+                      guidance_scale: float = 1.0):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep, data prediction, log-SNR-uniform steps.
 
     Solves the probability-flow ODE in lambda with the exponential integrator, using the model's x0
     prediction D and a second-order correction from the previous step's D. The first step is first order
-    (no history yet, it equals DDIM); the last model call, at t = 0, returns its x0 prediction (the step
-    to sigma = 0, diffusers' final_sigmas_type="zero"). One model call per `dpm_solver_timesteps` entry.
+    (no history yet, it equals DDIM), and so is the last, from t = 0 to sigma = 0, which returns D there
+    (diffusers' final_sigmas_type="zero"). One model call per timestep: exactly `steps`.
     The step sizes use lambda of the rounded timesteps the model sees (diffusers keeps the unrounded ones).
     """
     timesteps = dpm_solver_timesteps(schedule, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     _, alpha, sigma = _cpu_coefficients(schedule)
-    lam = [math.log(a / s) for a, s in zip(alpha, sigma)]                         # lambda_t = log(alpha_t / sigma_t)
+    # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
+    points = [(alpha[t], sigma[t], math.log(alpha[t] / sigma[t])) for t in timesteps] + [(1.0, 0.0, math.inf)]
     traj = _Trajectory(return_trajectory)
     D_prev, h_prev = None, None
-    for i, t in enumerate(tqdm(timesteps, disable=not progress, desc="DPM-Solver++")):
-        D, _ = _denoise(model, schedule, x, t, clip_denoised)                     # data prediction x0_theta(x_t, t)
+    steps_ = tqdm(zip(timesteps, points[:-1], points[1:]), total=len(timesteps), disable=not progress,
+                  desc="DPM-Solver++")
+    for t, (_, sigma_t, lam_t), (alpha_next, sigma_next, lam_next) in steps_:
+        D, _ = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)  # data prediction x0_theta(x_t, t)
         traj.add(t, x, D)
-        if i + 1 == len(timesteps):                                               # to sigma = 0: x0 = D
-            x = D
-            break
-        t_next = timesteps[i + 1]
-        h = lam[t_next] - lam[t]
-        if D_prev is not None:                                                    # 2M: D + (D - D_prev) / (2 r)
+        h = lam_next - lam_t
+        if D_prev is None or math.isinf(h):                                  # first order: first and last step
+            D_step = D
+        else:                                                                # 2M: D + (D - D_prev) / (2 r)
             r = h_prev / h
             D_step = (1 + 0.5 / r) * D - (0.5 / r) * D_prev
-        else:
-            D_step = D
-        x = (sigma[t_next] / sigma[t]) * x - alpha[t_next] * math.expm1(-h) * D_step   # exponential integrator
+        x = (sigma_next / sigma_t) * x - alpha_next * math.expm1(-h) * D_step   # exponential integrator
         D_prev, h_prev = D, h
     return traj.result(x, return_trajectory)
+
+
+class Sampler(NamedTuple):
+    """A registry entry: the sampling function and how many model evaluations it makes by default."""
+
+    fn: Callable                  # fn(model, schedule, shape, [steps,] *, generator, device, y, guidance_scale...)
+    default_steps: Optional[int]  # steps when none are asked for; None = all T (ddpm takes no `steps`)
+
+
+SAMPLERS = MappingProxyType({
+    "ddpm": Sampler(ddpm_sample, None),
+    "ddim": Sampler(ddim_sample, DDIM_STEPS),
+    "dpm-solver": Sampler(dpm_solver_sample, DPM_SOLVER_STEPS),
+})
+
+
+def resolve_steps(sampler: str, steps: Optional[int], T: int) -> int:
+    """The model evaluations `sampler` makes for `steps` (None: its default, at most T; "ddpm": all T), checked."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
+    default = SAMPLERS[sampler].default_steps
+    if default is None and steps not in (None, T):
+        raise ValueError(f"sampler={sampler!r} runs all T={T} steps: pass steps=None, "
+                         f"or use 'ddim'/'dpm-solver' for fewer (got steps={steps})")
+    steps = min(default or T, T) if steps is None else steps
+    _check_solver_steps(steps, T)
+    return steps
+
+
+def _model_device(model) -> torch.device:
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "ddim", steps: Optional[int] = None,
+                    batch_size: int = 256, seed: int = 0, y=None, guidance_scale: float = 1.0, device=None,
+                    progress: bool = False) -> torch.Tensor:
+    """n samples as uint8 (n, 3, H, W) on the CPU, drawn in batches; deterministic in (seed, batch_size, device).
+
+    sampler: a name in SAMPLERS; steps: its model evaluations (None: its default; "ddpm" always runs all T).
+    y: labels (n,) for a class-conditional model. The model is moved to `device` (default: where it is) and
+    put in eval mode for sampling; its train/eval mode is restored afterwards.
+    """
+    steps = resolve_steps(sampler, steps, schedule.steps)
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    entry = SAMPLERS[sampler]
+    y = _check_guidance(model, y if y is None or torch.is_tensor(y) else torch.as_tensor(y), guidance_scale, n, "cpu")
+    device = torch.device(device) if device is not None else _model_device(model)
+    size = model.config.image_size
+    kwargs = {} if entry.default_steps is None else {"steps": steps}
+    generator = torch.Generator(device=device).manual_seed(seed)
+    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    was_training = model.training
+    try:
+        model, schedule = model.to(device).eval(), schedule.to(device)
+        with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
+            for start in range(0, n, batch_size):
+                stop = min(start + batch_size, n)
+                x0 = entry.fn(model, schedule, (stop - start, 3, size, size), generator=generator, device=device,
+                              y=None if y is None else y[start:stop], guidance_scale=guidance_scale, **kwargs)
+                images[start:stop] = to_uint8(x0).cpu()
+                bar.update(stop - start)
+    finally:
+        model.train(was_training)
+    return images

@@ -1,12 +1,18 @@
-"""Training: Algorithm 1 with the paper's CIFAR-10 recipe, EMA, mixed precision, checkpoints, resume, DDP."""
+"""Training: Algorithm 1 with the paper's CIFAR-10 recipe, EMA, mixed precision, resume, DDP.
+
+Every random draw of step k comes from seeds mixed from (seed, k, rank): the data order and flips
+(DeviceBatches), t, eps and label drops (one generator per step), dropout (the global RNG, reseeded every
+step). So resuming needs only the step, and K ranks see the noise one process would.
+"""
 from __future__ import annotations
 
 import copy
 import json
 import math
-import os
 import time
+import warnings
 from dataclasses import asdict, dataclass, fields, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -15,13 +21,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
-from .data import DeviceBatches
+from .checkpoint import (CHECKPOINT_NAME, config_from_dict, load_weights, read_checkpoint,
+                         remove_stale_temp_files, write_checkpoint)
+from .data import DeviceBatches, mix_seed
 from .device import default_device
 from .samplers import ddim_sample
 from .schedule import NoiseSchedule, diffusion_loss
 from .unet import UNet, UNetConfig
-
-CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
 
 
 @dataclass
@@ -31,13 +37,12 @@ class TrainConfig:
     batch_size: int = 128            # global batch, split evenly over DDP ranks
     grad_clip: float = 1.0           # clip the global gradient norm to this (0: no clipping)
     ema_decay: float = 0.9999        # EMA of the weights, used for sampling and evaluation
+    ema_warmup: bool = True          # EMA decay min(ema_decay, (1+n)/(10+n)) at update n (False: constant, paper)
     steps: int = 800_000             # total optimizer steps to reach (also when resuming)
     flip: bool = True                # random horizontal flips of the training images
-    timesteps: int = 1000            # T of the linear beta schedule built by the CLI
-    beta_min: float = 1e-4           # beta_1 of the linear schedule
-    beta_max: float = 0.02           # beta_T of the linear schedule
-    seed: int = 0                    # seeds data order, noise (t, eps), dropout and sample grids
-    amp: bool = True                 # CUDA only: bf16 autocast (fp16 + GradScaler where bf16 is missing)
+    cond_drop_prob: float = 0.1      # class-conditional models only: a label is replaced by -1 (no label) this often
+    seed: int = 0                    # seeds data order, noise (t, eps), label drops, dropout and sample grids
+    amp: bool = True                 # CUDA only: autocast in autocast_dtype(device) (False: fp32, TF32 on Ampere+)
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
     compile: bool = False            # torch.compile the model
     log_every: int = 100             # read losses back to the host, log them and update the bar
@@ -49,7 +54,7 @@ class TrainConfig:
     progress: bool = True            # show a tqdm progress bar
 
     def __post_init__(self):
-        positive = ("lr", "batch_size", "steps", "timesteps", "log_every", "sample_n", "sample_steps")
+        positive = ("lr", "batch_size", "steps", "log_every", "sample_n", "sample_steps")
         non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every")
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -58,22 +63,33 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be {'a number' if kind is float else 'an int'}, got {value!r}")
             if value < 0 or (value == 0 and name in positive):
                 raise ValueError(f"TrainConfig.{name} must be {'> 0' if name in positive else '>= 0'}, got {value!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1), got {self.ema_decay!r}")
-        if not 0.0 < self.beta_min < self.beta_max < 1.0:
-            raise ValueError(f"TrainConfig.beta_min/beta_max must satisfy 0 < beta_min < beta_max < 1, "
-                             f"got {self.beta_min!r}, {self.beta_max!r}")
+        for name in ("ema_decay", "cond_drop_prob"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {value!r}")
 
 
-def _mix(seed: int, step: int, stream: int) -> int:
-    """A 63-bit generator seed from (seed, step, stream): independent streams per step."""
-    return (seed * 6364136223846793005 + step * 1442695040888963407 + stream * 2654435761 + 1) % 2**63
+def autocast_dtype(device) -> torch.dtype | None:
+    """The autocast dtype `device` trains in: bf16 on CUDA compute capability >= 8.0 (Ampere+), fp16 (with a
+    GradScaler) on older CUDA cards, None (fp32) on CPU and MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
-def _rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+def _precision(dtype: torch.dtype | None) -> str:
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def _seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed the global RNG that dropout draws from: the CPU's and `device`'s (other GPUs' are left alone)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
 
 
 class Trainer:
@@ -82,7 +98,8 @@ class Trainer:
     def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None, device=None):
         self.config = config = config if config is not None else TrainConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.rank, self.world_size = _rank_and_world()
+        ddp = dist.is_available() and dist.is_initialized()
+        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
         if config.batch_size % self.world_size:
             raise ValueError(f"TrainConfig.batch_size={config.batch_size} must divide evenly over "
                              f"{self.world_size} ranks")
@@ -90,16 +107,16 @@ class Trainer:
         self.model = model.to(self.device)
         if cuda and config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if schedule is None:
-            schedule = NoiseSchedule.linear(config.timesteps, config.beta_min, config.beta_max)
-        self.schedule = schedule.to(self.device)
+        self.schedule = (schedule if schedule is not None else NoiseSchedule.linear(1000, 1e-4, 0.02)).to(self.device)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, loss) read back every log_every steps
+        self.data_info: dict | None = None          # what identifies the training data; saved as ckpt["data"]
 
-        self.amp_dtype = None
-        if cuda and config.amp:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        if cuda and torch.cuda.get_device_capability(self.device) >= (8, 0):
+            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions in TF32 (Ampere+)
+            torch.backends.cudnn.allow_tf32 = True
+        self.amp_dtype = autocast_dtype(self.device) if config.amp else None
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda or None)
 
         # The net the loss calls: DDP all-reduces gradients; rank 0's weights are broadcast here.
@@ -107,99 +124,112 @@ class Trainer:
         if self.world_size > 1:
             self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)  # fp32 like the model
-        self._params = [p for p in self.model.parameters()]
-        self._ema_params = [p for p in self.ema.parameters()]
+        self._params = list(self.model.parameters())
+        self._ema_params = list(self.ema.parameters())
         if config.compile:
             self.net = torch.compile(self.net)
-
         self._noise_gen = torch.Generator(self.device)
-        self._rng_devices = [self.device] if cuda else []
-        with torch.random.fork_rng(devices=self._rng_devices):  # dropout RNG, separate per rank
-            torch.manual_seed(_mix(config.seed, 0, 1 + self.rank))
-            self._rng = self._global_rng()
-        self._in_fit = False
 
     # -- one step ---------------------------------------------------------------------------------
-    def train_step(self, x0: torch.Tensor) -> torch.Tensor:
-        """One update on this rank's share x0 (b,3,H,W) in [-1,1]; returns the loss on the device (no sync)."""
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """One update on this rank's share x0 (b,3,H,W) in [-1,1] (labels y (b,) for a class-conditional
+        model); returns the loss on the device (no sync)."""
         cfg, b = self.config, x0.shape[0]
-        # t and eps for the whole global batch from (seed, step); this rank takes the rows of its images,
-        # so K ranks see exactly the noise one process would (and every rank different noise).
-        self._noise_gen.manual_seed(_mix(cfg.seed, self.step, 0))
+        # t, eps (and label drops) for the whole global batch from (seed, step); this rank takes the rows of
+        # its images, so K ranks see exactly the noise one process would (and every rank different noise).
+        self._noise_gen.manual_seed(mix_seed("noise", cfg.seed, self.step))
         n = b * self.world_size
         t = torch.randint(0, self.schedule.steps, (n,), generator=self._noise_gen, device=self.device)
         eps = torch.randn((n, *x0.shape[1:]), generator=self._noise_gen, device=self.device)
         share = slice(self.rank * b, (self.rank + 1) * b)
         t, eps = t[share], eps[share]
+        net = self.net
+        if y is not None:  # classifier-free guidance training: some rows learn the unconditional eps
+            drop = torch.rand(n, generator=self._noise_gen, device=self.device)[share] < cfg.cond_drop_prob
+            net = partial(self.net, y=torch.where(drop, -1, y))
         if self.device.type == "cuda" and cfg.channels_last:
             x0, eps = (x.contiguous(memory_format=torch.channels_last) for x in (x0, eps))
+        _seed_global_rng(mix_seed("dropout", cfg.seed, self.step, self.rank), self.device)  # fit restores it
 
         lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                            enabled=self.amp_dtype is not None):
-            loss = diffusion_loss(self.net, self.schedule, x0, t=t, noise=eps)  # Algorithm 1, lines 2-5
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            loss = diffusion_loss(net, self.schedule, x0, t=t, noise=eps)  # Algorithm 1, lines 2-5
         self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
+        self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+        self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
-        if self.scaler is not None:
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            self.optimizer.step()
-        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - cfg.ema_decay)  # ema += (1-decay)(w-ema)
+        self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
+        self.scaler.update()
+        # EMA warm-up at update n = self.step: TF's ExponentialMovingAverage(num_updates), diffusers' EMAModel
+        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_decay
+        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)  # ema += (1 - decay)(w - ema)
         self.step += 1
         return loss.detach()
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, data, steps: int | None = None) -> "Trainer":
-        """Train on uint8 images (N,3,H,W) or a DeviceBatches until `steps` (default config.steps) is reached."""
+    def fit(self, images, labels: torch.Tensor | None = None, steps: int | None = None) -> "Trainer":
+        """Train on uint8 images (N,3,H,W) (with int64 labels (N,) for a class-conditional model), or on a
+        DeviceBatches, until `steps` (default config.steps) is reached. The caller's global RNG is left as it was."""
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps must be a positive int (the total to reach), got {steps!r}")
-        batches = data if isinstance(data, DeviceBatches) else DeviceBatches(
-            data, cfg.batch_size, device=self.device, flip=cfg.flip, seed=cfg.seed,
-            rank=self.rank, world_size=self.world_size)
+        batches = self._batches(images, labels)
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        if out is not None and self.rank == 0:
+            remove_stale_temp_files(out / CHECKPOINT_NAME)  # left by a run killed mid-write
         log = self._open_log(out) if out is not None and self.rank == 0 else None
         bar = tqdm(total=steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
         pending, clock, since = [], time.perf_counter(), self.step
-        try:
-            with torch.random.fork_rng(devices=self._rng_devices):
-                self._set_global_rng(self._rng)
-                self._in_fit = True
-                try:
-                    while self.step < steps:
-                        pending.append(self.train_step(batches.batch(self.step)))
-                        bar.update(1)
-                        done = self.step == steps
-                        save = out is not None and (done or (cfg.checkpoint_every
-                                                             and self.step % cfg.checkpoint_every == 0))
-                        if done or save or self.step % cfg.log_every == 0:
-                            rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
-                            mean = self._read_losses(pending, log)
-                            bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
-                            pending, clock, since = [], time.perf_counter(), self.step
-                        if (out is not None and self.rank == 0 and cfg.sample_every
-                                and self.step % cfg.sample_every == 0):
-                            self.save_samples(out / "samples" / f"step_{self.step:07d}.png")
-                        if save:
-                            self.save(out / "checkpoint.pt")
-                finally:
-                    self._in_fit = False
-                    self._rng = self._global_rng()
+        accelerator = [self.device] if self.device.type in ("cuda", "mps") else []
+        try:  # train_step reseeds the global RNG every step; the caller's comes back afterwards
+            with torch.random.fork_rng(devices=accelerator, device_type=self.device.type):
+                while self.step < steps:
+                    pending.append(self.train_step(batches.batch(self.step), batches.batch_labels(self.step)))
+                    bar.update(1)
+                    done = self.step == steps
+                    every = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                    save = out is not None and (done or every)
+                    if done or save or self.step % cfg.log_every == 0:
+                        rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
+                        mean = self._read_losses(pending, log)
+                        bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
+                        pending, clock, since = [], time.perf_counter(), self.step
+                    if out is not None and self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
+                        self.save_samples(out / "samples" / f"step_{self.step:07d}.png")
+                    if save:
+                        self.save(out / CHECKPOINT_NAME)
         finally:
             bar.close()
             if log is not None:
                 log.close()
         return self
+
+    def _batches(self, images, labels) -> DeviceBatches:
+        """A DeviceBatches of images (and labels) on the device; labels must match the model's num_classes."""
+        cfg, K = self.config, self.model.config.num_classes
+        if isinstance(images, DeviceBatches):
+            if labels is not None:
+                raise ValueError("labels: pass them to DeviceBatches(labels=...) along with the images")
+            batches = images
+        else:
+            batches = DeviceBatches(images, cfg.batch_size, device=self.device, flip=cfg.flip, seed=cfg.seed,
+                                    rank=self.rank, world_size=self.world_size, labels=labels)
+        has_labels = batches.batch_labels(self.step) is not None
+        if K is None and has_labels:
+            raise ValueError("labels were given but the model is unconditional (UNetConfig.num_classes is None)")
+        if K is not None and not has_labels:
+            raise ValueError(f"labels: the model is class-conditional (UNetConfig.num_classes={K}); "
+                             f"pass int64 labels (N,) in [0, {K})")
+        if labels is not None:
+            labels = torch.as_tensor(labels)  # DeviceBatches checked: integers, one per image
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= K:
+                raise ValueError(f"labels must lie in [0, {K}) (UNetConfig.num_classes={K}), got [{low}, {high}]")
+        return batches
 
     def _read_losses(self, pending: list[torch.Tensor], log) -> float:
         """Bring the losses since the last read to the host (one sync); stop on a non-finite one."""
@@ -213,9 +243,10 @@ class Trainer:
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss ({value}) at step {first + i}; training stopped "
                                          f"and the last good checkpoint was kept")
-        self.history.extend(zip(range(first, self.step + 1), values))
+        logged = list(zip(range(first, self.step + 1), values))  # (step, loss)
+        self.history.extend(logged)
         if log is not None:
-            log.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in zip(range(first, self.step + 1), values))
+            log.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in logged)
             log.flush()
         return sum(values) / len(values)
 
@@ -230,125 +261,56 @@ class Trainer:
 
     @torch.no_grad()
     def save_samples(self, path, n: int | None = None) -> torch.Tensor:
-        """DDIM samples of the EMA model (fixed x_T per seed) as a PNG grid; returns them in [-1, 1]."""
-        cfg, size = self.config, self.model.config.image_size
+        """DDIM samples of the EMA model (fixed x_T per seed; labels i % num_classes for a class-conditional
+        model) as a PNG grid; returns them in [-1, 1]."""
+        cfg, size, K = self.config, self.model.config.image_size, self.model.config.num_classes
         n = n or cfg.sample_n
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
+        y = torch.arange(n, device=self.device) % K if K is not None else None
         x0 = ddim_sample(self.ema, self.schedule, (n, 3, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
-                         generator=gen, device=self.device)
+                         generator=gen, device=self.device, y=y)
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_image((x0.float().cpu() + 1) / 2, path, nrow=math.ceil(math.sqrt(n)))
         return x0
 
-    # -- RNG --------------------------------------------------------------------------------------
-    def _global_rng(self) -> dict:
-        cuda = torch.cuda.get_rng_state(self.device) if self._rng_devices else None
-        return {"cpu": torch.get_rng_state(), "cuda": cuda}
-
-    def _set_global_rng(self, state: dict) -> None:
-        torch.set_rng_state(state["cpu"])
-        if self._rng_devices and state["cuda"] is not None:
-            torch.cuda.set_rng_state(state["cuda"], self.device)
-
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path=None) -> Path:
-        """Write one checkpoint file atomically (temp file + os.replace). Under DDP call on every rank."""
-        path = Path(path) if path is not None else Path(self.config.out_dir) / "checkpoint.pt"
+        """Write one checkpoint file atomically (ddpm_lib.checkpoint). Under DDP call on every rank."""
+        path = Path(path) if path is not None else Path(self.config.out_dir) / CHECKPOINT_NAME
         if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
             raise FloatingPointError(f"non-finite weights at step {self.step}; not saving a bad state")
-        rng = self._global_rng() if self._in_fit else self._rng
-        rngs = [rng]
-        if self.world_size > 1:  # each rank's dropout RNG, so a resumed DDP run continues every stream
-            rngs = [None] * self.world_size
-            dist.all_gather_object(rngs, rng)
         if self.rank == 0:
-            self._write(path, rngs)
+            write_checkpoint({
+                "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
+                "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
+                "amp_dtype": _precision(self.amp_dtype), "data": self.data_info,
+            }, path)
         if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
             dist.barrier()
         return path
 
-    def _write(self, path: Path, rngs: list) -> None:
-        state = {
-            "format": CHECKPOINT_FORMAT, "version": 1, "step": self.step,
-            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
-            "schedule": self.schedule.state_dict(),  # float64 betas
-            "rng": [{k: (v.cpu() if v is not None else None) for k, v in r.items()} for r in rngs],
-            "world_size": self.world_size,
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(state, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-
     @classmethod
     def load(cls, path, device=None, **overrides) -> "Trainer":
-        """Rebuild a Trainer from a checkpoint; `overrides` replace TrainConfig fields (e.g. steps, out_dir)."""
+        """Rebuild a Trainer from a checkpoint file or run folder; `overrides` replace TrainConfig fields
+        (e.g. steps, out_dir). Warns once when this device trains in another precision than the saved run."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
+        if unknown:
+            raise ValueError(f"overrides: {', '.join(unknown)} not TrainConfig fields")
         ckpt = read_checkpoint(path)
-        config = replace(_config(TrainConfig, ckpt["train_config"], path), **overrides)
-        model = UNet(_config(UNetConfig, ckpt["unet_config"], path))
+        config = replace(config_from_dict(TrainConfig, ckpt["train_config"], path), **overrides)
+        model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
         schedule = NoiseSchedule.from_state_dict(ckpt["schedule"])
         trainer = cls(model, schedule, config, device=device if device is not None else default_device())
-        _load_weights(trainer.model, ckpt["model"], path)
-        _load_weights(trainer.ema, ckpt["ema"], path)
+        load_weights(trainer.model, ckpt["model"], path)
+        load_weights(trainer.ema, ckpt["ema"], path)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        if trainer.scaler is not None and ckpt["scaler"] is not None:
+        if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
             trainer.scaler.load_state_dict(ckpt["scaler"])
-        trainer.step = ckpt["step"]
-        if len(ckpt["rng"]) == trainer.world_size:  # same layout: continue each rank's dropout stream
-            rng = ckpt["rng"][trainer.rank]
-            trainer._rng = {"cpu": rng["cpu"], "cuda": rng["cuda"] if trainer._rng_devices else None}
+        trainer.step, trainer.data_info = ckpt["step"], ckpt.get("data")
+        saved, now = ckpt.get("amp_dtype", "float32"), _precision(trainer.amp_dtype)
+        if saved != now and trainer.rank == 0:  # one line, also under DDP
+            warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "
+                          f"(autocast_dtype of {trainer.device})", stacklevel=2)
         return trainer
-
-
-def read_checkpoint(path) -> dict:
-    """torch.load(weights_only=True) a ddpm_lib checkpoint; clear errors for anything else."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle globals, truncated zip, random bytes, ...
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
-            ("Weights only load failed", "Please file an issue", "Check the documentation"))]
-        detail = lines[0] if lines else type(e).__name__
-        if "GLOBAL" in detail:
-            raise ValueError(f"{path} is not a ddpm_lib checkpoint: it holds pickled objects that "
-                             f"torch.load(weights_only=True) refuses to run ({detail})") from None
-        raise ValueError(f"{path} is not a readable checkpoint ({detail})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a ddpm_lib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
-    return ckpt
-
-
-def _config(cls, values: dict, path):
-    names = {f.name for f in fields(cls)}
-    try:
-        return cls(**{k: v for k, v in values.items() if k in names})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: stored {cls.__name__} is invalid ({e})") from None
-
-
-def _load_weights(module: torch.nn.Module, state: dict, path) -> None:
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as e:
-        raise ValueError(f"{path}: weights do not fit the stored UNetConfig "
-                         f"({str(e).strip().splitlines()[0]})") from None
-
-
-def load_model(path, ema: bool = True, device=None) -> tuple[UNet, NoiseSchedule]:
-    """The (EMA by default) UNet of a checkpoint in eval mode, and its noise schedule, on `device`."""
-    ckpt = read_checkpoint(path)
-    device = torch.device(device) if device is not None else default_device()
-    model = UNet(_config(UNetConfig, ckpt["unet_config"], path))
-    _load_weights(model, ckpt["ema" if ema else "model"], path)
-    return model.to(device).eval(), NoiseSchedule.from_state_dict(ckpt["schedule"]).to(device)

@@ -1,17 +1,22 @@
 """The noise-prediction network eps_theta(x_t, t): a U-Net with a sinusoidal time embedding and self-attention.
 
-Parts to whole: time embedding, ResBlock, resampling, one Level, UNetConfig, UNet, presets, model_summary.
+Parts to whole: time embedding, ResBlock, resampling, one Level, UNetConfig, UNet, presets.
 The structure follows the DDPM paper's TensorFlow code (diffusion_tf/models/unet.py), which diffusers'
 google/ddpm-cifar10-32 mirrors; the seed's knobs (ch_list, attention_layer, num_heads, temb_dim) set its numbers.
+With `num_classes` set, a learned label embedding is added to the time embedding (class conditioning, as in
+improved-diffusion), with one extra "null" label for classifier-free guidance.
+model_summary (parameters per level, FLOPs) lives in ddpm_lib.summary and is re-exported here.
 """
 import math
 from dataclasses import dataclass, fields, replace
+from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadSelfAttention2d
+from .summary import ModelSummary, model_summary  # noqa: F401  (re-exported: ddpm_lib.unet.model_summary)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -69,17 +74,37 @@ class Upsample(nn.Module):
 
 
 class Level(nn.Module):
-    """One resolution: res blocks, each followed by its attention (or nn.Identity), then an optional resample."""
+    """One resolution: res blocks, each followed by its attention (or nn.Identity), then an optional resample.
 
-    def __init__(self, res: list, attn: list, resample: nn.Module | None):
+    kind "down": every output (each block's, then the downsampled one) is pushed onto `skips`;
+    kind "up": a skip is popped and concatenated to the input of every res block; kind "mid": no skips.
+    """
+
+    def __init__(self, kind: str, res: list, attn: list, resample: nn.Module | None):
         super().__init__()
+        self.kind = kind
         self.res, self.attn, self.resample = nn.ModuleList(res), nn.ModuleList(attn), resample
 
+    def forward(self, h: torch.Tensor, temb: torch.Tensor, skips: list) -> torch.Tensor:
+        for res, attn in zip(self.res, self.attn):
+            if self.kind == "up":
+                h = torch.cat([h, skips.pop()], dim=1)  # skip connection: (B, C + C_skip, H, W)
+            h = attn(res(h, temb))
+            if self.kind == "down":
+                skips.append(h)
+        if self.resample is not None:
+            h = self.resample(h)
+            if self.kind == "down":
+                skips.append(h)
+        return h
 
-@dataclass
+
+@dataclass(frozen=True)
 class UNetConfig:
     ch_list: tuple = (3, 64, 128, 256, 512)  # image channels, then each level's channels (H, W halve between levels)
-    attention_layer: tuple = (1, 2)  # indices into ch_list of the levels with self-attention, going down and up
+    attention_layer: tuple = (1, 2)  # levels with self-attention, as indices into ch_list: level i has ch_list[i]
+                                     # channels at resolution image_size / 2**(i-1); attention follows every res
+                                     # block of that level, going down and going up (1: the first, full-size level)
     num_heads: int = 4               # attention heads; each sees channels / num_heads of the channels
     temb_dim: int = 256              # size of the sinusoidal time embedding (even)
     num_res_blocks: int = 1          # res blocks per level going down; one more per level going up
@@ -90,9 +115,11 @@ class UNetConfig:
     mid_attention: bool = False      # self-attention between the two res blocks at the bottom
     resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
     image_size: int = 32             # the resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
+    num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (and -1, no label) added to the time embedding
 
     def __post_init__(self):
-        self.ch_list, self.attention_layer = tuple(self.ch_list), tuple(self.attention_layer)  # lists from checkpoints
+        for name in ("ch_list", "attention_layer"):  # lists from checkpoints (JSON) -> tuples; frozen, hence setattr
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         levels = self.ch_list[1:]
         if len(self.ch_list) < 2 or any(not isinstance(c, int) or c < 1 for c in self.ch_list):
             raise ValueError(f"ch_list must be >= 2 positive ints (image channels, then levels); got {self.ch_list}")
@@ -117,6 +144,8 @@ class UNetConfig:
         if self.image_size < 1 or self.image_size % self.downsample_factor:
             raise ValueError(f"image_size={self.image_size} must be a multiple of {self.downsample_factor} "
                              f"(the {len(levels)} levels of ch_list halve it {len(levels) - 1} times)")
+        if self.num_classes is not None and (type(self.num_classes) is not int or self.num_classes < 1):
+            raise ValueError(f"num_classes must be None (unconditional) or a positive int; got {self.num_classes!r}")
 
     @property
     def downsample_factor(self) -> int:
@@ -124,7 +153,8 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t): (B, C, H, W) float and (B,) int64 timesteps -> predicted noise eps, (B, C, H, W)."""
+    """eps_theta(x_t, t, y): (B, C, H, W) float, (B,) int64 timesteps and optional (B,) int64 labels -> predicted
+    noise eps, (B, C, H, W)."""
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()
@@ -133,6 +163,8 @@ class UNet(nn.Module):
         temb_ch = cfg.time_mlp_dim or cfg.temb_dim
         self.time_mlp = nn.Identity() if not cfg.time_mlp_dim else nn.Sequential(
             nn.Linear(cfg.temb_dim, temb_ch), nn.SiLU(), nn.Linear(temb_ch, temb_ch), nn.SiLU())
+        if cfg.num_classes is not None:  # row num_classes: the "null" label (-1), learned like the others
+            self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_ch)
 
         def res(in_ch, out_ch):
             return ResBlock(in_ch, out_ch, temb_ch, cfg.dropout, cfg.norm_groups, cfg.norm_eps)
@@ -149,18 +181,18 @@ class UNet(nn.Module):
                 ch = out_ch
                 skips.append(ch)
             last = i == len(levels)
-            down.append(Level(blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
+            down.append(Level("down", blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
                               None if last else Downsample(ch, cfg.resample_with_conv)))
             skips += [] if last else [ch]
         self.down = nn.ModuleList(down)
-        self.mid = Level([res(ch, ch), res(ch, ch)], [attn(ch, cfg.mid_attention), nn.Identity()], None)
+        self.mid = Level("mid", [res(ch, ch), res(ch, ch)], [attn(ch, cfg.mid_attention), nn.Identity()], None)
         up = []
         for i in reversed(range(1, len(levels) + 1)):
             blocks = []
             for _ in range(nrb + 1):
                 blocks.append(res(ch + skips.pop(), levels[i - 1]))
                 ch = levels[i - 1]
-            up.append(Level(blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
+            up.append(Level("up", blocks, [attn(ch, i in cfg.attention_layer) for _ in blocks],
                             None if i == 1 else Upsample(ch, cfg.resample_with_conv)))
         self.up = nn.ModuleList(up)  # deepest level first
         self.norm_out = nn.GroupNorm(cfg.norm_groups, ch, eps=cfg.norm_eps)
@@ -192,31 +224,40 @@ class UNet(nn.Module):
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape ({x.shape[0]},), one timestep per image; got {tuple(t.shape)}")
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | int) -> torch.Tensor:
+    def _label_index(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
+        """Labels (B,) in [-1, num_classes) -> rows of label_emb, -1 (and y=None: all rows) -> the null row."""
+        K = self.config.num_classes
+        if y is None:
+            return torch.full((batch,), K, dtype=torch.long, device=device)
+        y = torch.as_tensor(y, device=device)
+        if y.shape != (batch,) or y.dtype != torch.int64:
+            raise ValueError(f"y must be int64 class labels of shape ({batch},); got {y.dtype} {tuple(y.shape)}")
+        bad = (y < -1) | (y >= K)
+        if not torch.compiler.is_compiling() and bad.any():  # one host synchronisation (eager mode only)
+            raise ValueError(f"y: class labels must be in [-1, {K}) (-1: no label); got {y[bad].unique()[:5].tolist()}")
+        return torch.where(y < 0, K, y)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, C, H, W) in [-1, 1]; t int64 (B,) or an int; y int64 (B,) labels, -1 = no label (None: none at all)."""
         t = torch.as_tensor(t, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         self._check_input(x, t)
+        if y is not None and self.config.num_classes is None:
+            raise ValueError("y: this UNet is unconditional (config.num_classes is None); pass y=None")
         temb = self.time_mlp(timestep_embedding(t, self.config.temb_dim).to(self.conv_in.weight.dtype))
+        if self.config.num_classes is not None:
+            temb = temb + self.label_emb(self._label_index(y, x.shape[0], x.device))  # in the space the blocks use
         h = self.conv_in(x)
-        hs = [h]
+        skips = [h]
         for level in self.down:
-            for res, attn in zip(level.res, level.attn):
-                h = attn(res(h, temb))
-                hs.append(h)
-            if level.resample is not None:
-                h = level.resample(h)
-                hs.append(h)
-        for res, attn in zip(self.mid.res, self.mid.attn):
-            h = attn(res(h, temb))
+            h = level(h, temb, skips)  # pushes every output
+        h = self.mid(h, temb, skips)
         for level in self.up:
-            for res, attn in zip(level.res, level.attn):
-                h = attn(res(torch.cat([h, hs.pop()], dim=1), temb))  # skip connection
-            if level.resample is not None:
-                h = level.resample(h)
+            h = level(h, temb, skips)  # pops a skip before every res block
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-PRESETS = {
+PRESETS = MappingProxyType({  # read-only: change a copy, unet_from_preset(name, **overrides)
     # The seed's network: ch_list [3, 64, 128, 256, 512], 4-head attention on the 64- and 128-channel levels.
     "seed": UNetConfig(),
     # The paper's CIFAR-10 network (ch=128, ch_mult=(1, 2, 2, 2), 2 res blocks, attention at 16x16): 35,746,307 params.
@@ -226,7 +267,7 @@ PRESETS = {
     # Small enough to learn the shapes data set on a laptop CPU in minutes.
     "tiny": UNetConfig(ch_list=(3, 32, 64, 64), attention_layer=(3,), num_heads=4, temb_dim=64, num_res_blocks=1,
                        dropout=0.0, norm_groups=8, time_mlp_dim=128, mid_attention=True),
-}
+})
 
 
 def unet_from_preset(name: str, **overrides) -> UNet:
@@ -237,44 +278,3 @@ def unet_from_preset(name: str, **overrides) -> UNet:
     if unknown:
         raise ValueError(f"unknown UNetConfig fields {sorted(unknown)}")
     return UNet(replace(PRESETS[name], **overrides))
-
-
-@dataclass
-class ModelSummary:
-    rows: list            # (part, channels, resolution, parameters), from input to output
-    total_params: int     # all trainable parameters
-    flops_per_image: int  # one forward pass at image_size, by torch.utils.flop_counter (a multiply-add counts 2)
-    image_size: int       # the resolution the FLOPs were counted at
-
-    def __str__(self) -> str:
-        lines = [f"{'part':<16}{'channels':>9}{'resolution':>12}{'parameters':>14}"]
-        lines += [f"{p:<16}{c:>9}{r:>12}{n:>14,}" for p, c, r, n in self.rows]
-        lines.append(f"{'total':<37}{self.total_params:>14,}")
-        lines.append(f"forward GFLOPs per {self.image_size}x{self.image_size} image: {self.flops_per_image / 1e9:.2f}")
-        return "\n".join(lines)
-
-
-def model_summary(model: UNet, image_size: int | None = None) -> ModelSummary:
-    """Parameters per level of `model` and the FLOPs of one forward pass per image."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    cfg, size = model.config, image_size or model.config.image_size
-    L = len(cfg.ch_list) - 1
-
-    def count(*modules):
-        return sum(p.numel() for m in modules for p in m.parameters())
-
-    def res(i):
-        return f"{size >> (i - 1)}x{size >> (i - 1)}"
-
-    rows = [("time embedding", cfg.time_mlp_dim or cfg.temb_dim, "-", count(model.time_mlp)),
-            ("conv_in", cfg.ch_list[1], res(1), count(model.conv_in))]
-    rows += [(f"down {i}", cfg.ch_list[i], res(i), count(lvl)) for i, lvl in enumerate(model.down, start=1)]
-    rows.append(("mid", cfg.ch_list[-1], res(L), count(model.mid)))
-    rows += [(f"up {L - k}", cfg.ch_list[L - k], res(L - k), count(lvl)) for k, lvl in enumerate(model.up)]
-    rows.append(("out", cfg.ch_list[0], res(1), count(model.norm_out, model.conv_out)))
-    p = next(model.parameters())
-    x = torch.zeros(1, cfg.ch_list[0], size, size, device=p.device, dtype=p.dtype)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x, torch.zeros(1, dtype=torch.long, device=p.device))
-    return ModelSummary(rows, count(model), counter.get_total_flops(), size)

@@ -4,6 +4,9 @@ Each `render_*` function draws one picture with matplotlib's Agg backend (no pyp
 call it directly; each widget only wires core controls (IntSlider, FloatSlider, Dropdown, Image, boxes),
 common to ipywidgets 7.7 (Colab) and 8 (JupyterLab 4), to it. A widget keeps its controls in `.controls`
 (name -> control) and its picture in `.image`, so a test can set `controls["t"].value` and read the image.
+Sliders update on release (continuous_update=False): one render per move, not one per pixel dragged.
+Notebooks show a widget with `show_widget`, which puts a static copy of its first picture above it, so a
+saved or GitHub-rendered notebook still shows a picture where the live widget is gone.
 """
 import io
 
@@ -11,6 +14,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from .data import to_model_range
 from .schedule import NoiseSchedule, linear_betas
 
 
@@ -27,7 +31,7 @@ def _as_images(images, name: str) -> torch.Tensor:
     images = torch.as_tensor(images).detach().cpu()
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"{name} must be (N, 3, H, W) (or 1 channel); got shape {tuple(images.shape)}")
-    return images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
+    return to_model_range(images) if images.dtype == torch.uint8 else images.float()
 
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
@@ -58,6 +62,22 @@ def _wire(render, controls: dict, layout: list):
     return box
 
 
+def _slider(kind: str, **kwargs):
+    """An IntSlider / FloatSlider that reports its value on release (continuous_update=False)."""
+    import ipywidgets as widgets
+
+    return getattr(widgets, kind)(continuous_update=False, style={"description_width": "initial"}, **kwargs)
+
+
+def show_widget(widget) -> None:
+    """Display a static PNG of the widget's picture as it is now (its first state, right after it is built),
+    then the live widget: a saved notebook, or one rendered on GitHub, keeps the picture."""
+    from IPython.display import Image, display
+
+    display(Image(data=widget.image.value, format="png"))
+    display(widget)
+
+
 # ----------------------------------------------------------------------------- noising explorer
 
 def _forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: int):
@@ -73,7 +93,8 @@ def _forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: i
 
 def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed: int = 0) -> bytes:
     """x0 and x_t ~ q(x_t | x0) (Eq. 4) for images[index], x_t's pixel histogram against N(0, 1),
-    and alpha_bar with a marker at t. eps is drawn from a generator seeded with `seed`, so only t moves x_t."""
+    and alpha_bar with a marker at t. eps is drawn from a generator seeded with `seed`, so only t moves x_t.
+    t is the library's index in [0, T-1]; titles and axes show the paper's t = index + 1."""
     x0, x_t = _forward_sample(images, schedule, t, index, seed)
     t = int(t)
     alpha_bar = schedule.alphas_cumprod.cpu().numpy()
@@ -83,7 +104,7 @@ def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed
     ax0.imshow(_hwc(x0[0]), cmap="gray", vmin=0, vmax=1)
     ax0.set_title("x0")
     ax1.imshow(_hwc(x_t[0]), cmap="gray", vmin=0, vmax=1)
-    ax1.set_title(f"x_t, t={t} (clipped)")
+    ax1.set_title(f"x_t, t={t + 1} (clipped)")
     for ax in (ax0, ax1):
         ax.set_axis_off()
     grid = np.linspace(-4, 4, 201)
@@ -91,8 +112,8 @@ def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed
     ax2.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), color="black", label="N(0, 1)")
     ax2.set_title("pixels of x_t")
     ax2.legend(loc="upper right", fontsize=8)
-    ax3.plot(np.arange(schedule.steps), alpha_bar, color="tab:orange")
-    ax3.plot([t], [alpha_bar[t]], "o", color="tab:red")
+    ax3.plot(np.arange(1, schedule.steps + 1), alpha_bar, color="tab:orange")
+    ax3.plot([t + 1], [alpha_bar[t]], "o", color="tab:red")
     ax3.set_title(f"alpha_bar_t = {alpha_bar[t]:.4f}")
     ax3.set_xlabel("t")
     ax3.set_ylim(-0.02, 1.02)
@@ -108,29 +129,29 @@ def _schedule_kind(schedule: NoiseSchedule) -> str:
 
 
 def noising_explorer(images, schedule: NoiseSchedule):
-    """t slider (the first IntSlider), image index, and the schedule (linear / cosine, steps, beta_min, beta_max)
-    rebuilt whenever one of those changes; the picture is `render_noising` (fixed eps: only t moves it)."""
+    """t slider (the first IntSlider: the paper's t, 1..T), image index, and the schedule (linear / cosine, steps,
+    beta_min, beta_max) rebuilt whenever one of those changes; the picture is `render_noising` at index t - 1
+    (fixed eps: only t moves it)."""
     import ipywidgets as widgets
 
     images = _as_images(images, "images")
     schedule = schedule.to("cpu")
     T, kind = schedule.steps, _schedule_kind(schedule)
     b = schedule.betas
-    wide = {"style": {"description_width": "initial"}}
     controls = {
-        "t": widgets.IntSlider(value=T // 2, min=0, max=T - 1, description="t", **wide),
-        "index": widgets.IntSlider(value=0, min=0, max=len(images) - 1, description="image", **wide),
+        "t": _slider("IntSlider", value=T // 2, min=1, max=T, description="t"),
+        "index": _slider("IntSlider", value=0, min=0, max=len(images) - 1, description="image"),
         "schedule": widgets.Dropdown(options=["linear", "cosine"], value=kind, description="schedule"),
-        "steps": widgets.IntSlider(value=T, min=10, max=max(2000, T), step=10, description="steps T", **wide),
-        "beta_min": widgets.FloatSlider(value=float(f"{b[0]:.3g}"), min=1e-5, max=1e-3, step=1e-5,
-                                        readout_format=".5f", description="beta_min", **wide),
-        "beta_max": widgets.FloatSlider(value=float(f"{b[-1]:.3g}"), min=2e-3, max=0.05, step=1e-3,
-                                        readout_format=".3f", description="beta_max", **wide),
+        "steps": _slider("IntSlider", value=T, min=10, max=max(2000, T), step=10, description="steps T"),
+        "beta_min": _slider("FloatSlider", value=float(f"{b[0]:.3g}"), min=1e-5, max=1e-3, step=1e-5,
+                            readout_format=".5f", description="beta_min"),
+        "beta_max": _slider("FloatSlider", value=float(f"{b[-1]:.3g}"), min=2e-3, max=0.05, step=1e-3,
+                            readout_format=".3f", description="beta_max"),
     }
     state = {"schedule": schedule}
 
     def render(t, index):
-        return render_noising(images, state["schedule"], t, index)
+        return render_noising(images, state["schedule"], t - 1, index)
 
     box = _wire(render, {"t": controls["t"], "index": controls["index"]},
                 [[controls["t"], controls["index"]], [controls["schedule"], controls["steps"]],
@@ -142,7 +163,7 @@ def noising_explorer(images, schedule: NoiseSchedule):
                              else NoiseSchedule.cosine(c["steps"]))
         controls["beta_min"].disabled = controls["beta_max"].disabled = c["schedule"] == "cosine"
         t_before = controls["t"].value
-        controls["t"].max = c["steps"] - 1  # when T shrinks this first clamps t, which re-renders
+        controls["t"].max = c["steps"]  # when T shrinks this first clamps t, which re-renders
         if controls["t"].value == t_before:
             box.refresh()
 
@@ -207,8 +228,8 @@ def attention_viewer(block, x, image=None):
         _, weights = block(x, return_attention=True)                          # (1, heads, HW, HW)
     weights, side = weights[0].cpu(), x.shape[-1]
     controls = {
-        "qx": widgets.IntSlider(value=side // 2, min=0, max=side - 1, description="query x"),
-        "qy": widgets.IntSlider(value=side // 2, min=0, max=side - 1, description="query y"),
+        "qx": _slider("IntSlider", value=side // 2, min=0, max=side - 1, description="query x"),
+        "qy": _slider("IntSlider", value=side // 2, min=0, max=side - 1, description="query y"),
         "head": widgets.Dropdown(options=[(f"head {h}", h) for h in range(weights.shape[0])], value=0,
                                  description="head"),
     }
@@ -256,13 +277,11 @@ def render_trajectory(trajectories: dict, step: int, index: int = 0) -> bytes:
 
 def trajectory_scrubber(trajectories: dict):
     """Step slider (0 = pure noise x_T ... S = the sample) and sample index -> `render_trajectory`."""
-    import ipywidgets as widgets
-
     max_steps = max(len(tr["t"]) for tr in trajectories.values())
     batch = min(tr["x_t"].shape[1] for tr in trajectories.values())
     controls = {
-        "step": widgets.IntSlider(value=0, min=0, max=max_steps, description="step"),
-        "index": widgets.IntSlider(value=0, min=0, max=batch - 1, description="sample"),
+        "step": _slider("IntSlider", value=0, min=0, max=max_steps, description="step"),
+        "index": _slider("IntSlider", value=0, min=0, max=batch - 1, description="sample"),
     }
     return _wire(lambda step, index: render_trajectory(trajectories, step, index), controls, [list(controls.values())])
 

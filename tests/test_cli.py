@@ -1,23 +1,39 @@
-"""python -m ddpm_lib: train + resume + sample on shapes, and every bad input as one line on stderr."""
+"""python -m ddpm_lib: train (the seed's knobs, resume, classes) + sample + export, every bad input as one line.
+
+The CLI runs as subprocesses, several at once (the interpreter start-up dominates).
+"""
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
+from helpers import MICRO, Payload
 from PIL import Image
 
+from ddpm_lib.checkpoint import load_model
+from ddpm_lib.data import SHAPE_KINDS
+from ddpm_lib.samplers import SAMPLERS
+from ddpm_lib.schedule import NoiseSchedule, linear_betas
 from ddpm_lib.train import Trainer, TrainConfig
-from ddpm_lib.unet import UNet, UNetConfig
+from ddpm_lib.unet import PRESETS, UNet, UNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
+# A run of the seed's knobs that diffusers can express too (one head, temb_dim = the first level's channels).
+KNOBS = ("--preset", "tiny", "--ch-list", "3,16,32", "--attention-layer", "2", "--heads", "1", "--temb-dim", "16",
+         "--timesteps", "20", "--beta-max", "0.05")
+TRAIN = ("--data", "shapes", "--n-images", "16", "--batch-size", "4", "--seed", "3", "--device", "cpu",
+         "--log-every", "1", "--sample-every", "0", "--no-progress")
 
 
-def cli(*args, cwd, env=None):
+def cli(*args, cwd):
     return subprocess.Popen([sys.executable, "-m", "ddpm_lib", *map(str, args)], cwd=cwd, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env={**os.environ, "PYTHONPATH": ROOT, **(env or {})})
+                            env={**os.environ, "PYTHONPATH": ROOT, **OFFLINE})
 
 
 def finish(proc):
@@ -25,94 +41,230 @@ def finish(proc):
     return proc.returncode, out, err
 
 
-class Payload:
-    def __reduce__(self):
-        return (os.system, ("touch pwned",))
+def run_all(cases: dict, cwd, parallel=6) -> dict:
+    """{case: args} -> {case: (rc, stdout, stderr)}, `parallel` processes at a time."""
+    runs, names = {}, list(cases)
+    for i in range(0, len(names), parallel):
+        procs = {name: cli(*cases[name], cwd=cwd) for name in names[i:i + parallel]}
+        runs.update({name: finish(proc) for name, proc in procs.items()})
+    return runs
+
+
+def assert_one_line_error(run, message):
+    rc, out, err = run
+    assert rc != 0
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: ") and message in err, err
+
+
+def micro_checkpoint(path, **unet):
+    torch.manual_seed(0)
+    config = TrainConfig(batch_size=2, steps=1, out_dir=str(path), progress=False)
+    return Trainer(UNet(replace(MICRO, **unet)), NoiseSchedule.linear(10), config, device="cpu").save()
 
 
 @pytest.fixture(scope="module")
 def bad_runs(tmp_path_factory):
-    """Every bad input, launched at once (the interpreter start-up dominates), -> {case: (rc, stdout, stderr)}."""
+    """Every bad input -> {case: (rc, stdout, stderr)}."""
     tmp = tmp_path_factory.mktemp("bad")
-    torch.manual_seed(0)
-    config = TrainConfig(batch_size=2, steps=1, out_dir=str(tmp / "run"), progress=False, timesteps=10)
-    micro = UNetConfig(ch_list=(3, 8), attention_layer=(), num_heads=1, temb_dim=8, norm_groups=4, image_size=8)
-    path = Trainer(UNet(micro), None, config, device="cpu").save()
+    path = micro_checkpoint(tmp / "run")
+    conditional = micro_checkpoint(tmp / "cond", num_classes=3)
     (tmp / "truncated.pt").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp / "other.pt")
     torch.save({"format": "ddpm_lib.checkpoint", "model": Payload()}, tmp / "evil.pt")
     (tmp / "empty_root").mkdir()
-    offline = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9",
-               "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
     train = ("train", "--preset", "tiny", "--out", tmp / "new", "--batch-size", "2")
+    shapes = train + ("--data", "shapes", "--n-images", "4", "--steps", "1")
     sample = ("sample", "--n", "1", "--out", tmp / "grid.png", "--device", "cpu", "--ckpt")
     cases = {
         "missing checkpoint": sample + (tmp / "nope.pt",),
+        "run folder without checkpoint": sample + (tmp / "empty_root",),
         "truncated checkpoint": sample + (tmp / "truncated.pt",),
         "random bytes": sample + (tmp / "random.pt",),
         "not our checkpoint": sample + (tmp / "other.pt",),
         "pickle payload": sample + (tmp / "evil.pt",),
         "fid missing checkpoint": ("fid", "--ckpt", tmp / "nope.pt", "--n", "2"),
-        "ddpm with fewer steps": ("sample", "--sampler", "ddpm", "--steps", "3", "--n", "1", "--out",
-                                  tmp / "grid.png", "--device", "cpu", "--ckpt", path),
+        "fid missing reference": ("fid", "--ckpt", path, "--n", "2", "--ref", tmp / "no_ref"),
+        "ddpm with fewer steps": sample[:-1] + ("--sampler", "ddpm", "--steps", "3", "--ckpt", path),
+        "cuda without cuda": sample[:-2] + ("cuda", "--ckpt", path),
+        "class of an unconditional model": sample + (path, "--class", "1"),
+        "guidance of an unconditional model": sample + (path, "--guidance", "3"),
+        "fid guidance of an unconditional model": ("fid", "--ckpt", path, "--n", "2", "--guidance", "2"),
+        "class out of range": sample + (conditional, "--class", "3"),
+        "negative guidance": sample + (conditional, "--guidance", "-1"),
+        "export of a network diffusers cannot express": ("export", "--ckpt", tmp / "run", "--out", tmp / "pipe"),
         "missing data folder": train + ("--data", tmp / "no_such_folder", "--steps", "1"),
         "cifar10 offline": train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--steps", "1"),
         "unknown preset": ("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
+        "no preset for a new run": ("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
         "zero steps": train + ("--data", "shapes", "--steps", "0"),
         "negative batch size": ("train", "--preset", "tiny", "--data", "shapes", "--steps", "1", "--out",
                                 tmp / "x", "--batch-size", "-4"),
         "non-integer steps": train + ("--data", "shapes", "--steps", "ten"),
         "existing run without --resume": ("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
                                           "--out", tmp / "run"),
-        "ema decay of 1 or more": train + ("--data", "shapes", "--steps", "1", "--ema-decay", "1.5"),
+        "ema decay of 1 or more": shapes + ("--ema-decay", "1.5"),
+        "beta_min >= beta_max": shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
+        "beta outside (0, 1)": shapes + ("--beta-max", "1.5"),
+        "betas with the cosine schedule": shapes + ("--schedule", "cosine", "--beta-max", "0.03"),
+        "heads not dividing the channels": shapes + ("--heads", "3"),
+        "attention level outside --ch-list": shapes + ("--ch-list", "3,32", "--attention-layer", "3"),
+        "malformed --ch-list": shapes + ("--ch-list", "3,x"),
+        "odd time embedding": shapes + ("--temb-dim", "7"),
+        "label dropout without --class-cond": shapes + ("--cond-drop-prob", "0.2"),
+        "train help": ("train", "--help"),
+        "sample help": ("sample", "--help"),
     }
-    procs = {case: cli(*args, cwd=tmp, env=offline) for case, args in cases.items()}
-    runs = {case: finish(proc) for case, proc in procs.items()}
+    runs = run_all(cases, cwd=tmp)
     assert not (tmp / "pwned").exists(), "the pickle payload ran"
+    assert not (tmp / "new").exists() and not (tmp / "pipe").exists(), "a refused command wrote something"
     return runs
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case, message", [
     ("missing checkpoint", "checkpoint not found"),
+    ("run folder without checkpoint", "has no checkpoint.pt"),
     ("truncated checkpoint", "not a readable checkpoint"),
     ("random bytes", "not a readable checkpoint"),
     ("not our checkpoint", "not a ddpm_lib checkpoint"),
     ("pickle payload", "weights_only=True"),
     ("fid missing checkpoint", "not found"),
+    ("fid missing reference", "--ref"),
     ("ddpm with fewer steps", "steps"),
+    pytest.param("cuda without cuda", "CUDA is not available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
+    ("class of an unconditional model", "--class: the checkpoint's network is unconditional"),
+    ("guidance of an unconditional model", "--guidance: the checkpoint's network is unconditional"),
+    ("fid guidance of an unconditional model", "--guidance: the checkpoint's network is unconditional"),
+    ("class out of range", "--class 3: expected a class in [0, 3)"),
+    ("negative guidance", "--guidance: expected a number >= 0"),
+    ("export of a network diffusers cannot express", "time_mlp_dim=0"),
     ("missing data folder", "no_such_folder"),
     ("cifar10 offline", "CIFAR-10 not found"),
     ("unknown preset", "unknown preset 'huge'"),
+    ("no preset for a new run", "--preset and --data are needed"),
     ("zero steps", "--steps: expected a positive integer"),
     ("negative batch size", "--batch-size: expected a positive integer"),
     ("non-integer steps", "--steps: expected a positive integer"),
     ("existing run without --resume", "--resume"),
     ("ema decay of 1 or more", "TrainConfig.ema_decay must be in [0, 1)"),
+    ("beta_min >= beta_max", "--beta-min 0.02 must be < --beta-max 0.01"),
+    ("beta outside (0, 1)", "--beta-max: expected a number in (0, 1)"),
+    ("betas with the cosine schedule", "--schedule cosine"),
+    ("heads not dividing the channels", "--heads: num_heads=3"),
+    ("attention level outside --ch-list", "--attention-layer"),
+    ("malformed --ch-list", "--ch-list: expected comma-separated"),
+    ("odd time embedding", "--temb-dim: temb_dim must be even"),
+    ("label dropout without --class-cond", "--cond-drop-prob: the network is unconditional"),
 ])
 def test_bad_input_is_one_line_on_stderr(bad_runs, case, message):
-    rc, out, err = bad_runs[case]
-    assert rc != 0
-    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
-    assert err.startswith("error: ") and message in err, err
+    assert_one_line_error(bad_runs[case], message)
 
 
 @pytest.mark.slow
-def test_train_resume_and_sample_on_shapes(tmp_path):
-    run = tmp_path / "run"
-    train = ("train", "--preset", "tiny", "--data", "shapes", "--n-images", "32", "--batch-size", "4",
-             "--out", run, "--device", "cpu", "--log-every", "1", "--sample-every", "0", "--no-progress")
-    rc, _, err = finish(cli(*train, "--steps", "2", "--ema-decay", "0.5", cwd=tmp_path))
+def test_help_shows_the_seeds_defaults_and_the_samplers_steps(bad_runs):
+    rc, out, _ = bad_runs["train help"]
+    text = " ".join(out.split())
+    assert rc == 0
+    seed, linear = PRESETS["seed"], linear_betas.__defaults__  # (steps, beta_min, beta_max)
+    for flag, default in [("--timesteps T", f"default {linear[0]}"), ("--beta-min B", f"default {linear[1]}"),
+                          ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"seed: {seed.num_heads}"),
+                          ("--ch-list", "seed: " + ",".join(map(str, seed.ch_list))),
+                          ("--attention-layer", "seed: " + ",".join(map(str, seed.attention_layer))),
+                          ("--temb-dim D", f"seed: {seed.temb_dim}"), ("--schedule", "default linear")]:
+        assert flag in text and default in text.split(flag, 1)[1][:150], (flag, default)
+    rc, out, _ = bad_runs["sample help"]
+    assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_steps}" in " ".join(out.split())
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 2-step run of the seed's knobs (module-wide; later tests resume and export it)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--out", tmp / "run",
+                            cwd=tmp))
     assert rc == 0, err
-    assert torch.load(run / "checkpoint.pt", weights_only=True)["train_config"]["ema_decay"] == 0.5
-    rc, _, err = finish(cli(*train, "--steps", "3", "--resume", cwd=tmp_path))
+    return tmp / "run"
+
+
+@pytest.mark.slow
+def test_train_records_the_knobs_and_the_data(run):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    expected = replace(PRESETS["tiny"], ch_list=(3, 16, 32), attention_layer=(2,), num_heads=1, temb_dim=16)
+    assert UNetConfig(**ckpt["unet_config"]) == expected
+    assert torch.equal(ckpt["schedule"]["betas"], linear_betas(20, 1e-4, 0.05))
+    assert ckpt["train_config"]["seed"] == 3 and ckpt["train_config"]["ema_decay"] == 0.5
+    assert ckpt["data"] == {"data": "shapes", "n": 16, "size": 32, "class_names": None}
+
+
+@pytest.fixture(scope="module")
+def refused_resumes(run):
+    """Resuming `run` with flags that contradict it: each refused with one line naming the flag."""
+    resume = ("train", "--out", run, "--steps", "3", "--resume", "--device", "cpu", "--no-progress")
+    cases = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"), "--ch-list": ("--ch-list", "3,32,64"),
+             "--dropout": ("--dropout", "0.2"), "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
+             "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),
+             "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
+             "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",)}
+    return run_all({flag: resume + extra for flag, extra in cases.items()}, cwd=run.parent)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flag", ["--preset", "--heads", "--ch-list", "--dropout", "--seed", "--data", "--n-images",
+                                  "--timesteps", "--beta-max", "--schedule", "--batch-size", "--class-cond"])
+def test_resume_refuses_flags_that_change_the_run(refused_resumes, flag):
+    assert_one_line_error(refused_resumes[flag], f"--resume: {flag}")
+
+
+@pytest.mark.slow
+def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run, refused_resumes):
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "3", "--resume", "--out", run, cwd=run.parent))
     assert rc == 0 and "resuming" in err, err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
-    steps = [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3]
+    assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1, 2, 3]
 
-    rc, _, err = finish(cli("sample", "--ckpt", run / "checkpoint.pt", "--sampler", "dpm-solver", "--steps", "2",
-                            "--n", "4", "--out", tmp_path / "grid.png", "--device", "cpu", cwd=tmp_path))
+    grid = run.parent / "grid.png"
+    rc, _, err = finish(cli("sample", "--ckpt", run, "--sampler", "dpm-solver", "--steps", "2", "--n", "4",
+                            "--out", grid, "--device", "cpu", cwd=run.parent))
     assert rc == 0, err
-    assert Image.open(tmp_path / "grid.png").size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 grid, padding 2
+    assert Image.open(grid).size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 grid, padding 2
+
+
+@pytest.mark.slow
+def test_export_writes_a_diffusers_pipeline_of_the_ema_weights(run):
+    diffusers = pytest.importorskip("diffusers")
+    out = run.parent / "pipeline"
+    rc, _, err = finish(cli("export", "--ckpt", run, "--out", out, cwd=run.parent))
+    assert rc == 0, err
+    pipe = diffusers.DDPMPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    ema, schedule = load_model(run, ema=True, device="cpu")
+    raw, _ = load_model(run, ema=False, device="cpu")
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([0, 19])
+    with torch.no_grad():
+        expected, theirs, other = ema(x, t), pipe.unet(x, t).sample, raw(x, t)
+    scale = expected.abs().max()
+    assert (theirs - expected).abs().max() / scale < 1e-4
+    assert (other - expected).abs().max() / scale > 1e-3  # the EMA differs from the raw weights: it is the EMA
+    images = pipe(batch_size=1, num_inference_steps=2, generator=g, output_type="pt").images
+    assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_class_conditional_training_and_guided_sampling(tmp_path):
+    run = tmp_path / "run"
+    rc, _, err = finish(cli("train", "--preset", "tiny", "--class-cond", "--cond-drop-prob", "0.3", *TRAIN,
+                            "--steps", "1", "--out", run, cwd=tmp_path))
+    assert rc == 0, err
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["unet_config"]["num_classes"] == len(SHAPE_KINDS)
+    assert ckpt["data"]["class_names"] == list(SHAPE_KINDS) and ckpt["train_config"]["cond_drop_prob"] == 0.3
+    rc, _, err = finish(cli("sample", "--ckpt", run, "--class", len(SHAPE_KINDS) - 1, "--guidance", "2.5",
+                            "--steps", "2", "--n", "2", "--out", tmp_path / "grid.png", "--device", "cpu",
+                            cwd=tmp_path))
+    assert rc == 0, err
+    assert Image.open(tmp_path / "grid.png").size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # 2 images in a row

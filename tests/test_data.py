@@ -8,11 +8,15 @@ import pytest
 import torch
 import torchvision.datasets as tvd
 import torchvision.datasets.cifar as tv_cifar
+from helpers import Payload
 from PIL import Image
 
+import ddpm_lib
 import ddpm_lib.data as data
-from ddpm_lib.data import (DeviceBatches, load_cifar10, load_dataset, load_image_folder, make_shapes,
-                           write_cifar10_format)
+import ddpm_lib.testing
+from ddpm_lib.data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
+                           make_shapes)
+from ddpm_lib.testing import write_cifar10_format
 
 TRAIN_FILES = [name for name, _ in tvd.CIFAR10.train_list]
 
@@ -120,18 +124,19 @@ def test_corrupt_batch_names_the_file(cifar_root):
         load_cifar10(root, download=False, verify_md5=False)
 
 
-def test_batch_file_cannot_run_code(cifar_root, tmp_path):
+def test_batch_file_cannot_run_code(cifar_root, tmp_path, monkeypatch):
     root = cifar_root[0]
-    marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return os.system, (f"touch {marker}",)
-
+    monkeypatch.chdir(tmp_path)  # where Payload would touch "pwned"
     (root / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps({"data": Payload()}, protocol=2))
     with pytest.raises(ValueError, match="data_batch_2.*refusing to load"):
         load_cifar10(root, download=False, verify_md5=False)
-    assert not marker.exists()
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_writer_lives_in_testing_and_stays_importable_from_data():
+    assert data.write_cifar10_format is ddpm_lib.testing.write_cifar10_format is ddpm_lib.write_cifar10_format
+    with pytest.raises(AttributeError, match="no_such_name"):
+        data.no_such_name
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -190,6 +195,46 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path)
 
 
+def class_folder(root):
+    """cat/ (2 red images, one nested a level deeper), dog/ (1 green), bird/ (1 blue): labels by sorted class name."""
+    colours = {"cat/a.png": [255, 0, 0], "cat/deeper/b.png": [255, 0, 0], "dog/a.png": [0, 255, 0],
+               "bird/z.png": [0, 0, 255]}
+    for name, colour in colours.items():
+        save(root / name, np.full((8, 8, 3), colour))
+    return root
+
+
+def test_image_folder_labels_from_class_subfolders(tmp_path):
+    images, labels, names = load_image_folder(class_folder(tmp_path), size=8, with_labels=True)
+    assert names == ["bird", "cat", "dog"] and labels.dtype == torch.int64
+    colour_of = {"bird": 2, "cat": 0, "dog": 1}  # the channel that is 255
+    assert [colour_of[names[label]] for label in labels] == images.float().mean((2, 3)).argmax(1).tolist()
+    assert labels.tolist() == [0, 1, 1, 2]  # files sorted by path: bird/z, cat/a, cat/deeper/b, dog/a
+    assert torch.equal(load_image_folder(tmp_path, size=8), images)  # same images, same order, without labels
+    ref = tvd.ImageFolder(tmp_path)  # the oracle for the class assignment
+    assert ref.classes == names and [y for _, y in ref.samples] == labels.tolist()
+
+
+def test_image_folder_labels_survive_the_cache(tmp_path, monkeypatch):
+    first = load_image_folder(class_folder(tmp_path), size=8, with_labels=True)
+    monkeypatch.setattr(data.Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+    again = load_image_folder(tmp_path, size=8, with_labels=True)
+    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1]) and again[2] == first[2]
+    (tmp_path / "dog").rename(tmp_path / "ant")  # same files, new class name: the cache is stale
+    monkeypatch.undo()
+    images, labels, names = load_image_folder(tmp_path, size=8, with_labels=True)
+    assert names == ["ant", "bird", "cat"] and labels.tolist() == [0, 1, 2, 2]
+    assert torch.equal(images[0], first[0][3])  # the green image, now first
+
+
+def test_image_folder_labels_need_class_subfolders(tmp_path):
+    save(tmp_path / "cat" / "a.png", np.zeros((8, 8, 3)))
+    save(tmp_path / "loose.png", np.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match=r"with_labels=True.*class sub-folders.*loose.png"):
+        load_image_folder(tmp_path, with_labels=True)
+    assert len(load_image_folder(tmp_path)) == 2  # without labels, any layout
+
+
 # ----------------------------------------------------------------------------- shapes
 
 def fill_ratio(image):
@@ -218,6 +263,15 @@ def test_shapes_three_kinds_two_colours():
     assert min(square.sum(), circle.sum(), triangle.sum()) > 60  # about 100 of each
     for image in x[:20]:
         assert len(image.flatten(1).unique(dim=1).T) == 2  # background + shape colour
+
+
+def test_shape_labels_are_the_kind_drawn():
+    x, labels = make_shapes(300, seed=0, with_labels=True)
+    assert torch.equal(x, make_shapes(300, seed=0)) and labels.dtype == torch.int64
+    ratios = torch.tensor([fill_ratio(image) for image in x])  # the classification of the test above
+    kind = torch.where(ratios > 0.95, SHAPE_KINDS.index("square"),
+                       torch.where(ratios > 0.695, SHAPE_KINDS.index("circle"), SHAPE_KINDS.index("triangle")))
+    assert torch.equal(labels, kind)
 
 
 # ----------------------------------------------------------------------------- device batches
@@ -277,6 +331,48 @@ def test_flips_happen_about_half_the_time():
     assert 0.4 < flipped / 640 < 0.6
 
 
+def numbered(n, size=4):
+    """Image i is the value i everywhere (flip-invariant, so a batch row says which image it is); labels: a random
+    permutation of 0..n-1, so every image has its own label."""
+    images = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, size, size).contiguous()
+    return images, torch.randperm(n, generator=torch.Generator().manual_seed(0))
+
+
+def row_ids(x):
+    return ((x[:, 0, 0, 0] + 1) * 127.5).round().long()  # [-1, 1] -> the image's number
+
+
+@pytest.mark.parametrize("n, batch_size, world_size", [(50, 16, 1), (7, 16, 1), (40, 16, 4)])
+def test_labels_follow_their_images(n, batch_size, world_size):
+    """Through the shuffle, the flips, epoch boundaries and each rank's share, batch_labels(step) are the labels of
+    the rows batch(step) gives."""
+    images, labels = numbered(n)
+    for rank in range(world_size):
+        batches = DeviceBatches(images, batch_size, seed=3, rank=rank, world_size=world_size, labels=labels)
+        for step in range(8):
+            y = batches.batch_labels(step)
+            assert y.dtype == torch.int64 and y.shape == (batch_size // world_size,)
+            assert torch.equal(y, labels[row_ids(batches.batch(step))])
+    assert DeviceBatches(images, batch_size).batch_labels(0) is None
+
+
+def test_labels_accept_any_integer_type_and_stay_on_the_device():
+    images, labels = numbered(10)
+    batches = DeviceBatches(images, 4, labels=labels.numpy().astype(np.int32))
+    assert batches.labels.dtype == torch.int64 and batches.labels.device == batches.device
+    assert torch.equal(batches.batch_labels(2), labels[batches.indices(2)[0]])
+
+
+@pytest.mark.parametrize("labels, match", [
+    (torch.zeros(9, dtype=torch.long), r"labels: expected 10 integers"),
+    (torch.zeros(10), "labels: expected integers, got dtype torch.float32"),
+    (torch.full((10,), -1), "labels: .*minimum -1"),
+])
+def test_device_batches_bad_labels(labels, match):
+    with pytest.raises(ValueError, match=match):
+        DeviceBatches(numbered(10)[0], 4, labels=labels)
+
+
 def test_device_batches_bad_input():
     images = torch.zeros(8, 3, 4, 4, dtype=torch.uint8)
     with pytest.raises(ValueError, match="batch_size"):
@@ -288,6 +384,20 @@ def test_device_batches_bad_input():
 
 
 # ----------------------------------------------------------------------------- by name
+
+def test_load_dataset_with_labels(tmp_path, monkeypatch):
+    images, labels, names = load_dataset("shapes", n=20, seed=1, with_labels=True)
+    assert names == list(SHAPE_KINDS)
+    assert all(torch.equal(a, b) for a, b in zip((images, labels), make_shapes(20, seed=1, with_labels=True)))
+    x, y = random_cifar(10, 0)
+    write_cifar10_format(tmp_path, x, y)
+    md5s = dict(tvd.CIFAR10.train_list)
+    monkeypatch.setattr(data, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
+    images, labels, names = load_dataset("cifar10", root=tmp_path, n=4, download=False, with_labels=True)
+    assert names == list(CIFAR10_CLASSES) and torch.equal(images, x[:4]) and torch.equal(labels, y[:4])
+    images, labels, names = load_dataset(str(class_folder(tmp_path / "imgs")), n=3, size=8, with_labels=True)
+    assert names == ["bird", "cat", "dog"] and labels.tolist() == [0, 1, 1] and len(images) == 3
+
 
 def test_load_dataset(tmp_path, monkeypatch):
     assert torch.equal(load_dataset("shapes", n=20, seed=1), make_shapes(20, seed=1))

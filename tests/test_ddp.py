@@ -1,27 +1,28 @@
-"""DistributedDataParallel on CPU (gloo): 2 ranks == 1 process with the same global batch, resume included."""
+"""DistributedDataParallel on CPU (gloo): 2 ranks == 1 process with the same global batch; bit-exact resume."""
 import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import MICRO
 
 from ddpm_lib.data import make_shapes
+from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer, TrainConfig
-from ddpm_lib.unet import UNet, UNetConfig
-
-MICRO = UNetConfig(ch_list=(3, 16, 32), attention_layer=(2,), num_heads=2, temb_dim=16, num_res_blocks=1,
-                   dropout=0.0, norm_groups=8, image_size=16)  # dropout 0: ranks draw different dropout masks
+from ddpm_lib.unet import UNet
 
 
-def make_trainer(out_dir, steps):
+def make_trainer(out_dir, steps, dropout=0.0):
+    """dropout 0 to compare with one process: ranks draw their own dropout masks, from (seed, step, rank)."""
     torch.manual_seed(0)
     config = TrainConfig(batch_size=8, steps=steps, warmup_steps=2, log_every=1, sample_every=0,
-                         checkpoint_every=0, out_dir=str(out_dir), progress=False, timesteps=100)
-    return Trainer(UNet(MICRO), None, config, device="cpu")
+                         checkpoint_every=0, out_dir=str(out_dir), progress=False)
+    return Trainer(UNet(replace(MICRO, dropout=dropout)), NoiseSchedule.linear(100), config, device="cpu")
 
 
 def _rank(rank, world_size, tmp):
@@ -31,7 +32,13 @@ def _rank(rank, world_size, tmp):
         images = make_shapes(40, size=16, seed=1)
         trainer = make_trainer(tmp / "ddp", steps=2).fit(images)  # checkpoint at step 2 (rank 0 writes)
         trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", steps=4).fit(images)
-        torch.save({"model": trainer.model.state_dict(), "history": trainer.history}, tmp / f"rank{rank}.pt")
+        # with dropout: a resumed DDP run continues every rank's dropout stream (nothing stored but the step)
+        straight = make_trainer(tmp / "straight", steps=4, dropout=0.1).fit(images)
+        make_trainer(tmp / "resumed", steps=2, dropout=0.1).fit(images)
+        resumed = Trainer.load(tmp / "resumed", device="cpu", steps=4).fit(images)
+        torch.save({"model": trainer.model.state_dict(), "history": trainer.history,
+                    "straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
+                   tmp / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -43,6 +50,7 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for name, w in single.model.state_dict().items():
         assert torch.equal(rank0["model"][name], rank1["model"][name]), name  # ranks hold identical weights
         torch.testing.assert_close(rank0["model"][name], w, rtol=1e-4, atol=1e-5)  # == one process, same batch
+        assert torch.equal(rank0["straight"][name], rank0["resumed"][name]), name  # bit-exact DDP resume
     # the logged loss is the global-batch mean on every rank, as in one process
     assert [s for s, _ in rank0["history"]] == [3, 4] and rank0["history"] == rank1["history"]
     for (_, loss_ddp), (_, loss) in zip(rank0["history"], single.history[2:]):

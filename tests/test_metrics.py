@@ -1,34 +1,47 @@
 """Tests for ddpm_lib.metrics: Frechet distance against scipy and closed forms, FID/KID end to end through
-torchmetrics with a small injected feature module, the real-feature cache, generation and evaluate_checkpoint."""
+torchmetrics with a small injected feature module, the real-feature cache, nearest neighbours against a
+brute-force scipy search, and evaluate_checkpoint."""
 import urllib.error
 
 import numpy as np
 import pytest
 import scipy.linalg
+import scipy.spatial
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ddpm_lib import metrics
 from ddpm_lib.data import make_shapes
+from ddpm_lib.samplers import generate_images
 
 
 class ConvFeatures(nn.Module):
-    """A fixed random conv + ReLU + global pooling: uint8 (N,3,H,W) -> (N, dim); counts its calls."""
+    """A fixed random conv + ReLU + global pooling: uint8 (N,3,H,W) -> (N, dim), optionally resized first."""
 
     name = "test-conv"
 
-    def __init__(self, dim=16):
+    def __init__(self, dim=16, resize=None, antialias=False):
         super().__init__()
         self.conv = nn.Conv2d(3, dim, 5, stride=2)
+        self.resize, self.antialias = resize, antialias
         g = torch.Generator().manual_seed(0)
         with torch.no_grad():
             self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.2)
             self.conv.bias.zero_()
-        self.calls = 0
 
     def forward(self, x):
-        self.calls += 1
-        return torch.relu(self.conv(x.float() / 127.5 - 1)).mean(dim=(2, 3))  # (N, dim)
+        x = x.float() / 127.5 - 1
+        if self.resize is not None:
+            x = F.interpolate(x, size=self.resize, mode="bilinear", antialias=self.antialias, align_corners=False)
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))  # (N, dim)
+
+
+def count_calls(module):
+    """A list that grows by one at every forward call of `module` (a hook: the module itself is unchanged)."""
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
 
 
 def scipy_fid(a, b):
@@ -140,17 +153,37 @@ def test_fid_kid_is_deterministic_in_seed(shapes):
 
 def test_real_features_are_cached_on_disk_and_reused(shapes, tmp_path):
     extractor = ConvFeatures()
+    calls = count_calls(extractor)
     real, fake = shapes[:96], shapes[96:160]
     kw = dict(real_key="shapes-train", cache_dir=tmp_path, batch_size=32, kid_subset_size=32, kid_subsets=4)
     first = metrics.fid_kid(real, fake, extractor, **kw)
     files = list(tmp_path.iterdir())
     assert [f.name.split("-")[:4] for f in files] == [["shapes", "train", "n96", "test"]]
-    assert extractor.calls == 3 + 2  # real 96/32 + fake 64/32 batches
-    extractor.calls = 0
+    assert len(calls) == 3 + 2  # real 96/32 + fake 64/32 batches
+    calls.clear()
     second = metrics.fid_kid(real, fake, extractor, **kw)
-    assert extractor.calls == 2 and second == first  # only the fake images went through the extractor
+    assert len(calls) == 2 and second == first  # only the fake images went through the extractor
     metrics.fid_kid(shapes[:97], fake, extractor, **kw)  # other images -> another entry, never a stale one
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_cache_key_covers_the_extractor_configuration(shapes, tmp_path):
+    """Equal weights, different resizing (antialias or not): different features, so never one cache entry."""
+    real, fake = shapes[:64], shapes[64:96]
+    kw = dict(real_key="shapes", cache_dir=tmp_path, kid_subset_size=32, kid_subsets=2)
+    plain, smooth = ConvFeatures(resize=20), ConvFeatures(resize=20, antialias=True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), smooth.state_dict().values()))
+    assert not torch.allclose(metrics.extract_features(real, plain), metrics.extract_features(real, smooth))
+    scores = [metrics.fid_kid(real, fake, extractor, **kw) for extractor in (plain, smooth)]
+    assert len(list(tmp_path.iterdir())) == 2 and scores[0]["fid"] != scores[1]["fid"]
+    metrics.fid_kid(real, fake, ConvFeatures(resize=24), **kw)                     # another size: another entry
+    assert len(list(tmp_path.iterdir())) == 3
+    keyed = ConvFeatures(resize=20)
+    keyed.cache_key = "v1"                                                           # an explicit key replaces
+    calls = count_calls(keyed)                                                       # the automatic one
+    metrics.fid_kid(real, fake, keyed, **kw)
+    metrics.fid_kid(real, fake, keyed, **kw)
+    assert len(list(tmp_path.iterdir())) == 4 and len(calls) == 3                   # real once, fake twice
 
 
 def test_fid_kid_rejects_bad_images():
@@ -183,32 +216,6 @@ def tiny():
     return model.eval(), NoiseSchedule.linear(steps=10)
 
 
-def test_generate_images_matches_the_sampler_and_batches_deterministically(tiny):
-    from ddpm_lib.samplers import ddim_sample
-
-    model, schedule = tiny
-    images = metrics.generate_images(model, schedule, 5, "ddim", steps=3, batch_size=8, seed=7, progress=False)
-    x0 = ddim_sample(model, schedule, (5, 3, 16, 16), steps=3, generator=torch.Generator().manual_seed(7))
-    assert images.dtype == torch.uint8 and images.shape == (5, 3, 16, 16)
-    torch.testing.assert_close(images, ((x0 + 1) * 127.5).round().clamp(0, 255).to(torch.uint8), rtol=0, atol=0)
-    batched = metrics.generate_images(model, schedule, 5, "dpm-solver", steps=3, batch_size=2, seed=7, progress=False)
-    again = metrics.generate_images(model, schedule, 5, "dpm-solver", steps=3, batch_size=2, seed=7, progress=False)
-    assert torch.equal(batched, again)
-    assert metrics.generate_images(model, schedule, 2, "ddpm", steps=10, batch_size=2, progress=False).shape[0] == 2
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(sampler="euler"), "sampler must be one of"),
-    (dict(sampler="ddpm", steps=5), "runs all T=10 steps"),
-    (dict(n=0), "n must be a positive int"),
-    (dict(batch_size=0), "batch_size must be a positive int"),
-])
-def test_generate_images_rejects_bad_arguments(tiny, kwargs, match):
-    model, schedule = tiny
-    with pytest.raises(ValueError, match=match):
-        metrics.generate_images(model, schedule, **{"n": 2, "steps": 3, "progress": False, **kwargs})
-
-
 @pytest.fixture
 def checkpoint(tiny, tmp_path):
     from ddpm_lib.train import TrainConfig, Trainer
@@ -217,24 +224,30 @@ def checkpoint(tiny, tmp_path):
     return Trainer(model, schedule, TrainConfig(out_dir=None, progress=False)).save(tmp_path / "ckpt.pt")
 
 
-def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, tmp_path):
+@pytest.fixture
+def folder(tmp_path):
+    """A reference image folder of 24 shapes at 16x16."""
     from PIL import Image
-
-    from ddpm_lib.data import load_image_folder
 
     folder = tmp_path / "ref"
     folder.mkdir()
     for i, image in enumerate(make_shapes(24, size=16, seed=1)):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    return folder
+
+
+def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
+    from ddpm_lib.data import load_image_folder
+
     kw = dict(n=12, sampler="dpm-solver", steps=3, ref=str(folder), batch_size=8, device="cpu", seed=3,
               feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
     result = metrics.evaluate_checkpoint(checkpoint, **kw)
-    assert {k: result[k] for k in ("n", "sampler", "steps", "ref")} == dict(n=12, sampler="dpm-solver", steps=3,
-                                                                            ref=str(folder))
+    assert {k: result[k] for k in ("n", "sampler", "steps", "guidance_scale", "ref")} == dict(
+        n=12, sampler="dpm-solver", steps=3, guidance_scale=1.0, ref=str(folder))
     assert len(list((tmp_path / "cache").glob("folder-ref-n24-test-conv-*.pt"))) == 1
     # The same numbers by hand: EMA weights (== the model here: no step taken), the same seed and batches.
     model, schedule = tiny
-    fake = metrics.generate_images(model, schedule, 12, "dpm-solver", 3, batch_size=8, seed=3, progress=False)
+    fake = generate_images(model, schedule, 12, sampler="dpm-solver", steps=3, batch_size=8, seed=3)
     expected = metrics.fid_kid(load_image_folder(folder, size=16), fake, ConvFeatures(), batch_size=8, seed=3)
     assert {k: result[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert result["fid"] > 0
@@ -254,7 +267,7 @@ def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypa
                                          feature_extractor=ConvFeatures(), cache_dir=tmp_path, progress=False)
     assert calls == [("somewhere", True)] and result["ref"] == "cifar10"  # the paper's reference: training split
     assert len(list(tmp_path.glob("cifar10-train-n16-*.pt"))) == 1
-    with pytest.raises(FileNotFoundError, match="ckpt_path"):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         metrics.evaluate_checkpoint(tmp_path / "missing.pt", feature_extractor=ConvFeatures())
     with pytest.raises(ValueError, match="n must be an int >= 2"):
         metrics.evaluate_checkpoint(checkpoint, n=1, feature_extractor=ConvFeatures())
@@ -262,10 +275,99 @@ def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypa
         metrics.evaluate_checkpoint(checkpoint, n=4, ref=str(tmp_path / "nope"), feature_extractor=ConvFeatures())
 
 
+def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance(tiny, folder, tmp_path,
+                                                                                 monkeypatch):
+    from dataclasses import replace
+
+    import ddpm_lib.checkpoint
+    from ddpm_lib.train import TrainConfig, Trainer
+    from ddpm_lib.unet import UNet
+
+    model, schedule = tiny
+    conditional = UNet(replace(model.config, num_classes=3)).eval()
+    ckpt = Trainer(conditional, schedule, TrainConfig(out_dir=None, progress=False)).save(tmp_path / "cond.pt")
+    labels, load_model = [], ddpm_lib.checkpoint.load_model
+
+    def recording_load_model(*args, **kwargs):  # the real loader, plus a hook recording the labels of every call
+        loaded, loaded_schedule = load_model(*args, **kwargs)
+        loaded.register_forward_hook(lambda module, inputs, output: labels.append(inputs[2].tolist()))
+        return loaded, loaded_schedule
+
+    monkeypatch.setattr(ddpm_lib.checkpoint, "load_model", recording_load_model)
+    result = metrics.evaluate_checkpoint(ckpt, n=7, steps=2, ref=str(folder), batch_size=4, device="cpu",
+                                         guidance_scale=2.0, feature_extractor=ConvFeatures(),
+                                         cache_dir=tmp_path / "cache", progress=False)
+    # labels i % 3, each batch's rows twice (conditional, then -1) in one call per step
+    assert labels == [[0, 1, 2, 0, -1, -1, -1, -1]] * 2 + [[1, 2, 0, -1, -1, -1]] * 2
+    assert result["guidance_scale"] == 2.0 and result["steps"] == 2
+
+
+def test_evaluate_checkpoint_refuses_guidance_without_classes(checkpoint):
+    with pytest.raises(ValueError, match="guidance_scale=3.0 needs a class-conditional model"):
+        metrics.evaluate_checkpoint(checkpoint, n=4, guidance_scale=3.0, device="cpu", feature_extractor=ConvFeatures())
+    with pytest.raises(ValueError, match="sampler must be one of"):
+        metrics.evaluate_checkpoint(checkpoint, n=4, sampler="euler", device="cpu", feature_extractor=ConvFeatures())
+
+
+# ---- nearest neighbours ------------------------------------------------------------------------
+
+def brute_force_neighbours(a, b, k):
+    """scipy's full distance matrix in float64, sorted."""
+    d = scipy.spatial.distance.cdist(a, b)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(d, order, 1), order
+
+
+def test_nearest_neighbours_in_pixel_space_match_brute_force():
+    g = torch.Generator().manual_seed(5)
+    train = torch.randint(0, 256, (50, 3, 8, 8), dtype=torch.uint8, generator=g)
+    samples = torch.randint(0, 256, (13, 3, 8, 8), dtype=torch.uint8, generator=g)
+    samples[4] = train[17]                                                       # a memorised sample
+    distances, indices = metrics.nearest_neighbours(samples, train, k=3, batch_size=7)  # blocks of 7 both ways
+    assert distances.shape == indices.shape == (13, 3)
+    assert distances.dtype == torch.float32 and indices.dtype == torch.int64
+    flat = lambda x: x.double().numpy().reshape(len(x), -1) / 127.5 - 1  # noqa: E731  uint8 -> [-1, 1]
+    ref_d, ref_i = brute_force_neighbours(flat(samples), flat(train), 3)
+    np.testing.assert_array_equal(indices.numpy(), ref_i)
+    np.testing.assert_allclose(distances.numpy(), ref_d, rtol=1e-6)
+    assert distances[4, 0].item() == 0 and indices[4, 0].item() == 17
+    one, one_i = metrics.nearest_neighbours(train[:1], train)
+    assert one.shape == (1, 1) and one.item() == 0 and one_i.item() == 0
+
+
+def test_nearest_neighbours_in_feature_space_match_brute_force():
+    shapes = make_shapes(40, size=16, seed=6)
+    extractor = ConvFeatures()
+    distances, indices = metrics.nearest_neighbours(shapes[:9], shapes[9:], k=2, space="features",
+                                                    feature_extractor=extractor, batch_size=5)
+    features = metrics.extract_features(shapes, extractor).double().numpy()
+    ref_d, ref_i = brute_force_neighbours(features[:9], features[9:], 2)
+    np.testing.assert_array_equal(indices.numpy(), ref_i)
+    np.testing.assert_allclose(distances.numpy(), ref_d, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(space="latent"), "space must be 'pixel' or 'features'"),
+    (dict(k=0), r"k must be an int in \[1, 4\]"),
+    (dict(k=5), r"k must be an int in \[1, 4\]"),
+    (dict(batch_size=0), "batch_size must be a positive int"),
+    (dict(samples=noise_images(2)[:, :, :16, :16]), "same \\(3, H, W\\) in pixel space"),
+    (dict(samples=torch.rand(2, 3, 32, 32)), "samples must be a uint8 tensor"),
+    (dict(samples=noise_images(0)), "samples needs at least 1 image, got 0"),
+])
+def test_nearest_neighbours_reject_bad_input(kwargs, match):
+    kwargs = {"samples": noise_images(2), "train_images": noise_images(4), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        metrics.nearest_neighbours(**kwargs)
+
+
 @pytest.mark.slow  # two full Inception networks on the CPU
-def test_inception_extractor_matches_torch_fidelity(monkeypatch):
+def test_inception_extractor_matches_torch_fidelity(monkeypatch, tmp_path):
     """Same weights in, same 2048-d pool3 features out as torch-fidelity's own extractor (TF1 resize, no
-    antialiasing). Random weights stand in for the downloaded ones, which tests cannot fetch."""
+    antialiasing). Random weights stand in for the downloaded ones, which tests cannot fetch. torchmetrics'
+    antialiased default, with the same weights, gets its own cache entry (it once got this one's features)."""
+    from torchmetrics.image.fid import NoTrainInceptionV3
+
     import torch_fidelity.feature_extractor_inceptionv3 as fe
 
     with monkeypatch.context() as m:  # a randomly initialised network, to take its weights from
@@ -280,3 +382,7 @@ def test_inception_extractor_matches_torch_fidelity(monkeypatch):
     features = metrics.extract_features(images, ours)
     assert features.shape == (2, 2048) and features.abs().sum() > 0
     torch.testing.assert_close(features, reference(images)[0], rtol=1e-4, atol=1e-6)
+    antialiased = NoTrainInceptionV3("inception-v3-compat", ["2048"], antialias=True)
+    for extractor in (ours, antialiased):
+        metrics.cached_features(images, extractor, "shapes", cache_dir=tmp_path)
+    assert len(list(tmp_path.iterdir())) == 2

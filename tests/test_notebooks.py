@@ -1,4 +1,4 @@
-"""The notebook series as committed: six valid notebooks, without outputs, Colab-ready, with a SMOKE switch.
+"""The notebook series as committed: 01..08, valid, without outputs, Colab-ready, with a SMOKE switch and exercises.
 
 Running them is nbval's job (`pytest --nbval-lax notebooks/`); these checks are static and take no kernel.
 """
@@ -11,10 +11,13 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTEBOOKS = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb",
-             "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb"]
+SERIES = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb", "04_reverse_process.ipynb",
+          "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb", "08_guidance.ipynb"]
+NOT_YET_WRITTEN = {"08_guidance.ipynb"}  # being written; checked like the others once it exists
+NOTEBOOKS = [n for n in SERIES if n not in NOT_YET_WRITTEN or (ROOT / "notebooks" / n).is_file()]
 COLAB = "https://colab.research.google.com/github/ddpm-lib/ddpm_lib/blob/main/notebooks/"
 SMOKE_LINE = 'SMOKE = os.environ.get("DDPM_SMOKE") == "1"'
+ANSWER = "<details><summary>Answer</summary>"
 
 
 def load(name):
@@ -27,8 +30,9 @@ def code_cells(nb):
     return [c for c in nb.cells if c.cell_type == "code"]
 
 
-def test_series_is_exactly_the_six_notebooks():
+def test_series_is_exactly_the_numbered_notebooks():
     assert sorted(p.name for p in (ROOT / "notebooks").glob("*.ipynb")) == NOTEBOOKS
+    assert set(SERIES) - set(NOTEBOOKS) <= NOT_YET_WRITTEN
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
@@ -71,10 +75,26 @@ def test_parameters_cell_reads_smoke_and_paths(name):
     cells = code_cells(load(name))
     params = [c for c in cells if SMOKE_LINE in c.source]
     assert len(params) == 1, f"{name}: expected one parameters cell with `{SMOKE_LINE}`"
-    assert "default_device()" in params[0].source
+    assert "setup_notebook(" in params[0].source, f"{name}: the parameters cell must call setup_notebook()"
     # only the Colab cell is skipped: everything else runs under nbval
     skipped = [c for c in cells[1:] if "nbval-skip" in c.metadata.get("tags", [])]
     assert not skipped, f"{name}: cells other than the Colab install are tagged nbval-skip"
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_exercises_have_collapsed_answers_and_an_assert(name):
+    cells = load(name).cells
+    heading = [i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## Exercises" in c.source]
+    assert len(heading) == 1, f"{name}: expected one '## Exercises' section"
+    section = cells[heading[0]:]
+    answers = sum(c.source.count(ANSWER) for c in section if c.cell_type == "markdown")
+    assert answers >= 2, f"{name}: expected >= 2 exercises with a collapsed `{ANSWER}` block"
+    for c in section:
+        if c.cell_type == "markdown":
+            assert c.source.count(ANSWER) == c.source.count("</details>"), f"{name}: an answer block is not closed"
+    checks = [c for c in section if c.cell_type == "code" and re.search(r"^\s*(assert |torch\.testing\.assert_close)",
+                                                                         c.source, re.M)]
+    assert checks, f"{name}: no exercise is checked by an assert cell"
 
 
 def test_conftest_fixture_is_cifar10_format(tmp_path):

@@ -1,12 +1,15 @@
 """Samplers against diffusers' schedulers step for step, and against Gaussian data, whose ideal noise
 predictor and probability-flow ODE solution are known in closed form."""
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
+from torch import nn
 
-from ddpm_lib.samplers import (ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
-                               dpm_solver_timesteps)
+from ddpm_lib.data import to_uint8
+from ddpm_lib.samplers import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
+                               dpm_solver_timesteps, generate_images)
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
 
 diffusers = pytest.importorskip("diffusers")
@@ -27,15 +30,24 @@ def fake_model(x_t, t):
     return torch.tanh(1.3 * x_t) * 0.9 + 0.1 * torch.cos(t.to(x_t.dtype) / 37.0).view(-1, 1, 1, 1)
 
 
+def gaussian_eps(abar, x_t, mu, s):
+    """E[eps | x_t] for x0 ~ N(mu, s^2) and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (both Gaussian)."""
+    return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s ** 2 + 1 - abar)
+
+
 class IdealEps:
-    """E[eps | x_t] for x0 ~ N(MU, S^2): sqrt(1 - abar) (x_t - sqrt(abar) MU) / (abar S^2 + 1 - abar)."""
+    """The ideal noise predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64)."""
 
     def __init__(self, schedule):
-        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)      # float64, from the betas alone
+        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
 
     def __call__(self, x_t, t):
-        abar = self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
-        return (1 - abar).sqrt() * (x_t - abar.sqrt() * MU) / (abar * S ** 2 + 1 - abar)
+        return gaussian_eps(self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1), x_t, MU, S)
+
+
+def posterior_mean_x0(abar, x_t):
+    """E[x0 | x_t] for x0 ~ N(MU, S^2): the Gaussian's regression of x0 on x_t."""
+    return MU + abar.sqrt() * S ** 2 / (abar * S ** 2 + 1 - abar) * (x_t - abar.sqrt() * MU)
 
 
 def flow_solution(schedule, x_T):
@@ -44,7 +56,22 @@ def flow_solution(schedule, x_T):
     abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
     z = (x_T - abar[-1].sqrt() * MU) / (abar[-1] * S ** 2 + 1 - abar[-1]).sqrt()
     x_at_0 = abar[0].sqrt() * MU + (abar[0] * S ** 2 + 1 - abar[0]).sqrt() * z
-    return MU + abar[0].sqrt() * S ** 2 / (abar[0] * S ** 2 + 1 - abar[0]) * (x_at_0 - abar[0].sqrt() * MU)
+    return posterior_mean_x0(abar[0], x_at_0)
+
+
+def diffusers_dpm_solver(betas, order, timesteps):
+    """diffusers' DPM-Solver++ of `order` on given timesteps, ending at sigma = 0 with a first-order step."""
+    ref = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=len(betas), trained_betas=betas.numpy(), algorithm_type="dpmsolver++",
+        solver_order=order, lower_order_final=False, final_sigmas_type="zero")
+    ref.set_timesteps(timesteps=timesteps)
+    return ref
+
+
+def run_diffusers(ref, x, generator=None, **step_kwargs):
+    for t in ref.timesteps:
+        x = ref.step(fake_model(x, t.repeat(x.shape[0])), t, x, generator=generator, **step_kwargs).prev_sample
+    return x
 
 
 # ---- against diffusers, full sampling loops ---------------------------------------------------
@@ -59,9 +86,7 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(betas, variance, variance_type, a
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(),
                                   variance_type=variance_type, clip_sample=True)
     g = gen(1)
-    x = torch.randn(SHAPE, generator=g)                  # same draws, same order: x_T, then one per t > 0
-    for t in ref.timesteps:
-        x = ref.step(fake_model(x, t.repeat(SHAPE[0])), t, x, generator=g).prev_sample
+    x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)  # same draws, same order: x_T, then one per t > 0
     ours = ddpm_sample(fake_model, NoiseSchedule(betas), SHAPE, variance, generator=gen(1))
     torch.testing.assert_close(ours, x, rtol=0, atol=atol)
     assert ours.abs().max() <= 1
@@ -84,32 +109,153 @@ def test_ddim_matches_diffusers_ddim_scheduler(eta):
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("steps", [7, 33])
+def test_ddim_on_uneven_steps_matches_diffusers(steps):
+    """Step counts whose gaps are uneven (999/6 = 166.5, 999/32 = 31.2). The timesteps are exactly diffusers'
+    DDIMScheduler "linspace" ones. Its step() cannot walk them (it always steps back by T // steps), so the
+    update is checked against two other diffusers schedulers that follow given timesteps: eta = 0 is
+    first-order DPM-Solver++ (Lu et al. 2022b, Sec. 4: DDIM is its first-order case), eta = 1 is DDPM's
+    ancestral step between the chosen timesteps (sigma^2 = beta_tilde of the skip, Song et al. Eq. 16)."""
+    betas = linear_betas()
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(), timestep_spacing="linspace")
+    ref.set_timesteps(steps)
+    timesteps = ref.timesteps.tolist()
+    assert ddim_timesteps(1000, steps) == timesteps and len(set(b - a for a, b in zip(timesteps[1:], timesteps))) == 2
+    x_T = torch.randn(SHAPE, generator=gen(3))
+    ours = ddim_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, x_T=x_T, clip_denoised=False)
+    x = run_diffusers(diffusers_dpm_solver(betas, 1, timesteps), x_T)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
+    ref = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(), variance_type="fixed_small",
+                                  clip_sample=True)
+    ref.set_timesteps(timesteps=timesteps)
+    g = gen(4)
+    x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)
+    ours = ddim_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, eta=1.0, generator=gen(4))
+    torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("steps", [5, 10, 20])
 def test_dpm_solver_matches_diffusers_multistep_scheduler(steps):
-    """DPM-Solver++(2M) with log-SNR spacing: the same timesteps as diffusers' use_lu_lambdas, and the same
-    result once diffusers is given the noise levels of those (rounded) timesteps, which the model sees."""
-    schedule = NoiseSchedule.linear()
-    ref = diffusers.DPMSolverMultistepScheduler(
-        num_train_timesteps=1000, trained_betas=linear_betas().numpy(), algorithm_type="dpmsolver++",
-        solver_order=2, use_lu_lambdas=True, lower_order_final=False, final_sigmas_type="zero")
-    ref.set_timesteps(steps)
-    assert ref.timesteps.tolist() == dpm_solver_timesteps(schedule, steps)
-    abar = schedule.alphas_cumprod.double()[ref.timesteps]
-    ref.sigmas[:-1] = ((1 - abar) / abar).sqrt().float()
+    """DPM-Solver++(2M) on its log-SNR timesteps, against diffusers' 2M scheduler walking the same timesteps
+    (diffusers' own log-SNR timesteps are compared in test_dpm_solver_timesteps_match_diffusers_lu_lambdas)."""
+    betas = linear_betas()
+    timesteps = dpm_solver_timesteps(NoiseSchedule(betas), steps)
     x_T = torch.randn(SHAPE, generator=gen(3))
-    x = x_T
-    for t in ref.timesteps:
-        x = ref.step(fake_model(x, t.repeat(SHAPE[0])), t, x).prev_sample
-    ours = dpm_solver_sample(fake_model, schedule, SHAPE, steps, x_T=x_T, clip_denoised=False)
-    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5)
+    x = run_diffusers(diffusers_dpm_solver(betas, 2, timesteps), x_T)
+    ours = dpm_solver_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, x_T=x_T, clip_denoised=False)
+    torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 100, 1000])
+def test_every_sampler_matches_diffusers_for_any_T(T):
+    """Short schedules too (T = 1: a single step straight to x0): DDPM against DDPMScheduler, DDIM (eta = 0)
+    and DPM-Solver++(2M) against DPMSolverMultistepScheduler on their timesteps, with 1, a few and all T steps."""
+    betas = linear_betas(T) if T >= 100 else linear_betas(T, 0.1, 0.5)   # T = 1: beta_1 = 0.1
+    schedule = NoiseSchedule(betas)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, trained_betas=betas.numpy(), variance_type="fixed_large",
+                                  clip_sample=True)
+    g = gen(1)
+    x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)
+    torch.testing.assert_close(ddpm_sample(fake_model, schedule, SHAPE, generator=gen(1)), x, rtol=0, atol=1e-4)
+    x_T = torch.randn(SHAPE, generator=gen(3))
+    for steps in sorted({1, min(T, 7), T}):
+        for sample, timesteps, order in ((ddim_sample, ddim_timesteps(T, steps), 1),
+                                         (dpm_solver_sample, dpm_solver_timesteps(schedule, steps), 2)):
+            assert len(timesteps) == steps and timesteps[0] == T - 1 and timesteps[-1] == (T - 1 if steps == 1 else 0)
+            x = run_diffusers(diffusers_dpm_solver(betas, order, timesteps), x_T)
+            ours = sample(fake_model, schedule, SHAPE, steps, x_T=x_T, clip_denoised=False)
+            torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
+
+
+def test_one_step_samplers_return_the_posterior_mean_of_x0():
+    """T = 1 (cosine: alpha_bar = 0.001), and one step on T = 1000: every sampler returns E[x0 | x_T], known
+    in closed form for Gaussian data."""
+    for schedule in (NoiseSchedule.cosine(1), NoiseSchedule.linear()):
+        x_T = torch.randn(GAUSS_SHAPE, generator=gen(5), dtype=torch.float64)
+        exact = posterior_mean_x0(torch.cumprod(1 - schedule.state_dict()["betas"], 0)[-1], x_T)
+        kw = dict(x_T=x_T, clip_denoised=False)
+        outs = [dpm_solver_sample(IdealEps(schedule), schedule, x_T.shape, 1, **kw),
+                ddim_sample(IdealEps(schedule), schedule, x_T.shape, 1, **kw)]
+        if schedule.steps == 1:
+            outs.append(ddpm_sample(IdealEps(schedule), schedule, x_T.shape, generator=gen(6), **kw))
+        for out in outs:
+            torch.testing.assert_close(out, exact, rtol=1e-6, atol=1e-6)
+
+
+# ---- timesteps ---------------------------------------------------------------------------------
+
+def test_ddim_timesteps():
+    assert ddim_timesteps(1000, 1) == [999]
+    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
+    assert ddim_timesteps(10, 4) == [9, 6, 3, 0]
+    assert ddim_timesteps(1, 1) == [0] and ddim_timesteps(2, 2) == [1, 0]
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_dpm_solver_timesteps_give_exactly_the_requested_steps(kind):
+    """Every requested step is a distinct model evaluation, even where log-SNR-uniform targets crowd into
+    fewer integers than steps (cosine, 20 steps: plain rounding leaves 17), from T-1 down to 0."""
+    schedule = NoiseSchedule.linear() if kind == "linear" else NoiseSchedule.cosine()
+    for steps in [*range(2, 60), 69, 100, 250, 500, 999, 1000]:
+        ts = dpm_solver_timesteps(schedule, steps)
+        assert len(ts) == steps and ts[0] == 999 and ts[-1] == 0
+        assert all(a > b for a, b in zip(ts, ts[1:]))                   # distinct, descending
+    assert dpm_solver_timesteps(schedule, 1) == [999]
+    assert dpm_solver_timesteps(schedule, 1000) == list(range(999, -1, -1))
+
+
+def test_dpm_solver_timesteps_are_spaced_uniformly_in_log_snr():
+    schedule = NoiseSchedule.linear()
+    ts = dpm_solver_timesteps(schedule, 10)
+    lam = [0.5 * math.log(schedule.snr(t).item()) for t in ts]
+    gaps = [a - b for a, b in zip(lam[1:], lam)]
+    assert max(gaps) - min(gaps) < 0.1 * (sum(gaps) / len(gaps))
+
+
+@pytest.mark.parametrize("betas", [linear_betas(), cosine_betas()], ids=["linear", "cosine"])
+def test_dpm_solver_timesteps_match_diffusers_lu_lambdas(betas):
+    """diffusers' use_lu_lambdas claims the same spacing (uniform in log-SNR, interpolated, rounded); it keeps
+    colliding timesteps as repeats. Wherever its timesteps are distinct ours are the same, up to one integer:
+    diffusers interpolates log-sigma of its float32 alpha_bar, we of our float64 one, so a target within ~1e-4
+    of a half-integer can round the other way (linear betas, 26 steps: 265 vs 264)."""
+    schedule = NoiseSchedule(betas)
+    compared = exact = 0
+    for steps in range(2, 101):
+        ref = diffusers.DPMSolverMultistepScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(),
+                                                    algorithm_type="dpmsolver++", use_lu_lambdas=True)
+        ref.set_timesteps(steps)
+        theirs, ours = ref.timesteps.tolist(), dpm_solver_timesteps(schedule, steps)
+        if len(set(theirs)) < steps:
+            assert len(set(theirs)) < len(ours) == steps                 # where diffusers repeats, we do not
+            continue
+        compared += 1
+        exact += theirs == ours
+        assert max(abs(a - b) for a, b in zip(theirs, ours)) <= 1
+    assert compared >= 5 and exact >= compared - 1
+
+
+@pytest.mark.parametrize("name, steps", [("ddim", 33), ("dpm-solver", 20), ("dpm-solver", 100)])
+def test_model_calls_equal_steps(name, steps):
+    schedule = NoiseSchedule.cosine()
+    calls = []
+    SAMPLERS[name].fn(lambda x, t: calls.append(t) or fake_model(x, t), schedule, SHAPE, steps, generator=gen(0))
+    assert len(calls) == steps and len({int(t[0]) for t in calls}) == steps
+
+
+def test_registry():
+    assert set(SAMPLERS) == {"ddpm", "ddim", "dpm-solver"}
+    assert [SAMPLERS[k].default_steps for k in ("ddpm", "ddim", "dpm-solver")] == [None, 50, 20]
+    assert SAMPLERS["ddim"].fn is ddim_sample and SAMPLERS["dpm-solver"].fn is dpm_solver_sample
+    with pytest.raises(TypeError):
+        SAMPLERS["euler"] = SAMPLERS["ddim"]
 
 
 # ---- Gaussian data: the samplers return the data's distribution --------------------------------
 
-def _check_moments(x, tol_mean, tol_sd):
+def _check_moments(x, tol_mean, tol_sd, mu=MU, s=S):
     n = x.numel()
-    assert abs(x.mean().item() - MU) < tol_mean + 4 * S / math.sqrt(n)
-    assert abs(x.std().item() - S) < tol_sd + 4 * S / math.sqrt(2 * n)
+    assert abs(x.mean().item() - mu) < tol_mean + 4 * s / math.sqrt(n)
+    assert abs(x.std().item() - s) < tol_sd + 4 * s / math.sqrt(2 * n)
 
 
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
@@ -159,58 +305,220 @@ def test_deterministic_samplers_converge_to_probability_flow_solution():
 
 # ---- reproducibility, trajectories, dtypes, devices ------------------------------------------
 
-SAMPLERS = {
+RUNS = {
     "ddpm": lambda **kw: ddpm_sample(fake_model, NoiseSchedule.linear(20), SHAPE, **kw),
     "ddim": lambda **kw: ddim_sample(fake_model, NoiseSchedule.linear(20), SHAPE, steps=7, eta=0.5, **kw),
     "dpm": lambda **kw: dpm_solver_sample(fake_model, NoiseSchedule.linear(20), SHAPE, steps=7, **kw),
 }
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", RUNS)
 def test_seeded_runs_repeat_and_trajectory_shapes(name):
-    sample = SAMPLERS[name]
+    sample = RUNS[name]
     a = sample(generator=gen(8))
     b, traj = sample(generator=gen(8), return_trajectory=True, progress=True)
     assert torch.equal(a, b)
     assert not torch.equal(a, sample(generator=gen(9)))
-    S = {"ddpm": 20, "ddim": 7, "dpm": len(dpm_solver_timesteps(NoiseSchedule.linear(20), 7))}[name]
-    assert traj["t"][0] == 19 and traj["t"][-1] == 0 and len(traj["t"]) == S
-    assert traj["x_t"].shape == (S + 1, *SHAPE) and traj["x0_pred"].shape == (S, *SHAPE)
+    steps = {"ddpm": 20, "ddim": 7, "dpm": 7}[name]
+    assert traj["t"][0] == 19 and traj["t"][-1] == 0 and len(traj["t"]) == steps
+    assert traj["x_t"].shape == (steps + 1, *SHAPE) and traj["x0_pred"].shape == (steps, *SHAPE)
     assert traj["x_t"].device.type == "cpu"
     assert torch.equal(traj["x_t"][0], torch.randn(SHAPE, generator=gen(8)))   # x_T is the first draw
     assert torch.equal(traj["x_t"][-1], b)
     assert traj["x0_pred"].abs().max() <= 1 and b.abs().max() <= 1           # clip_denoised=True
 
 
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", RUNS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtype_follows_x_T(name, dtype):
     x_T = torch.randn(SHAPE, generator=gen(10), dtype=dtype)
-    out = SAMPLERS[name](x_T=x_T, generator=gen(11))
+    out = RUNS[name](x_T=x_T, generator=gen(11))
     assert out.dtype == dtype
-    assert SAMPLERS[name](generator=gen(11)).dtype == torch.float32
+    assert RUNS[name](generator=gen(11)).dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("name", SAMPLERS)
+@pytest.mark.parametrize("name", RUNS)
 def test_cuda_agrees_with_cpu(name):
-    cpu = SAMPLERS[name](generator=gen(12))
-    cuda = SAMPLERS[name](generator=gen(12), device="cuda")          # a CPU generator: the same draws
+    cpu = RUNS[name](generator=gen(12))
+    cuda = RUNS[name](generator=gen(12), device="cuda")          # a CPU generator: the same draws
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_timesteps():
-    assert ddim_timesteps(1000, 1) == [999]
-    assert ddim_timesteps(1000, 1000) == list(range(999, -1, -1))
-    assert ddim_timesteps(10, 4) == [9, 6, 3, 0]
+# ---- classifier-free guidance ----------------------------------------------------------------
+
+MODES, SD = (-1.0, 1.0), 0.3           # two classes of 1-D Gaussian data: x0 ~ N(MODES[y], SD^2) per element
+
+
+class TwoGaussians:
+    """The ideal noise predictors of two Gaussian classes: per class the Gaussian's E[eps | x_t, y]; for y = -1
+    the mixture's E[eps | x_t] = sum_y P(y | x_t) E[eps | x_t, y] (equal priors, Bayes' rule in closed form)."""
+
+    config = SimpleNamespace(num_classes=2)
+
+    def __init__(self, schedule):
+        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
+
+    def __call__(self, x_t, t, y):
+        abar = self.abar[t].to(x_t.dtype).view(-1, 1, 1, 1)
+        eps = [gaussian_eps(abar, x_t, mu, SD) for mu in MODES]
+        var = abar * SD ** 2 + 1 - abar                                   # Var[x_t | y]
+        log_p = [-(x_t - abar.sqrt() * mu) ** 2 / (2 * var) for mu in MODES]
+        p1 = torch.sigmoid(log_p[1] - log_p[0])                          # P(y = 1 | x_t)
+        y = y.view(-1, 1, 1, 1)
+        return torch.where(y == -1, (1 - p1) * eps[0] + p1 * eps[1], torch.where(y == 0, eps[0], eps[1]))
+
+
+def test_guidance_scale_1_samples_each_class_and_0_the_mixture():
     schedule = NoiseSchedule.linear()
-    ts = dpm_solver_timesteps(schedule, 10)
-    assert ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
-    lam = [0.5 * math.log(schedule.snr(t).item()) for t in ts]
-    gaps = [a - b for a, b in zip(lam[1:], lam)]
-    assert max(gaps) - min(gaps) < 0.1 * (sum(gaps) / len(gaps))       # evenly spaced in log-SNR
-    assert len(dpm_solver_timesteps(schedule, 1000)) <= 1000
+    y = torch.tensor([0] * 10 + [1] * 10)
+    kw = dict(y=y, generator=gen(13), clip_denoised=False)
+    x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=1.0, **kw)
+    for label, mu in enumerate(MODES):
+        _check_moments(x[y == label], 0.0, 0.01, mu=mu, s=SD)              # 1,000 samples per class
+    x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=0.0, **kw).flatten()
+    share = (x > 0).double().mean().item()                                # the labels are ignored
+    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(x))
+    for mu, side in zip(MODES, (x < 0, x > 0)):
+        _check_moments(x[side], 0.0, 0.01, mu=mu, s=SD)
+
+
+class Labelled:
+    """A label-aware fake network that records the labels of every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, x_t, t, y):
+        self.calls.append(y.clone())
+        return fake_model(x_t, t) + 0.3 * torch.sin(2.0 * y.to(x_t.dtype) + 1).view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.5, -0.5])
+def test_guided_sampling_is_the_formula_in_one_batched_call(name, scale):
+    """eps = eps_u + s (eps_c - eps_u) written out by hand with two separate calls gives the same samples;
+    the sampler makes one call per step: 2B rows (labels, then -1) for s not in {0, 1}, else B rows."""
+    schedule, y = NoiseSchedule.linear(20), torch.tensor([2, 0])
+    fn, steps = SAMPLERS[name].fn, {} if name == "ddpm" else {"steps": 7}
+    by_hand_net = Labelled()
+
+    def by_hand(x_t, t):
+        eps_c, eps_u = by_hand_net(x_t, t, y), by_hand_net(x_t, t, torch.full_like(y, -1))
+        return eps_u + scale * (eps_c - eps_u)
+
+    expected = fn(by_hand, schedule, SHAPE, generator=gen(14), **steps)
+    net = Labelled()
+    out = fn(net, schedule, SHAPE, generator=gen(14), y=y, guidance_scale=scale, **steps)
+    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    rows = {0.0: torch.tensor([-1, -1]), 1.0: y}.get(scale, torch.tensor([2, 0, -1, -1]))
+    assert len(net.calls) == len(by_hand_net.calls) // 2 and all(torch.equal(c, rows) for c in net.calls)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(guidance_scale=2.0), "guidance_scale=2.0 needs class labels y"),
+    (dict(y=torch.tensor([0.0, 1.0])), r"y must be an integer tensor of shape \(2,\)"),
+    (dict(y=torch.tensor([0, 1, 1])), r"y must be an integer tensor of shape \(2,\)"),
+    (dict(y=[0, 1]), "y must be an integer tensor"),
+    (dict(y=torch.tensor([0, -2])), r"y must hold labels in \[-1, 2\)"),
+    (dict(y=torch.tensor([0, 2])), r"y must hold labels in \[-1, 2\)"),
+    (dict(y=torch.tensor([0, 1]), guidance_scale=float("nan")), "guidance_scale must be a finite number"),
+])
+def test_bad_labels_and_guidance_raise_value_error(kwargs, match):
+    schedule = NoiseSchedule.linear(20)
+    with pytest.raises(ValueError, match=match):
+        ddim_sample(TwoGaussians(schedule), schedule, SHAPE, 5, **kwargs)
+
+
+def test_labels_for_an_unconditional_model_raise_value_error():
+    class Unconditional(Labelled):
+        config = SimpleNamespace(num_classes=None)
+
+    with pytest.raises(ValueError, match="the model is unconditional"):
+        dpm_solver_sample(Unconditional(), NoiseSchedule.linear(20), SHAPE, 5, y=torch.tensor([0, 1]))
+
+
+# ---- generate_images ---------------------------------------------------------------------------
+
+class TinyNet(nn.Module):
+    """fake_model as an nn.Module with what generate_images reads (config.image_size, config.num_classes);
+    records (rows, labels) of every call."""
+
+    def __init__(self, num_classes=None):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()))
+        self.config = SimpleNamespace(image_size=8, num_classes=num_classes)
+        self.calls = []
+
+    def forward(self, x_t, t, y=None):
+        self.calls.append((len(x_t), None if y is None else y.tolist()))
+        return self.scale * fake_model(x_t, t) + (0 if y is None else 0.1 * y.view(-1, 1, 1, 1))
+
+
+def test_generate_images_matches_the_sampler_and_batches_deterministically():
+    net, schedule = TinyNet().eval(), NoiseSchedule.linear(10)
+    images = generate_images(net, schedule, 5, sampler="ddim", steps=3, batch_size=8, seed=7)
+    x0 = ddim_sample(net, schedule, (5, 3, 8, 8), steps=3, generator=gen(7))
+    assert images.dtype == torch.uint8 and images.shape == (5, 3, 8, 8) and images.device.type == "cpu"
+    assert torch.equal(images, to_uint8(x0))
+    batched = generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7)
+    assert torch.equal(batched, generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7))
+    assert not torch.equal(batched, generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2))
+    net.calls.clear()
+    generate_images(net, schedule, 5, sampler="ddpm", batch_size=2)
+    assert [rows for rows, _ in net.calls] == [2] * 10 + [2] * 10 + [1] * 10   # three batches of all T steps
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
+def test_generate_images_default_steps_come_from_the_registry(name):
+    net, schedule = TinyNet(), NoiseSchedule.linear(60)
+    generate_images(net, schedule, 1, sampler=name)
+    assert len(net.calls) == (SAMPLERS[name].default_steps or schedule.steps)
+    net.calls.clear()
+    generate_images(net, NoiseSchedule.linear(10), 1, sampler=name)     # a default above T: all T steps
+    assert len(net.calls) == min(SAMPLERS[name].default_steps or 10, 10)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_generate_images_leaves_the_model_mode_as_it_was(training):
+    net = TinyNet().train(training)
+    generate_images(net, NoiseSchedule.linear(10), 2, steps=2)
+    assert net.training is training
+
+    def broken(*args):
+        raise RuntimeError("out of memory")
+
+    net.forward = broken
+    with pytest.raises(RuntimeError, match="out of memory"):
+        generate_images(net, NoiseSchedule.linear(10), 2, steps=2)
+    assert net.training is training
+
+
+def test_generate_images_passes_labels_per_batch_with_guidance():
+    net = TinyNet(num_classes=3)
+    y = torch.tensor([0, 1, 2, 0, 1])
+    generate_images(net, NoiseSchedule.linear(10), 5, steps=2, batch_size=3, y=y, guidance_scale=2.0)
+    assert net.calls == [(6, [0, 1, 2, -1, -1, -1])] * 2 + [(4, [0, 1, -1, -1])] * 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(sampler="euler"), "sampler must be one of"),
+    (dict(sampler="ddpm", steps=5), "runs all T=10 steps"),
+    (dict(steps=11), r"steps must be an integer in \[1, T=10\]"),
+    (dict(n=0), "n must be a positive int"),
+    (dict(batch_size=0), "batch_size must be a positive int"),
+    (dict(guidance_scale=3.0), "needs class labels y"),
+    (dict(y=torch.tensor([0, 1])), "the model is unconditional"),
+])
+def test_generate_images_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate_images(TinyNet(), NoiseSchedule.linear(10), **{"n": 2, **kwargs})
+
+
+def test_generate_images_takes_keywords_after_n():
+    with pytest.raises(TypeError):
+        generate_images(TinyNet(), NoiseSchedule.linear(10), 2, "ddim", 3)
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -224,6 +532,7 @@ def test_timesteps():
     (lambda s: ddim_sample(fake_model, s, SHAPE, eta=-0.1), "eta must be >= 0"),
     (lambda s: dpm_solver_sample(fake_model, s, SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_sample(fake_model, s, SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: dpm_solver_timesteps(s, 21), r"steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_sample(fake_model, s, SHAPE, x_T=torch.zeros(1, 3, 4, 4)), "x_T must have shape"),
 ])
 def test_bad_input_raises_value_error(call, match):

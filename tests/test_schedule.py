@@ -77,7 +77,7 @@ def _bayes_on_grid(schedule, x0, x_t, t):
     """Mean and variance of q(x_{t-1} | x_t, x0) ∝ q(x_t | x_{t-1}) q(x_{t-1} | x0), integrated numerically."""
     beta = schedule.betas.double()
     abar_prev = math.prod(1 - b for b in beta[:t].tolist())
-    y = np.linspace(-4, 4, 400_001)
+    y = np.linspace(-8, 8, 800_001)                                   # wide enough for posteriors of variance ~1
     log_p = (-(x_t - np.sqrt(1 - beta[t].item()) * y) ** 2 / (2 * beta[t].item())
              - (y - np.sqrt(abar_prev) * x0) ** 2 / (2 * (1 - abar_prev)))
     p = np.exp(log_p - log_p.max())
@@ -143,6 +143,43 @@ def test_coefficients_stored_float32_and_state_dict_round_trip(tmp_path):
     assert torch.equal(again.posterior_mean_coef1, schedule.posterior_mean_coef1)
     moved = schedule.to("cpu")
     assert moved is not schedule and torch.equal(moved.alphas_cumprod, schedule.alphas_cumprod)
+
+
+@pytest.mark.parametrize("T", [1, 2, 5, 100, 1000])
+@pytest.mark.parametrize("kind", ["linear", "squaredcos_cap_v2"])
+def test_every_coefficient_for_any_T(T, kind):
+    """Short schedules too (T = 1 has no t - 1 step, T = 2 has one): betas and alpha_bar against diffusers,
+    and every coefficient against Eqs. 4-7 evaluated in plain Python floats."""
+    betas = linear_betas(T) if kind == "linear" else cosine_betas(T)
+    schedule = NoiseSchedule(betas)
+    ref = diffusers.DDPMScheduler(num_train_timesteps=T, beta_schedule=kind)
+    torch.testing.assert_close(betas.float(), ref.betas, rtol=1e-6, atol=0)
+    torch.testing.assert_close(schedule.alphas_cumprod, ref.alphas_cumprod, rtol=2e-5, atol=1e-7)
+    b = betas.tolist()
+    abar = [math.prod(1 - x for x in b[: t + 1]) for t in range(T)]
+    abar_prev = [1.0] + abar[:-1]
+    var = [b[t] * (1 - abar_prev[t]) / (1 - abar[t]) for t in range(T)]          # Eq. 7, beta_tilde
+    expected = {
+        "alphas_cumprod": abar, "alphas_cumprod_prev": abar_prev, "posterior_variance": var,
+        "posterior_log_variance_clipped": [math.log(var[1] if T > 1 else b[0])] + [math.log(v) for v in var[1:]],
+        "posterior_mean_coef1": [b[t] * math.sqrt(abar_prev[t]) / (1 - abar[t]) for t in range(T)],
+        "posterior_mean_coef2": [(1 - abar_prev[t]) * math.sqrt(1 - b[t]) / (1 - abar[t]) for t in range(T)],
+        "sqrt_recipm1_alphas_cumprod": [math.sqrt(1 / a - 1) for a in abar],
+    }
+    for name, values in expected.items():
+        torch.testing.assert_close(schedule._f64[name], torch.tensor(values, dtype=torch.float64), rtol=1e-9, atol=0,
+                                   msg=name)
+    x0 = torch.tensor([-0.7, 0.1, 0.9], dtype=torch.float64)
+    x_t = torch.tensor([-1.2, 0.4, 0.05], dtype=torch.float64)
+    mean, variance, _ = schedule.q_posterior(x0, x_t, torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(mean, x0, rtol=0, atol=1e-12)                      # t = 1: x_0 is x0 itself
+    assert variance.abs().max().item() == 0
+    if T > 1:                                                                     # the last step, by Bayes' rule
+        mean, variance, _ = schedule.q_posterior(x0, x_t, torch.full((3,), T - 1))
+        for i in range(3):
+            ref_mean, ref_var = _bayes_on_grid(schedule, x0[i].item(), x_t[i].item(), T - 1)
+            assert mean[i].item() == pytest.approx(ref_mean, rel=1e-5, abs=1e-7)
+            assert variance[i].item() == pytest.approx(ref_var, rel=1e-4)
 
 
 # ---- Algorithm 1 -------------------------------------------------------------------------------

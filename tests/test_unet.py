@@ -1,27 +1,20 @@
-"""UNet: shapes per level, presets, validation, gradients, FLOPs, autocast / channels_last / compile, overfitting."""
+"""UNet: shapes per level, presets, validation, class labels, gradients, FLOPs, autocast / channels_last / compile,
+overfitting."""
+import dataclasses
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
+from helpers import MICRO, perturbed
 from torch import nn
 
 from ddpm_lib.attention import MultiHeadSelfAttention2d
-from ddpm_lib.unet import PRESETS, UNetConfig, model_summary, unet_from_preset
+from ddpm_lib.unet import PRESETS, UNet, UNetConfig, model_summary, unet_from_preset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def perturbed(model: nn.Module, seed=0, std=0.05) -> nn.Module:
-    """All parameters random (norm scales around 1): the near-zero init of the output layers hides bugs."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            is_norm_scale = p.ndim == 1 and "norm" in name and name.endswith("weight")
-            p.copy_(torch.randn(p.shape, generator=g) * std + (1.0 if is_norm_scale else 0.0))
-    return model.eval()
 
 
 def inputs(batch=2, size=16, seed=1):
@@ -57,6 +50,21 @@ def test_preset_parameter_counts():
     attn = [(name, m) for name, m in seed.named_modules() if isinstance(m, MultiHeadSelfAttention2d)]
     assert {m.channels for _, m in attn} == {64, 128} and {m.num_heads for _, m in attn} == {4}
     assert len(attn) == 2 * 1 + 2 * 2  # levels 1, 2: one res block down, two up; none in the middle
+
+
+def test_attention_layer_indexes_ch_list_levels():
+    """Level i: ch_list[i] channels at image_size / 2**(i-1), attention after each of its res blocks, down and up."""
+    cfg = UNetConfig(ch_list=(3, 16, 32, 64), attention_layer=(1, 3), num_heads=2, temb_dim=16, num_res_blocks=2,
+                     norm_groups=8, image_size=32)
+    seen = []
+    model = UNet(cfg)
+    for m in model.modules():
+        if isinstance(m, MultiHeadSelfAttention2d):
+            m.register_forward_hook(lambda m, args, out: seen.append(tuple(out.shape[1:])))
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32), torch.zeros(1, dtype=torch.long))
+    down, up = [(16, 32, 32)] * 2 + [(64, 8, 8)] * 2, [(64, 8, 8)] * 3 + [(16, 32, 32)] * 3  # 2 blocks down, 3 up
+    assert seen == down + up
 
 
 def test_output_depends_on_t_and_each_image_only_on_itself():
@@ -129,6 +137,86 @@ def test_config_round_trips_through_a_checkpoint_dict():
     assert unet_from_preset("tiny", num_heads=8).config.num_heads == 8 and PRESETS["tiny"].num_heads == 4
 
 
+def test_configs_and_presets_are_read_only():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        PRESETS["tiny"].num_heads = 8
+    with pytest.raises(TypeError):
+        PRESETS["mine"] = UNetConfig()
+    assert replace(PRESETS["tiny"], num_classes=10).num_classes == 10 and PRESETS["tiny"].num_classes is None
+    assert hash(UNetConfig(ch_list=[3, 64, 128, 256, 512], attention_layer=[1, 2])) == hash(UNetConfig())
+
+
+# ----------------------------------------------------------------------------- class labels
+
+def conditional(num_classes=5, **overrides):
+    return perturbed(UNet(replace(MICRO, num_classes=num_classes, dropout=0.0, **overrides)))
+
+
+@pytest.mark.parametrize("time_mlp_dim", [0, 24], ids=["sinusoid", "time-mlp"])
+def test_label_embedding_is_added_to_the_time_embedding(time_mlp_dim):
+    """Oracle: the unconditional net with the same weights, label_emb's row added to the time embedding the blocks
+    consume (the time MLP's output, or the sinusoid itself when there is no MLP)."""
+    model = conditional(time_mlp_dim=time_mlp_dim)
+    plain = UNet(replace(MICRO, dropout=0.0, time_mlp_dim=time_mlp_dim)).eval()
+    state = {k: v for k, v in model.state_dict().items() if k != "label_emb.weight"}
+    plain.load_state_dict(state)  # strict: an unconditional model has exactly the other keys
+    x, t = inputs(batch=4)
+    y = torch.tensor([0, 4, -1, 2])
+    rows = model.label_emb.weight[torch.tensor([0, 4, 5, 2])]  # -1 -> the null row, num_classes
+    plain.time_mlp.register_forward_hook(lambda m, args, out: out + rows)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y), plain(x, t), atol=1e-5, rtol=1e-5)
+
+
+def test_labels_change_the_output_and_none_means_no_label():
+    model = conditional()
+    x, t = inputs(batch=3)
+    with torch.no_grad():
+        a = model(x, t, torch.tensor([1, 2, 3]))
+        b = model(x, t, torch.tensor([1, 0, -1]))
+        torch.testing.assert_close(model(x, t), model(x, t, torch.full((3,), -1)))
+        torch.testing.assert_close(model(x, t, None)[2], b[2])
+    torch.testing.assert_close(a[0], b[0])  # each row sees only its own label
+    assert (a[1] - b[1]).abs().max() > 1e-3 and (a[2] - b[2]).abs().max() > 1e-3
+
+
+def test_gradient_reaches_the_label_embedding_rows_used():
+    model = conditional().train()
+    x, t = inputs(batch=3)
+    model(x, t, torch.tensor([1, 1, -1])).square().mean().backward()
+    used = model.label_emb.weight.grad.abs().sum(1) > 0
+    assert used.tolist() == [False, True, False, False, False, True]  # labels 1 and the null row (-1)
+
+
+def test_conditioning_adds_only_the_label_embedding():
+    plain, cond = UNet(MICRO), UNet(replace(MICRO, num_classes=10))
+    assert set(cond.state_dict()) - set(plain.state_dict()) == {"label_emb.weight"}
+    assert set(plain.state_dict()) <= set(cond.state_dict())
+    extra = sum(p.numel() for p in cond.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == 11 * MICRO.temb_dim  # 10 labels + the null label, in the blocks' embedding width
+    assert dict((r[0], r[3]) for r in model_summary(cond).rows)["label embedding"] == extra
+
+
+@pytest.mark.parametrize("model_kwargs, y, match", [
+    ({}, torch.tensor([0, 1]), "unconditional"),
+    (dict(num_classes=5), torch.tensor([0, 1, 2]), r"shape \(2,\)"),
+    (dict(num_classes=5), torch.tensor([0.0, 1.0]), "int64"),
+    (dict(num_classes=5), torch.tensor([0, 5]), r"\[-1, 5\).*\[5\]"),
+    (dict(num_classes=5), torch.tensor([-2, 0]), r"\[-1, 5\).*\[-2\]"),
+])
+def test_bad_labels_raise_naming_y(model_kwargs, y, match):
+    model = UNet(replace(MICRO, **model_kwargs))
+    x, t = inputs(batch=2)
+    with pytest.raises(ValueError, match=r"y\b.*" + match):
+        model(x, t, y)
+
+
+@pytest.mark.parametrize("num_classes", [0, -3, 2.0, True])
+def test_invalid_num_classes_raises(num_classes):
+    with pytest.raises(ValueError, match="num_classes"):
+        UNetConfig(num_classes=num_classes)
+
+
 def test_model_summary_counts_params_per_level_and_flops():
     model = unet_from_preset("tiny")
     s = model_summary(model)
@@ -168,9 +256,11 @@ def test_channels_last_and_bf16_autocast():
     assert (low.float() - ref).abs().max() / ref.abs().max() < 5e-2
 
 
-def test_forward_compiles_without_graph_breaks():
-    model = unet_from_preset("tiny")
-    explanation = torch._dynamo.explain(model)(*inputs())
+@pytest.mark.parametrize("num_classes", [None, 10], ids=["unconditional", "conditional"])
+def test_forward_compiles_without_graph_breaks(num_classes):
+    model = unet_from_preset("tiny", num_classes=num_classes)
+    y = None if num_classes is None else torch.tensor([3, -1])
+    explanation = torch._dynamo.explain(model)(*inputs(), y)
     assert explanation.graph_break_count == 0, explanation.break_reasons
 
 
@@ -186,6 +276,7 @@ def test_no_host_sync_in_forward_on_cuda():
         torch.cuda.set_sync_debug_mode("default")
 
 
+@pytest.mark.slow
 def test_tiny_overfits_one_batch():
     torch.manual_seed(0)
     model = unet_from_preset("tiny").train()

@@ -12,7 +12,7 @@ from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
 from ddpm_lib.widgets import (  # noqa: E402
     TrainingMonitor, _forward_sample, attention_viewer, noising_explorer, render_attention, render_noising,
-    render_training, render_trajectory, trajectory_scrubber)
+    render_training, render_trajectory, show_widget, trajectory_scrubber)
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -81,30 +81,31 @@ def test_noising_explorer_shows_render_noising_for_its_controls(images, schedule
     first_int_slider = next(w for w in widgets_in(box) if type(w).__name__ == "IntSlider")
     assert first_int_slider is c["t"]
     assert c["schedule"].value == "linear" and c["steps"].value == 100
+    assert (c["t"].min, c["t"].max) == (1, 100)                                # the paper's t = index + 1
     c["t"].value = 7
-    assert box.image.value == render_noising(images, schedule, 7)
+    assert box.image.value == render_noising(images, schedule, 6)
     c["index"].value = 2
-    assert box.image.value == render_noising(images, schedule, 7, index=2)
+    assert box.image.value == render_noising(images, schedule, 6, index=2)
     c["schedule"].value = "cosine"
-    assert box.image.value == render_noising(images, NoiseSchedule.cosine(100), 7, index=2)
+    assert box.image.value == render_noising(images, NoiseSchedule.cosine(100), 6, index=2)
     assert c["beta_max"].disabled
     c["schedule"].value = "linear"
     c["steps"].value = 50
-    c["t"].value = 49
+    c["t"].value = 50
     c["beta_max"].value = 0.03
     assert box.current_schedule().steps == 50
     expected = NoiseSchedule.linear(50, c["beta_min"].value, 0.03)
     assert box.image.value == render_noising(images, expected, 49, index=2)
     before = box.image.value
-    c["steps"].value = 20                                                     # t is clamped to the new T - 1
-    assert c["t"].value == 19 and c["t"].max == 19
+    c["steps"].value = 20                                                     # t is clamped to the new T
+    assert c["t"].value == 20 and c["t"].max == 20
     assert box.image.value == render_noising(images, NoiseSchedule.linear(20, c["beta_min"].value, 0.03), 19, 2)
     assert differ(before, box.image.value)
 
 
 def test_noising_explorer_recognises_a_cosine_schedule(images):
     box = noising_explorer(images, NoiseSchedule.cosine(30))
-    assert box.controls["schedule"].value == "cosine" and box.controls["t"].max == 29
+    assert box.controls["schedule"].value == "cosine" and box.controls["t"].max == 30
 
 
 # ----------------------------------------------------------------------------- attention
@@ -198,3 +199,39 @@ def test_training_monitor_updates_its_image_in_place(images):
     assert empty == render_training([])
     monitor.update([1.0, 0.5, 0.25], grid=images)
     assert monitor.image.value == render_training([1.0, 0.5, 0.25], images) != empty
+
+
+# ----------------------------------------------------------------------------- every widget
+
+
+def built_widgets(images, schedule, attention):
+    """(name, widget, the PNG of its first state from the render function alone) for each interactive viewer."""
+    block, x, weights = attention
+    trs = {"DDPM (EMA)": trajectory(6, 0)}
+    return [
+        ("noising explorer", noising_explorer(images, schedule), render_noising(images, schedule, 49, 0)),
+        ("attention viewer", attention_viewer(block, x[0], image=images[0]),
+         render_attention(images[0], weights, (4, 4), 0)),
+        ("trajectory scrubber", trajectory_scrubber(trs), render_trajectory(trs, 0, 0)),
+    ]
+
+
+def test_every_slider_updates_on_release(images, schedule, attention):
+    for name, box, _ in built_widgets(images, schedule, attention):
+        sliders = [w for w in widgets_in(box) if type(w).__name__ in ("IntSlider", "FloatSlider")]
+        assert sliders, f"{name} has no slider"
+        for slider in sliders:
+            assert slider.continuous_update is False, f"{name}: slider {slider.description!r} updates while dragged"
+
+
+def test_show_widget_displays_a_static_picture_of_the_first_state_then_the_widget(
+        images, schedule, attention, monkeypatch):
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: shown.extend(objs))
+    for name, box, first in built_widgets(images, schedule, attention):
+        shown.clear()
+        show_widget(box)
+        assert len(shown) == 2 and shown[1] is box, name
+        assert isinstance(shown[0], IPython.display.Image) and shown[0].format == "png", name
+        assert shown[0].data == first, f"{name}: the static picture is not its first state"

@@ -1,0 +1,186 @@
+"""The seed's knobs by their effect on samples: small models trained on the shapes set on a CPU (not a test).
+
+    python benchmarks/knobs.py quick            # the CPU quick-win recipe: docs/knobs/quick_win.{png,md,json}
+    python benchmarks/knobs.py knobs            # every knob:  docs/knobs/knobs.{png,md,json}
+    python benchmarks/knobs.py knobs --only num_heads temb_dim
+
+Each run trains the `QUICK` recipe's network with one knob changed, for the same number of steps and the same
+data, noise and initialisation seeds, then draws 64 samples with DDIM and scores them with
+`ddpm_lib.shapes.shape_score` (the share of samples that are one solid shape on a plain background, by the
+generator's own rules). The knob sweep trains at 16x16 (4x cheaper than 32x32) so that every knob fits in a
+few CPU minutes; the quick-win run trains at 32x32, as a learner would.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+from matplotlib.figure import Figure
+from torchvision.utils import make_grid, save_image
+
+from ddpm_lib.data import make_shapes, to_model_range, to_uint8
+from ddpm_lib.samplers import ddim_sample
+from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.shapes import shape_score
+from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.unet import PRESETS, UNet
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "knobs"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run: the network (the tiny preset with overrides), the schedule, the recipe."""
+    name: str                                  # what is varied, e.g. "num_heads=1"
+    unet: dict = field(default_factory=dict)   # UNetConfig overrides of the tiny preset
+    timesteps: int = 1000                      # T (the seed's `step` knob)
+    beta_min: float = 1e-4                     # beta_1 of the linear schedule
+    beta_max: float = 0.02                     # beta_T of the linear schedule
+    schedule: str = "linear"                   # linear or cosine betas
+    image_size: int = 32                       # training and sampling resolution
+    steps: int = 600                           # optimizer steps
+    batch_size: int = 32                       # images per step
+    lr: float = 2e-3                           # Adam; a small network tolerates 10x the paper's 2e-4
+    warmup_steps: int = 50                     # linear lr warm-up
+    ema_decay: float = 0.995                   # with the EMA warm-up (TrainConfig.ema_warmup) on
+    sample_steps: int = 50                     # DDIM steps for the samples (at most T)
+
+
+QUICK = Run("quick win")  # the CPU default of notebook 05 and the README's first training command
+
+KNOBS = {  # knob -> settings; the first of each is the sweep's base (QUICK at 16x16 for fewer steps)
+    "timesteps": [{"timesteps": 1000}, {"timesteps": 200}, {"timesteps": 50}],
+    "beta_max": [{"beta_max": 0.02}, {"beta_max": 0.005}, {"beta_max": 0.05}],
+    "beta_min": [{"beta_min": 1e-4}, {"beta_min": 1e-3}],
+    "schedule": [{"schedule": "linear"}, {"schedule": "cosine"}],
+    "num_heads": [{"unet": {"num_heads": 4}}, {"unet": {"num_heads": 1}}, {"unet": {"num_heads": 16}}],
+    "ch_list": [{"unet": {}}, {"unet": {"ch_list": (3, 16, 32, 32), "norm_groups": 8}},
+                {"unet": {"ch_list": (3, 32, 64)}}],
+    "attention_layer": [{"unet": {}}, {"unet": {"attention_layer": (), "mid_attention": False}},
+                        {"unet": {"attention_layer": (2, 3)}}],
+    "temb_dim": [{"unet": {"temb_dim": 64}}, {"unet": {"temb_dim": 8}}, {"unet": {"temb_dim": 256}}],
+}
+SWEEP = replace(QUICK, image_size=16, steps=400)
+
+
+def describe(run: Run, base: Run) -> str:
+    changed = {k: v for k, v in asdict(run).items() if k != "name" and v != getattr(base, k)}
+    changed.update(changed.pop("unet", {}))
+    return ", ".join(f"{k}={v}" for k, v in changed.items()) or "base"
+
+
+def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
+    """Train `run` on 5,000 shapes, sample n_samples with DDIM, score them; returns the numbers and the samples."""
+    T = run.timesteps
+    schedule = (NoiseSchedule.cosine(T) if run.schedule == "cosine"
+                else NoiseSchedule.linear(T, run.beta_min, run.beta_max))
+    torch.manual_seed(seed)
+    model = UNet(replace(PRESETS["tiny"], image_size=run.image_size, **run.unet))
+    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
+                         ema_decay=run.ema_decay, seed=seed, out_dir=None, progress=False, log_every=25)
+    trainer = Trainer(model, schedule, config, device="cpu")
+    start = time.perf_counter()
+    trainer.fit(make_shapes(5000, size=run.image_size, seed=seed))
+    train_s = time.perf_counter() - start
+    x0 = ddim_sample(trainer.ema, trainer.schedule, (n_samples, 3, run.image_size, run.image_size),
+                     steps=min(run.sample_steps, T), generator=torch.Generator().manual_seed(seed))
+    sample_s = time.perf_counter() - start - train_s
+    samples = to_uint8(x0)
+    tail = [loss for _, loss in trainer.history[-max(1, len(trainer.history) // 10):]]
+    return {"name": run.name, "params": sum(p.numel() for p in model.parameters()), "train_s": round(train_s, 1),
+            "sample_s": round(sample_s, 1), "final_loss": round(sum(tail) / len(tail), 4),
+            **{k: round(v, 3) for k, v in shape_score(samples).summary().items()}, "samples": samples}
+
+
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def quick(out: Path) -> None:
+    result = train_and_score(QUICK)
+    samples = result.pop("samples")
+    out.mkdir(parents=True, exist_ok=True)
+    save_image(to_model_range(samples).add(1).div(2), out / "quick_win.png", nrow=8)
+    real = shape_score(make_shapes(64, seed=99)).share
+    (out / "quick_win.json").write_text(json.dumps({"recipe": asdict(QUICK), "result": result, "machine": machine(),
+                                                    "data_share": real}, indent=2) + "\n")
+    (out / "quick_win.md").write_text(
+        f"# CPU quick win: the tiny preset on shapes\n\nMachine: {machine()}; `python benchmarks/knobs.py quick`.\n\n"
+        f"| recipe | train | sample 64 (DDIM {QUICK.sample_steps}) | final loss | shape-like samples | data |\n"
+        f"|---|---:|---:|---:|---:|---:|\n"
+        f"| tiny preset, {QUICK.image_size}x{QUICK.image_size}, {QUICK.steps} steps, batch {QUICK.batch_size}, "
+        f"lr {QUICK.lr}, EMA {QUICK.ema_decay} with warm-up | {result['train_s']:.0f} s | {result['sample_s']:.0f} s "
+        f"| {result['final_loss']} | {result['passed']:.0%} | {real:.0%} |\n\n"
+        f"Shape-like: `ddpm_lib.shapes.shape_score` (plain background {result['plain_background']:.0%}, one shape "
+        f"{result['one_shape']:.0%}, shape-sized {result['shape_size']:.0%}, solid fill {result['solid_fill']:.0%}).\n")
+    print((out / "quick_win.md").read_text())
+
+
+def knobs(out: Path, only: list[str] | None) -> None:
+    names = only or list(KNOBS)
+    unknown = set(names) - set(KNOBS)
+    if unknown:
+        raise SystemExit(f"error: unknown knob(s) {sorted(unknown)}; expected some of {list(KNOBS)}")
+    results, base_result = {}, None
+    for knob in names:
+        rows = []
+        for i, setting in enumerate(KNOBS[knob]):
+            run = replace(SWEEP, **{**setting, "unet": {**SWEEP.unet, **setting.get("unet", {})}})
+            run = replace(run, name=f"{knob}: {describe(run, SWEEP)}")
+            if i == 0 and base_result is not None and describe(run, SWEEP) == "base":
+                rows.append(base_result)  # the base run is the same in every sweep: trained once
+                continue
+            print(f"training {run.name} ...", flush=True)
+            rows.append(train_and_score(run))
+            if describe(run, SWEEP) == "base":
+                base_result = rows[-1]
+        results[knob] = rows
+    write_knobs(out, results)
+
+
+def write_knobs(out: Path, results: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [(knob, row) for knob, rows in results.items() for row in rows]
+    fig = Figure(figsize=(8, 0.9 * len(flat) + 0.4))
+    for i, (knob, row) in enumerate(flat):
+        ax = fig.add_subplot(len(flat), 1, i + 1)
+        grid = make_grid(row["samples"][:12].float() / 255, nrow=12, padding=1, pad_value=1.0)
+        ax.imshow(grid.permute(1, 2, 0).numpy())
+        ax.set_axis_off()
+        label = row["name"].split(": ", 1)[1]
+        ax.set_title(f"{knob} {label}: {row['passed']:.0%} shape-like, loss {row['final_loss']}", fontsize=7,
+                     loc="left")
+    fig.tight_layout()
+    fig.savefig(out / "knobs.png", dpi=110)
+    lines = [f"# The seed's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
+             f"steps each)\n", f"Machine: {machine()}. Reproduce: `python benchmarks/knobs.py knobs` "
+             f"(one knob: `--only NAME`). Base: {SWEEP}.\n",
+             "| knob | setting | parameters | train s | final loss | shape-like samples | plain bg | one shape | solid |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for knob, row in flat:
+        lines.append(f"| {knob} | {row['name'].split(': ', 1)[1]} | {row['params']:,} | {row['train_s']:.0f} | "
+                     f"{row['final_loss']} | {row['passed']:.0%} | {row['plain_background']:.0%} | "
+                     f"{row['one_shape']:.0%} | {row['solid_fill']:.0%} |")
+    (out / "knobs.md").write_text("\n".join(lines) + "\n")
+    (out / "knobs.json").write_text(json.dumps(
+        {knob: [{k: v for k, v in row.items() if k != "samples"} for row in rows] for knob, rows in results.items()},
+        indent=2) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=("quick", "knobs"))
+    parser.add_argument("--only", nargs="+", help=f"knobs to run, of {list(KNOBS)}")
+    parser.add_argument("--out", type=Path, default=DOCS)
+    args = parser.parse_args()
+    quick(args.out) if args.what == "quick" else knobs(args.out, args.only)
+
+
+if __name__ == "__main__":
+    main()

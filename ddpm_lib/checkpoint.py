@@ -1,0 +1,124 @@
+"""One-file checkpoints: atomic write, safe read (torch.load weights_only=True), load_model, run folders.
+
+A checkpoint is a dict of tensors and plain values (no pickled objects): "format", "version", "step",
+"model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule" (betas), "amp_dtype",
+"data". A run folder holds it as folder/checkpoint.pt.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import fields
+from pathlib import Path
+
+import torch
+
+from .device import default_device
+from .schedule import NoiseSchedule
+from .unet import UNet, UNetConfig
+
+CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
+CHECKPOINT_VERSION = 2
+CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
+REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule")
+
+
+def resolve_checkpoint(path) -> Path:
+    """A checkpoint file as given, or a run folder meaning folder/checkpoint.pt."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        if not (path / CHECKPOINT_NAME).is_file():
+            raise FileNotFoundError(f"checkpoint not found: run folder {path} has no {CHECKPOINT_NAME}")
+        return path / CHECKPOINT_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} (expected a checkpoint file or a run folder)")
+    return path
+
+
+def _temp_name(path: Path, pid: int) -> Path:
+    return path.with_name(f".{path.name}.tmp{pid}")
+
+
+def remove_stale_temp_files(path) -> list[Path]:
+    """Delete `.NAME.tmp<pid>` files next to checkpoint `path` left by writers killed mid-write.
+
+    Any pid but ours counts as stale: one process writes a run's checkpoint, and a pid says nothing
+    about liveness when the folder is shared between machines (Google Drive) or pids are reused.
+    """
+    path = Path(path)
+    ours = _temp_name(path, os.getpid()).name
+    stale = [p for p in path.parent.glob(f".{path.name}.tmp*")
+             if p.name != ours and p.name[len(f".{path.name}.tmp"):].isdigit()]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def write_checkpoint(state: dict, path) -> Path:
+    """torch.save `state` (plus format and version) to a temp file, fsync, then os.replace it onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(path)
+    tmp = _temp_name(path, os.getpid())
+    try:
+        with open(tmp, "wb") as f:
+            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """torch.load(weights_only=True) a ddpm_lib checkpoint file or run folder; clear errors for anything else."""
+    path = resolve_checkpoint(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # refused pickle globals, truncated zip, random bytes, ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip() and not ln.strip().startswith(
+            ("Weights only load failed", "Please file an issue", "Check the documentation"))]
+        detail = lines[0] if lines else type(e).__name__
+        if "GLOBAL" in detail:
+            raise ValueError(f"{path} is not a ddpm_lib checkpoint: it holds pickled objects that "
+                             f"torch.load(weights_only=True) refuses to run ({detail})") from None
+        raise ValueError(f"{path} is not a readable checkpoint ({detail})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a ddpm_lib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
+    version = ckpt.get("version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version {version!r} ddpm_lib checkpoint; this ddpm_lib reads "
+                         f"versions 1 to {CHECKPOINT_VERSION} (a newer ddpm_lib wrote it?)")
+    missing = [k for k in REQUIRED_KEYS if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path} is an incomplete ddpm_lib checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def config_from_dict(cls, values: dict, path):
+    """Rebuild dataclass `cls` from a stored asdict; unknown stored fields are ignored, bad values named."""
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: stored {cls.__name__} is not a dict (got {type(values).__name__})")
+    names = {f.name for f in fields(cls)}
+    try:
+        return cls(**{k: v for k, v in values.items() if k in names})
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: stored {cls.__name__} is invalid ({e})") from None
+
+
+def load_weights(module: torch.nn.Module, state: dict, path) -> None:
+    """module.load_state_dict(state), with a one-line ValueError when the shapes or names do not fit."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise ValueError(f"{path}: weights do not fit the stored UNetConfig "
+                         f"({str(e).strip().splitlines()[0]})") from None
+
+
+def load_model(path, ema: bool = True, device=None) -> tuple[UNet, NoiseSchedule]:
+    """The (EMA by default) UNet of a checkpoint file or run folder in eval mode, and its schedule, on `device`."""
+    ckpt = read_checkpoint(path)
+    device = torch.device(device) if device is not None else default_device()
+    model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
+    load_weights(model, ckpt["ema" if ema else "model"], path)
+    return model.to(device).eval(), NoiseSchedule.from_state_dict(ckpt["schedule"]).to(device)

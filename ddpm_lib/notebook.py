@@ -1,0 +1,189 @@
+"""What every notebook sets up: device, smoke mode, data with its offline fallback, runs folder or Drive, a model.
+
+A notebook starts with `setup = setup_notebook()`, which reads the environment the test suite sets
+(DDPM_SMOKE, DDPM_DATA_ROOT, DDPM_RUNS), mounts Google Drive in Colab when asked, seeds torch and
+prints one line per choice, so a reader of the notebook sees what it ran on. Notebooks 06-08 show a
+model from `find_model(setup)`: notebook 05's checkpoint, else the official DDPM weights, else a tiny
+network trained briefly here; the description it returns says which.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import pretrained
+from .checkpoint import load_model, read_checkpoint
+from .data import CIFAR10_CLASSES, SHAPE_KINDS, load_cifar10, make_shapes
+from .device import default_device
+from .schedule import NoiseSchedule
+from .train import TrainConfig, Trainer
+from .unet import PRESETS, UNet, unet_from_preset
+
+COLAB_DRIVE = "/content/drive"  # where Colab mounts Google Drive
+TRAINING_RUNS = "05_training"   # notebook 05 writes runs/05_training/<preset>[-smoke]/checkpoint.pt
+BRIEF_RUNS = "brief"            # find_model's own briefly trained tiny model: runs/brief/tiny[-smoke]/
+
+
+@dataclass(frozen=True)
+class NotebookSetup:
+    device: torch.device  # where the notebook computes: CUDA, else Apple MPS, else CPU
+    smoke: bool           # DDPM_SMOKE=1: CI sizes, CIFAR-10 test fixture, no downloads
+    data_root: Path       # CIFAR-10 is read (or downloaded) here: $DDPM_DATA_ROOT, else data/
+    runs: Path            # checkpoints and loss logs: Drive when asked, else $DDPM_RUNS, else runs/
+    in_colab: bool        # running inside Google Colab
+    seed: int             # torch.manual_seed the notebook started from
+
+
+def _smoke_from_env() -> bool:
+    value = os.environ.get("DDPM_SMOKE", "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"DDPM_SMOKE: expected 1 (CI sizes) or 0/unset (real sizes), got {value!r}")
+    return value == "1"
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    """Create `folder` and write a file in it, so a bad runs folder fails now, not after an hour of training."""
+    probe = folder / f".write-test-{uuid.uuid4().hex}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(f"{what}: cannot write checkpoints to {folder} ({type(e).__name__}: {e}); "
+                              f"pick a folder you can write to") from None
+
+
+def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed: int = 0,
+                   drive_root: str | os.PathLike | None = None) -> NotebookSetup:
+    """Device, smoke mode, data and runs folders for a notebook; prints one line per choice and seeds torch.
+
+    use_drive: keep runs on Google Drive, in <drive>/MyDrive/<drive_folder>/runs, so a re-run after a
+    disconnect resumes. In Colab the Drive is mounted at /content/drive; elsewhere pass drive_root, the
+    folder where a Drive is already mounted (or synced).
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ValueError(f"seed: expected an int, got {seed!r}")
+    if not drive_folder or Path(drive_folder).is_absolute():
+        raise ValueError(f"drive_folder: expected a folder name inside MyDrive, got {drive_folder!r}")
+    in_colab = "google.colab" in sys.modules
+    smoke = _smoke_from_env()
+    device = default_device()
+    data_root = Path(os.environ.get("DDPM_DATA_ROOT") or "data").expanduser()
+    if use_drive:
+        if drive_root is None and not in_colab:
+            raise ValueError("use_drive=True needs Google Colab (or drive_root=the folder where Google Drive "
+                             "is mounted); set USE_DRIVE = False to keep runs in a local folder")
+        drive = Path(drive_root if drive_root is not None else COLAB_DRIVE).expanduser()
+        if in_colab and drive_root is None and not (drive / "MyDrive").is_dir():
+            from google.colab import drive as colab_drive
+
+            colab_drive.mount(str(drive))
+        if not (drive / "MyDrive").is_dir():
+            raise FileNotFoundError(f"drive_root: no MyDrive folder in {drive} (is Google Drive mounted there?)")
+        runs, runs_from = drive / "MyDrive" / drive_folder / "runs", "Google Drive"
+        _check_writable(runs, "use_drive")
+    else:
+        runs = Path(os.environ.get("DDPM_RUNS") or "runs").expanduser()
+        runs_from = "$DDPM_RUNS" if os.environ.get("DDPM_RUNS") else "local folder"
+        _check_writable(runs, "DDPM_RUNS" if os.environ.get("DDPM_RUNS") else "runs")
+    torch.manual_seed(seed)
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    print(f"device: {device}{gpu}")
+    print(f"smoke: {smoke}" + (" (DDPM_SMOKE=1: CI sizes)" if smoke else " (real sizes)"))
+    print(f"data: {data_root}" + (" ($DDPM_DATA_ROOT)" if os.environ.get("DDPM_DATA_ROOT") else ""))
+    print(f"runs: {runs} ({runs_from})")
+    print(f"seed: torch.manual_seed({seed})" + (" | in Colab" if in_colab else ""))
+    return NotebookSetup(device=device, smoke=smoke, data_root=data_root, runs=runs, in_colab=in_colab, seed=seed)
+
+
+def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels: bool = False):
+    """CIFAR-10's training images (uint8 (N, 3, 32, 32)), the first n; offline, the procedural shapes set.
+
+    Returns images, or (images, labels, class_names) with_labels. In smoke mode the CIFAR-10-format
+    fixture under setup.data_root must be there (it is the path under test): FileNotFoundError if not.
+    """
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"n: expected a positive int or None (all images), got {n!r}")
+    try:
+        images, labels = load_cifar10(setup.data_root, download=not setup.smoke, verify_md5=not setup.smoke)
+        class_names = CIFAR10_CLASSES
+        print(f"data: CIFAR-10 train ({setup.data_root}), {len(images[:n]):,} images")
+    except (FileNotFoundError, ValueError) as err:
+        if setup.smoke:
+            raise FileNotFoundError(f"smoke mode (DDPM_SMOKE=1) needs the CIFAR-10-format fixture in "
+                                    f"{setup.data_root}: {err}. The test suite writes it (conftest.py); "
+                                    f"set DDPM_DATA_ROOT to its folder") from None
+        count = n or 50_000
+        print(f"data: CIFAR-10 unavailable ({err}); using {count:,} procedural shapes instead")
+        images, labels = make_shapes(count, seed=setup.seed, with_labels=True)
+        class_names = SHAPE_KINDS
+    images, labels = images[:n], labels[:n]
+    return (images, labels, class_names) if with_labels else images
+
+
+def training_run(setup: NotebookSetup, preset: str) -> Path:
+    """The folder notebook 05 trains `preset` in (and find_model looks in): runs/05_training/<preset>[-smoke]."""
+    if preset not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
+    return setup.runs / TRAINING_RUNS / (preset + ("-smoke" if setup.smoke else ""))
+
+
+def _newest(paths: list[Path]) -> Path | None:
+    return max(paths, key=lambda p: p.stat().st_mtime) if paths else None
+
+
+def _describe(path: Path, ema: bool, origin: str) -> str:
+    ckpt = read_checkpoint(path)
+    return f"{origin}: {path.parent.name}, step {ckpt['step']}, {'EMA' if ema else 'raw'} weights ({path})"
+
+
+def _train_brief(setup: NotebookSetup, folder: Path) -> None:
+    """The tiny network, a few hundred steps (30 in smoke mode): enough for every later cell to run."""
+    T = 100 if setup.smoke else 1000
+    # the paper's linear betas; for a shorter T scaled by 1000 / T so that alpha_bar_T stays ~0
+    schedule = NoiseSchedule.linear(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
+    images = load_training_images(setup, n=None if setup.smoke else 10_000)
+    config = TrainConfig(steps=30 if setup.smoke else 500, batch_size=8 if setup.smoke else 64, lr=5e-4,
+                         warmup_steps=10, seed=setup.seed, out_dir=str(folder), sample_every=0, progress=False)
+    torch.manual_seed(setup.seed)  # the initial weights
+    Trainer(unet_from_preset("tiny"), schedule, config, device=setup.device).fit(images)
+
+
+def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True) -> tuple[UNet, NoiseSchedule, str]:
+    """(model in eval mode on setup.device, its schedule, a description of which model it is).
+
+    In this order: notebook 05's newest checkpoint under setup.runs (of `preset` if given; smoke runs
+    only in smoke mode); the official DDPM CIFAR-10 weights (google/ddpm-cifar10-32, downloaded;
+    never in smoke mode); a tiny network trained briefly here and kept under setup.runs/brief/.
+    ema=False gives the raw weights of a checkpoint instead of their moving average.
+    """
+    if preset is not None:
+        candidates = [training_run(setup, preset) / "checkpoint.pt"]
+    else:  # any preset's run, of this mode (smoke runs only in smoke mode)
+        candidates = [p for p in (setup.runs / TRAINING_RUNS).glob("*/checkpoint.pt")
+                      if p.parent.name.endswith("-smoke") == setup.smoke]
+    found = _newest([p for p in candidates if p.is_file()])
+    if found is not None:
+        model, schedule = load_model(found, ema=ema, device=setup.device)
+        return model, schedule, _describe(found, ema, "notebook 05's checkpoint")
+    reason = f"no checkpoint from notebook 05 under {setup.runs / TRAINING_RUNS}"
+    if not setup.smoke:
+        try:
+            model = pretrained.load_ddpm_cifar10().to(setup.device).eval()
+            description = f"official DDPM CIFAR-10 weights ({pretrained.REPO_ID})"
+            return model, NoiseSchedule.linear(1000).to(setup.device), description
+        except (FileNotFoundError, ImportError, OSError) as err:
+            reason += f"; official weights unavailable ({type(err).__name__}: {str(err).splitlines()[0]})"
+    brief = setup.runs / BRIEF_RUNS / ("tiny-smoke" if setup.smoke else "tiny") / "checkpoint.pt"
+    if brief.is_file():
+        print(f"{reason}: using the tiny network trained briefly before ({brief.parent})")
+    else:
+        print(f"{reason}: training the tiny network briefly into {brief.parent} (run notebook 05 for a real model)")
+        _train_brief(setup, brief.parent)
+    model, schedule = load_model(brief, ema=ema, device=setup.device)
+    return model, schedule, _describe(brief, ema, "tiny network trained briefly by find_model")

@@ -1,0 +1,115 @@
+"""Checkpoint files: atomic writes, stale temp files, run folders, safe reads, clear errors, load_model."""
+import os
+
+import pytest
+import torch
+from helpers import MICRO, Payload, perturbed
+
+import ddpm_lib
+from ddpm_lib.checkpoint import (load_model, read_checkpoint, remove_stale_temp_files, resolve_checkpoint,
+                                 write_checkpoint)
+from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.unet import UNet
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder with a step-0 checkpoint whose EMA differs from the raw weights."""
+    config = TrainConfig(batch_size=2, steps=1, out_dir=str(tmp_path / "run"), progress=False)
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, device="cpu")
+    perturbed(trainer.ema)
+    trainer.save()
+    return trainer
+
+
+def test_resolve_checkpoint_takes_a_file_or_a_run_folder(tmp_path, run):
+    folder = tmp_path / "run"
+    assert resolve_checkpoint(folder) == resolve_checkpoint(folder / "checkpoint.pt") == folder / "checkpoint.pt"
+    with pytest.raises(FileNotFoundError, match="has no checkpoint.pt"):
+        resolve_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        resolve_checkpoint(tmp_path / "missing.pt")
+
+
+def test_load_model_returns_ema_and_schedule(tmp_path, run):
+    model, schedule = load_model(tmp_path / "run", device="cpu")
+    assert not model.training and model.config == run.model.config
+    torch.testing.assert_close(schedule.betas, run.schedule.betas, rtol=0, atol=0)
+    for name, x in run.ema.state_dict().items():
+        assert torch.equal(model.state_dict()[name], x), name
+    raw, _ = ddpm_lib.load_model(tmp_path / "run" / "checkpoint.pt", ema=False, device="cpu")
+    for name, x in run.model.state_dict().items():
+        assert torch.equal(raw.state_dict()[name], x), name
+    assert ddpm_lib.read_checkpoint(tmp_path / "run")["step"] == 0
+
+
+def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = write_checkpoint({"step": 1}, tmp_path / "checkpoint.pt")
+    good = path.read_bytes()
+    real_save = torch.save
+
+    def dies_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)
+        f.truncate(f.tell() // 2)  # half a file on disk, then the "crash"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        write_checkpoint({"step": 2}, path)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temp file left
+
+
+def test_stale_temp_files_of_killed_writers_are_removed(tmp_path):
+    """A SIGKILL between open and os.replace leaves .checkpoint.pt.tmp<pid>; the next write removes it
+    (and only temp files of that checkpoint)."""
+    stale = [tmp_path / ".checkpoint.pt.tmp12345", tmp_path / ".checkpoint.pt.tmp999999999"]
+    kept = [tmp_path / ".other.pt.tmp12345", tmp_path / ".checkpoint.pt.tmpx", tmp_path / "checkpoint.pt.bak"]
+    for p in stale + kept:
+        p.write_bytes(b"partial")
+    write_checkpoint({"step": 3}, tmp_path / "checkpoint.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt"] + [p.name for p in kept])
+    assert remove_stale_temp_files(tmp_path / "checkpoint.pt") == []
+    ours = tmp_path / f".checkpoint.pt.tmp{os.getpid()}"  # our own write in progress is not stale
+    ours.write_bytes(b"writing")
+    assert remove_stale_temp_files(tmp_path / "checkpoint.pt") == [] and ours.exists()
+
+
+def test_bad_checkpoint_files_are_refused(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="not found"):
+        load_model(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(os.urandom(1000))
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        Trainer.load(tmp_path / "junk.pt")
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a ddpm_lib checkpoint"):
+        load_model(tmp_path / "other.pt")
+    torch.save({"format": "ddpm_lib.checkpoint", "x": Payload()}, tmp_path / "evil.pt", pickle_protocol=2)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="not a ddpm_lib checkpoint.*weights_only=True"):
+        load_model(tmp_path / "evil.pt")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_contents_are_validated(tmp_path, run):
+    good = read_checkpoint(tmp_path / "run")
+
+    def refused(match, **changes):
+        path = tmp_path / "bad.pt"
+        torch.save({**good, **changes}, path)
+        with pytest.raises(ValueError, match=match):
+            load_model(path, device="cpu")
+
+    refused("version 99 ddpm_lib checkpoint", version=99)
+    path = tmp_path / "incomplete.pt"
+    torch.save({k: v for k, v in good.items() if k not in ("ema", "schedule")}, path)
+    with pytest.raises(ValueError, match=r"missing ema, schedule"):
+        load_model(path)
+    refused(r"stored UNetConfig is invalid .*norm_groups", unet_config={**good["unet_config"], "norm_groups": 5})
+    refused("weights do not fit the stored UNetConfig",
+            unet_config={**good["unet_config"], "ch_list": [3, 16, 48]})
+    path = tmp_path / "bad_train_config.pt"
+    torch.save({**good, "train_config": {**good["train_config"], "lr": -1.0}}, path)
+    with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*lr"):
+        Trainer.load(path, device="cpu")

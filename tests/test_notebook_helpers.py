@@ -1,0 +1,254 @@
+"""ddpm_lib.notebook: the set-up every notebook runs (env vars, smoke mode, Drive) and find_model's fallbacks."""
+import dataclasses
+import os
+import sys
+import types
+
+import pytest
+import torch
+from helpers import MICRO
+
+import ddpm_lib.notebook as nb
+from ddpm_lib.data import CIFAR10_CLASSES, make_shapes, write_cifar10_format
+from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.unet import UNet
+
+
+@pytest.fixture
+def env(monkeypatch, tmp_path):
+    """A clean environment: no DDPM_* variables, the working directory a temporary folder."""
+    for name in ("DDPM_SMOKE", "DDPM_DATA_ROOT", "DDPM_RUNS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    return monkeypatch
+
+
+def make_setup(tmp_path, smoke=True):
+    return nb.NotebookSetup(device=torch.device("cpu"), smoke=smoke, data_root=tmp_path / "data",
+                            runs=tmp_path / "runs", in_colab=False, seed=0)
+
+
+def write_run(folder, seed=0):
+    """A real checkpoint from two steps of a tiny Trainer: folder/checkpoint.pt. Returns the trainer."""
+    config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
+                         log_every=1, progress=False)
+    torch.manual_seed(seed)
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, device="cpu")
+    return trainer.fit(make_shapes(4, size=16, seed=seed))
+
+
+def assert_same_weights(model, module):
+    for (name, a), b in zip(model.state_dict().items(), module.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
+# ----------------------------------------------------------------------------- setup_notebook
+
+def test_setup_reads_the_environment_and_prints_each_choice(env, tmp_path, capsys):
+    env.setenv("DDPM_SMOKE", "1")
+    env.setenv("DDPM_DATA_ROOT", str(tmp_path / "fixture"))
+    env.setenv("DDPM_RUNS", str(tmp_path / "ci-runs"))
+    setup = nb.setup_notebook(seed=5)
+    assert setup.smoke is True and setup.in_colab is False and setup.seed == 5
+    assert setup.data_root == tmp_path / "fixture"
+    assert setup.runs == tmp_path / "ci-runs" and setup.runs.is_dir()  # created, writable
+    assert setup.device == nb.default_device()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["device", "smoke", "data", "runs", "seed"]
+    assert str(tmp_path / "ci-runs") in lines[3] and "DDPM_RUNS" in lines[3]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setup.smoke = False
+
+
+def test_setup_defaults_without_environment(env, tmp_path):
+    setup = nb.setup_notebook()
+    assert setup.smoke is False
+    assert setup.data_root == nb.Path("data") and setup.runs == nb.Path("runs")
+    assert (tmp_path / "runs").is_dir()
+
+
+def test_setup_seeds_torch(env):
+    nb.setup_notebook(seed=3)
+    drawn = torch.rand(4)
+    torch.manual_seed(3)
+    torch.testing.assert_close(drawn, torch.rand(4))
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "2"])
+def test_setup_rejects_an_unclear_smoke_value(env, value):
+    env.setenv("DDPM_SMOKE", value)
+    with pytest.raises(ValueError, match="DDPM_SMOKE"):
+        nb.setup_notebook()
+
+
+def test_setup_rejects_a_bad_seed_or_drive_folder(env):
+    with pytest.raises(ValueError, match="seed"):
+        nb.setup_notebook(seed=1.5)
+    with pytest.raises(ValueError, match="drive_folder"):
+        nb.setup_notebook(use_drive=True, drive_folder="/abs/path", drive_root=".")
+
+
+def test_drive_keeps_runs_on_the_drive_over_ddpm_runs(env, tmp_path, capsys):
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    env.setenv("DDPM_RUNS", str(tmp_path / "ci-runs"))
+    setup = nb.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
+    assert setup.runs == tmp_path / "drive" / "MyDrive" / "course" / "runs" and setup.runs.is_dir()
+    assert "Google Drive" in capsys.readouterr().out
+
+
+def test_colab_mounts_the_drive_when_asked(env, tmp_path):
+    mounted = []
+
+    def mount(path):  # what google.colab.drive.mount leaves behind: <path>/MyDrive
+        mounted.append(path)
+        (nb.Path(path) / "MyDrive").mkdir(parents=True)
+
+    env.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=types.SimpleNamespace(mount=mount)))
+    env.setattr(nb, "COLAB_DRIVE", str(tmp_path / "content" / "drive"))
+    setup = nb.setup_notebook(use_drive=True)
+    assert mounted == [str(tmp_path / "content" / "drive")]
+    assert setup.in_colab and setup.runs == tmp_path / "content" / "drive" / "MyDrive" / "ddpm_lib" / "runs"
+    nb.setup_notebook(use_drive=True)  # mounted already: not again
+    assert len(mounted) == 1
+
+
+def test_drive_outside_colab_without_a_mount_is_a_clear_error(env):
+    with pytest.raises(ValueError, match="use_drive=True needs Google Colab"):
+        nb.setup_notebook(use_drive=True)
+
+
+def test_drive_not_mounted_is_a_clear_error(env, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no MyDrive folder"):
+        nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+
+
+def test_drive_folder_that_cannot_be_written_is_a_clear_error(env, tmp_path):
+    (tmp_path / "MyDrive").mkdir()
+    (tmp_path / "MyDrive" / "ddpm_lib").write_text("a file where the runs folder should go")
+    with pytest.raises(PermissionError, match="cannot write checkpoints to .*MyDrive/ddpm_lib/runs"):
+        nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
+def test_read_only_runs_folder_is_a_clear_error(env, tmp_path):
+    (tmp_path / "ro").mkdir(mode=0o500)
+    env.setenv("DDPM_RUNS", str(tmp_path / "ro"))
+    with pytest.raises(PermissionError, match="DDPM_RUNS: cannot write"):
+        nb.setup_notebook()
+
+
+# ----------------------------------------------------------------------------- load_training_images
+
+def test_smoke_mode_needs_the_fixture(tmp_path):
+    with pytest.raises(FileNotFoundError, match="DDPM_SMOKE=1.*DDPM_DATA_ROOT"):
+        nb.load_training_images(make_setup(tmp_path, smoke=True))
+
+
+def test_smoke_mode_reads_the_cifar10_format_fixture(tmp_path, capsys):
+    images = make_shapes(12, seed=1)
+    labels = torch.arange(12) % 10
+    write_cifar10_format(tmp_path / "data", images, labels)
+    setup = make_setup(tmp_path, smoke=True)
+    torch.testing.assert_close(nb.load_training_images(setup), images)
+    got, got_labels, names = nb.load_training_images(setup, n=5, with_labels=True)
+    torch.testing.assert_close(got, images[:5])
+    torch.testing.assert_close(got_labels, labels[:5])
+    assert names == CIFAR10_CLASSES
+    assert "CIFAR-10 train" in capsys.readouterr().out
+
+
+def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise FileNotFoundError("CIFAR-10 not found, and downloading failed")
+
+    monkeypatch.setattr(nb, "load_cifar10", offline)
+    images, labels, names = nb.load_training_images(make_setup(tmp_path, smoke=False), n=20, with_labels=True)
+    want_images, want_labels = make_shapes(20, seed=0, with_labels=True)
+    torch.testing.assert_close(images, want_images)
+    torch.testing.assert_close(labels, want_labels)
+    assert names == nb.SHAPE_KINDS
+    assert "procedural shapes" in capsys.readouterr().out
+
+
+def test_load_training_images_rejects_a_bad_n(tmp_path):
+    with pytest.raises(ValueError, match="n: expected a positive int"):
+        nb.load_training_images(make_setup(tmp_path), n=0)
+
+
+# ----------------------------------------------------------------------------- find_model
+
+def no_official_weights(*args, **kwargs):
+    raise FileNotFoundError("could not download the DDPM CIFAR-10 weights (offline)")
+
+
+def test_find_model_prefers_notebook_05s_newest_checkpoint(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", pytest.fail)  # never reached
+    setup = make_setup(tmp_path, smoke=True)
+    old = write_run(setup.runs / "05_training" / "seed-smoke", seed=1)
+    new = write_run(setup.runs / "05_training" / "tiny-smoke", seed=2)
+    write_run(setup.runs / "05_training" / "tiny", seed=3)  # a real-size run: not for smoke mode
+    os.utime(setup.runs / "05_training" / "seed-smoke" / "checkpoint.pt", (1, 1))
+    model, schedule, description = nb.find_model(setup)
+    assert description.startswith("notebook 05's checkpoint: tiny-smoke, step 2, EMA weights")
+    assert not model.training and schedule.steps == 10
+    assert_same_weights(model, new.ema)
+    raw, _, description = nb.find_model(setup, ema=False)
+    assert_same_weights(raw, new.model)
+    assert "raw weights" in description
+    picked, _, description = nb.find_model(setup, preset="seed")  # a preset picks its own run
+    assert_same_weights(picked, old.ema)
+
+
+def test_find_model_smoke_mode_skips_the_hub_and_reuses_its_brief_model(tmp_path, monkeypatch, one_thread):
+    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", pytest.fail)  # never downloads in smoke mode
+    monkeypatch.setattr(nb, "_train_brief", pytest.fail)  # a brief model is there already: no training
+    setup = make_setup(tmp_path, smoke=True)
+    brief = write_run(setup.runs / "brief" / "tiny-smoke")
+    write_run(setup.runs / "05_training" / "tiny-smoke")
+    model, _, description = nb.find_model(setup, preset="ddpm-cifar10")  # no 05 run of that preset
+    assert description.startswith("tiny network trained briefly by find_model")
+    assert_same_weights(model, brief.ema)
+
+
+def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path):
+    assert nb.training_run(make_setup(tmp_path, smoke=True), "seed") == tmp_path / "runs" / "05_training" / "seed-smoke"
+    assert nb.training_run(make_setup(tmp_path, smoke=False), "tiny") == tmp_path / "runs" / "05_training" / "tiny"
+
+
+def test_find_model_rejects_an_unknown_preset(tmp_path):
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        nb.find_model(make_setup(tmp_path), preset="huge")
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        nb.training_run(make_setup(tmp_path), "huge")
+
+
+def test_find_model_official_weights_come_second(tmp_path, monkeypatch, one_thread):
+    official = UNet(MICRO)
+    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", lambda: official)
+    setup = make_setup(tmp_path, smoke=False)
+    write_run(setup.runs / "05_training" / "tiny-smoke")  # a smoke run: not for real sizes
+    model, schedule, description = nb.find_model(setup)
+    assert model is official and not model.training
+    assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+
+
+def test_find_model_offline_uses_the_brief_model(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", no_official_weights)
+    monkeypatch.setattr(nb, "_train_brief", lambda setup, folder: write_run(folder))
+    setup = make_setup(tmp_path, smoke=False)
+    model, _, description = nb.find_model(setup)
+    assert description.startswith("tiny network trained briefly by find_model")
+    assert "official weights unavailable (FileNotFoundError" in capsys.readouterr().out
+    assert (setup.runs / "brief" / "tiny" / "checkpoint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_find_model_trains_the_tiny_network_on_the_fixture(tmp_path, one_thread):
+    images = make_shapes(16, seed=0)
+    write_cifar10_format(tmp_path / "data", images, torch.arange(16) % 10)
+    setup = make_setup(tmp_path, smoke=True)
+    model, schedule, description = nb.find_model(setup)
+    assert "step 30" in description and schedule.steps == 100
+    x_t = torch.randn(2, 3, 32, 32)
+    assert model(x_t, torch.tensor([0, 99])).shape == x_t.shape
