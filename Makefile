@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddpm_lib-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup lab demo test test-fast bench clean
+.PHONY: setup lab demo docs test test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
 
 setup: $(STAMP)
 
@@ -20,15 +20,30 @@ $(STAMP): pyproject.toml scripts/setup_browser.sh
 	bash scripts/setup_browser.sh
 	touch $(STAMP)
 
-# Open the notebook series in JupyterLab.
+# Open the notebook series in JupyterLab. Root (a container, a cloud VM) needs --allow-root, added here.
+# LAB_ARGS passes more options, e.g. on a remote machine:
+#   make lab LAB_ARGS="--no-browser --port 8888"
+# then, from your own computer:  ssh -L 8888:localhost:8888 you@that-machine  and open the URL it prints
+# (with its token) there. `--ip 0.0.0.0` serves every network interface instead: only behind a firewall.
+LAB_ARGS  ?=
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root)
+
 lab: setup
-	$(PY) -m jupyter lab notebooks/
+	$(PY) -m jupyter lab $(ROOT_FLAG) $(LAB_ARGS) notebooks/
 
 # Run the whole series headless, outputs into build/, on whatever device is there.
 demo: setup
 	mkdir -p build
 	$(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
 		--output-dir build notebooks/0*.ipynb
+
+# Executed copies of the series for readers on GitHub, committed in docs/notebooks/: the real sizes
+# (not smoke mode), on whatever device is there. The test run never collects them (pyproject's
+# testpaths and norecursedirs; `make test` names tests/ and notebooks/ only).
+docs: setup
+	mkdir -p docs/notebooks
+	DDPM_SMOKE=0 $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
+		--output-dir docs/notebooks notebooks/0*.ipynb
 
 # Unit, oracle and end-to-end tests, every notebook under nbval, and the browser test.
 test: setup
@@ -41,6 +56,36 @@ test-fast: setup
 bench: setup
 	$(PY) benchmarks/throughput.py
 	$(PY) benchmarks/sampling.py
+
+# The GPU check (benchmarks/gpu_check.py: training and sampling speed against the issue's targets, a
+# ~4-minute CIFAR-10 run, the notebooks under nbval; at most 8 minutes) writes docs/gpu/.
+# For a GPU machine without internet, put together here what it lacks (gpu-carry/, git-ignored):
+#   make gpu-carry      wheels for its Python (GPU_PY_VERSION) + CIFAR-10's JPEG copy (CIFAR10_JPEG)
+# and there, with gpu-carry/ beside the code:
+#   make gpu-check      (without make: the command at the top of benchmarks/gpu_check.py)
+GPU_CARRY      := gpu-carry
+GPU_PY_VERSION ?= 3.12
+GPU_PYTHON     ?= python3
+GPU_PACKAGES   := nbval ipykernel jupyter_client nbformat ipywidgets diffusers denoising-diffusion-pytorch torch-fidelity
+CIFAR10_JPEG   ?= ../shared/data/cifar10-jpeg/train.tar.gz
+GPU_OUT        ?= docs/gpu
+
+gpu-wheels: setup
+	$(PY) scripts/gpu_wheels.py --dest $(GPU_CARRY)/wheels --python-version $(GPU_PY_VERSION) $(GPU_PACKAGES)
+
+gpu-data:
+	mkdir -p $(GPU_CARRY)
+	cp $(CIFAR10_JPEG) $(GPU_CARRY)/cifar10-train.tar.gz
+
+gpu-carry: gpu-wheels gpu-data
+
+# With gpu-carry/ the wheels install offline and the run trains on the JPEG copy; without it pip uses
+# the index and the run downloads CIFAR-10 into data/.
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q $(if $(wildcard $(GPU_CARRY)/wheels),--no-index --find-links $(GPU_CARRY)/wheels) \
+		$(GPU_PACKAGES)
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --nbval --out $(GPU_OUT) \
+		$(if $(wildcard $(GPU_CARRY)/cifar10-train.tar.gz),--data $(GPU_CARRY)/cifar10-train.tar.gz)
 
 clean:
 	rm -rf build runs .pytest_cache

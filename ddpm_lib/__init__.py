@@ -8,7 +8,7 @@ from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, lo
                    make_shapes)
 from .device import default_device
 from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_neighbours
-from .pretrained import load_ddpm_cifar10, unet_from_diffusers
+from .pretrained import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
 from .samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .testing import write_cifar10_format
@@ -23,7 +23,7 @@ __all__ = [
     "make_shapes", "write_cifar10_format",
     "default_device",
     "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
-    "load_ddpm_cifar10", "unet_from_diffusers",
+    "load_ddpm_cifar10", "unet_from_diffusers", "unet_to_diffusers",
     "SAMPLERS", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images",
     "NoiseSchedule", "cosine_betas", "diffusion_loss", "linear_betas",
     "load_model", "read_checkpoint", "resolve_checkpoint",

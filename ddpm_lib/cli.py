@@ -131,7 +131,8 @@ def _add_train(sub) -> None:
     p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {TrainConfig.warmup_steps})")
     p.add_argument("--ema-decay", type=float, help=f"EMA decay (default {TrainConfig.ema_decay}; short runs want "
                                                    f"less, e.g. 0.999)")
-    p.add_argument("--log-every", type=_positive_int, help=f"steps between loss read-backs (default {TrainConfig.log_every})")
+    p.add_argument("--log-every", type=_positive_int, help=f"steps between loss read-backs "
+                                                           f"(default {TrainConfig.log_every})")
     p.add_argument("--sample-every", type=int, help=f"steps between sample grids, 0 = never "
                                                     f"(default {TrainConfig.sample_every})")
     p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints "
@@ -166,7 +167,8 @@ def _add_train(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m ddpm_lib", description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
+    parser = _Parser(prog="python -m ddpm_lib",
+                     description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,export}")
     _add_train(sub)
     ckpt_help = "a checkpoint file written by train, or its run folder"
@@ -270,18 +272,21 @@ def _data_id(data: str) -> str:
     return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
 
 
-def _resume_conflicts(args, ckpt: dict) -> list:
+def _resume_conflicts(args, ckpt: dict, path: Path) -> list:
     """The flags given that disagree with the checkpoint being resumed (flags left out never do)."""
+    from .checkpoint import config_from_dict
     from .pretrained import scheduler_config
+    from .unet import UNetConfig
 
-    unet, train, data = ckpt["unet_config"], ckpt["train_config"], ckpt.get("data") or {}
+    net, train = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
+    data = ckpt.get("data") or {}
     sched = scheduler_config(NoiseSchedule.from_state_dict(ckpt["schedule"]))
     kind = {"linear": "linear", "squaredcos_cap_v2": "cosine"}.get(sched.get("beta_schedule"), "custom")
     stored = {"--seed": train["seed"], "--batch-size": train["batch_size"],
               "--timesteps": sched["num_train_timesteps"], "--schedule": kind,
               "--beta-min": sched.get("beta_start", f"none ({kind} schedule)"),
               "--beta-max": sched.get("beta_end", f"none ({kind} schedule)"),
-              **{flag: tuple(unet[name]) if isinstance(unet[name], list) else unet[name] for name, flag in KNOBS.items()}}
+              **{flag: getattr(net, name) for name, flag in KNOBS.items()}}
     given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
              "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,
              **{flag: getattr(args, name) for name, flag in KNOBS.items()}}
@@ -293,9 +298,9 @@ def _resume_conflicts(args, ckpt: dict) -> list:
     if args.preset is not None:  # the preset's other fields (the knobs given are compared above)
         preset = PRESETS[args.preset]
         differ = [f.name for f in fields(preset) if f.name not in KNOBS and f.name != "num_classes"
-                  and getattr(preset, f.name) != (tuple(unet[f.name]) if isinstance(unet[f.name], list) else unet[f.name])]
+                  and getattr(preset, f.name) != getattr(net, f.name)]
         conflicts += [f"--preset {args.preset} (the run's network differs in {', '.join(differ)})"] if differ else []
-    if args.class_cond and unet.get("num_classes") is None:
+    if args.class_cond and net.num_classes is None:
         conflicts.append("--class-cond (the run's network is unconditional)")
     return conflicts
 
@@ -312,19 +317,20 @@ def _train(args) -> None:
 
 
 def _fit(args, device: torch.device) -> None:
-    from .checkpoint import read_checkpoint
+    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
     from .data import load_dataset
     from .train import Trainer
     from .unet import UNet
 
-    checkpoint = Path(args.out) / "checkpoint.pt"
+    checkpoint = Path(args.out) / CHECKPOINT_NAME
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
     overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
                  **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
-    if args.resume and checkpoint.exists():
+    resuming = args.resume and checkpoint.exists()
+    if resuming:
         ckpt = read_checkpoint(checkpoint)
-        conflicts = _resume_conflicts(args, ckpt)
+        conflicts = _resume_conflicts(args, ckpt, checkpoint)
         if conflicts:
             raise ValueError(f"--resume: {'; '.join(conflicts)}: leave these flags out to continue {checkpoint}, "
                              f"or choose another --out")
@@ -332,7 +338,7 @@ def _fit(args, device: torch.device) -> None:
         data, n = args.data or stored.get("data"), args.n_images or stored.get("n")
         if data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
-        seed, config = ckpt["train_config"]["seed"], None
+        seed = ckpt["train_config"]["seed"]
         class_cond = ckpt["unet_config"].get("num_classes") is not None
         size = ckpt["unet_config"]["image_size"]
     else:
@@ -349,7 +355,7 @@ def _fit(args, device: torch.device) -> None:
     with _rank_zero_first():
         loaded = load_dataset(data, root=args.data_root, n=n, seed=seed, size=size, with_labels=class_cond)
     images, labels, class_names = loaded if class_cond else (loaded, None, None)
-    if config is None:
+    if resuming:
         trainer = Trainer.load(checkpoint, device=device, **overrides)
         if trainer.rank == 0:
             print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
@@ -386,7 +392,9 @@ def _sample(args) -> None:
     model, schedule = load_model(args.ckpt, ema=not args.no_ema, device=device)
     K = model.config.num_classes
     _check_guidance(args, K)
-    y = None if K is None else (torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K)
+    y = None  # labels (n,): --class K for all, else the classes in turn
+    if K is not None:
+        y = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K
     images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=args.steps,
                              batch_size=args.batch_size, seed=args.seed, y=y, guidance_scale=args.guidance,
                              device=device, progress=True)  # uint8 (n, 3, H, W)

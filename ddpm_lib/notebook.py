@@ -88,11 +88,12 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
         runs, runs_from = drive / "MyDrive" / drive_folder / "runs", "Google Drive"
         _check_writable(runs, "use_drive")
     else:
+        from_env = bool(os.environ.get("DDPM_RUNS"))
         runs = Path(os.environ.get("DDPM_RUNS") or "runs").expanduser()
-        runs_from = "$DDPM_RUNS" if os.environ.get("DDPM_RUNS") else "local folder"
-        _check_writable(runs, "DDPM_RUNS" if os.environ.get("DDPM_RUNS") else "runs")
+        runs_from = "$DDPM_RUNS" if from_env else "local folder"
+        _check_writable(runs, "DDPM_RUNS" if from_env else "runs")
     torch.manual_seed(seed)
-    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (no CUDA GPU found)"
     print(f"device: {device}{gpu}")
     print(f"smoke: {smoke}" + (" (DDPM_SMOKE=1: CI sizes)" if smoke else " (real sizes)"))
     print(f"data: {data_root}" + (" ($DDPM_DATA_ROOT)" if os.environ.get("DDPM_DATA_ROOT") else ""))

@@ -4,7 +4,8 @@ coarse-to-fine continuations of a shared x_t (Fig. 7) and interpolation in x_t (
 All three run ancestral sampling (Algorithm 2, sigma_t^2 = beta_t, the predicted x0 clipped to [-1, 1]
 as the official code does), but Figs. 7 and 8 start it part-way, at some t < T-1, from an x_t made with
 q(x_t | x0). `ancestral_from` is that loop. The model is called as `model(x_t, t) -> eps`.
-Every function is deterministic in its `generator` and runs on its inputs' device (or `device`).
+Every function is deterministic in its `generator` and runs on its inputs' device (x0's; the schedule's for
+progressive_generation) unless `device` is given.
 """
 from typing import Optional, Sequence
 
@@ -41,8 +42,8 @@ def ancestral_from(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, *,
 
     Returns (x0, {s: predicted x0 at timestep s for s in keep}). From t = T-1 with x_t = x_T drawn from the
     same generator, this is `ddpm_sample` step for step: one N(0, I) draw of x_t's shape per step s > 0.
-    noise_groups = G > 1 splits the batch into G equal groups (rows i, i + B/G, ...) that share each
-    step's noise z, so that rows differing only in x_t are decoded with the same randomness.
+    noise_groups = G > 1 splits the batch into G consecutive blocks of B/G rows; row i of every block gets
+    the same noise z at each step, so that rows differing only in x_t are decoded with the same randomness.
     """
     _check_t(t, schedule.steps, "t")
     B = x_t.shape[0]
@@ -51,7 +52,7 @@ def ancestral_from(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, *,
         raise ValueError(f"noise_groups={noise_groups} must divide the batch size {B}")
     schedule = schedule.to(x_t.device)
     sigma = schedule.betas.sqrt()                                                   # sigma_t^2 = beta_t
-    x, kept = x_t, {}
+    x, kept, keep = x_t, {}, set(keep)
     for s in range(t, -1, -1):                                                      # Algorithm 2, line 2
         s_batch = torch.full((B,), s, dtype=torch.long, device=x.device)
         eps = model(x, s_batch).to(x.dtype)
@@ -67,11 +68,6 @@ def ancestral_from(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, *,
     return x, kept
 
 
-def _model_device(model, schedule: NoiseSchedule) -> torch.device:
-    params = list(model.parameters()) if isinstance(model, torch.nn.Module) else []
-    return params[0].device if params else schedule.device
-
-
 @torch.no_grad()
 def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int = 8, *,
                            image_shape: Optional[tuple] = None, generator: Optional[torch.Generator] = None,
@@ -80,7 +76,7 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
 
     Returns (frames (n_frames, n, C, H, W), timesteps): frames[i] is the model's x0 at timesteps[i], evenly
     spaced from T-1 down to 0; the last frame is the sample itself. image_shape (C, H, W) defaults to the
-    model's config (ch_list[0], image_size, image_size); device to the model's.
+    model's config (ch_list[0], image_size, image_size); device to the schedule's, as in the samplers.
     """
     _check_positive(n, "n")
     timesteps = ddim_timesteps(schedule.steps, _check_positive(n_frames, "n_frames"))
@@ -88,7 +84,7 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
         if not hasattr(model, "config"):
             raise ValueError("image_shape (C, H, W) is needed for a model without a UNetConfig")
         image_shape = (model.config.ch_list[0], model.config.image_size, model.config.image_size)
-    device = torch.device(device) if device is not None else _model_device(model, schedule)
+    device = torch.device(device) if device is not None else schedule.device
     x_T = _randn((n,) + tuple(image_shape), generator, device)                      # Algorithm 2, line 1
     _, kept = ancestral_from(model, schedule, x_T, schedule.steps - 1, generator=generator, keep=timesteps)
     return torch.stack([kept[s] for s in timesteps]), timesteps

@@ -3,6 +3,7 @@
 Fixtures live in conftest.py; plain objects and functions live here, because two files named conftest.py
 (the repository's and this folder's) cannot both be imported by name.
 """
+import math
 import os
 
 import torch
@@ -30,3 +31,34 @@ class Payload:
 
     def __reduce__(self):
         return (os.system, ("touch pwned",))
+
+
+# ---- Gaussian data, whose ideal noise predictor is known in closed form
+
+MU, S = 0.2, 0.25                      # Gaussian data x0 ~ N(MU, S^2), per element
+
+
+def gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def gaussian_eps(abar, x_t, mu, s):
+    """E[eps | x_t] for x0 ~ N(mu, s^2) and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (both Gaussian)."""
+    return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s ** 2 + 1 - abar)
+
+
+class IdealEps:
+    """The ideal noise predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64)."""
+
+    def __init__(self, schedule):
+        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
+
+    def __call__(self, x_t, t):
+        return gaussian_eps(self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1), x_t, MU, S)
+
+
+def check_moments(x, tol_mean, tol_sd, mu=MU, s=S):
+    """x's mean and sd within the tolerances of (mu, s), plus 4 standard errors of their estimates."""
+    n = x.numel()
+    assert abs(x.mean().item() - mu) < tol_mean + 4 * s / math.sqrt(n)
+    assert abs(x.std().item() - s) < tol_sd + 4 * s / math.sqrt(2 * n)

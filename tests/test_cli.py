@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from helpers import MICRO, Payload
 from PIL import Image
 
 from ddpm_lib.checkpoint import load_model
+from ddpm_lib.cli import main
 from ddpm_lib.data import SHAPE_KINDS
 from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
@@ -64,110 +66,118 @@ def micro_checkpoint(path, **unet):
 
 
 @pytest.fixture(scope="module")
-def bad_runs(tmp_path_factory):
-    """Every bad input -> {case: (rc, stdout, stderr)}."""
+def files(tmp_path_factory):
+    """Checkpoints good and bad, and an empty folder."""
     tmp = tmp_path_factory.mktemp("bad")
     path = micro_checkpoint(tmp / "run")
-    conditional = micro_checkpoint(tmp / "cond", num_classes=3)
+    micro_checkpoint(tmp / "cond", num_classes=3)
     (tmp / "truncated.pt").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp / "other.pt")
     torch.save({"format": "ddpm_lib.checkpoint", "model": Payload()}, tmp / "evil.pt")
     (tmp / "empty_root").mkdir()
+    return tmp
+
+
+def bad_input(tmp):
+    """case -> (command line, what the one-line error must say)."""
     train = ("train", "--preset", "tiny", "--out", tmp / "new", "--batch-size", "2")
     shapes = train + ("--data", "shapes", "--n-images", "4", "--steps", "1")
     sample = ("sample", "--n", "1", "--out", tmp / "grid.png", "--device", "cpu", "--ckpt")
-    cases = {
-        "missing checkpoint": sample + (tmp / "nope.pt",),
-        "run folder without checkpoint": sample + (tmp / "empty_root",),
-        "truncated checkpoint": sample + (tmp / "truncated.pt",),
-        "random bytes": sample + (tmp / "random.pt",),
-        "not our checkpoint": sample + (tmp / "other.pt",),
-        "pickle payload": sample + (tmp / "evil.pt",),
-        "fid missing checkpoint": ("fid", "--ckpt", tmp / "nope.pt", "--n", "2"),
-        "fid missing reference": ("fid", "--ckpt", path, "--n", "2", "--ref", tmp / "no_ref"),
-        "ddpm with fewer steps": sample[:-1] + ("--sampler", "ddpm", "--steps", "3", "--ckpt", path),
-        "cuda without cuda": sample[:-2] + ("cuda", "--ckpt", path),
-        "class of an unconditional model": sample + (path, "--class", "1"),
-        "guidance of an unconditional model": sample + (path, "--guidance", "3"),
-        "fid guidance of an unconditional model": ("fid", "--ckpt", path, "--n", "2", "--guidance", "2"),
-        "class out of range": sample + (conditional, "--class", "3"),
-        "negative guidance": sample + (conditional, "--guidance", "-1"),
-        "export of a network diffusers cannot express": ("export", "--ckpt", tmp / "run", "--out", tmp / "pipe"),
-        "missing data folder": train + ("--data", tmp / "no_such_folder", "--steps", "1"),
-        "cifar10 offline": train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--steps", "1"),
-        "unknown preset": ("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
-        "no preset for a new run": ("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
-        "zero steps": train + ("--data", "shapes", "--steps", "0"),
-        "negative batch size": ("train", "--preset", "tiny", "--data", "shapes", "--steps", "1", "--out",
-                                tmp / "x", "--batch-size", "-4"),
-        "non-integer steps": train + ("--data", "shapes", "--steps", "ten"),
-        "existing run without --resume": ("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
-                                          "--out", tmp / "run"),
-        "ema decay of 1 or more": shapes + ("--ema-decay", "1.5"),
-        "beta_min >= beta_max": shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
-        "beta outside (0, 1)": shapes + ("--beta-max", "1.5"),
-        "betas with the cosine schedule": shapes + ("--schedule", "cosine", "--beta-max", "0.03"),
-        "heads not dividing the channels": shapes + ("--heads", "3"),
-        "attention level outside --ch-list": shapes + ("--ch-list", "3,32", "--attention-layer", "3"),
-        "malformed --ch-list": shapes + ("--ch-list", "3,x"),
-        "odd time embedding": shapes + ("--temb-dim", "7"),
-        "label dropout without --class-cond": shapes + ("--cond-drop-prob", "0.2"),
-        "train help": ("train", "--help"),
-        "sample help": ("sample", "--help"),
+    run, cond = tmp / "run", tmp / "cond"
+    return {
+        "missing checkpoint": (sample + (tmp / "nope.pt",), "checkpoint not found"),
+        "run folder without checkpoint": (sample + (tmp / "empty_root",), "has no checkpoint.pt"),
+        "truncated checkpoint": (sample + (tmp / "truncated.pt",), "not a readable checkpoint"),
+        "random bytes": (sample + (tmp / "random.pt",), "not a readable checkpoint"),
+        "not our checkpoint": (sample + (tmp / "other.pt",), "not a ddpm_lib checkpoint"),
+        "pickle payload": (sample + (tmp / "evil.pt",), "weights_only=True"),
+        "fid missing checkpoint": (("fid", "--ckpt", tmp / "nope.pt", "--n", "2"), "not found"),
+        "fid missing reference": (("fid", "--ckpt", run, "--n", "2", "--ref", tmp / "no_ref"), "--ref"),
+        "ddpm with fewer steps": (sample[:-1] + ("--sampler", "ddpm", "--steps", "3", "--ckpt", run), "steps"),
+        "cuda without cuda": (sample[:-2] + ("cuda", "--ckpt", run), "CUDA is not available"),
+        "class of an unconditional model": (sample + (run, "--class", "1"),
+                                            "--class: the checkpoint's network is unconditional"),
+        "guidance of an unconditional model": (sample + (run, "--guidance", "3"),
+                                               "--guidance: the checkpoint's network is unconditional"),
+        "fid guidance of an unconditional model": (("fid", "--ckpt", run, "--n", "2", "--guidance", "2"),
+                                                   "--guidance: the checkpoint's network is unconditional"),
+        "class out of range": (sample + (cond, "--class", "3"), "--class 3: expected a class in [0, 3)"),
+        "negative guidance": (sample + (cond, "--guidance", "-1"), "--guidance: expected a number >= 0"),
+        "export of a network diffusers cannot express": (("export", "--ckpt", run, "--out", tmp / "pipe"),
+                                                         "time_mlp_dim=0"),
+        "missing data folder": (train + ("--data", tmp / "no_such_folder", "--steps", "1"), "no_such_folder"),
+        "cifar10 offline": (train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--steps", "1"),
+                            "CIFAR-10 not found"),
+        "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
+                           "unknown preset 'huge'"),
+        "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
+                                    "--preset and --data are needed"),
+        "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: expected a positive integer"),
+        "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: expected a positive integer"),
+        "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected a positive integer"),
+        "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
+                                           "--out", run), "--resume"),
+        "ema decay of 1 or more": (shapes + ("--ema-decay", "1.5"), "TrainConfig.ema_decay must be in [0, 1)"),
+        "beta_min >= beta_max": (shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
+                                 "--beta-min 0.02 must be < --beta-max 0.01"),
+        "beta outside (0, 1)": (shapes + ("--beta-max", "1.5"), "--beta-max: expected a number in (0, 1)"),
+        "betas with the cosine schedule": (shapes + ("--schedule", "cosine", "--beta-max", "0.03"),
+                                           "--schedule cosine"),
+        "heads not dividing the channels": (shapes + ("--heads", "3"), "--heads: num_heads=3"),
+        "attention level outside --ch-list": (shapes + ("--ch-list", "3,32", "--attention-layer", "3"),
+                                              "--attention-layer"),
+        "malformed --ch-list": (shapes + ("--ch-list", "3,x"), "--ch-list: expected comma-separated"),
+        "odd time embedding": (shapes + ("--temb-dim", "7"), "--temb-dim: temb_dim must be even"),
+        "label dropout without --class-cond": (shapes + ("--cond-drop-prob", "0.2"),
+                                               "--cond-drop-prob: the network is unconditional"),
     }
-    runs = run_all(cases, cwd=tmp)
-    assert not (tmp / "pwned").exists(), "the pickle payload ran"
-    assert not (tmp / "new").exists() and not (tmp / "pipe").exists(), "a refused command wrote something"
+
+
+CASES = list(bad_input(Path("/")))
+# run as real processes too: the exit status and stderr of the interpreter itself, a pickle that must not run,
+# no network, a usage error and an input error
+IN_PROCESSES = ("pickle payload", "cifar10 offline", "zero steps", "missing checkpoint", "class out of range")
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_on_stderr(files, case, capsys, monkeypatch, one_thread):
+    """main() as `python -m ddpm_lib` calls it; usage errors exit through SystemExit."""
+    if case == "cuda without cuda" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(files)
+    args, message = bad_input(files)[case]
+    try:
+        rc = main([str(a) for a in args])
+    except SystemExit as e:
+        rc = e.code
+    out, err = capsys.readouterr()
+    assert_one_line_error((rc, out, err), message)
+    assert not (files / "new").exists() and not (files / "pipe").exists(), "a refused command wrote something"
+
+
+@pytest.fixture(scope="module")
+def processes(files):
+    cases = {case: bad_input(files)[case][0] for case in IN_PROCESSES}
+    runs = run_all({**cases, "train help": ("train", "--help"), "sample help": ("sample", "--help")}, cwd=files,
+                   parallel=len(cases) + 2)
+    assert not (files / "pwned").exists(), "the pickle payload ran"
     return runs
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case, message", [
-    ("missing checkpoint", "checkpoint not found"),
-    ("run folder without checkpoint", "has no checkpoint.pt"),
-    ("truncated checkpoint", "not a readable checkpoint"),
-    ("random bytes", "not a readable checkpoint"),
-    ("not our checkpoint", "not a ddpm_lib checkpoint"),
-    ("pickle payload", "weights_only=True"),
-    ("fid missing checkpoint", "not found"),
-    ("fid missing reference", "--ref"),
-    ("ddpm with fewer steps", "steps"),
-    pytest.param("cuda without cuda", "CUDA is not available",
-                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")),
-    ("class of an unconditional model", "--class: the checkpoint's network is unconditional"),
-    ("guidance of an unconditional model", "--guidance: the checkpoint's network is unconditional"),
-    ("fid guidance of an unconditional model", "--guidance: the checkpoint's network is unconditional"),
-    ("class out of range", "--class 3: expected a class in [0, 3)"),
-    ("negative guidance", "--guidance: expected a number >= 0"),
-    ("export of a network diffusers cannot express", "time_mlp_dim=0"),
-    ("missing data folder", "no_such_folder"),
-    ("cifar10 offline", "CIFAR-10 not found"),
-    ("unknown preset", "unknown preset 'huge'"),
-    ("no preset for a new run", "--preset and --data are needed"),
-    ("zero steps", "--steps: expected a positive integer"),
-    ("negative batch size", "--batch-size: expected a positive integer"),
-    ("non-integer steps", "--steps: expected a positive integer"),
-    ("existing run without --resume", "--resume"),
-    ("ema decay of 1 or more", "TrainConfig.ema_decay must be in [0, 1)"),
-    ("beta_min >= beta_max", "--beta-min 0.02 must be < --beta-max 0.01"),
-    ("beta outside (0, 1)", "--beta-max: expected a number in (0, 1)"),
-    ("betas with the cosine schedule", "--schedule cosine"),
-    ("heads not dividing the channels", "--heads: num_heads=3"),
-    ("attention level outside --ch-list", "--attention-layer"),
-    ("malformed --ch-list", "--ch-list: expected comma-separated"),
-    ("odd time embedding", "--temb-dim: temb_dim must be even"),
-    ("label dropout without --class-cond", "--cond-drop-prob: the network is unconditional"),
-])
-def test_bad_input_is_one_line_on_stderr(bad_runs, case, message):
-    assert_one_line_error(bad_runs[case], message)
+@pytest.mark.parametrize("case", IN_PROCESSES)
+def test_bad_input_in_a_process_is_one_line_and_a_non_zero_exit(processes, files, case):
+    assert_one_line_error(processes[case], bad_input(files)[case][1])
 
 
 @pytest.mark.slow
-def test_help_shows_the_seeds_defaults_and_the_samplers_steps(bad_runs):
-    rc, out, _ = bad_runs["train help"]
-    text = " ".join(out.split())
+def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
+    rc, out, _ = processes["train help"]
     assert rc == 0
+    text = " ".join(out.split()).split("the seed's knobs", 1)[1]  # past the usage line
     seed, linear = PRESETS["seed"], linear_betas.__defaults__  # (steps, beta_min, beta_max)
     for flag, default in [("--timesteps T", f"default {linear[0]}"), ("--beta-min B", f"default {linear[1]}"),
                           ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"seed: {seed.num_heads}"),
@@ -175,7 +185,7 @@ def test_help_shows_the_seeds_defaults_and_the_samplers_steps(bad_runs):
                           ("--attention-layer", "seed: " + ",".join(map(str, seed.attention_layer))),
                           ("--temb-dim D", f"seed: {seed.temb_dim}"), ("--schedule", "default linear")]:
         assert flag in text and default in text.split(flag, 1)[1][:150], (flag, default)
-    rc, out, _ = bad_runs["sample help"]
+    rc, out, _ = processes["sample help"]
     assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_steps}" in " ".join(out.split())
 
 
@@ -199,27 +209,26 @@ def test_train_records_the_knobs_and_the_data(run):
     assert ckpt["data"] == {"data": "shapes", "n": 16, "size": 32, "class_names": None}
 
 
-@pytest.fixture(scope="module")
-def refused_resumes(run):
-    """Resuming `run` with flags that contradict it: each refused with one line naming the flag."""
-    resume = ("train", "--out", run, "--steps", "3", "--resume", "--device", "cpu", "--no-progress")
-    cases = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"), "--ch-list": ("--ch-list", "3,32,64"),
-             "--dropout": ("--dropout", "0.2"), "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
-             "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),
-             "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
-             "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",)}
-    return run_all({flag: resume + extra for flag, extra in cases.items()}, cwd=run.parent)
+RESUME_CONFLICTS = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"),
+                    "--ch-list": ("--ch-list", "3,32,64"), "--dropout": ("--dropout", "0.2"),
+                    "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
+                    "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),
+                    "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
+                    "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",)}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flag", ["--preset", "--heads", "--ch-list", "--dropout", "--seed", "--data", "--n-images",
-                                  "--timesteps", "--beta-max", "--schedule", "--batch-size", "--class-cond"])
-def test_resume_refuses_flags_that_change_the_run(refused_resumes, flag):
-    assert_one_line_error(refused_resumes[flag], f"--resume: {flag}")
+@pytest.mark.parametrize("flag", RESUME_CONFLICTS)
+def test_resume_refuses_flags_that_change_the_run(run, flag, capsys):
+    before = (run / "checkpoint.pt").read_bytes()
+    rc = main(["train", "--out", str(run), "--steps", "3", "--resume", "--device", "cpu", "--no-progress",
+               *RESUME_CONFLICTS[flag]])
+    assert_one_line_error((rc, *capsys.readouterr()), f"--resume: {flag}")
+    assert (run / "checkpoint.pt").read_bytes() == before
 
 
 @pytest.mark.slow
-def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run, refused_resumes):
+def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run):
     rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "3", "--resume", "--out", run, cwd=run.parent))
     assert rc == 0 and "resuming" in err, err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3

@@ -7,6 +7,8 @@ import pytest
 import torch
 from torch import nn
 
+from helpers import MU, S, IdealEps, check_moments, gaussian_eps, gen
+
 from ddpm_lib.data import to_uint8
 from ddpm_lib.samplers import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
                                dpm_solver_timesteps, generate_images)
@@ -16,33 +18,13 @@ diffusers = pytest.importorskip("diffusers")
 # diffusers' DPMSolverMultistepScheduler.set_timesteps trips a NumPy 2 deprecation inside diffusers itself
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
-MU, S = 0.2, 0.25                      # Gaussian data x0 ~ N(MU, S^2), per element
 SHAPE = (2, 3, 4, 4)
 GAUSS_SHAPE = (10, 1, 20, 20)          # 4,000 draws of the 1-D Gaussian; a small batch keeps per-step indexing cheap
-
-
-def gen(seed=0):
-    return torch.Generator().manual_seed(seed)
 
 
 def fake_model(x_t, t):
     """A fixed nonlinear 'network': eps depends on x_t and t; its x0 predictions leave [-1, 1] at large t."""
     return torch.tanh(1.3 * x_t) * 0.9 + 0.1 * torch.cos(t.to(x_t.dtype) / 37.0).view(-1, 1, 1, 1)
-
-
-def gaussian_eps(abar, x_t, mu, s):
-    """E[eps | x_t] for x0 ~ N(mu, s^2) and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (both Gaussian)."""
-    return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s ** 2 + 1 - abar)
-
-
-class IdealEps:
-    """The ideal noise predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64)."""
-
-    def __init__(self, schedule):
-        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
-
-    def __call__(self, x_t, t):
-        return gaussian_eps(self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1), x_t, MU, S)
 
 
 def posterior_mean_x0(abar, x_t):
@@ -252,17 +234,11 @@ def test_registry():
 
 # ---- Gaussian data: the samplers return the data's distribution --------------------------------
 
-def _check_moments(x, tol_mean, tol_sd, mu=MU, s=S):
-    n = x.numel()
-    assert abs(x.mean().item() - mu) < tol_mean + 4 * s / math.sqrt(n)
-    assert abs(x.std().item() - s) < tol_sd + 4 * s / math.sqrt(2 * n)
-
-
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
 def test_ddpm_reproduces_gaussian_data(variance):
     schedule = NoiseSchedule.linear()
     x = ddpm_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, variance, generator=gen(4))
-    _check_moments(x, 0.0, 0.005)         # measured with 20,000 samples: sd 0.251 (beta), 0.247 (posterior)
+    check_moments(x, 0.0, 0.005)         # measured with 20,000 samples: sd 0.251 (beta), 0.247 (posterior)
 
 
 def test_ddim_reproduces_gaussian_data():
@@ -270,9 +246,9 @@ def test_ddim_reproduces_gaussian_data():
     x = ddim_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, steps=50, generator=gen(5))
     # DDIM's first-order steps shrink the spread even with a perfect model: sd 0.226 at 50 steps
     # (measured, 20,000 samples), as DESIGN.md reports; the mean is unbiased.
-    _check_moments(x, 0.0, 0.03)
+    check_moments(x, 0.0, 0.03)
     x = ddim_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, steps=500, generator=gen(5))
-    _check_moments(x, 0.0, 0.005)
+    check_moments(x, 0.0, 0.005)
 
 
 def test_dpm_solver_beats_ddim_at_10_steps():
@@ -280,7 +256,7 @@ def test_dpm_solver_beats_ddim_at_10_steps():
     model = IdealEps(schedule)
     dpm = dpm_solver_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
     ddim = ddim_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
-    _check_moments(dpm, 0.0, 0.01)                                      # measured sd 0.257
+    check_moments(dpm, 0.0, 0.01)                                      # measured sd 0.257
     assert abs(dpm.std().item() - S) < abs(ddim.std().item() - S) / 4   # DDIM: sd 0.138
     assert abs(dpm.mean().item() - MU) <= abs(ddim.mean().item() - MU) + 0.002
 
@@ -376,12 +352,12 @@ def test_guidance_scale_1_samples_each_class_and_0_the_mixture():
     kw = dict(y=y, generator=gen(13), clip_denoised=False)
     x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=1.0, **kw)
     for label, mu in enumerate(MODES):
-        _check_moments(x[y == label], 0.0, 0.01, mu=mu, s=SD)              # 1,000 samples per class
+        check_moments(x[y == label], 0.0, 0.01, mu=mu, s=SD)              # 1,000 samples per class
     x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=0.0, **kw).flatten()
     share = (x > 0).double().mean().item()                                # the labels are ignored
     assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(x))
     for mu, side in zip(MODES, (x < 0, x > 0)):
-        _check_moments(x[side], 0.0, 0.01, mu=mu, s=SD)
+        check_moments(x[side], 0.0, 0.01, mu=mu, s=SD)
 
 
 class Labelled:
