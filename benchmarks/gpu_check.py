@@ -15,10 +15,11 @@ target from the issue, pass/fail, the card, torch version, date) and OUT/*.png.
     python benchmarks/gpu_check.py --dry-run --out /tmp/gpu_check   # the same code on the CPU at toy sizes
 
 The GPU machine of this workplace (device tool) has no internet and Python 3.12 with torch. Here, first:
-    make gpu-carry      # gpu-carry/wheels (nbval, ipykernel, diffusers, ... for cp312) + gpu-carry/cifar10-train.tar.gz
-then `run` with carry ["gpu-carry"], timeout_s 600, this command:
+    make gpu-carry    # gpu-carry/wheels (nbval, ipykernel, diffusers, ... for cp312), gpu-carry/cifar10-train.tar.gz
+then `run` with carry ["gpu-carry"], timeout_s 600, this command (";": should pip fail, the check still runs,
+and what lacks a package fails on its own):
     python3 -m pip install -q --no-index --find-links gpu-carry/wheels nbval ipykernel jupyter_client nbformat \
-      ipywidgets diffusers denoising-diffusion-pytorch torch-fidelity && PYTHONPATH=$PWD python3 \
+      ipywidgets diffusers denoising-diffusion-pytorch torch-fidelity; PYTHONPATH=$PWD python3 \
       benchmarks/gpu_check.py --data gpu-carry/cifar10-train.tar.gz --nbval --out $OUT/gpu
 and copy the files it returns (files_at/gpu/*) into docs/gpu/. On a GPU box of your own: `make gpu-check`.
 """
@@ -79,7 +80,7 @@ class Sizes:
 GPU = Sizes(toy=False, batch=128, warmup=3, timed_steps=20, rounds=5, fp16_steps=100, sample_batch=2048,
             solver_steps=20, train_seconds=210, chunk=500, grid_steps=(1000, 3000, 10000), grid_n=64,
             peak_n=4096, compile_backend="inductor", run_overhead_s=80, boxes=(170, 60, 60), budget_s=480)
-DRY = Sizes(toy=True, batch=4, warmup=1, timed_steps=2, rounds=2, fp16_steps=6, sample_batch=4, solver_steps=20,
+DRY = Sizes(toy=True, batch=4, warmup=1, timed_steps=2, rounds=2, fp16_steps=2, sample_batch=4, solver_steps=20,
             train_seconds=3, chunk=5, grid_steps=(2, 4), grid_n=4, peak_n=256, compile_backend="eager",
             run_overhead_s=20, boxes=(300, 300, 300), budget_s=900)  # boxes: a net for a loaded CPU
 
@@ -106,9 +107,16 @@ def peak_gib(device):
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
+def write_result(args, result):
+    """The section's result as JSON, written whole (temp file + os.replace): a kill never leaves half a file."""
+    tmp = Path(f"{args.result}.tmp")
+    tmp.write_text(json.dumps(result, allow_nan=False))
+    os.replace(tmp, args.result)
+
+
 def save_partial(args, result):
     """Write what a section has so far: if its time box ends it, the parent keeps these numbers."""
-    Path(args.result).write_text(json.dumps(dict(result, status="partial"), allow_nan=False))
+    write_result(args, dict(result, status="partial"))
 
 
 def force_fp16():
@@ -248,7 +256,7 @@ def load_images(data, sizes, scratch):
     return load_image_folder(data)
 
 
-def save_loss_curve(history, path):
+def save_loss_curve(history, path, title):
     from matplotlib.figure import Figure
 
     steps, loss = zip(*history)
@@ -258,7 +266,7 @@ def save_loss_curve(history, path):
     ax = fig.add_subplot()
     ax.plot(steps, loss, alpha=0.3, lw=0.7, label="loss per step")
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving average ({k})")
-    ax.set(xlabel="step", ylabel="mean((eps - eps_theta)^2)", yscale="log", title="ddpm-cifar10 on CIFAR-10")
+    ax.set(xlabel="step", ylabel="mean((eps - eps_theta)^2)", yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -312,7 +320,7 @@ def cifar10_run(args, sizes, device):
         save_partial(args, result())
     if trainer.step not in sizes.grid_steps:
         grid()
-    save_loss_curve(trainer.history, out / "loss_curve.png")
+    save_loss_curve(trainer.history, out / "loss_curve.png", f"{preset} on {len(images):,} images")
     return dict(result(), loss_curve="loss_curve.png")
 
 
@@ -396,35 +404,34 @@ RUNNERS = {"train_throughput": train_throughput, "fp16_gradscaler": fp16_gradsca
 
 
 # -- the parent: sections in child processes, time boxes, the report -------------------------------------------
-def launch(name, args, box_s, log, **extra):
+def launch(name, args, box_s, logs, train_seconds) -> dict:
     """Start section `name` in a child process (its own process group, so a time box ends its children too)."""
-    result = Path(log.name).with_suffix(".json")
+    log, result = open(Path(logs) / f"{name}.log", "w"), Path(logs) / f"{name}.json"
     cmd = [sys.executable, __file__, "--section", name, "--result", str(result), "--out", str(args.out),
-           "--device", str(args.device), "--box-s", f"{box_s:.0f}", "--train-seconds", str(extra.get(
-               "train_seconds", args.train_seconds))]
+           "--device", str(args.device), "--box-s", f"{box_s:.0f}", "--train-seconds", str(train_seconds)]
     cmd += ["--dry-run"] * args.dry_run + ["--data", str(args.data)] * bool(args.data)
     cmd += ["--notebooks", str(args.notebooks)] * bool(args.notebooks)
     print(f"[gpu_check] {name}: started, time box {box_s:.0f} s", file=sys.stderr, flush=True)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    return proc, result, time.monotonic() + box_s, time.monotonic()
+    return {"name": name, "proc": proc, "log": log, "result": result, "box_s": box_s, "started": time.monotonic()}
 
 
-def finish(name, launched, log):
+def finish(child) -> dict:
     """Wait for a child within its time box; its result, or a failure with a one-line error."""
-    proc, result, deadline, started = launched
+    proc, name = child["proc"], child["name"]
     try:
-        proc.wait(timeout=max(deadline - time.monotonic(), 0))
+        proc.wait(timeout=max(child["started"] + child["box_s"] - time.monotonic(), 0))
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    log.flush()
-    tail = [ln for ln in Path(log.name).read_text(errors="replace").splitlines() if ln.strip()][-30:]
-    section = json.loads(result.read_text()) if result.is_file() else {}
+    child["log"].close()
+    tail = [ln for ln in Path(child["log"].name).read_text(errors="replace").splitlines() if ln.strip()][-30:]
+    section = json.loads(child["result"].read_text()) if child["result"].is_file() else {}
     if section.get("status", "partial") == "partial":  # no result, or a partial one: the child did not finish
-        why = (f"timed out: time box of {deadline - started:.0f} s spent" if proc.returncode == -signal.SIGKILL
+        why = (f"timed out: time box of {child['box_s']:.0f} s spent" if proc.returncode == -signal.SIGKILL
                else f"exited with code {proc.returncode}: " + (tail or [""])[-1])
         section.update(status="failed", error=(why + "; partial results kept" * bool(section))[:300])
-    section["wall_seconds"] = time.monotonic() - started
+    section["wall_seconds"] = time.monotonic() - child["started"]
     if section["status"] != "ok":
         section["log_tail"] = tail
         print("\n".join(tail), file=sys.stderr)
@@ -433,27 +440,20 @@ def finish(name, launched, log):
     return section
 
 
+FORMATS = {"img/s": lambda v: f"{v:,.0f} img/s" if v >= 100 else f"{v:.3g} img/s", "x": "{:.2f}x".format,
+           "s": "{:,.1f} s".format, "GiB": "{:.2f} GiB".format, "loss": "{:.4f}".format}
+
+
 def fmt(value, unit):
-    if value is None:
-        return "-"
-    if unit == "img/s":
-        return f"{value:,.0f} img/s" if value >= 100 else f"{value:.3g} img/s"
-    if unit == "x":
-        return f"{value:.2f}x"
-    if unit == "s":
-        return f"{value:,.1f} s"
-    if unit == "GiB":
-        return f"{value:.2f} GiB"
-    if unit == "loss":
-        return f"{value:.4f}"
-    return f"{value:g} {unit}"
+    return "-" if value is None else FORMATS[unit](value)
 
 
 def markdown(report):
     verdict = {True: "pass", False: "**fail**", None: "-"}
+    dry = " (DRY RUN: toy sizes on the CPU, not comparable)" * report["dry_run"]
     lines = [f"# GPU check: {report['card']}", "",
              f"{report['date']}, torch {report['torch']} (CUDA {report['cuda']}), {report['total_seconds']:.0f} s "
-             f"in all; written by `benchmarks/gpu_check.py`{' (DRY RUN: toy sizes, not comparable)' * report['dry_run']}.",
+             f"in all; written by `benchmarks/gpu_check.py`{dry}.",
              "Targets are the issue's (an H100's); on another card they are a reference, not a verdict.", "",
              "| section | result | value | target | pass |", "|---|---|---:|---|:-:|"]
     for name, section in report["sections"].items():
@@ -493,8 +493,9 @@ def markdown(report):
         lines += ["", "## CIFAR-10 run", "",
                   f"{r['model']} (torch.compile) on {r['images']:,} images ({r['data']}; {r['load_seconds']:.0f} s to "
                   f"load): first step with compilation {r['first_step_seconds']:.0f} s, then {r['steps']:,} steps in "
-                  f"{r['train_seconds']:.0f} s ({fmt(r['images_per_s'], 'img/s')}); loss {fmt(r['final_loss'], 'loss')} "
-                  f"at the end. EMA samples, DPM-Solver++ {r['solver_steps']} steps, the same x_T in every grid:", ""]
+                  f"{r['train_seconds']:.0f} s ({fmt(r['images_per_s'], 'img/s')}); loss "
+                  f"{fmt(r['final_loss'], 'loss')} at the end. EMA samples, DPM-Solver++ {r['solver_steps']} steps, "
+                  "the same x_T in every grid:", ""]
         lines += [f"![loss curve]({r['loss_curve']})", ""] if r.get("loss_curve") else []
         lines += ["| " + " | ".join(f"step {g['step']:,}" for g in r["grids"]) + " |",
                   "|" + "---|" * len(r["grids"]),
@@ -525,23 +526,18 @@ def run_all(args, sizes):
     deadline = started + args.budget_s
     pair = [n for n in ("cifar10_run", "nbval") if n in args.sections]
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as logs:
-        for name, own_box in zip(SEQUENTIAL, sizes.boxes):
-            if name not in args.sections:
-                continue
-            reserve = (args.train_seconds + sizes.run_overhead_s) * ("cifar10_run" in pair)
-            box = min(own_box, deadline - time.monotonic() - reserve)
-            with open(Path(logs) / f"{name}.log", "w") as log:
-                report["sections"][name] = finish(name, launch(name, args, max(box, 1), log), log)
-            report["total_seconds"] = time.monotonic() - started
-            write_report(report, out)  # after every section: a later kill keeps what was measured
-        box = deadline - time.monotonic()
-        train_seconds = min(args.train_seconds, box - sizes.run_overhead_s)
-        opened = {name: open(Path(logs) / f"{name}.log", "w") for name in pair}
-        launched = {name: launch(name, args, max(box, 1), opened[name], train_seconds=max(train_seconds, 1))
-                    for name in pair}
-        for name in pair:
-            report["sections"][name] = finish(name, launched[name], opened[name])
-            opened[name].close()
+        for name, own_box in zip(SEQUENTIAL, sizes.boxes):  # one after another, each in its box ...
+            if name in args.sections:
+                reserve = (args.train_seconds + sizes.run_overhead_s) * ("cifar10_run" in pair)
+                box = min(own_box, deadline - time.monotonic() - reserve)
+                report["sections"][name] = finish(launch(name, args, max(box, 1), logs, args.train_seconds))
+                report["total_seconds"] = time.monotonic() - started
+                write_report(report, out)  # after every section: a later kill keeps what was measured
+        box = deadline - time.monotonic()  # ... then the CIFAR-10 run and nbval side by side, in what is left
+        train_seconds = max(min(args.train_seconds, box - sizes.run_overhead_s), 1)
+        children = [launch(name, args, max(box, 1), logs, train_seconds) for name in pair]
+        for child in children:
+            report["sections"][child["name"]] = finish(child)
     report["total_seconds"] = time.monotonic() - started
     write_report(report, out)
     print(markdown(report))
@@ -559,7 +555,7 @@ def run_section(args, sizes):
         traceback.print_exc()
         result = {"status": "failed", "error": one_line(e)}
     result["seconds"] = time.perf_counter() - started
-    Path(args.result).write_text(json.dumps(result, allow_nan=False))
+    write_result(args, result)
 
 
 def fail(message):

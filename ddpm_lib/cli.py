@@ -38,56 +38,44 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _number(text: str, kind, ok, expected: str):
-    """An argparse type: kind(text) when ok(value), else one line saying what was expected."""
-    try:
+def _typed(parse, expected: str):
+    """An argparse type: parse(text), or one line saying what was expected where parse returns None or raises."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return convert
+
+
+def _in(kind, ok):
+    """kind(text) where ok(value), else None."""
+    def parse(text):
         value = kind(text)
-    except ValueError:
-        value = None
-    if value is None or not ok(value):
-        raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-    return value
+        return value if ok(value) else None
+    return parse
 
 
-def _positive_int(text):
-    return _number(text, int, lambda v: v >= 1, "a positive integer")
-
-
-def _positive_float(text):
-    return _number(text, float, lambda v: 0 < v < math.inf, "a positive number")
-
-
-def _non_negative_float(text):
-    return _number(text, float, lambda v: 0 <= v < math.inf, "a number >= 0")
-
-
-def _probability(text):
-    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-
-
-def _beta(text):
-    return _number(text, float, lambda v: 0 < v < 1, "a number in (0, 1)")
-
-
-def _int_list(text: str, what: str, allow_empty: bool) -> tuple:
-    """"3,64,128" -> (3, 64, 128); "none" or "" -> () where allowed."""
-    if allow_empty and text.strip().lower() in ("", "none"):
-        return ()
-    try:
+def _int_list(allow_empty: bool):
+    """"3,64,128" -> (3, 64, 128) of positive ints; "none" or "" -> () where allowed."""
+    def parse(text):
+        if allow_empty and text.strip().lower() in ("", "none"):
+            return ()
         values = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        values = ()
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    return values
+        return values if min(values) >= 1 else None
+    return parse
 
 
-def _ch_list(text):
-    return _int_list(text, "comma-separated positive channel counts, e.g. 3,64,128,256,512", False)
-
-
-def _levels(text):
-    return _int_list(text, "comma-separated level indices into --ch-list, e.g. 1,2 (or none)", True)
+_positive_int = _typed(_in(int, lambda v: v >= 1), "a positive integer")
+_positive_float = _typed(_in(float, lambda v: 0 < v < math.inf), "a positive number")
+_non_negative_float = _typed(_in(float, lambda v: 0 <= v < math.inf), "a number >= 0")
+_probability = _typed(_in(float, lambda v: 0 <= v < 1), "a number in [0, 1)")
+_beta = _typed(_in(float, lambda v: 0 < v < 1), "a number in (0, 1)")
+_ch_list = _typed(_int_list(False), "comma-separated positive channel counts, e.g. 3,64,128,256,512")
+_levels = _typed(_int_list(True), "comma-separated level indices into --ch-list, e.g. 1,2 (or none)")
 
 
 def _preset(text):
@@ -413,12 +401,11 @@ def _fid(args) -> None:
         raise FileNotFoundError(f"--ref {args.ref}: no such folder (expected cifar10 or a folder of images)")
     ckpt = read_checkpoint(ckpt_path)  # a clear error before any sampling
     _check_guidance(args, ckpt["unet_config"].get("num_classes"))
-    steps = args.steps or SAMPLERS[args.sampler].default_steps or len(ckpt["schedule"]["betas"])
-    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
+    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=args.steps, ref=args.ref,
                                  data_root=args.data_root, batch_size=args.batch_size, device=args.device,
                                  seed=args.seed, guidance_scale=args.guidance)
     guided = f"_cfg{args.guidance:g}" if args.guidance != 1 else ""
-    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{steps}{guided}_n{args.n}.json")
+    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{result['steps']}{guided}_n{args.n}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}  ({path})")
 

@@ -1,4 +1,4 @@
-"""Classifier-free guidance (Ho & Salimans 2022), the helpers of notebook 08: an exact toy, a shape classifier, a viewer.
+"""Classifier-free guidance (Ho & Salimans 2022), notebook 08's helpers: an exact toy, a shape classifier, a viewer.
 
 GaussianClasses is 2-D labelled data whose class y is a mixture of isotropic Gaussians N(mu_k, s_k^2 I). Under the
 forward process (Eq. 4) each component stays Gaussian: x_t | k ~ N(a mu_k, v_k I) with a = sqrt(alpha_bar_t),
@@ -47,7 +47,8 @@ class GaussianClasses:
             raise ValueError(f"weights must be > 0 and sum to 1, got {self.weights.tolist()}")
         self.num_classes = int(self.classes.max()) + 1
         if int(self.classes.min()) < 0 or set(self.classes.tolist()) != set(range(self.num_classes)):
-            raise ValueError(f"classes must use every label 0..K-1 (K = {self.num_classes}), got {self.classes.tolist()}")
+            raise ValueError(f"classes must use every label 0..K-1 (K = {self.num_classes}), "
+                             f"got {self.classes.tolist()}")
 
     def _check_y(self, y, n: int) -> torch.Tensor:
         y = torch.as_tensor(y)

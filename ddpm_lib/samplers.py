@@ -116,24 +116,38 @@ def _cpu_coefficients(schedule: NoiseSchedule):
             schedule.sqrt_one_minus_alphas_cumprod.double().cpu().tolist())
 
 
+def _check_timestep(t, T: int, name: str) -> int:
+    """t itself when it is an integer timestep in [0, T-1], else a ValueError naming the argument."""
+    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= T - 1:
+        raise ValueError(f"{name} must be an integer timestep in [0, T-1={T - 1}], got {t!r}")
+    return t
+
+
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                 return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
-    """Algorithm 2, ancestral sampling through all T steps.
+                t_start: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
+    """Algorithm 2, ancestral sampling through all T steps, or part-way from t_start.
 
     variance="beta" uses sigma_t^2 = beta_t (the paper's CIFAR-10 choice); "posterior" uses
     sigma_t^2 = beta_tilde_t (Eq. 7, `posterior_log_variance_clipped`). The mean is the posterior mean
     (Eq. 7) of the (clipped) predicted x0, which equals Eq. 11 when nothing is clipped.
+    t_start: the timestep x_T belongs to (None: T-1). Below T-1, x_T is an x_t given by the caller (e.g.
+    q_sample(x0, t_start, eps), Figs. 7-8) and the chain runs t_start, ..., 0 (its trajectory too), drawing
+    one z per step t > 0 as the full chain does from there.
     """
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    t_start = _check_timestep(schedule.steps - 1 if t_start is None else t_start, schedule.steps, "t_start")
+    if t_start < schedule.steps - 1 and x_T is None:
+        raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
+                         f"t_start = T-1 = {schedule.steps - 1})")
     schedule, x = _start(schedule, shape, generator, device, x_T)
     y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     traj = _Trajectory(return_trajectory)
-    for t in tqdm(range(schedule.steps - 1, -1, -1), disable=not progress, desc="DDPM"):   # Algorithm 2, line 2
+    for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
         x0, t_batch = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)
         traj.add(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7

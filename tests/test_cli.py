@@ -16,7 +16,7 @@ from PIL import Image
 
 from ddpm_lib.checkpoint import load_model
 from ddpm_lib.cli import main
-from ddpm_lib.data import SHAPE_KINDS
+from ddpm_lib.data import SHAPE_KINDS, make_shapes
 from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
 from ddpm_lib.train import Trainer, TrainConfig
@@ -156,6 +156,32 @@ def test_bad_input_is_one_line_on_stderr(files, case, capsys, monkeypatch, one_t
     out, err = capsys.readouterr()
     assert_one_line_error((rc, out, err), message)
     assert not (files / "new").exists() and not (files / "pipe").exists(), "a refused command wrote something"
+
+
+class ChannelMeans(torch.nn.Module):
+    """A stand-in for Inception (whose weights would be downloaded): uint8 (N,3,H,W) -> (N, 3) channel means."""
+
+    def forward(self, images):
+        return images.float().mean(dim=(2, 3))
+
+
+def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, capsys, monkeypatch, one_thread):
+    from ddpm_lib import metrics
+
+    monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
+    monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    ref = files / "ref"
+    ref.mkdir(exist_ok=True)
+    for i, image in enumerate(make_shapes(6, size=16, seed=5)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(ref / f"{i}.png")
+    rc = main(["fid", "--ckpt", str(files / "cond"), "--n", "6", "--steps", "2", "--ref", str(ref),
+               "--guidance", "2", "--device", "cpu"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
+    expected = metrics.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
+                                           feature_extractor=ChannelMeans(), progress=False)
+    assert result["guidance_scale"] == 2 and result["fid"] == expected["fid"] and f"FID {result['fid']:.3f}" in out
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,20 @@
-"""The project's front door stays consistent: pyproject, environment.yml, Makefile, CI and README."""
+"""The project's front door stays consistent: pyproject, environment.yml, Makefile, CI and README; and the
+Makefile's commands work: `make lab` starts JupyterLab (as root too), `make docs` output is never collected."""
+import importlib.metadata
+import json
+import os
 import re
+import shlex
+import shutil
+import socket
+import subprocess
+import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 
+import nbformat
 import pytest
 
 yaml = pytest.importorskip("yaml")
@@ -58,3 +70,88 @@ def test_ci_runs_the_readme_test_command():
     recipe = makefile.split("\ntest: setup\n", 1)[1].split("\n\n", 1)[0]
     assert "pytest tests notebooks --nbval-lax" in recipe
     assert "torch==2.14.1 torchvision==0.29.1" in makefile
+
+
+def _make_n(*args) -> list[str]:
+    """The commands `make -n ARGS` would run (here, in the repository)."""
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    out = subprocess.run(["make", "-n", *args], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return out.splitlines()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_make_lab_starts_jupyterlab_as_this_user_root_included(tmp_path):
+    """`make lab` runs the command it prints; started with the Makefile's arguments, JupyterLab serves /api
+    (as root: only with --allow-root, which the Makefile adds when `id -u` is 0)."""
+    port = _free_port()
+    line = next(ln for ln in _make_n("lab", f"LAB_ARGS=--no-browser --port={port}") if "jupyter lab" in ln)
+    assert ("--allow-root" in line) == (os.geteuid() == 0)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "workspaces")}
+    lab = subprocess.Popen(shlex.split(line), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           text=True)
+    try:
+        deadline, answer = time.monotonic() + 120, None
+        while answer is None and lab.poll() is None and time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=5) as r:
+                    answer = json.load(r)
+            except OSError:
+                time.sleep(1)
+    finally:
+        lab.terminate()
+        try:
+            output = lab.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            lab.kill()
+            output = lab.communicate()[0]
+    assert answer is not None, f"JupyterLab did not serve /api: {output[-2000:]}"
+    assert "version" in answer
+
+
+def test_make_docs_executes_the_series_at_real_sizes_into_docs_notebooks():
+    lines = _make_n("docs")
+    line = next(ln for ln in lines if "nbconvert" in ln)
+    assert line.startswith("DDPM_SMOKE=0 ") and "--execute" in line  # never smoke mode, whatever the shell has
+    assert any("--output-dir docs/notebooks notebooks/0*.ipynb" in ln for ln in lines)
+
+
+def _notebook(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")])
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.slow
+def test_executed_notebooks_in_docs_are_never_collected(tmp_path):
+    """With this pyproject's pytest settings, `make test`'s command, plain pytest and `pytest .` leave docs/ alone."""
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    _notebook(tmp_path / "docs" / "notebooks" / "01_executed.ipynb")
+    _notebook(tmp_path / "notebooks" / "01_series.ipynb")
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_one.py").write_text("def test_one():\n    pass\n")
+    for args in (["tests", "notebooks", "--nbval-lax"], ["--nbval-lax"], ["--nbval-lax", "."]):
+        proc = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+                               *args], cwd=tmp_path, capture_output=True, text=True)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "test_one" in proc.stdout
+        assert "01_executed" not in proc.stdout, args
+        assert ("01_series.ipynb" in proc.stdout) == (args != ["--nbval-lax"])  # testpaths: tests/ only
+
+
+def test_gpu_wheels_resolves_what_the_packages_need_without_the_pytorch_stack():
+    """scripts/gpu_wheels.py pins the whole requirement tree from this environment's metadata (no network)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import gpu_wheels
+
+    pins = gpu_wheels.closure(["nbval", "torch-fidelity"], "3.12")
+    assert {"nbval", "ipykernel", "jupyter-client", "nbformat", "torch-fidelity"} <= set(pins)
+    assert not {"torch", "torchvision", "numpy", "scipy", "pillow"} & set(pins)
+    assert all(pins[name] == importlib.metadata.version(name) for name in pins)

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import MICRO, MU, S, IdealEps, check_moments, gen, perturbed
 
-from ddpm_lib.paper_figures import ancestral_from, coarse_to_fine, interpolate, progressive_generation
+from ddpm_lib.paper_figures import coarse_to_fine, interpolate, progressive_generation
 from ddpm_lib.samplers import ddim_timesteps, ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import UNet
@@ -50,6 +50,18 @@ def test_coarse_to_fine_shapes_and_default_timesteps(one_thread):
     out = coarse_to_fine(IDEAL, SCHEDULE, x0, n_continuations=3, generator=gen(1))
     assert out["t"] == [999, 750, 500, 250]
     assert out["x_t"].shape == (4, 2, 1, 4, 4) and out["samples"].shape == (4, 3, 2, 1, 4, 4)
+
+
+def test_coarse_to_fine_continues_x_t_with_ddpm_sample_from_t(one_thread):
+    """After its one eps draw, each t's k continuations are one ddpm_sample call from x_t repeated k times."""
+    x0 = gaussian_images((2, 1, 4, 4), 0)
+    out = coarse_to_fine(IDEAL, SCHEDULE, x0, ts=[300, 40], n_continuations=3, generator=gen(1))
+    g = gen(1)
+    torch.randn(x0.shape, generator=g)                                  # coarse_to_fine's eps
+    for i, t in enumerate([300, 40]):
+        x_T = out["x_t"][i].repeat(3, 1, 1, 1)                          # (3 B, C, H, W)
+        x = ddpm_sample(IDEAL, SCHEDULE, x_T.shape, generator=g, x_T=x_T, t_start=t)
+        assert torch.equal(out["samples"][i], x.reshape(3, 2, 1, 4, 4))
 
 
 def test_continuing_from_T_minus_1_reproduces_the_data_distribution(one_thread):
@@ -101,6 +113,27 @@ def test_interpolation_shares_eps_and_the_reverse_noise_across_lambdas(one_threa
     torch.testing.assert_close(s25, 0.75 * s0 + 0.25 * s1, rtol=0, atol=1e-5)
 
 
+def test_interpolation_decodes_every_lambda_from_the_same_generator_state(one_thread):
+    """Each row is ddpm_sample from x_t(lambda) at t, started from the generator state after the eps draw."""
+    x0_a, x0_b = gaussian_images((2, 1, 4, 4), 15), gaussian_images((2, 1, 4, 4), 16)
+    out = interpolate(IDEAL, SCHEDULE, x0_a, x0_b, 60, lambdas=[0.0, 0.5, 1.0], generator=gen(17))
+    g = gen(17)
+    torch.randn(x0_a.shape, generator=g)                                # interpolate's eps
+    state = g.get_state()
+    for x_t, sample in zip(out["x_t"], out["samples"]):
+        g.set_state(state)
+        assert torch.equal(sample, ddpm_sample(IDEAL, SCHEDULE, x_t.shape, generator=g, x_T=x_t, t_start=60))
+    assert not torch.equal(out["samples"][0], out["samples"][2])
+
+
+def test_interpolation_without_a_generator_still_shares_the_reverse_noise(one_thread):
+    """With torch's global generator the rows still get the same z at each step (affine in lambda, as above)."""
+    x0_a, x0_b = gaussian_images((1, 1, 6, 6), 18).clamp(-0.4, 0.8), gaussian_images((1, 1, 6, 6), 19).clamp(-0.4, 0.8)
+    torch.manual_seed(0)
+    s0, s50, s1 = interpolate(IDEAL, SCHEDULE, x0_a, x0_b, 300, lambdas=[0.0, 0.5, 1.0])["samples"]
+    torch.testing.assert_close(s50, 0.5 * (s0 + s1), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("figure", ["progressive", "coarse_to_fine", "interpolate"])
 def test_figures_are_deterministic_in_the_generator(figure, one_thread):
     x0_a, x0_b = gaussian_images((2, 1, 4, 4), 13), gaussian_images((2, 1, 4, 4), 14)
@@ -128,5 +161,3 @@ def test_bad_arguments_are_value_errors():
         interpolate(IDEAL, SCHEDULE, x0, x0, -1)
     with pytest.raises(ValueError, match="image_shape"):
         progressive_generation(IDEAL, SCHEDULE, 2, 3)
-    with pytest.raises(ValueError, match="noise_groups=3 must divide the batch size 2"):
-        ancestral_from(IDEAL, SCHEDULE, x0, 5, noise_groups=3)

@@ -497,6 +497,45 @@ def test_generate_images_takes_keywords_after_n():
         generate_images(TinyNet(), NoiseSchedule.linear(10), 2, "ddim", 3)
 
 
+# ---- ddpm_sample started part-way (t_start) ----------------------------------------------------
+
+@pytest.mark.parametrize("given_x_T", [False, True])
+def test_ddpm_from_t_start_T_minus_1_is_the_default_chain(given_x_T):
+    schedule = NoiseSchedule.linear(20)
+    kw = {"x_T": torch.randn(SHAPE, generator=gen(13))} if given_x_T else {}
+    x, traj = ddpm_sample(fake_model, schedule, SHAPE, generator=gen(14), return_trajectory=True, **kw)
+    x_19, traj_19 = ddpm_sample(fake_model, schedule, SHAPE, generator=gen(14), return_trajectory=True,
+                                t_start=19, **kw)
+    assert torch.equal(x, x_19) and traj["t"] == traj_19["t"]
+    assert torch.equal(traj["x_t"], traj_19["x_t"]) and torch.equal(traj["x0_pred"], traj_19["x0_pred"])
+
+
+@pytest.mark.parametrize("variance", ["beta", "posterior"])
+@pytest.mark.parametrize("k", [0, 1, 350])
+def test_ddpm_from_t_start_k_is_the_tail_of_the_full_chain(k, variance):
+    """From the full chain's state at t = k, with the generator where the chain had it (after x_T and one z
+    per step T-1 ... k+1), the last k+1 steps are repeated exactly, trajectory included."""
+    schedule, shape = NoiseSchedule.linear(), (3, 1, 4, 4)
+    ideal = IdealEps(schedule)
+    x, full = ddpm_sample(ideal, schedule, shape, variance, generator=gen(15), return_trajectory=True)
+    g = gen(15)
+    for _ in range(1 + 999 - k):                                      # x_T, then z at t = 999 ... k+1
+        torch.randn(shape, generator=g)
+    i = full["t"].index(k)
+    x_k, part = ddpm_sample(ideal, schedule, shape, variance, generator=g, return_trajectory=True,
+                            x_T=full["x_t"][i], t_start=k)
+    assert part["t"] == list(range(k, -1, -1)) == full["t"][i:]
+    assert torch.equal(x_k, x)
+    assert torch.equal(part["x_t"], full["x_t"][i:]) and torch.equal(part["x0_pred"], full["x0_pred"][i:])
+
+
+@pytest.mark.parametrize("t_start", [20, -1, 5.0, True])
+def test_ddpm_rejects_a_t_start_outside_the_schedule(t_start):
+    match = r"t_start must be an integer timestep in \[0, T-1=19\], got " + repr(t_start)
+    with pytest.raises(ValueError, match=match):
+        ddpm_sample(fake_model, NoiseSchedule.linear(20), SHAPE, x_T=torch.zeros(SHAPE), t_start=t_start)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
@@ -510,6 +549,7 @@ def test_generate_images_takes_keywords_after_n():
     (lambda s: dpm_solver_sample(fake_model, s, SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_timesteps(s, 21), r"steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_sample(fake_model, s, SHAPE, x_T=torch.zeros(1, 3, 4, 4)), "x_T must have shape"),
+    (lambda s: ddpm_sample(fake_model, s, SHAPE, t_start=5), "t_start=5 needs x_T"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
