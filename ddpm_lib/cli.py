@@ -1,33 +1,23 @@
 """python -m ddpm_lib train | sample | fid | export   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP).
 
-Every usage or input error is one line `error: ...` on stderr and a non-zero exit, without a traceback.
+Every usage or input error is one line `error: ...` on stderr and a non-zero exit (2: usage, 1: input,
+130: interrupted), without a traceback. This module holds the argparse types both halves share, the parser,
+`sample`, `fid`, `export` and `main`; the `train` command lives in cli_train.py.
 """
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import sys
-from contextlib import contextmanager
-from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
 
-from .samplers import SAMPLERS
-from .schedule import NoiseSchedule, linear_betas
-from .train import TrainConfig
-from .unet import PRESETS
+from .samplers import SAMPLERS, resolve_steps
 
-SEED_NET = PRESETS["seed"]                              # the seed's network: the knobs' documented defaults
-SEED_SCHEDULE = inspect.signature(linear_betas).parameters  # the seed's schedule: steps, beta_min, beta_max
-KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
-         "temb_dim": "--temb-dim", "dropout": "--dropout"}  # UNetConfig field -> the train flag that overrides it
-TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "log_every", "sample_every", "checkpoint_every",
-                   "cond_drop_prob")  # TrainConfig fields a flag may set, also when resuming
 STEPS_HELP = "sampler steps (default: " + ", ".join(
-    f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items()) + ")"
+    f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items()) + "; at most T)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,7 +28,8 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _typed(parse, expected: str):
+# -- argparse types (shared with cli_train) ---------------------------------------------------------------------
+def arg_type(parse, expected: str):
     """An argparse type: parse(text), or one line saying what was expected where parse returns None or raises."""
     def convert(text: str):
         try:
@@ -51,7 +42,7 @@ def _typed(parse, expected: str):
     return convert
 
 
-def _in(kind, ok):
+def where(kind, ok):
     """kind(text) where ok(value), else None."""
     def parse(text):
         value = kind(text)
@@ -59,136 +50,63 @@ def _in(kind, ok):
     return parse
 
 
-def _int_list(allow_empty: bool):
-    """"3,64,128" -> (3, 64, 128) of positive ints; "none" or "" -> () where allowed."""
-    def parse(text):
-        if allow_empty and text.strip().lower() in ("", "none"):
-            return ()
-        values = tuple(int(part) for part in text.split(","))
-        return values if min(values) >= 1 else None
-    return parse
+positive_int = arg_type(where(int, lambda v: v >= 1), "a positive integer")
+non_negative_int = arg_type(where(int, lambda v: v >= 0), "an integer >= 0")
+non_negative_float = arg_type(where(float, lambda v: 0 <= v < math.inf), "a number >= 0")
+_fid_samples = arg_type(where(int, lambda v: v >= 2), "an integer >= 2 (FID needs two samples)")
 
 
-_positive_int = _typed(_in(int, lambda v: v >= 1), "a positive integer")
-_positive_float = _typed(_in(float, lambda v: 0 < v < math.inf), "a positive number")
-_non_negative_float = _typed(_in(float, lambda v: 0 <= v < math.inf), "a number >= 0")
-_probability = _typed(_in(float, lambda v: 0 <= v < 1), "a number in [0, 1)")
-_beta = _typed(_in(float, lambda v: 0 < v < 1), "a number in (0, 1)")
-_ch_list = _typed(_int_list(False), "comma-separated positive channel counts, e.g. 3,64,128,256,512")
-_levels = _typed(_int_list(True), "comma-separated level indices into --ch-list, e.g. 1,2 (or none)")
-
-
-def _preset(text):
-    if text not in PRESETS:
-        raise argparse.ArgumentTypeError(f"unknown preset {text!r}; expected one of {sorted(PRESETS)}")
-    return text
-
-
-def _device(text: str) -> torch.device:
+def device_arg(text: str) -> torch.device:
+    """--device: a torch device that exists here."""
     try:
         device = torch.device(text)
     except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda, cuda:1 or mps, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda, cuda:1 or mps, "
+                                         f"got {text!r}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r} requested but CUDA is not available here")
     return device
 
 
-def _show(value) -> str:
-    """A flag's value as it is typed: (3, 64) -> "3,64", () -> "none"."""
-    if isinstance(value, (tuple, list)):
-        return ",".join(map(str, value)) or "none"
-    return str(value)
-
-
-def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a UNet (Algorithm 1); DDP under torchrun")
-    p.add_argument("--preset", type=_preset, help=f"UNet preset: {', '.join(PRESETS)} (needed for a new run)")
-    p.add_argument("--data", help="cifar10, shapes, or a folder of images (default on --resume: the run's)")
-    p.add_argument("--data-root", default="data", help="CIFAR-10 root (downloaded there when missing)")
-    p.add_argument("--steps", type=_positive_int, required=True, help="total optimizer steps to reach (also on --resume)")
-    p.add_argument("--batch-size", type=_positive_int, help=f"global batch size, split over DDP ranks "
-                                                            f"(default {TrainConfig.batch_size})")
-    p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.jsonl, samples/")
-    p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt when it exists; flags that "
-                   "would change its network, schedule, data or seed are refused")
-    p.add_argument("--seed", type=int, help=f"seed of init, data order, noise and dropout (default {TrainConfig.seed})")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", type=_device, help="cpu, cuda, mps (default: the best available)")
-    p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
-    p.add_argument("--warmup-steps", type=int, help=f"linear warm-up steps (default {TrainConfig.warmup_steps})")
-    p.add_argument("--ema-decay", type=float, help=f"EMA decay (default {TrainConfig.ema_decay}; short runs want "
-                                                   f"less, e.g. 0.999)")
-    p.add_argument("--log-every", type=_positive_int, help=f"steps between loss read-backs "
-                                                           f"(default {TrainConfig.log_every})")
-    p.add_argument("--sample-every", type=int, help=f"steps between sample grids, 0 = never "
-                                                    f"(default {TrainConfig.sample_every})")
-    p.add_argument("--checkpoint-every", type=int, help=f"steps between checkpoints "
-                                                        f"(default {TrainConfig.checkpoint_every})")
-    p.add_argument("--n-images", type=_positive_int, help="shapes: how many to make; else keep the first N")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
-    g.add_argument("--timesteps", type=_positive_int, metavar="T",
-                   help=f"diffusion steps T (default {SEED_SCHEDULE['steps'].default})")
-    g.add_argument("--schedule", choices=("linear", "cosine"), help="beta schedule (default linear)")
-    g.add_argument("--beta-min", type=_beta, metavar="B", help=f"beta_1 of the linear schedule "
-                                                               f"(default {SEED_SCHEDULE['beta_min'].default})")
-    g.add_argument("--beta-max", type=_beta, metavar="B", help=f"beta_T of the linear schedule "
-                                                               f"(default {SEED_SCHEDULE['beta_max'].default})")
-    g.add_argument("--heads", dest="num_heads", type=_positive_int, metavar="H",
-                   help=f"attention heads (seed: {SEED_NET.num_heads}; default: the preset's)")
-    g.add_argument("--ch-list", type=_ch_list, metavar="C,C,...",
-                   help=f"image channels, then each level's (seed: {_show(SEED_NET.ch_list)}; default: the preset's)")
-    g.add_argument("--attention-layer", type=_levels, metavar="L,L",
-                   help=f"levels with self-attention, indices into --ch-list, or none "
-                        f"(seed: {_show(SEED_NET.attention_layer)}; default: the preset's)")
-    g.add_argument("--temb-dim", type=_positive_int, metavar="D",
-                   help=f"size of the sinusoidal time embedding (seed: {SEED_NET.temb_dim}; default: the preset's)")
-    g.add_argument("--dropout", type=_probability, help=f"dropout in the res blocks (seed: {SEED_NET.dropout}; "
-                                                        f"default: the preset's)")
-    g = p.add_argument_group("class conditioning (classifier-free guidance)")
-    g.add_argument("--class-cond", action="store_true", help="condition on the data's labels: CIFAR-10 classes, "
-                   "shape kinds, or a folder's class sub-folders")
-    g.add_argument("--cond-drop-prob", type=_probability, help=f"how often a label is dropped in training "
-                                                               f"(default {TrainConfig.cond_drop_prob})")
-    p.set_defaults(run=_train)
-
-
+# -- the parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The `python -m ddpm_lib` parser; each sub-command sets `run`, the function main() calls with the args."""
+    from .cli_train import add_train_parser  # cli_train imports this module's argparse types
+
     parser = _Parser(prog="python -m ddpm_lib",
                      description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,export}")
-    _add_train(sub)
+    add_train_parser(sub)
     ckpt_help = "a checkpoint file written by train, or its run folder"
 
     p = sub.add_parser("sample", help="sample a grid of images from a checkpoint")
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
-    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
-    p.add_argument("--n", type=_positive_int, default=64, help="number of images (default 64)")
+    p.add_argument("--steps", type=positive_int, help=STEPS_HELP)
+    p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", required=True, help="PNG file for the grid")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="label", type=int, metavar="K",
                    help="class-conditional models: every image of class K (default: the classes in turn)")
-    p.add_argument("--guidance", type=_non_negative_float, default=1.0, metavar="S",
+    p.add_argument("--guidance", type=non_negative_float, default=1.0, metavar="S",
                    help="classifier-free guidance scale: 0 unconditional, 1 conditional (default), > 1 guided")
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="images per sampler call")
-    p.add_argument("--device", type=_device)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per sampler call")
+    p.add_argument("--device", type=device_arg)
     p.set_defaults(run=_sample)
 
     p = sub.add_parser("fid", help="FID and KID of a checkpoint's EMA samples")
     p.add_argument("--ckpt", required=True, help=ckpt_help)
-    p.add_argument("--n", type=_positive_int, default=50_000, help="samples to draw (paper: 50,000)")
+    p.add_argument("--n", type=_fid_samples, default=50_000, help="samples to draw (paper: 50,000)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
-    p.add_argument("--steps", type=_positive_int, help=STEPS_HELP)
+    p.add_argument("--steps", type=positive_int, help=STEPS_HELP)
     p.add_argument("--ref", default="cifar10", help="cifar10 (training split) or a folder of images")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root for --ref cifar10")
-    p.add_argument("--guidance", type=_non_negative_float, default=1.0, metavar="S",
+    p.add_argument("--guidance", type=non_negative_float, default=1.0, metavar="S",
                    help="class-conditional models: guidance scale (labels balanced over the classes)")
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", type=_device)
+    p.add_argument("--device", type=device_arg)
     p.set_defaults(run=_fid)
 
     p = sub.add_parser("export", help="write a diffusers DDPMPipeline folder (safetensors) of a checkpoint")
@@ -197,164 +115,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
     p.set_defaults(run=_export)
     return parser
-
-
-# -- train ------------------------------------------------------------------------------------------------------
-def _init_distributed(device: torch.device | None) -> torch.device:
-    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL on CUDA, gloo otherwise."""
-    import os
-
-    import torch.distributed as dist
-
-    from .device import default_device
-
-    device = device if device is not None else default_device()
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return device
-
-
-@contextmanager
-def _rank_zero_first():
-    """Under DDP, rank 0 downloads / decodes the data first; the other ranks then read its files or cache."""
-    import torch.distributed as dist
-
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    if not first:
-        dist.barrier()
-    yield
-    if first and dist.is_initialized():
-        dist.barrier()
-
-
-def _schedule(args) -> NoiseSchedule:
-    """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max."""
-    T = args.timesteps or SEED_SCHEDULE["steps"].default
-    if args.schedule == "cosine":
-        if args.beta_min is not None or args.beta_max is not None:
-            raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
-        return NoiseSchedule.cosine(T)
-    beta_min = args.beta_min if args.beta_min is not None else SEED_SCHEDULE["beta_min"].default
-    beta_max = args.beta_max if args.beta_max is not None else SEED_SCHEDULE["beta_max"].default
-    if beta_min >= beta_max:
-        raise ValueError(f"--beta-min {beta_min} must be < --beta-max {beta_max}")
-    return NoiseSchedule.linear(T, beta_min, beta_max)
-
-
-def _network(args):
-    """The UNetConfig of --preset with the knobs given; a bad combination names its flags."""
-    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
-    try:
-        return replace(PRESETS[args.preset], **given)
-    except ValueError as e:
-        flags = [flag for name, flag in KNOBS.items() if name in given and name in str(e)]
-        flags = flags or [KNOBS[name] for name in given]
-        raise ValueError(f"{'/'.join(flags)}: {e} (with --preset {args.preset})") from None
-
-
-def _data_id(data: str) -> str:
-    """What --data names: cifar10 or shapes, else the folder's absolute path."""
-    return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
-
-
-def _resume_conflicts(args, ckpt: dict, path: Path) -> list:
-    """The flags given that disagree with the checkpoint being resumed (flags left out never do)."""
-    from .checkpoint import config_from_dict
-    from .pretrained import scheduler_config
-    from .unet import UNetConfig
-
-    net, train = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
-    data = ckpt.get("data") or {}
-    sched = scheduler_config(NoiseSchedule.from_state_dict(ckpt["schedule"]))
-    kind = {"linear": "linear", "squaredcos_cap_v2": "cosine"}.get(sched.get("beta_schedule"), "custom")
-    stored = {"--seed": train["seed"], "--batch-size": train["batch_size"],
-              "--timesteps": sched["num_train_timesteps"], "--schedule": kind,
-              "--beta-min": sched.get("beta_start", f"none ({kind} schedule)"),
-              "--beta-max": sched.get("beta_end", f"none ({kind} schedule)"),
-              **{flag: getattr(net, name) for name, flag in KNOBS.items()}}
-    given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
-             "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,
-             **{flag: getattr(args, name) for name, flag in KNOBS.items()}}
-    if data:
-        stored.update({"--data": data.get("data"), "--n-images": data.get("n")})
-        given.update({"--data": args.data and _data_id(args.data), "--n-images": args.n_images})
-    conflicts = [f"{flag} {_show(value)} (the run's: {_show(stored[flag])})" for flag, value in given.items()
-                 if value is not None and value != stored[flag]]
-    if args.preset is not None:  # the preset's other fields (the knobs given are compared above)
-        preset = PRESETS[args.preset]
-        differ = [f.name for f in fields(preset) if f.name not in KNOBS and f.name != "num_classes"
-                  and getattr(preset, f.name) != getattr(net, f.name)]
-        conflicts += [f"--preset {args.preset} (the run's network differs in {', '.join(differ)})"] if differ else []
-    if args.class_cond and net.num_classes is None:
-        conflicts.append("--class-cond (the run's network is unconditional)")
-    return conflicts
-
-
-def _train(args) -> None:
-    import torch.distributed as dist
-
-    device = _init_distributed(args.device)
-    try:
-        _fit(args, device)
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-def _fit(args, device: torch.device) -> None:
-    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from .data import load_dataset
-    from .train import Trainer
-    from .unet import UNet
-
-    checkpoint = Path(args.out) / CHECKPOINT_NAME
-    if checkpoint.exists() and not args.resume:
-        raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
-                 **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
-    resuming = args.resume and checkpoint.exists()
-    if resuming:
-        ckpt = read_checkpoint(checkpoint)
-        conflicts = _resume_conflicts(args, ckpt, checkpoint)
-        if conflicts:
-            raise ValueError(f"--resume: {'; '.join(conflicts)}: leave these flags out to continue {checkpoint}, "
-                             f"or choose another --out")
-        stored = ckpt.get("data") or {}
-        data, n = args.data or stored.get("data"), args.n_images or stored.get("n")
-        if data is None:
-            raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
-        seed = ckpt["train_config"]["seed"]
-        class_cond = ckpt["unet_config"].get("num_classes") is not None
-        size = ckpt["unet_config"]["image_size"]
-    else:
-        if args.preset is None or args.data is None:
-            raise ValueError("--preset and --data are needed to start a new run")
-        data, n, seed = args.data, args.n_images, args.seed if args.seed is not None else TrainConfig.seed
-        config, schedule, class_cond = _network(args), _schedule(args), args.class_cond
-        batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
-        train_config = TrainConfig(seed=seed, **batch, **overrides)
-        size = config.image_size
-    if args.cond_drop_prob is not None and not class_cond:
-        raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
-
-    with _rank_zero_first():
-        loaded = load_dataset(data, root=args.data_root, n=n, seed=seed, size=size, with_labels=class_cond)
-    images, labels, class_names = loaded if class_cond else (loaded, None, None)
-    if resuming:
-        trainer = Trainer.load(checkpoint, device=device, **overrides)
-        if trainer.rank == 0:
-            print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
-    else:
-        torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
-        model = UNet(replace(config, num_classes=len(class_names)) if class_cond else config)
-        trainer = Trainer(model, schedule, train_config, device=device)
-    trainer.data_info = {"data": _data_id(data), "n": len(images), "size": size, "class_names": class_names}
-    trainer.fit(images, labels)
-    if trainer.rank == 0:
-        print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
 
 
 # -- sample, fid, export ----------------------------------------------------------------------------------------
@@ -369,6 +129,18 @@ def _check_guidance(args, num_classes: int | None) -> None:
         raise ValueError(f"--class {label}: expected a class in [0, {num_classes})")
 
 
+def _sampler_steps(args, T: int) -> int:
+    """--steps of --sampler on the checkpoint's T-step schedule: left out, the sampler's default capped at T
+    (resolve_steps, as generate_images and evaluate_checkpoint count them); given, checked against T."""
+    try:
+        return resolve_steps(args.sampler, args.steps, T)
+    except ValueError:
+        if SAMPLERS[args.sampler].default_steps is None:
+            raise ValueError(f"--steps {args.steps}: --sampler {args.sampler} runs all T={T} steps of the "
+                             f"checkpoint; leave --steps out, or use --sampler ddim or dpm-solver") from None
+        raise ValueError(f"--steps {args.steps}: expected at most T={T}, the checkpoint's diffusion steps") from None
+
+
 def _sample(args) -> None:
     from torchvision.utils import save_image
 
@@ -380,32 +152,35 @@ def _sample(args) -> None:
     model, schedule = load_model(args.ckpt, ema=not args.no_ema, device=device)
     K = model.config.num_classes
     _check_guidance(args, K)
+    steps = _sampler_steps(args, schedule.steps)
     y = None  # labels (n,): --class K for all, else the classes in turn
     if K is not None:
         y = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K
-    images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=args.steps,
+    images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=steps,
                              batch_size=args.batch_size, seed=args.seed, y=y, guidance_scale=args.guidance,
                              device=device, progress=True)  # uint8 (n, 3, H, W)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float() / 255, out, nrow=math.ceil(math.sqrt(args.n)))
-    print(f"wrote {out}", file=sys.stderr)
+    print(f"wrote {out} ({args.n} images, {args.sampler} with {steps} steps)", file=sys.stderr)
 
 
 def _fid(args) -> None:
     from .checkpoint import read_checkpoint, resolve_checkpoint
     from .metrics import evaluate_checkpoint
+    from .schedule import NoiseSchedule
 
     ckpt_path = resolve_checkpoint(args.ckpt)
     if args.ref != "cifar10" and not Path(args.ref).is_dir():
         raise FileNotFoundError(f"--ref {args.ref}: no such folder (expected cifar10 or a folder of images)")
     ckpt = read_checkpoint(ckpt_path)  # a clear error before any sampling
     _check_guidance(args, ckpt["unet_config"].get("num_classes"))
-    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=args.steps, ref=args.ref,
+    steps = _sampler_steps(args, NoiseSchedule.from_state_dict(ckpt["schedule"]).steps)
+    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
                                  data_root=args.data_root, batch_size=args.batch_size, device=args.device,
                                  seed=args.seed, guidance_scale=args.guidance)
     guided = f"_cfg{args.guidance:g}" if args.guidance != 1 else ""
-    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{result['steps']}{guided}_n{args.n}.json")
+    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{steps}{guided}_n{args.n}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}  ({path})")
 
@@ -424,6 +199,7 @@ def _export(args) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default: sys.argv[1:]); the exit status (a usage error exits 2 itself)."""
     args = build_parser().parse_args(argv)
     try:
         args.run(args)

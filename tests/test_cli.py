@@ -9,15 +9,16 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy
 import pytest
 import torch
-from helpers import MICRO, Payload
+from helpers import MICRO, Payload, perturbed
 from PIL import Image
 
 from ddpm_lib.checkpoint import load_model
 from ddpm_lib.cli import main
 from ddpm_lib.data import SHAPE_KINDS, make_shapes
-from ddpm_lib.samplers import SAMPLERS
+from ddpm_lib.samplers import SAMPLERS, generate_images
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
 from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import PRESETS, UNet, UNetConfig
@@ -59,10 +60,12 @@ def assert_one_line_error(run, message):
     assert err.startswith("error: ") and message in err, err
 
 
-def micro_checkpoint(path, **unet):
+def micro_checkpoint(path, T=10, perturb=False, **unet):
     torch.manual_seed(0)
     config = TrainConfig(batch_size=2, steps=1, out_dir=str(path), progress=False)
-    return Trainer(UNet(replace(MICRO, **unet)), NoiseSchedule.linear(10), config, device="cpu").save()
+    model = UNet(replace(MICRO, **unet))
+    model = perturbed(model) if perturb else model  # random output layers: the step count shows in the samples
+    return Trainer(model, NoiseSchedule.linear(T), config, device="cpu").save()
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,7 @@ def files(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bad")
     path = micro_checkpoint(tmp / "run")
     micro_checkpoint(tmp / "cond", num_classes=3)
+    micro_checkpoint(tmp / "t20", T=20, perturb=True)  # fewer diffusion steps than DDIM's default 50
     (tmp / "truncated.pt").write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     (tmp / "random.pt").write_bytes(os.urandom(4096))
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp / "other.pt")
@@ -84,7 +88,7 @@ def bad_input(tmp):
     train = ("train", "--preset", "tiny", "--out", tmp / "new", "--batch-size", "2")
     shapes = train + ("--data", "shapes", "--n-images", "4", "--steps", "1")
     sample = ("sample", "--n", "1", "--out", tmp / "grid.png", "--device", "cpu", "--ckpt")
-    run, cond = tmp / "run", tmp / "cond"
+    run, cond, t20 = tmp / "run", tmp / "cond", tmp / "t20"
     return {
         "missing checkpoint": (sample + (tmp / "nope.pt",), "checkpoint not found"),
         "run folder without checkpoint": (sample + (tmp / "empty_root",), "has no checkpoint.pt"),
@@ -95,6 +99,10 @@ def bad_input(tmp):
         "fid missing checkpoint": (("fid", "--ckpt", tmp / "nope.pt", "--n", "2"), "not found"),
         "fid missing reference": (("fid", "--ckpt", run, "--n", "2", "--ref", tmp / "no_ref"), "--ref"),
         "ddpm with fewer steps": (sample[:-1] + ("--sampler", "ddpm", "--steps", "3", "--ckpt", run), "steps"),
+        "ddim steps beyond T": (sample + (t20, "--steps", "30"), "--steps 30: expected at most T=20"),
+        "fid steps beyond T": (("fid", "--ckpt", t20, "--n", "2", "--steps", "21"),
+                               "--steps 21: expected at most T=20"),
+        "fid of one sample": (("fid", "--ckpt", run, "--n", "1"), "--n: expected an integer >= 2"),
         "cuda without cuda": (sample[:-2] + ("cuda", "--ckpt", run), "CUDA is not available"),
         "class of an unconditional model": (sample + (run, "--class", "1"),
                                             "--class: the checkpoint's network is unconditional"),
@@ -118,6 +126,7 @@ def bad_input(tmp):
         "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected a positive integer"),
         "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
                                            "--out", run), "--resume"),
+        "negative sample interval": (shapes + ("--sample-every", "-1"), "--sample-every: expected an integer >= 0"),
         "ema decay of 1 or more": (shapes + ("--ema-decay", "1.5"), "TrainConfig.ema_decay must be in [0, 1)"),
         "beta_min >= beta_max": (shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
                                  "--beta-min 0.02 must be < --beta-max 0.01"),
@@ -165,15 +174,21 @@ class ChannelMeans(torch.nn.Module):
         return images.float().mean(dim=(2, 3))
 
 
-def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, capsys, monkeypatch, one_thread):
+@pytest.fixture(scope="module")
+def ref(files):
+    """A folder of 6 reference images for `fid --ref`."""
+    ref = files / "ref"
+    ref.mkdir()
+    for i, image in enumerate(make_shapes(6, size=16, seed=5)):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(ref / f"{i}.png")
+    return ref
+
+
+def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, ref, capsys, monkeypatch, one_thread):
     from ddpm_lib import metrics
 
     monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
     monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
-    ref = files / "ref"
-    ref.mkdir(exist_ok=True)
-    for i, image in enumerate(make_shapes(6, size=16, seed=5)):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(ref / f"{i}.png")
     rc = main(["fid", "--ckpt", str(files / "cond"), "--n", "6", "--steps", "2", "--ref", str(ref),
                "--guidance", "2", "--device", "cpu"])
     out, err = capsys.readouterr()
@@ -182,6 +197,36 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
     expected = metrics.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
                                            feature_extractor=ChannelMeans(), progress=False)
     assert result["guidance_scale"] == 2 and result["fid"] == expected["fid"] and f"FID {result['fid']:.3f}" in out
+
+
+# Without --steps a sampler runs its default, capped at the checkpoint's T = 20: DDIM's 50 would not fit.
+DEFAULT_STEPS_AT_T20 = {"ddpm": 20, "ddim": 20, "dpm-solver": 20}
+
+
+@pytest.mark.parametrize("sampler", DEFAULT_STEPS_AT_T20)
+def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, capsys, monkeypatch, one_thread):
+    from ddpm_lib import metrics
+
+    monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
+    monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    steps, grid = DEFAULT_STEPS_AT_T20[sampler], files / f"grid_{sampler}.png"
+    rc = main(["sample", "--ckpt", str(files / "t20"), "--sampler", sampler, "--n", "2", "--out", str(grid),
+               "--device", "cpu"])
+    _, err = capsys.readouterr()
+    assert rc == 0 and f"{sampler} with {steps} steps" in err, err
+    model, schedule = load_model(files / "t20", device="cpu")
+    expected = generate_images(model, schedule, 2, sampler=sampler, steps=steps, device="cpu")  # uint8 (2, 3, 16, 16)
+    pixels = torch.from_numpy(numpy.array(Image.open(grid).convert("RGB"))).permute(2, 0, 1)  # (3, 20, 38): 1x2 grid
+    torch.testing.assert_close(torch.stack([pixels[:, 2:18, 2:18], pixels[:, 2:18, 20:36]]), expected, atol=0, rtol=0)
+
+    rc = main(["fid", "--ckpt", str(files / "t20"), "--sampler", sampler, "--n", "4", "--ref", str(ref),
+               "--device", "cpu"])
+    _, err = capsys.readouterr()
+    assert rc == 0, err
+    result = json.loads((files / "t20" / f"checkpoint_fid_{sampler}{steps}_n4.json").read_text())
+    scores = metrics.evaluate_checkpoint(files / "t20", n=4, sampler=sampler, steps=steps, ref=ref, device="cpu",
+                                         feature_extractor=ChannelMeans(), progress=False)
+    assert result["steps"] == steps and result["fid"] == scores["fid"]
 
 
 @pytest.fixture(scope="module")
