@@ -3,7 +3,7 @@
 Each contender runs its usual full training step (forward, backward, gradient clipping, optimizer, EMA) on
 the same batch of 32x32 images; contenders are interleaved in every repeat so machine load hits all alike.
 Prints and writes a markdown table (images/s, forward GFLOPs per image, utilisation of the measured peak).
-benchmarks/gpu_check.py imports the contenders and the timing helpers from here.
+benchmarks/gpu_sections.py and gpu_report.py import the contenders, the timing and the table helpers from here.
 
     python benchmarks/throughput.py --device cuda --batch-size 128 --repeats 5
     python benchmarks/throughput.py --device cpu --batch-size 8 --repeats 3 --steps 2
@@ -164,6 +164,16 @@ def measured_peak(device, n=None, repeats=5) -> float:
     return 2 * n ** 3 / best
 
 
+def utilisation(images_per_s, flops_per_image, peak) -> float:
+    """Share of the measured peak a training step uses: forward + backward count as 3 forward passes."""
+    return images_per_s * 3 * flops_per_image / peak
+
+
+def rate_text(images_per_s) -> str:
+    """Images/s as the tables show them: thousands separated from 100 up, 3 significant digits below."""
+    return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.3g}"
+
+
 def machine(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -213,9 +223,8 @@ def main():
              "|---|---:|---:|---:|---:|"]
     for name in CONTENDERS:
         rate = statistics.median(rates[name])
-        shown = f"{rate:,.0f}" if rate >= 100 else f"{rate:.3g}"
-        lines.append(f"| {name} | {params[name]:,} | {flops[name] / 1e9:.2f} | {shown} | "
-                     f"{rate * 3 * flops[name] / peak:.1%} |")
+        lines.append(f"| {name} | {params[name]:,} | {flops[name] / 1e9:.2f} | {rate_text(rate)} | "
+                     f"{utilisation(rate, flops[name], peak):.1%} |")
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)

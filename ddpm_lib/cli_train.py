@@ -25,7 +25,7 @@ SEED_NET = PRESETS["seed"]                                  # the seed's network
 SEED_SCHEDULE = inspect.signature(linear_betas).parameters  # the seed's schedule: steps, beta_min, beta_max
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
          "temb_dim": "--temb-dim", "dropout": "--dropout"}  # UNetConfig field -> the train flag that overrides it
-TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "log_every", "sample_every", "checkpoint_every",
+TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
                    "cond_drop_prob")  # TrainConfig fields a flag may set, also when resuming
 
 
@@ -81,8 +81,10 @@ def add_train_parser(sub) -> None:
     p.add_argument("--lr", type=_positive_float, help=f"Adam learning rate (default {TrainConfig.lr})")
     p.add_argument("--warmup-steps", type=non_negative_int, help=f"linear warm-up steps, 0 = none "
                                                                  f"(default {TrainConfig.warmup_steps})")
-    p.add_argument("--ema-decay", type=float, help=f"EMA decay (default {TrainConfig.ema_decay}; short runs want "
-                                                   f"less, e.g. 0.999)")
+    p.add_argument("--ema-decay", type=float, help=f"EMA decay (default {TrainConfig.ema_decay}, reached after a "
+                                                   f"warm-up: min(decay, (1 + n) / (10 + n)) at update n)")
+    p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_const", const=False,
+                   help="a constant EMA decay from the first step, as in the paper")
     p.add_argument("--log-every", type=positive_int, help=f"steps between loss read-backs "
                                                           f"(default {TrainConfig.log_every})")
     p.add_argument("--sample-every", type=non_negative_int, help=f"steps between sample grids, 0 = never "

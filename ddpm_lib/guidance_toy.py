@@ -1,30 +1,19 @@
-"""Classifier-free guidance (Ho & Salimans 2022), notebook 08's helpers: an exact toy, a shape classifier, a viewer.
+"""Classifier-free guidance (Ho & Salimans 2022) on an exact toy: notebook 08's labelled 2-D data.
 
 GaussianClasses is 2-D labelled data whose class y is a mixture of isotropic Gaussians N(mu_k, s_k^2 I). Under the
 forward process (Eq. 4) each component stays Gaussian: x_t | k ~ N(a mu_k, v_k I) with a = sqrt(alpha_bar_t),
 v_k = a^2 s_k^2 + 1 - a^2, and E[eps | x_t, k] = sqrt(1 - alpha_bar_t) (x_t - a mu_k) / v_k. The ideal noise
 predictors are the posterior-weighted averages of these over the components of class y (eps_c) or of all classes
 (eps_u): what a perfectly trained network would output, so samplers can be run on it with no training.
-shape_kind classifies `make_shapes` images by how much of its bounding box the shape fills; guidance_viewer shows
-precomputed samples of a class-conditional model per (guidance scale, class).
+(The shape classifier of notebook 08 is ddpm_lib.shapes.shape_kind; its viewer, ddpm_lib.widgets.guidance_viewer.)
 """
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
-from matplotlib.figure import Figure
-from scipy import ndimage
 
 from .schedule import NoiseSchedule
-from .shapes import SHAPE_KINDS
-from .widgets import _hwc, _png, _slider, _wire
-
-# Share of its bounding box a shape of make_shapes fills, in SHAPE_KINDS order: circle pi r^2 / (2r)^2,
-# square 1, triangle (apex, base 2r, height 2r) 2 r^2 / (2r)^2.
-FILL_RATIOS = (math.pi / 4, 1.0, 0.5)
-
 
 class GaussianClasses:
     """2-D data, class y a mixture of isotropic Gaussians, and its exact noise predictor under a NoiseSchedule."""
@@ -96,61 +85,3 @@ class GaussianClasses:
             alpha_bar = schedule.alphas_cumprod.to(x.device)[t]
             return self.eps(x.reshape(len(x), 2), alpha_bar, y).reshape(x.shape)   # (B, 2) <-> (B, 2, 1, 1)
         return ideal_eps
-
-
-def _kind_of(img: np.ndarray, tol: int) -> int:
-    """SHAPE_KINDS index of the largest blob off the border's colour in img (H, W, 3) uint8; -1 if there is none."""
-    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])          # (4 size - 4, 3)
-    background = np.median(border, axis=0)
-    foreground = (np.abs(img.astype(np.int16) - background.astype(np.int16)) > tol).any(-1)   # (H, W)
-    labels, count = ndimage.label(foreground)                                       # 4-connected blobs
-    if count == 0:
-        return -1
-    blob = labels == 1 + np.bincount(labels.ravel())[1:].argmax()
-    rows, cols = np.nonzero(blob)
-    fill = blob.sum() / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))                   # area / bounding box
-    return int(np.abs(np.array(FILL_RATIOS) - fill).argmin())
-
-
-def shape_kind(images: torch.Tensor, tol: int = 40) -> torch.Tensor:
-    """int64 (N,) shape kinds (SHAPE_KINDS index; -1: no shape) of uint8 images (N, 3, H, W), by fill ratio."""
-    if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3):
-        got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"images must be a uint8 tensor (N, 3, H, W), got {got}")
-    hwc = images.permute(0, 2, 3, 1).cpu().numpy()                                  # (N, H, W, 3)
-    return torch.tensor([_kind_of(img, tol) for img in hwc], dtype=torch.long)
-
-
-def render_guided_samples(samples: dict, s: float, label: int, class_names=SHAPE_KINDS) -> bytes:
-    """PNG of samples[(s, label)] (uint8 (n, 3, H, W)): a class-conditional model's samples of class `label`
-    at guidance scale s, in a grid of up to 8 columns."""
-    if (s, label) not in samples:
-        raise ValueError(f"(s, label) must be a key of samples, one of {sorted(samples)}; got {(s, label)!r}")
-    images = samples[s, label]
-    cols = min(8, len(images))
-    rows = math.ceil(len(images) / cols)
-    fig = Figure(figsize=(1.1 * cols, 1.1 * rows + 0.4))
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for ax in axes:
-        ax.set_axis_off()
-    for ax, image in zip(axes, images):
-        ax.imshow(_hwc(image.float() / 127.5 - 1))
-    fig.suptitle(f"class {class_names[label]!r}, guidance scale s = {s:g}", fontsize=10)
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / fig.get_figheight(), wspace=0.05,
-                        hspace=0.05)
-    return _png(fig)
-
-
-def guidance_viewer(samples: dict, class_names=SHAPE_KINDS):
-    """A slider over the guidance scales and a class dropdown, wired to render_guided_samples."""
-    import ipywidgets as widgets
-
-    scales = sorted({s for s, _ in samples})
-    labels = sorted({label for _, label in samples})
-    controls = {
-        "s": _slider("SelectionSlider", options=scales, value=scales[min(1, len(scales) - 1)],
-                     description="guidance scale s"),
-        "label": widgets.Dropdown(options=[(class_names[k], k) for k in labels], value=labels[0], description="class"),
-    }
-    return _wire(lambda s, label: render_guided_samples(samples, s, label, class_names), controls,
-                 [list(controls.values())])

@@ -94,31 +94,67 @@ def _within(pixels: np.ndarray, colour: np.ndarray, tol: int) -> np.ndarray:
     return (np.abs(pixels.astype(np.int16) - colour.astype(np.int16)) <= tol).all(-1)
 
 
+def _blobs(img: np.ndarray, tol: int):
+    """The border pixels, its median colour and the 4-connected blobs of the pixels that differ from it (by more
+    than tol) of img (H, W, 3) uint8 -> (border (4 size - 4, 3), labels (H, W), blob areas largest first, count)."""
+    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])  # (4 size - 4, 3)
+    foreground = ~_within(img, np.median(border, axis=0), tol)  # (H, W)
+    labels, count = ndimage.label(foreground)  # 4-connectivity
+    return border, labels, np.sort(np.bincount(labels.ravel())[1:])[::-1], count
+
+
+def _largest(labels: np.ndarray) -> np.ndarray:
+    """bool (H, W): the largest labelled blob."""
+    return labels == 1 + np.bincount(labels.ravel())[1:].argmax()
+
+
 def _score_one(img: np.ndarray, tol: int) -> tuple[bool, bool, bool, bool]:
     size = img.shape[0]  # img: (H, W, 3) uint8
-    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])  # (4 size - 4, 3)
-    bg = np.median(border, axis=0)
-    plain = _within(border, bg, tol).mean() >= 0.95
-    foreground = ~_within(img, bg, tol)  # (H, W)
-    labels, count = ndimage.label(foreground)  # 4-connectivity
+    border, labels, areas, count = _blobs(img, tol)
+    plain = _within(border, np.median(border, axis=0), tol).mean() >= 0.95
     if count == 0:
-        return plain, False, False, False
-    areas = np.sort(np.bincount(labels.ravel())[1:])[::-1]
-    blob = labels == 1 + np.bincount(labels.ravel())[1:].argmax()
+        return bool(plain), False, False, False
+    blob = _largest(labels)
     second = areas[1] if count > 1 else 0
-    one = areas[0] >= 0.9 * foreground.sum() and second < 0.5 * MIN_AREA * size ** 2
+    one = areas[0] >= 0.9 * areas.sum() and second < 0.5 * MIN_AREA * size ** 2
     sized = MIN_AREA * size ** 2 <= areas[0] <= MAX_AREA * size ** 2
     fill = _within(img[blob], np.median(img[blob], axis=0), tol).mean() >= 0.9
     return bool(plain), bool(one), bool(sized), bool(fill)
 
 
-def shape_score(images: torch.Tensor, tol: int = 40) -> ShapeScore:
-    """Score uint8 images (N, 3, H, W) against the rules of `make_shapes`; tol is in 0-255 colour units."""
+def _hwc_images(images: torch.Tensor, tol: int) -> np.ndarray:
+    """Checked uint8 images (N, 3, H, W) -> numpy (N, H, W, 3)."""
     if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.ndim == 4 and images.shape[1] == 3):
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"images must be a uint8 tensor (N, 3, H, W), got {got}")
     if not isinstance(tol, int) or not 0 <= tol <= 255:
         raise ValueError(f"tol must be an int in [0, 255], got {tol!r}")
-    hwc = images.permute(0, 2, 3, 1).cpu().numpy()  # (N, H, W, 3)
-    rows = torch.tensor([_score_one(img, tol) for img in hwc], dtype=torch.bool).reshape(-1, 4)
+    return images.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def shape_score(images: torch.Tensor, tol: int = 40) -> ShapeScore:
+    """Score uint8 images (N, 3, H, W) against the rules of `make_shapes`; tol is in 0-255 colour units."""
+    rows = torch.tensor([_score_one(img, tol) for img in _hwc_images(images, tol)], dtype=torch.bool).reshape(-1, 4)
     return ShapeScore(*rows.unbind(1))
+
+
+# ----------------------------------------------------------------------------- which shape is it
+
+# Share of its bounding box a shape of make_shapes fills, in SHAPE_KINDS order: circle pi r^2 / (2r)^2,
+# square 1, triangle (apex, base 2r, height 2r) 2 r^2 / (2r)^2.
+FILL_RATIOS = (np.pi / 4, 1.0, 0.5)
+
+
+def _kind_of(img: np.ndarray, tol: int) -> int:
+    """SHAPE_KINDS index of the largest blob off the border's colour in img (H, W, 3) uint8; -1 if there is none."""
+    _, labels, _, count = _blobs(img, tol)
+    if count == 0:
+        return -1
+    rows, cols = np.nonzero(_largest(labels))
+    fill = len(rows) / ((np.ptp(rows) + 1) * (np.ptp(cols) + 1))  # area / bounding box
+    return int(np.abs(np.array(FILL_RATIOS) - fill).argmin())
+
+
+def shape_kind(images: torch.Tensor, tol: int = 40) -> torch.Tensor:
+    """int64 (N,) shape kinds (SHAPE_KINDS index; -1: no shape) of uint8 images (N, 3, H, W), by fill ratio."""
+    return torch.tensor([_kind_of(img, tol) for img in _hwc_images(images, tol)], dtype=torch.long)

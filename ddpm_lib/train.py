@@ -165,7 +165,8 @@ class Trainer:
         self.scaler.update()
         # EMA warm-up at update n = self.step: TF's ExponentialMovingAverage(num_updates), diffusers' EMAModel
         decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_decay
-        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)  # ema += (1 - decay)(w - ema)
+        with torch.no_grad():  # the EMA is not part of the graph: its tensors stay leaves without grad
+            torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)  # ema += (1 - decay)(w - ema)
         self.step += 1
         return loss.detach()
 

@@ -9,6 +9,7 @@ Notebooks show a widget with `show_widget`, which puts a static copy of its firs
 saved or GitHub-rendered notebook still shows a picture where the live widget is gone.
 """
 import io
+import math
 
 import numpy as np
 import torch
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 
 from .data import to_model_range
 from .schedule import NoiseSchedule, linear_betas
+from .shapes import SHAPE_KINDS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -332,3 +334,38 @@ class TrainingMonitor:
     def update(self, losses, grid=None) -> None:
         """Redraw in place with the losses so far and (optionally) the latest sample grid."""
         self.image.value = render_training(losses, grid)
+
+
+def render_guided_samples(samples: dict, s: float, label: int, class_names=SHAPE_KINDS) -> bytes:
+    """PNG of samples[(s, label)] (uint8 (n, 3, H, W)): a class-conditional model's samples of class `label`
+    at guidance scale s, in a grid of up to 8 columns."""
+    if (s, label) not in samples:
+        raise ValueError(f"(s, label) must be a key of samples, one of {sorted(samples)}; got {(s, label)!r}")
+    images = samples[s, label]
+    cols = min(8, len(images))
+    rows = math.ceil(len(images) / cols)
+    fig = Figure(figsize=(1.1 * cols, 1.1 * rows + 0.4))
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, image in zip(axes, images):
+        ax.imshow(_hwc(to_model_range(image)))
+    fig.suptitle(f"class {class_names[label]!r}, guidance scale s = {s:g}", fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.35 / fig.get_figheight(), wspace=0.05,
+                        hspace=0.05)
+    return _png(fig)
+
+
+def guidance_viewer(samples: dict, class_names=SHAPE_KINDS):
+    """A slider over the guidance scales and a class dropdown, wired to render_guided_samples."""
+    import ipywidgets as widgets
+
+    scales = sorted({s for s, _ in samples})
+    labels = sorted({label for _, label in samples})
+    controls = {
+        "s": _slider("SelectionSlider", options=scales, value=scales[min(1, len(scales) - 1)],
+                     description="guidance scale s"),
+        "label": widgets.Dropdown(options=[(class_names[k], k) for k in labels], value=labels[0], description="class"),
+    }
+    return _wire(lambda s, label: render_guided_samples(samples, s, label, class_names), controls,
+                 [list(controls.values())])

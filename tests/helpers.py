@@ -26,6 +26,16 @@ def perturbed(model: nn.Module, seed=0, std=0.05) -> nn.Module:
     return model.eval()
 
 
+def write_image_folder(folder, images):
+    """Save uint8 images (N, 3, H, W) as PNG files 000.png, 001.png, ... in a new folder; returns the folder."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, image in enumerate(images):
+        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
+    return folder
+
+
 class Payload:
     """A pickle that runs `touch pwned` when loaded by an unsafe unpickler: loaders must refuse it."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
-from helpers import MICRO, Payload, perturbed
+from helpers import MICRO, Payload, write_image_folder, perturbed
 from PIL import Image
 
 from ddpm_lib.checkpoint import load_model
@@ -177,11 +177,7 @@ class ChannelMeans(torch.nn.Module):
 @pytest.fixture(scope="module")
 def ref(files):
     """A folder of 6 reference images for `fid --ref`."""
-    ref = files / "ref"
-    ref.mkdir()
-    for i, image in enumerate(make_shapes(6, size=16, seed=5)):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(ref / f"{i}.png")
-    return ref
+    return write_image_folder(files / "ref", make_shapes(6, size=16, seed=5))
 
 
 def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, ref, capsys, monkeypatch, one_thread):
@@ -264,7 +260,7 @@ def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
 def run(tmp_path_factory):
     """A 2-step run of the seed's knobs (module-wide; later tests resume and export it)."""
     tmp = tmp_path_factory.mktemp("cli")
-    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--out", tmp / "run",
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--no-ema-warmup", "--out", tmp / "run",
                             cwd=tmp))
     assert rc == 0, err
     return tmp / "run"
@@ -277,6 +273,7 @@ def test_train_records_the_knobs_and_the_data(run):
     assert UNetConfig(**ckpt["unet_config"]) == expected
     assert torch.equal(ckpt["schedule"]["betas"], linear_betas(20, 1e-4, 0.05))
     assert ckpt["train_config"]["seed"] == 3 and ckpt["train_config"]["ema_decay"] == 0.5
+    assert ckpt["train_config"]["ema_warmup"] is False  # --no-ema-warmup: the paper's constant decay
     assert ckpt["data"] == {"data": "shapes", "n": 16, "size": 32, "class_names": None}
 
 

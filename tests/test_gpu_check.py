@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.py: its dry run (the same code on the CPU at toy sizes), time boxes, failures, bad input.
+"""benchmarks/gpu_check.py (with gpu_sections.py, gpu_nbval.py, gpu_report.py): its dry run (the same code on the
+CPU at toy sizes), time boxes, failures, bad input.
 
 The check itself needs a GPU; here each section runs at toy sizes in its own process, as on the GPU.
 """
@@ -18,7 +19,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
 sys.path.insert(0, str(SCRIPT.parent))
-import gpu_check  # noqa: E402  (a script beside throughput.py, not a package)
+import gpu_check  # noqa: E402  (scripts beside throughput.py, not a package)
+import gpu_report  # noqa: E402
+import gpu_sections  # noqa: E402
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
@@ -49,7 +52,7 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     proc = run("--dry-run", "--nbval", "--out", out)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
-    assert list(report["sections"]) == list(gpu_check.SECTIONS)
+    assert list(report["sections"]) == list(gpu_sections.SECTIONS)
     failed = {k: s.get("error") for k, s in report["sections"].items() if s["status"] != "ok"}
     assert not failed, failed
     assert report["dry_run"] is True and report["torch"] == torch.__version__ and report["card"]
@@ -62,8 +65,8 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     assert s["fp16_gradscaler"]["losses_finite"] and s["fp16_gradscaler"]["ddpm_lib_images_per_s"] > 0
     assert s["sampling"]["images_per_s"] > 0
     run_ = s["cifar10_run"]
-    assert run_["steps"] > max(gpu_check.DRY.grid_steps)  # trained past the fixed grid steps, then one grid more
-    assert [g["step"] for g in run_["grids"]] == [*gpu_check.DRY.grid_steps, run_["steps"]]
+    assert run_["steps"] > max(gpu_sections.DRY.grid_steps)  # trained past the fixed grid steps, then one grid more
+    assert [g["step"] for g in run_["grids"]] == [*gpu_sections.DRY.grid_steps, run_["steps"]]
     assert [r["passed"] for r in s["nbval"]["rows"]] == [True]
     for name in ["loss_curve.png"] + [g["file"] for g in run_["grids"]]:
         with Image.open(out / name) as im:
@@ -74,8 +77,8 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     assert report["card"] in md and torch.__version__ in md and "DRY RUN" in md
     for key, section in s.items():
         for c in section["checks"]:
-            value = gpu_check.fmt(c["value"], c["unit"])
-            assert f"| {gpu_check.SECTIONS[key]} | {c['what']} | {value} | {c['target']} |" in md
+            value = gpu_report.fmt(c["value"], c["unit"])
+            assert f"| {gpu_sections.SECTIONS[key]} | {c['what']} | {value} | {c['target']} |" in md
     for picture in re.findall(r"\]\(([^)]+\.png)\)", md):
         assert (out / picture).is_file()
 

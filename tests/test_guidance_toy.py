@@ -1,5 +1,4 @@
-"""ddpm_lib.guidance_toy: the exact toy predictor against autograd and Bayes, the shape classifier against
-make_shapes' labels, and the viewer."""
+"""ddpm_lib.guidance_toy: the exact toy predictor against autograd and Bayes."""
 import math
 
 import pytest
@@ -7,7 +6,7 @@ import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
 from ddpm_lib.data import make_shapes
-from ddpm_lib.guidance_toy import GaussianClasses, guidance_viewer, render_guided_samples, shape_kind
+from ddpm_lib.guidance_toy import GaussianClasses
 from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 
@@ -109,39 +108,3 @@ def test_labels_out_of_range_are_refused(toy):
         toy.eps(torch.zeros(2, 2), torch.ones(2), torch.tensor([0, 3]))
     with pytest.raises(ValueError, match="y must be"):
         toy.sample(torch.tensor([0.5]))
-
-
-def test_shape_kind_recovers_make_shapes_labels():
-    images, labels = make_shapes(300, seed=7, with_labels=True)
-    assert torch.equal(shape_kind(images), labels)
-
-
-def test_shape_kind_of_a_plain_image_is_minus_one_and_bad_input_is_refused():
-    plain = torch.full((2, 3, 32, 32), 90, dtype=torch.uint8)
-    assert shape_kind(plain).tolist() == [-1, -1]
-    with pytest.raises(ValueError, match="images must be a uint8 tensor"):
-        shape_kind(plain.float())
-
-
-def guided_samples():
-    images = make_shapes(8, seed=8)
-    return {(s, label): images[(2 * i + label) % 8:][:4] for i, s in enumerate((0.0, 1.0, 3.0)) for label in range(3)}
-
-
-def test_render_guided_samples_draws_the_chosen_cell():
-    samples = guided_samples()
-    one, other = render_guided_samples(samples, 1.0, 0), render_guided_samples(samples, 3.0, 2)
-    assert one.startswith(b"\x89PNG") and other.startswith(b"\x89PNG") and one != other
-    with pytest.raises(ValueError, match=r"\(s, label\) must be a key"):
-        render_guided_samples(samples, 2.0, 0)
-
-
-def test_guidance_viewer_redraws_on_its_controls():
-    pytest.importorskip("ipywidgets")
-    samples = guided_samples()
-    viewer = guidance_viewer(samples)
-    assert viewer.controls["s"].value == 1.0 and not viewer.controls["s"].continuous_update
-    assert viewer.image.value == render_guided_samples(samples, 1.0, 0)
-    viewer.controls["s"].value = 3.0
-    viewer.controls["label"].value = 2
-    assert viewer.image.value == render_guided_samples(samples, 3.0, 2)

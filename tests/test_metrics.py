@@ -9,6 +9,7 @@ import scipy.linalg
 import scipy.spatial
 import torch
 import torch.nn.functional as F
+from helpers import write_image_folder
 from torch import nn
 
 from ddpm_lib import metrics
@@ -227,13 +228,7 @@ def checkpoint(tiny, tmp_path):
 @pytest.fixture
 def folder(tmp_path):
     """A reference image folder of 24 shapes at 16x16."""
-    from PIL import Image
-
-    folder = tmp_path / "ref"
-    folder.mkdir()
-    for i, image in enumerate(make_shapes(24, size=16, seed=1)):
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
-    return folder
+    return write_image_folder(tmp_path / "ref", make_shapes(24, size=16, seed=1))
 
 
 def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):

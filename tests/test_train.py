@@ -140,6 +140,7 @@ def test_ema_follows_the_hand_computed_recurrence(images, warmup):
         ema = [d * e + (1 - d) * w.detach() for e, w in zip(ema, trainer.model.parameters())]
         for e, expected in zip(trainer.ema.parameters(), ema):
             torch.testing.assert_close(e, expected)
+            assert e.is_leaf and not e.requires_grad and e.grad_fn is None  # the update built no graph
 
 
 class Toy(nn.Module):

@@ -11,8 +11,8 @@ from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
 from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
 from ddpm_lib.widgets import (  # noqa: E402
-    TrainingMonitor, _forward_sample, attention_viewer, noising_explorer, render_attention, render_noising,
-    render_training, render_trajectory, show_widget, trajectory_scrubber)
+    TrainingMonitor, _forward_sample, attention_viewer, guidance_viewer, noising_explorer, render_attention,
+    render_guided_samples, render_noising, render_training, render_trajectory, show_widget, trajectory_scrubber)
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -235,3 +235,27 @@ def test_show_widget_displays_a_static_picture_of_the_first_state_then_the_widge
         assert len(shown) == 2 and shown[1] is box, name
         assert isinstance(shown[0], IPython.display.Image) and shown[0].format == "png", name
         assert shown[0].data == first, f"{name}: the static picture is not its first state"
+
+
+def guided_samples():
+    images = make_shapes(8, seed=8)
+    return {(s, label): images[(2 * i + label) % 8:][:4] for i, s in enumerate((0.0, 1.0, 3.0)) for label in range(3)}
+
+
+def test_render_guided_samples_draws_the_chosen_cell():
+    samples = guided_samples()
+    one, other = render_guided_samples(samples, 1.0, 0), render_guided_samples(samples, 3.0, 2)
+    assert one.startswith(b"\x89PNG") and other.startswith(b"\x89PNG") and one != other
+    with pytest.raises(ValueError, match=r"\(s, label\) must be a key"):
+        render_guided_samples(samples, 2.0, 0)
+
+
+def test_guidance_viewer_redraws_on_its_controls():
+    pytest.importorskip("ipywidgets")
+    samples = guided_samples()
+    viewer = guidance_viewer(samples)
+    assert viewer.controls["s"].value == 1.0 and not viewer.controls["s"].continuous_update
+    assert viewer.image.value == render_guided_samples(samples, 1.0, 0)
+    viewer.controls["s"].value = 3.0
+    viewer.controls["label"].value = 2
+    assert viewer.image.value == render_guided_samples(samples, 3.0, 2)

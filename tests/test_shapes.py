@@ -1,9 +1,10 @@
-"""ddpm_lib.shapes.shape_score: the data passes, noise and broken shapes fail, each rule on its own."""
+"""ddpm_lib.shapes: shape_score (the data passes, noise and broken shapes fail, each rule on its own) and
+shape_kind (recovers make_shapes' labels)."""
 import pytest
 import torch
 
 from ddpm_lib.data import make_shapes
-from ddpm_lib.shapes import shape_score
+from ddpm_lib.shapes import shape_kind, shape_score
 
 
 @pytest.fixture(scope="module")
@@ -54,3 +55,15 @@ def test_bad_input_is_named():
         shape_score(torch.zeros(2, 3, 8, 8))
     with pytest.raises(ValueError, match="tol"):
         shape_score(torch.zeros(2, 3, 8, 8, dtype=torch.uint8), tol=300)
+
+
+def test_shape_kind_recovers_make_shapes_labels():
+    images, labels = make_shapes(300, seed=7, with_labels=True)
+    assert torch.equal(shape_kind(images), labels)
+
+
+def test_shape_kind_of_a_plain_image_is_minus_one_and_bad_input_is_refused():
+    plain = torch.full((2, 3, 32, 32), 90, dtype=torch.uint8)
+    assert shape_kind(plain).tolist() == [-1, -1]
+    with pytest.raises(ValueError, match="images must be a uint8 tensor"):
+        shape_kind(plain.float())
