@@ -10,8 +10,9 @@ pytest.importorskip("ipywidgets")
 from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
 from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
+from ddpm_lib.render import _forward_sample  # noqa: E402
 from ddpm_lib.widgets import (  # noqa: E402
-    TrainingMonitor, _forward_sample, attention_viewer, guidance_viewer, noising_explorer, render_attention,
+    TrainingMonitor, attention_viewer, guidance_viewer, noising_explorer, render_attention,
     render_guided_samples, render_noising, render_training, render_trajectory, show_widget, trajectory_scrubber)
 
 
