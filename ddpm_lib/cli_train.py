@@ -24,7 +24,8 @@ from .unet import PRESETS
 SEED_NET = PRESETS["seed"]                                  # the seed's network: the knobs' documented defaults
 SEED_SCHEDULE = inspect.signature(linear_betas).parameters  # the seed's schedule: steps, beta_min, beta_max
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
-         "temb_dim": "--temb-dim", "dropout": "--dropout"}  # UNetConfig field -> the train flag that overrides it
+         "temb_dim": "--temb-dim", "dropout": "--dropout",
+         "image_size": "--image-size"}  # UNetConfig field -> the train flag that overrides it
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
                    "cond_drop_prob")  # TrainConfig fields a flag may set, also when resuming
 
@@ -66,6 +67,8 @@ def add_train_parser(sub) -> None:
     """The `train` sub-command, added to build_parser()'s sub-parsers."""
     p = sub.add_parser("train", help="train a UNet (Algorithm 1); DDP under torchrun")
     p.add_argument("--preset", type=_preset, help=f"UNet preset: {', '.join(PRESETS)} (needed for a new run)")
+    p.add_argument("--image-size", type=positive_int, help="training resolution; data is resized to it (default: "
+                                                           "the preset's, 32)")
     p.add_argument("--data", help="cifar10, shapes, or a folder of images (default on --resume: the run's)")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root (downloaded there when missing)")
     p.add_argument("--steps", type=positive_int, required=True,

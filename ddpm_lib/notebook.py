@@ -28,6 +28,11 @@ COLAB_DRIVE = "/content/drive"  # where Colab mounts Google Drive
 TRAINING_RUNS = "05_training"   # notebook 05 writes runs/05_training/<preset>[-smoke]/checkpoint.pt
 BRIEF_RUNS = "brief"            # find_model's own briefly trained tiny model: runs/brief/tiny[-smoke]/
 
+# The CPU quick win, notebook 05's CPU default (measured by `benchmarks/knobs.py quick`, docs/knobs/quick_win.md):
+# the tiny preset on 16x16 procedural shapes, samples a learner recognises as shapes in about 5 CPU minutes.
+QUICK_WIN = {"preset": "tiny", "data": "shapes", "image_size": 16,
+             "train": {"steps": 2200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.995}}
+
 
 @dataclass(frozen=True)
 class NotebookSetup:
@@ -102,29 +107,50 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
     return NotebookSetup(device=device, smoke=smoke, data_root=data_root, runs=runs, in_colab=in_colab, seed=seed)
 
 
-def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels: bool = False):
-    """CIFAR-10's training images (uint8 (N, 3, 32, 32)), the first n; offline, the procedural shapes set.
+def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels: bool = False,
+                         data: str | None = None, size: int = 32):
+    """Training images, uint8 (N, 3, size, size), the first n: CIFAR-10's (offline: the procedural shapes set),
+    or data="shapes" / "cifar10" to ask for one. size != 32 makes shapes at that size and averages CIFAR-10's
+    pixels down (area interpolation) to it.
 
     Returns images, or (images, labels, class_names) with_labels. In smoke mode the CIFAR-10-format
     fixture under setup.data_root must be there (it is the path under test): FileNotFoundError if not.
     """
     if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
         raise ValueError(f"n: expected a positive int or None (all images), got {n!r}")
-    try:
-        images, labels = load_cifar10(setup.data_root, download=not setup.smoke, verify_md5=not setup.smoke)
-        class_names = CIFAR10_CLASSES
-        print(f"data: CIFAR-10 train ({setup.data_root}), {len(images[:n]):,} images")
-    except (FileNotFoundError, ValueError) as err:
-        if setup.smoke:
-            raise FileNotFoundError(f"smoke mode (DDPM_SMOKE=1) needs the CIFAR-10-format fixture in "
-                                    f"{setup.data_root}: {err}. The test suite writes it (conftest.py); "
-                                    f"set DDPM_DATA_ROOT to its folder") from None
+    if data not in (None, "shapes", "cifar10"):
+        raise ValueError(f"data: expected None (CIFAR-10, else shapes), 'shapes' or 'cifar10', got {data!r}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 32:
+        raise ValueError(f"size: expected an int in [8, 32], got {size!r}")
+    err = None
+    if data != "shapes":
+        try:
+            images, labels = load_cifar10(setup.data_root, download=not setup.smoke, verify_md5=not setup.smoke)
+            images, labels, class_names = images[:n], labels[:n], CIFAR10_CLASSES
+            if size != 32:  # (N, 3, 32, 32) -> (N, 3, size, size), each pixel the mean of the ones it covers
+                images = torch.nn.functional.interpolate(images.float(), size=size, mode="area").round().byte()
+            print(f"data: CIFAR-10 train ({setup.data_root}), {len(images):,} images at {size}x{size}")
+        except (FileNotFoundError, ValueError) as e:
+            if setup.smoke or data == "cifar10":
+                hint = (f"smoke mode (DDPM_SMOKE=1) needs the CIFAR-10-format fixture in {setup.data_root}: {e}. "
+                        f"The test suite writes it (conftest.py); set DDPM_DATA_ROOT to its folder"
+                        if setup.smoke else f"data='cifar10': CIFAR-10 is not available ({e})")
+                raise FileNotFoundError(hint) from None
+            err = e
+    if data == "shapes" or err is not None:
         count = n or 50_000
-        print(f"data: CIFAR-10 unavailable ({err}); using {count:,} procedural shapes instead")
-        images, labels = make_shapes(count, seed=setup.seed, with_labels=True)
+        print(f"data: {'CIFAR-10 unavailable (' + str(err) + '); using ' if err else ''}{count:,} procedural "
+              f"shapes at {size}x{size}")
+        images, labels = make_shapes(count, size=size, seed=setup.seed, with_labels=True)
         class_names = SHAPE_KINDS
-    images, labels = images[:n], labels[:n]
     return (images, labels, class_names) if with_labels else images
+
+
+def training_data_of(model: UNet) -> dict:
+    """load_training_images' data= and size= for what `model` learned: at QUICK_WIN's image size it is notebook
+    05's CPU quick win (its shapes); at any other size CIFAR-10 (offline: the shapes) at that size."""
+    size = model.config.image_size
+    return {"data": QUICK_WIN["data"] if size == QUICK_WIN["image_size"] else None, "size": size}
 
 
 def training_run(setup: NotebookSetup, preset: str) -> Path:

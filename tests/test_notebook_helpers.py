@@ -9,10 +9,11 @@ import torch
 from helpers import MICRO
 
 import ddpm_lib.notebook as nb
-from ddpm_lib.data import CIFAR10_CLASSES, make_shapes, write_cifar10_format
+from ddpm_lib.data import CIFAR10_CLASSES, make_shapes
+from ddpm_lib.testing import write_cifar10_format
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import TrainConfig, Trainer
-from ddpm_lib.unet import UNet
+from ddpm_lib.unet import PRESETS, UNet
 
 
 @pytest.fixture
@@ -158,10 +159,11 @@ def test_smoke_mode_reads_the_cifar10_format_fixture(tmp_path, capsys):
     assert "CIFAR-10 train" in capsys.readouterr().out
 
 
-def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
-    def offline(*args, **kwargs):
-        raise FileNotFoundError("CIFAR-10 not found, and downloading failed")
+def offline(*args, **kwargs):
+    raise FileNotFoundError("CIFAR-10 not found, and downloading failed")
 
+
+def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(nb, "load_cifar10", offline)
     images, labels, names = nb.load_training_images(make_setup(tmp_path, smoke=False), n=20, with_labels=True)
     want_images, want_labels = make_shapes(20, seed=0, with_labels=True)
@@ -171,9 +173,33 @@ def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys)
     assert "procedural shapes" in capsys.readouterr().out
 
 
-def test_load_training_images_rejects_a_bad_n(tmp_path):
+def test_cifar10_at_a_smaller_size_is_the_mean_of_each_pixel_block(tmp_path):
+    images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    write_cifar10_format(tmp_path / "data", images, torch.arange(6))
+    got = nb.load_training_images(make_setup(tmp_path, smoke=True), size=16)
+    blocks = images.double().reshape(6, 3, 16, 2, 16, 2).mean(dim=(3, 5))  # (6, 3, 16, 16): 2x2 means
+    assert got.dtype == torch.uint8 and got.shape == (6, 3, 16, 16)
+    assert (got.double() - blocks).abs().max() <= 0.5 + 1e-6  # rounded to the nearest integer
+
+
+def test_shapes_on_request_need_no_cifar10_even_in_smoke_mode(tmp_path, capsys, monkeypatch):
+    images, labels, names = nb.load_training_images(make_setup(tmp_path, smoke=True), n=8, with_labels=True,
+                                                    data="shapes", size=16)
+    want_images, want_labels = make_shapes(8, size=16, seed=0, with_labels=True)
+    assert torch.equal(images, want_images) and torch.equal(labels, want_labels) and names == nb.SHAPE_KINDS
+    assert "procedural shapes at 16x16" in capsys.readouterr().out
+    monkeypatch.setattr(nb, "load_cifar10", offline)  # asked for by name, CIFAR-10 has no fallback
+    with pytest.raises(FileNotFoundError, match="data='cifar10': CIFAR-10 is not available"):
+        nb.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10", n=1)
+
+
+def test_load_training_images_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n: expected a positive int"):
         nb.load_training_images(make_setup(tmp_path), n=0)
+    with pytest.raises(ValueError, match="data: expected"):
+        nb.load_training_images(make_setup(tmp_path), data="mnist")
+    with pytest.raises(ValueError, match="size: expected an int in"):
+        nb.load_training_images(make_setup(tmp_path), size=64)
 
 
 # ----------------------------------------------------------------------------- find_model
@@ -252,3 +278,9 @@ def test_find_model_trains_the_tiny_network_on_the_fixture(tmp_path, one_thread)
     assert "step 30" in description and schedule.steps == 100
     x_t = torch.randn(2, 3, 32, 32)
     assert model(x_t, torch.tensor([0, 99])).shape == x_t.shape
+
+
+def test_training_data_of_names_the_quick_win_shapes_and_keeps_other_sizes():
+    quick = UNet(dataclasses.replace(PRESETS["tiny"], image_size=nb.QUICK_WIN["image_size"]))
+    assert nb.training_data_of(quick) == {"data": "shapes", "size": nb.QUICK_WIN["image_size"]}
+    assert nb.training_data_of(UNet(PRESETS["tiny"])) == {"data": None, "size": 32}
