@@ -11,6 +11,7 @@ from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_nei
 from .pretrained import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
 from .samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
+from .shapes import shape_score
 from .testing import write_cifar10_format
 from .train import TrainConfig, Trainer, autocast_dtype
 from .unet import PRESETS, UNet, UNetConfig, model_summary, unet_from_preset
@@ -20,7 +21,7 @@ __version__ = "0.1.0"
 __all__ = [
     "MultiHeadSelfAttention2d",
     "CIFAR10_CLASSES", "SHAPE_KINDS", "DeviceBatches", "load_cifar10", "load_dataset", "load_image_folder",
-    "make_shapes", "write_cifar10_format",
+    "make_shapes", "shape_score", "write_cifar10_format",
     "default_device",
     "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
     "load_ddpm_cifar10", "unet_from_diffusers", "unet_to_diffusers",

@@ -208,11 +208,13 @@ def _rank_zero_first():
     """Under DDP, rank 0 downloads / decodes the data first; the other ranks then read its files or cache."""
     import torch.distributed as dist
 
-    first = not dist.is_initialized() or dist.get_rank() == 0
-    if not first:
+    from .train import rank_and_world
+
+    rank, world = rank_and_world()
+    if rank != 0:
         dist.barrier()
     yield
-    if first and dist.is_initialized():
+    if rank == 0 and world > 1:
         dist.barrier()
 
 

@@ -92,14 +92,20 @@ def _seed_global_rng(seed: int, device: torch.device) -> None:
         torch.mps.manual_seed(seed)
 
 
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's when a process group is up, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class Trainer:
     """Trains an eps-prediction UNet with Algorithm 1; `fit` runs until `config.steps`."""
 
     def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None, device=None):
         self.config = config = config if config is not None else TrainConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        ddp = dist.is_available() and dist.is_initialized()
-        self.rank, self.world_size = (dist.get_rank(), dist.get_world_size()) if ddp else (0, 1)
+        self.rank, self.world_size = rank_and_world()
         if config.batch_size % self.world_size:
             raise ValueError(f"TrainConfig.batch_size={config.batch_size} must divide evenly over "
                              f"{self.world_size} ranks")
