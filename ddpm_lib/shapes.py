@@ -95,12 +95,13 @@ def _within(pixels: np.ndarray, colour: np.ndarray, tol: int) -> np.ndarray:
 
 
 def _blobs(img: np.ndarray, tol: int):
-    """The border pixels, its median colour and the 4-connected blobs of the pixels that differ from it (by more
-    than tol) of img (H, W, 3) uint8 -> (border (4 size - 4, 3), labels (H, W), blob areas largest first, count)."""
+    """The border pixels, their median colour and the 4-connected blobs of the pixels that differ from it (by more
+    than tol) of img (H, W, 3) uint8 -> (border (4 size - 4, 3), background (3,), labels (H, W), blob areas largest
+    first, count)."""
     border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])  # (4 size - 4, 3)
-    foreground = ~_within(img, np.median(border, axis=0), tol)  # (H, W)
-    labels, count = ndimage.label(foreground)  # 4-connectivity
-    return border, labels, np.sort(np.bincount(labels.ravel())[1:])[::-1], count
+    background = np.median(border, axis=0)
+    labels, count = ndimage.label(~_within(img, background, tol))  # 4-connectivity
+    return border, background, labels, np.sort(np.bincount(labels.ravel())[1:])[::-1], count
 
 
 def _largest(labels: np.ndarray) -> np.ndarray:
@@ -110,8 +111,8 @@ def _largest(labels: np.ndarray) -> np.ndarray:
 
 def _score_one(img: np.ndarray, tol: int) -> tuple[bool, bool, bool, bool]:
     size = img.shape[0]  # img: (H, W, 3) uint8
-    border, labels, areas, count = _blobs(img, tol)
-    plain = _within(border, np.median(border, axis=0), tol).mean() >= 0.95
+    border, background, labels, areas, count = _blobs(img, tol)
+    plain = _within(border, background, tol).mean() >= 0.95
     if count == 0:
         return bool(plain), False, False, False
     blob = _largest(labels)
@@ -147,7 +148,7 @@ FILL_RATIOS = (np.pi / 4, 1.0, 0.5)
 
 def _kind_of(img: np.ndarray, tol: int) -> int:
     """SHAPE_KINDS index of the largest blob off the border's colour in img (H, W, 3) uint8; -1 if there is none."""
-    _, labels, _, count = _blobs(img, tol)
+    _, _, labels, _, count = _blobs(img, tol)
     if count == 0:
         return -1
     rows, cols = np.nonzero(_largest(labels))

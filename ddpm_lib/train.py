@@ -225,7 +225,7 @@ class Trainer:
         else:
             batches = DeviceBatches(images, cfg.batch_size, device=self.device, flip=cfg.flip, seed=cfg.seed,
                                     rank=self.rank, world_size=self.world_size, labels=labels)
-        has_labels = batches.batch_labels(self.step) is not None
+        has_labels = batches.labels is not None
         if K is None and has_labels:
             raise ValueError("labels were given but the model is unconditional (UNetConfig.num_classes is None)")
         if K is not None and not has_labels:
