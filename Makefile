@@ -8,7 +8,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddpm_lib-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: setup lab demo docs test test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
+.PHONY: setup lab demo docs test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,16 @@ docs: setup
 # Unit, oracle and end-to-end tests, every notebook under nbval, and the browser test.
 test: setup
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+
+# Every notebook under nbval once per MKL code path (MKL_CBWR) that this CPU has: COMPATIBLE always, AVX2 and
+# AVX512 where /proc/cpuinfo lists avx2 / avx512f. MKL picks its kernels by CPU; the notebooks' asserts must
+# hold under each (ddpm_lib.tolerance).
+MKL_PATHS := COMPATIBLE $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && echo y),AVX2) \
+             $(if $(shell grep -qw avx512f /proc/cpuinfo 2>/dev/null && echo y),AVX512)
+
+test-mkl: setup
+	set -e; for path in $(MKL_PATHS); do echo "== MKL_CBWR=$$path"; \
+		MKL_CBWR=$$path $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider -q; done
 
 # The library's tests alone, without notebooks and browser.
 test-fast: setup

@@ -15,6 +15,7 @@ SERIES = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb", "04_
           "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb", "08_guidance.ipynb"]
 
 COLAB = "https://colab.research.google.com/github/ddpm-lib/ddpm_lib/blob/main/notebooks/"
+GITHUB = "https://github.com/ddpm-lib/ddpm_lib/blob/main/"  # links Colab can follow: absolute, into the repository
 SMOKE_LINE = 'SMOKE = os.environ.get("DDPM_SMOKE") == "1"'
 ANSWER = "<details><summary>Answer</summary>"
 
@@ -56,8 +57,21 @@ def test_first_cell_has_colab_badge_for_this_notebook(name):
     assert first.cell_type == "markdown"
     assert COLAB + name in first.source, f"{name}: first cell must link Colab to notebooks/{name}"
     assert "colab-badge.svg" in first.source
-    for linked in re.findall(r"\((\d\d_\w+\.ipynb)\)", first.source):  # previous / next links resolve
-        assert (ROOT / "notebooks" / linked).is_file(), f"{name} links to missing {linked}"
+    for linked in re.findall(r"\(" + re.escape(GITHUB) + r"(notebooks/\d\d_\w+\.ipynb)\)", first.source):
+        assert (ROOT / linked).is_file(), f"{name} links to missing {linked}"  # previous / next links resolve
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_links_are_absolute_and_point_into_the_repository(name):
+    """Colab opens a notebook alone, without the repository around it: a relative link leads nowhere there."""
+    for i, cell in enumerate(load(name).cells):
+        if cell.cell_type != "markdown":
+            continue
+        for target in re.findall(r"\]\(([^)\s]+)\)", cell.source):
+            assert target.startswith(("https://", "http://", "#")), f"{name} cell {i}: relative link {target}"
+            if target.startswith(GITHUB):
+                path = target[len(GITHUB):].split("#")[0]
+                assert (ROOT / path).exists(), f"{name} cell {i}: {target} names no file of the repository"
 
 
 @pytest.mark.parametrize("name", SERIES)
@@ -66,6 +80,17 @@ def test_colab_install_cell_is_first_code_cell_and_skipped_by_nbval(name):
     assert "nbval-skip" in install.metadata.get("tags", [])
     assert '"google.colab" in sys.modules' in install.source
     assert "pip install" in install.source and "git+https://github.com/ddpm-lib/ddpm_lib" in install.source
+    assert 'os.environ.get("DDPM_INSTALL"' in install.source  # the Colab emulation installs the wheel instead
+
+
+@pytest.mark.parametrize("name", SERIES)
+def test_inline_against_library_checks_go_through_the_shared_tolerance(name):
+    """Float comparisons use ddpm_lib.tolerance.assert_close (arithmetic tolerances), not float32's defaults."""
+    for i, cell in enumerate(code_cells(load(name))):
+        for line in cell.source.splitlines():
+            if "torch.testing.assert_close(" in line:
+                assert re.search(r"[ra]tol=", line), (f"{name} code cell {i}: torch.testing.assert_close with "
+                                                      f"default tolerances; use ddpm_lib.tolerance.assert_close")
 
 
 @pytest.mark.parametrize("name", SERIES)
