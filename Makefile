@@ -7,6 +7,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddpm_lib-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
+CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg/train.tar.gz  # the offline JPEG copy of CIFAR-10 (docs, gpu-carry)
 
 .PHONY: setup lab demo docs test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
 
@@ -40,10 +41,21 @@ demo: setup
 # Executed copies of the series for readers on GitHub, committed in docs/notebooks/: the real sizes
 # (not smoke mode), on whatever device is there. The test run never collects them (pyproject's
 # testpaths and norecursedirs; `make test` names tests/ and notebooks/ only).
-docs: setup
+# CIFAR-10 comes from the JPEG copy beside the checkout when it is there (../shared/data/cifar10-jpeg, extracted
+# once into data/cifar10-jpeg in ImageFolder layout, read through DDPM_DATA_ROOT), else torchvision downloads it.
+CIFAR10_JPEG_DIR := $(dir $(CIFAR10_JPEG))
+DOCS_DATA        := $(if $(wildcard $(CIFAR10_JPEG_DIR)train.tar.gz),data/cifar10-jpeg)
+
+data/cifar10-jpeg:
+	mkdir -p $@.tmp
+	tar xzf $(CIFAR10_JPEG_DIR)train.tar.gz -C $@.tmp
+	tar xzf $(CIFAR10_JPEG_DIR)test.tar.gz -C $@.tmp
+	mv $@.tmp $@
+
+docs: setup $(DOCS_DATA)
 	mkdir -p docs/notebooks
-	DDPM_SMOKE=0 $(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-		--output-dir docs/notebooks notebooks/0*.ipynb
+	DDPM_SMOKE=0 $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
+		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/0*.ipynb
 
 # Unit, oracle and end-to-end tests, every notebook under nbval, and the browser test.
 test: setup
@@ -77,7 +89,6 @@ GPU_CARRY      := gpu-carry
 GPU_PY_VERSION ?= 3.12
 GPU_PYTHON     ?= python3
 GPU_PACKAGES   := nbval ipykernel jupyter_client nbformat ipywidgets diffusers denoising-diffusion-pytorch torch-fidelity
-CIFAR10_JPEG   ?= ../shared/data/cifar10-jpeg/train.tar.gz
 GPU_OUT        ?= docs/gpu
 
 gpu-wheels: setup
