@@ -3,6 +3,7 @@
     python benchmarks/knobs.py quick            # the CPU quick-win recipe: docs/knobs/quick_win.{png,md,json}
     python benchmarks/knobs.py knobs            # every knob:  docs/knobs/knobs.{png,md,json}
     python benchmarks/knobs.py knobs --only num_heads temb_dim
+    python benchmarks/knobs.py table            # docs/knobs/knobs.md again from knobs.json (no training)
 
 Each run trains the `QUICK` recipe's network (the tiny preset on 16x16 shapes) with one knob changed, for the
 same number of steps and the same data, noise and initialisation seeds, then draws 64 samples with DDIM and
@@ -24,6 +25,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from ddpm_lib.data import make_shapes, to_model_range, to_uint8
+from ddpm_lib.metrics import wilson_interval
 from ddpm_lib.notebook import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
@@ -93,7 +95,8 @@ def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
     sample_s = time.perf_counter() - start - train_s
     samples = to_uint8(x0)
     tail = [loss for _, loss in trainer.history[-max(1, len(trainer.history) // 10):]]
-    return {"name": run.name, "params": sum(p.numel() for p in model.parameters()), "train_s": round(train_s, 1),
+    return {"name": run.name, "n": n_samples, "params": sum(p.numel() for p in model.parameters()),
+            "train_s": round(train_s, 1),
             "sample_s": round(sample_s, 1), "final_loss": round(sum(tail) / len(tail), 4),
             **{k: round(v, 3) for k, v in shape_score(samples).summary().items()}, "samples": samples}
 
@@ -158,29 +161,59 @@ def write_knobs(out: Path, results: dict) -> None:
                      loc="left")
     fig.tight_layout()
     fig.savefig(out / "knobs.png", dpi=110)
+    lines = knobs_markdown(flat, machine())
+    (out / "knobs.md").write_text("\n".join(lines) + "\n")
+    (out / "knobs.json").write_text(json.dumps({"machine": machine(), "knobs": {
+        knob: [{k: v for k, v in row.items() if k != "samples"} for row in rows] for knob, rows in results.items()}},
+        indent=2) + "\n")
+    print("\n".join(lines))
+
+
+def share_with_interval(share: float, n: int) -> str:
+    """'11% (5-21%)': the share of n samples with its 95% Wilson interval."""
+    low, high = wilson_interval(round(share * n), n)
+    return f"{share:.0%} ({low:.0%}-{high:.0%})"
+
+
+def knobs_markdown(flat: list, measured_on: str) -> list[str]:
+    n = {row.get("n", 64) for _, row in flat}  # 64 samples per run (the runs before "n" was recorded too)
     lines = [f"# The seed's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
-             f"steps each)\n", f"Machine: {machine()}. Reproduce: `python benchmarks/knobs.py knobs` "
+             f"steps each)\n", f"Machine: {measured_on}. Reproduce: `python benchmarks/knobs.py knobs` "
              f"(one knob: `--only NAME`). Base: {SWEEP}.\n",
-             "| knob | setting | parameters | train s | final loss | shape-like samples | plain bg | one shape | solid |",
+             f"One seed, {', '.join(map(str, sorted(n)))} samples per run. Each share comes with its 95% Wilson "
+             "interval (`ddpm_lib.metrics.wilson_interval`): where two rows' intervals overlap, their difference is "
+             "within the noise of this many samples. Final losses are not comparable across T, betas and schedules "
+             "(each setting changes which noise levels the loss averages over), only across network knobs.\n",
+             "| knob | setting | parameters | train s | final loss | shape-like samples (95% CI) | plain bg | "
+             "one shape | solid (95% CI) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for knob, row in flat:
+        k = row.get("n", 64)
         lines.append(f"| {knob} | {row['name'].split(': ', 1)[1]} | {row['params']:,} | {row['train_s']:.0f} | "
-                     f"{row['final_loss']} | {row['passed']:.0%} | {row['plain_background']:.0%} | "
-                     f"{row['one_shape']:.0%} | {row['solid_fill']:.0%} |")
+                     f"{row['final_loss']} | {share_with_interval(row['passed'], k)} | {row['plain_background']:.0%} | "
+                     f"{row['one_shape']:.0%} | {share_with_interval(row['solid_fill'], k)} |")
+    return lines
+
+
+def table(out: Path) -> None:
+    saved = json.loads((out / "knobs.json").read_text())
+    lines = knobs_markdown([(knob, row) for knob, rows in saved["knobs"].items() for row in rows], saved["machine"])
     (out / "knobs.md").write_text("\n".join(lines) + "\n")
-    (out / "knobs.json").write_text(json.dumps(
-        {knob: [{k: v for k, v in row.items() if k != "samples"} for row in rows] for knob, rows in results.items()},
-        indent=2) + "\n")
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=("quick", "knobs"))
+    parser.add_argument("what", choices=("quick", "knobs", "table"))
     parser.add_argument("--only", nargs="+", help=f"knobs to run, of {list(KNOBS)}")
     parser.add_argument("--out", type=Path, default=DOCS)
     args = parser.parse_args()
-    quick(args.out) if args.what == "quick" else knobs(args.out, args.only)
+    if args.what == "quick":
+        quick(args.out)
+    elif args.what == "knobs":
+        knobs(args.out, args.only)
+    else:
+        table(args.out)
 
 
 if __name__ == "__main__":

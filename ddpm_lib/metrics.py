@@ -7,6 +7,7 @@ See docs/fid.md for why other choices give other numbers. Memorisation (does a s
 `nearest_neighbours` of the samples in the training set.
 """
 import hashlib
+import math
 import os
 import warnings
 from pathlib import Path
@@ -39,6 +40,21 @@ def frechet_distance(features_a, features_b) -> float:
     sqrt_a = vec @ torch.diag(lam.clamp(min=0).sqrt()) @ vec.T
     tr_covmean = torch.linalg.eigvalsh(sqrt_a @ cov_b @ sqrt_a).clamp(min=0).sqrt().sum()
     return float((mu_a - mu_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * tr_covmean)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval for a share successes / n (z = 1.96: 95%), so that "7 of 64 samples" reads with
+    its uncertainty: p_hat +- z sqrt(p_hat (1 - p_hat) / n + z^2 / 4n^2), recentred, over 1 + z^2 / n."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int (trials), got {n!r}")
+    if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= n:
+        raise ValueError(f"successes must be an int in [0, n={n}], got {successes!r}")
+    if not z > 0:
+        raise ValueError(f"z must be positive (1.96 for 95%), got {z!r}")
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def inception_extractor(weights_path=None) -> nn.Module:

@@ -66,6 +66,21 @@ def whitened(n, d, seed):
     return z @ np.linalg.inv(np.linalg.cholesky(np.cov(z, rowvar=False))).T
 
 
+@pytest.mark.parametrize("k, n", [(0, 64), (2, 64), (7, 64), (32, 64), (64, 64), (1, 1), (13, 500)])
+def test_wilson_interval_matches_scipy(k, n):
+    import scipy.stats
+
+    expected = scipy.stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
+    low, high = metrics.wilson_interval(k, n, z=scipy.stats.norm.ppf(0.975))
+    assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
+
+
+@pytest.mark.parametrize("k, n, z", [(-1, 10, 1.96), (11, 10, 1.96), (1, 0, 1.96), (1.5, 10, 1.96), (1, 10, 0.0)])
+def test_wilson_interval_rejects_bad_input(k, n, z):
+    with pytest.raises(ValueError):
+        metrics.wilson_interval(k, n, z)
+
+
 def test_frechet_distance_matches_scipy():
     a, b = correlated(400, 12, seed=1), correlated(300, 12, seed=2, shift=0.3)
     assert metrics.frechet_distance(a, b) == pytest.approx(scipy_fid(a, b), rel=1e-8)
