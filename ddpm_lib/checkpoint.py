@@ -86,9 +86,9 @@ def read_checkpoint(path) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a ddpm_lib checkpoint (no format={CHECKPOINT_FORMAT!r} entry)")
     version = ckpt.get("version")
-    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
-        raise ValueError(f"{path} is a version {version!r} ddpm_lib checkpoint; this ddpm_lib reads "
-                         f"versions 1 to {CHECKPOINT_VERSION} (a newer ddpm_lib wrote it?)")
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path} is a version {version!r} ddpm_lib checkpoint; this ddpm_lib reads version "
+                         f"{CHECKPOINT_VERSION} (another ddpm_lib wrote it: load it with that one)")
     missing = [k for k in REQUIRED_KEYS if k not in ckpt]
     if missing:
         raise ValueError(f"{path} is an incomplete ddpm_lib checkpoint (missing {', '.join(missing)})")

@@ -1,8 +1,8 @@
 """python -m ddpm_lib train | sample | fid | export   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP).
 
 Every usage or input error is one line `error: ...` on stderr and a non-zero exit (2: usage, 1: input,
-130: interrupted), without a traceback. This module holds the argparse types both halves share, the parser,
-`sample`, `fid`, `export` and `main`; the `train` command lives in cli_train.py.
+130: interrupted), without a traceback. This module holds the parser, `sample`, `fid`,
+`export` and `main`; the `train` command lives in cli_train.py, the argparse types both use in cli_args.py.
 """
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from .cli_args import arg_type, device_arg, non_negative_float, positive_int, where
+from .cli_train import add_train_parser
 from .samplers import SAMPLERS, resolve_steps
 
 STEPS_HELP = "sampler steps (default: " + ", ".join(
@@ -28,51 +30,12 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-# -- argparse types (shared with cli_train) ---------------------------------------------------------------------
-def arg_type(parse, expected: str):
-    """An argparse type: parse(text), or one line saying what was expected where parse returns None or raises."""
-    def convert(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            value = None
-        if value is None:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-    return convert
-
-
-def where(kind, ok):
-    """kind(text) where ok(value), else None."""
-    def parse(text):
-        value = kind(text)
-        return value if ok(value) else None
-    return parse
-
-
-positive_int = arg_type(where(int, lambda v: v >= 1), "a positive integer")
-non_negative_int = arg_type(where(int, lambda v: v >= 0), "an integer >= 0")
-non_negative_float = arg_type(where(float, lambda v: 0 <= v < math.inf), "a number >= 0")
 _fid_samples = arg_type(where(int, lambda v: v >= 2), "an integer >= 2 (FID needs two samples)")
-
-
-def device_arg(text: str) -> torch.device:
-    """--device: a torch device that exists here."""
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda, cuda:1 or mps, "
-                                         f"got {text!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text!r} requested but CUDA is not available here")
-    return device
 
 
 # -- the parser -------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The `python -m ddpm_lib` parser; each sub-command sets `run`, the function main() calls with the args."""
-    from .cli_train import add_train_parser  # cli_train imports this module's argparse types
-
     parser = _Parser(prog="python -m ddpm_lib",
                      description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,export}")

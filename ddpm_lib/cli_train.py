@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .cli import arg_type, device_arg, non_negative_int, positive_int, where
+from .cli_args import arg_type, device_arg, non_negative_int, positive_int, where
 from .schedule import NoiseSchedule, linear_betas
 from .train import TrainConfig
 from .unet import PRESETS

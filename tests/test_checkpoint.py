@@ -102,6 +102,7 @@ def test_checkpoint_contents_are_validated(tmp_path, run):
             load_model(path, device="cpu")
 
     refused("version 99 ddpm_lib checkpoint", version=99)
+    refused("version 1 ddpm_lib checkpoint", version=1)  # no reader of older formats is kept
     path = tmp_path / "incomplete.pt"
     torch.save({k: v for k, v in good.items() if k not in ("ema", "schedule")}, path)
     with pytest.raises(ValueError, match=r"missing ema, schedule"):

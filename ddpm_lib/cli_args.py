@@ -1,0 +1,45 @@
+"""The argparse types of `python -m ddpm_lib` (cli.py and cli_train.py): each a one-line error naming what it expected."""
+from __future__ import annotations
+
+import argparse
+import math
+
+import torch
+
+
+def arg_type(parse, expected: str):
+    """An argparse type: parse(text), or one line saying what was expected where parse returns None or raises."""
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+    return convert
+
+
+def where(kind, ok):
+    """kind(text) where ok(value), else None."""
+    def parse(text):
+        value = kind(text)
+        return value if ok(value) else None
+    return parse
+
+
+positive_int = arg_type(where(int, lambda v: v >= 1), "a positive integer")
+non_negative_int = arg_type(where(int, lambda v: v >= 0), "an integer >= 0")
+non_negative_float = arg_type(where(float, lambda v: 0 <= v < math.inf), "a number >= 0")
+
+
+def device_arg(text: str) -> torch.device:
+    """--device: a torch device that exists here."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda, cuda:1 or mps, "
+                                         f"got {text!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r} requested but CUDA is not available here")
+    return device
