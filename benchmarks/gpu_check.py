@@ -41,6 +41,7 @@ from pathlib import Path
 import torch
 
 import throughput as tp
+from machine import machine
 from gpu_nbval import nbval
 from gpu_report import markdown, write_report
 from gpu_sections import (DRY, GPU, ROOT, SECTIONS, cifar10_run, fp16_gradscaler, one_line, sampling,
@@ -91,7 +92,7 @@ def run_all(args, sizes):
     out, started = Path(args.out), time.monotonic()
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
-    card = torch.cuda.get_device_name(device) if device.type == "cuda" else tp.machine(device)
+    card = torch.cuda.get_device_name(device) if device.type == "cuda" else machine(device)
     report = {"card": card, "torch": torch.__version__, "cuda": torch.version.cuda,
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "dry_run": args.dry_run, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),

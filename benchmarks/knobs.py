@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+from machine import machine
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
@@ -99,10 +99,6 @@ def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
             "train_s": round(train_s, 1),
             "sample_s": round(sample_s, 1), "final_loss": round(sum(tail) / len(tail), 4),
             **{k: round(v, 3) for k, v in shape_score(samples).summary().items()}, "samples": samples}
-
-
-def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def quick(out: Path) -> None:

@@ -11,7 +11,6 @@ preset / batch / device / precision under "## Sampling"; the rest of the file is
 """
 import argparse
 import os
-import platform
 import re
 import statistics
 import sys
@@ -21,8 +20,10 @@ from pathlib import Path
 
 import torch
 
+from machine import machine
+
 from ddpm_lib.device import default_device
-from ddpm_lib.samplers import ddim_sample, ddpm_sample, dpm_solver_sample
+from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, unet_from_preset
 
@@ -44,37 +45,21 @@ def parse_runs(text, T):
     runs = []
     for item in text.split(","):
         name, _, steps = item.strip().partition(":")
-        if name not in ("ddpm", "ddim", "dpm-solver") or not steps.isdigit() or int(steps) < 1:
-            raise SystemExit(f"error: --runs item {item!r}: expected ddpm|ddim|dpm-solver:STEPS")
+        if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+            raise SystemExit(f"error: --runs item {item!r}: expected {'|'.join(SAMPLERS)}:STEPS")
         if name == "ddpm" and int(steps) != T:
             raise SystemExit(f"error: --runs {item!r}: ddpm runs all T={T} steps (set --T {steps} or use ddpm:{T})")
         runs.append((name, int(steps)))
     return runs
 
 
-def machine(device):
-    """One line naming the hardware the numbers come from."""
-    if device.type == "cuda":
-        hw = torch.cuda.get_device_name(device)
-    else:
-        cpu = platform.processor() or platform.machine()
-        if Path("/proc/cpuinfo").exists():
-            found = re.search(r"model name\s*:\s*(.+)", Path("/proc/cpuinfo").read_text())
-            cpu = found.group(1).strip() if found else cpu
-        hw = f"{cpu}, torch threads: {torch.get_num_threads()}"
-    load = f", load average {os.getloadavg()[0]:.1f} at start" if hasattr(os, "getloadavg") else ""
-    return f"{hw} ({device.type}; host {platform.node()}; torch {torch.__version__}{load})"
-
-
 def sample_once(model, schedule, name, steps, shape, device, amp):
     generator = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
+    entry = SAMPLERS[name]
+    kwargs = {} if entry.default_steps is None else {"steps": steps}  # ddpm runs all T steps
     with autocast:
-        if name == "ddpm":
-            return ddpm_sample(model, schedule, shape, generator=generator, device=device)
-        if name == "ddim":
-            return ddim_sample(model, schedule, shape, steps=steps, generator=generator, device=device)
-        return dpm_solver_sample(model, schedule, shape, steps=steps, generator=generator, device=device)
+        return entry.fn(model, schedule, shape, generator=generator, device=device, **kwargs)
 
 
 def benchmark(model, schedule, runs, batch_size, device, amp, repeats):

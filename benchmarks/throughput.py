@@ -10,8 +10,6 @@ benchmarks/gpu_sections.py and gpu_report.py import the contenders, the timing a
 """
 import argparse
 import datetime
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -20,16 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from machine import machine
+
 from ddpm_lib.device import default_device
+from ddpm_lib.pretrained import diffusers_config
 from ddpm_lib.train import Trainer, TrainConfig
-from ddpm_lib.unet import unet_from_preset
+from ddpm_lib.unet import PRESETS, unet_from_preset
 
 # google/ddpm-cifar10-32's UNet2DModel: the paper's network in diffusers (35,746,307 parameters).
-DIFFUSERS_CONFIG = dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(128, 256, 256, 256),
-                        layers_per_block=2, down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D",
-                                                              "DownBlock2D"),
-                        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"), norm_eps=1e-6,
-                        flip_sin_to_cos=False, freq_shift=1, downsample_padding=0, dropout=0.1)
+DIFFUSERS_CONFIG = diffusers_config(PRESETS["ddpm-cifar10"])
 # denoising-diffusion-pytorch's default Unet: 35,711,491 parameters.
 LUCIDRAINS_CONFIG = dict(dim=64, dim_mults=(1, 2, 4, 8), dropout=0.1)
 # toy=True: small networks of the same families, for CPU dry runs (benchmarks/gpu_check.py --dry-run).
@@ -174,15 +171,32 @@ def rate_text(images_per_s) -> str:
     return f"{images_per_s:,.0f}" if images_per_s >= 100 else f"{images_per_s:.3g}"
 
 
-def machine(device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    name = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        name = next((ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines()
-                     if ln.startswith("model name")), name)
-    return f"{name}, {torch.get_num_threads()} threads"
+# What differs between the contenders' steps (each runs its own library's usual full step).
+STEP_DIFFERENCES = ("ddpm_lib: Adam, clip 1, EMA every step; diffusers: AdamW (weight decay 1e-2), clip 1, EMAModel "
+                    "every step; denoising-diffusion-pytorch: Adam (betas 0.9, 0.99), clip 1, EMA every 10th step")
+
+
+def ratio_note() -> str:
+    return ("Each round times every contender once, so a round's ratio of two rates shares that round's machine "
+            "load; 'x ddpm_lib' is the median of the rounds' ratios, with their range. A range that includes "
+            f"1.00x is within the noise. The steps are not identical: {STEP_DIFFERENCES}.")
+
+
+def median_range(values, fmt) -> str:
+    return f"{fmt(statistics.median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def throughput_table(rates: dict, params: dict, flops: dict, peak: float) -> list:
+    """Markdown rows: images/s (median and range over rounds), utilisation, and the per-round ratio to ddpm_lib."""
+    base = rates["ddpm_lib"]
+    lines = ["| implementation | parameters | forward GFLOPs / image | images / s, median (range) | "
+             "utilisation of peak | x ddpm_lib, median (range) |", "|---|---:|---:|---:|---:|---:|"]
+    for name, rate in rates.items():
+        ratios = [r / b for r, b in zip(rate, base)]
+        lines.append(f"| {name} | {params[name]:,} | {flops[name] / 1e9:.2f} | {median_range(rate, rate_text)} | "
+                     f"{utilisation(statistics.median(rate), flops[name], peak):.1%} | "
+                     f"{median_range(ratios, lambda v: f'{v:.2f}x')} |")
+    return lines
 
 
 def main():
@@ -213,18 +227,12 @@ def main():
             rates[name].append(images_per_second(step, x0, args.steps, device))
 
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
-    load = f", load average {os.getloadavg()[0]:.1f} at the end" if hasattr(os, "getloadavg") else ""
     lines = [f"### Training throughput: {machine(device)}", "",
-             f"{datetime.date.today()}, torch {torch.__version__}{load}; batch {args.batch_size}, {precision}, "
-             f"compile={args.compile}, "
-             f"median of {args.repeats} interleaved rounds of {args.steps} steps; measured matmul peak "
+             f"{datetime.date.today()}, at the end of the run; batch {args.batch_size}, {precision}, "
+             f"compile={args.compile}, {args.repeats} interleaved rounds of {args.steps} steps; measured matmul peak "
              f"{peak / 1e12:.2f} TFLOP/s. Utilisation = images/s x 3 x forward FLOPs / peak.", "",
-             "| implementation | parameters | forward GFLOPs / image | images / s | utilisation of peak |",
-             "|---|---:|---:|---:|---:|"]
-    for name in CONTENDERS:
-        rate = statistics.median(rates[name])
-        lines.append(f"| {name} | {params[name]:,} | {flops[name] / 1e9:.2f} | {rate_text(rate)} | "
-                     f"{utilisation(rate, flops[name], peak):.1%} |")
+             ratio_note(), "",
+             *throughput_table(rates, params, flops, peak)]
     table = "\n".join(lines) + "\n"
     print(table)
     out = Path(args.out)
