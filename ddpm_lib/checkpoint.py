@@ -1,7 +1,8 @@
 """One-file checkpoints: atomic write, safe read (torch.load weights_only=True), load_model, run folders.
 
 A checkpoint is a dict of tensors and plain values (no pickled objects): "format", "version", "step",
-"model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule" (betas), "amp_dtype",
+"model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule" (betas, kind, parameters),
+"amp_dtype",
 "data". A run folder holds it as folder/checkpoint.pt.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 3  # 3: the schedule records its kind and parameters
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule")
 

@@ -6,7 +6,6 @@ flags a resumed run refuses, DDP set-up, then `train` (what the parser runs).
 from __future__ import annotations
 
 import argparse
-import inspect
 import math
 import os
 import sys
@@ -17,12 +16,11 @@ from pathlib import Path
 import torch
 
 from .cli_args import arg_type, device_arg, non_negative_int, positive_int, where
-from .schedule import NoiseSchedule, linear_betas
+from .schedule import PAPER_SCHEDULE, NoiseSchedule
 from .train import TrainConfig
 from .unet import PRESETS
 
 SEED_NET = PRESETS["seed"]                                  # the seed's network: the knobs' documented defaults
-SEED_SCHEDULE = inspect.signature(linear_betas).parameters  # the seed's schedule: steps, beta_min, beta_max
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
          "temb_dim": "--temb-dim", "dropout": "--dropout",
          "image_size": "--image-size"}  # UNetConfig field -> the train flag that overrides it
@@ -98,12 +96,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
     g.add_argument("--timesteps", type=positive_int, metavar="T",
-                   help=f"diffusion steps T (default {SEED_SCHEDULE['steps'].default})")
+                   help=f"diffusion steps T (default {PAPER_SCHEDULE['steps']})")
     g.add_argument("--schedule", choices=("linear", "cosine"), help="beta schedule (default linear)")
     g.add_argument("--beta-min", type=_beta, metavar="B", help=f"beta_1 of the linear schedule "
-                                                               f"(default {SEED_SCHEDULE['beta_min'].default})")
+                                                               f"(default {PAPER_SCHEDULE['beta_min']})")
     g.add_argument("--beta-max", type=_beta, metavar="B", help=f"beta_T of the linear schedule "
-                                                               f"(default {SEED_SCHEDULE['beta_max'].default})")
+                                                               f"(default {PAPER_SCHEDULE['beta_max']})")
     g.add_argument("--heads", dest="num_heads", type=positive_int, metavar="H",
                    help=f"attention heads (seed: {SEED_NET.num_heads}; default: the preset's)")
     g.add_argument("--ch-list", type=_ch_list, metavar="C,C,...",
@@ -126,13 +124,13 @@ def add_train_parser(sub) -> None:
 # -- what the flags build ---------------------------------------------------------------------------------------
 def _schedule(args) -> NoiseSchedule:
     """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max."""
-    T = args.timesteps or SEED_SCHEDULE["steps"].default
+    T = args.timesteps or PAPER_SCHEDULE["steps"]
     if args.schedule == "cosine":
         if args.beta_min is not None or args.beta_max is not None:
             raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
         return NoiseSchedule.cosine(T)
-    beta_min = args.beta_min if args.beta_min is not None else SEED_SCHEDULE["beta_min"].default
-    beta_max = args.beta_max if args.beta_max is not None else SEED_SCHEDULE["beta_max"].default
+    beta_min = args.beta_min if args.beta_min is not None else PAPER_SCHEDULE["beta_min"]
+    beta_max = args.beta_max if args.beta_max is not None else PAPER_SCHEDULE["beta_max"]
     if beta_min >= beta_max:
         raise ValueError(f"--beta-min {beta_min} must be < --beta-max {beta_max}")
     return NoiseSchedule.linear(T, beta_min, beta_max)
@@ -157,17 +155,15 @@ def _data_id(data: str) -> str:
 def _resume_conflicts(args, ckpt: dict, path: Path) -> list:
     """The flags given that disagree with the checkpoint being resumed (flags left out never do)."""
     from .checkpoint import config_from_dict
-    from .pretrained import scheduler_config
     from .unet import UNetConfig
 
     net, train_config = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
     data = ckpt.get("data") or {}
-    sched = scheduler_config(NoiseSchedule.from_state_dict(ckpt["schedule"]))
-    kind = {"linear": "linear", "squaredcos_cap_v2": "cosine"}.get(sched.get("beta_schedule"), "custom")
+    sched = NoiseSchedule.from_state_dict(ckpt["schedule"])
     stored = {"--seed": train_config["seed"], "--batch-size": train_config["batch_size"],
-              "--timesteps": sched["num_train_timesteps"], "--schedule": kind,
-              "--beta-min": sched.get("beta_start", f"none ({kind} schedule)"),
-              "--beta-max": sched.get("beta_end", f"none ({kind} schedule)"),
+              "--timesteps": sched.steps, "--schedule": sched.kind,
+              "--beta-min": sched.params.get("beta_min", f"none ({sched.kind} schedule)"),
+              "--beta-max": sched.params.get("beta_max", f"none ({sched.kind} schedule)"),
               **{flag: getattr(net, name) for name, flag in KNOBS.items()}}
     given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
              "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from .device import cache_dir as default_cache
-from .schedule import NoiseSchedule, cosine_betas, linear_betas
+from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet, UNetConfig
 
 REPO_ID = "google/ddpm-cifar10-32"
@@ -210,15 +210,14 @@ def scheduler_config(schedule: NoiseSchedule) -> dict:
     variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
     variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
     """
-    betas = schedule.state_dict()["betas"]  # float64, (T,)
-    T, b1, bT = len(betas), betas[0].item(), betas[-1].item()
-    config = dict(num_train_timesteps=T, variance_type="fixed_large", clip_sample=True, clip_sample_range=1.0,
-                  prediction_type="epsilon")
-    if T > 1 and b1 < bT and torch.allclose(betas, linear_betas(T, b1, bT), rtol=1e-12, atol=0):
-        return {**config, "beta_schedule": "linear", "beta_start": b1, "beta_end": bT}
-    if torch.allclose(betas, cosine_betas(T), rtol=1e-12, atol=0):
+    config = dict(num_train_timesteps=schedule.steps, variance_type="fixed_large", clip_sample=True,
+                  clip_sample_range=1.0, prediction_type="epsilon")
+    if schedule.kind == "linear":
+        return {**config, "beta_schedule": "linear", "beta_start": schedule.params["beta_min"],
+                "beta_end": schedule.params["beta_max"]}
+    if schedule.kind == "cosine" and schedule.params["s"] == 0.008:
         return {**config, "beta_schedule": "squaredcos_cap_v2"}  # Nichol & Dhariwal's cosine, betas capped at 0.999
-    return {**config, "trained_betas": betas.tolist()}
+    return {**config, "trained_betas": schedule.state_dict()["betas"].tolist()}
 
 
 def save_diffusers_pipeline(unet: UNet, schedule: NoiseSchedule, out_dir) -> Path:

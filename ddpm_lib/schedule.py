@@ -5,9 +5,14 @@ Coefficients are computed in float64 and stored as float32 (a float64 copy stays
 so that float64 inputs get float64 coefficients).
 """
 import math
+from types import MappingProxyType
 from typing import Optional, Sequence, Union
 
 import torch
+
+# The paper's schedule (Ho et al. 2020, Sec. 4): T = 1000 linear betas from 1e-4 to 0.02. The one place it is written.
+PAPER_SCHEDULE = MappingProxyType({"steps": 1000, "beta_min": 1e-4, "beta_max": 0.02})
+SCHEDULE_KINDS = ("linear", "cosine", "custom")  # what a NoiseSchedule records of how its betas were made
 
 _COEFFICIENTS = (
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -21,7 +26,8 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def linear_betas(steps: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.02) -> torch.Tensor:
+def linear_betas(steps: int = PAPER_SCHEDULE["steps"], beta_min: float = PAPER_SCHEDULE["beta_min"],
+                 beta_max: float = PAPER_SCHEDULE["beta_max"]) -> torch.Tensor:
     """The paper's schedule: beta_1..beta_T evenly spaced from beta_min to beta_max (float64, (T,))."""
     _check_steps(steps)
     if not 0.0 < beta_min < 1.0 or not 0.0 < beta_max < 1.0:
@@ -31,7 +37,7 @@ def linear_betas(steps: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.
     return torch.linspace(beta_min, beta_max, steps, dtype=torch.float64)
 
 
-def cosine_betas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(steps: int = PAPER_SCHEDULE["steps"], s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal (2021) Eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at max_beta."""
     _check_steps(steps)
     if not s >= 0.0:
@@ -51,9 +57,16 @@ def _randn(shape, generator: Optional[torch.Generator], device, dtype=torch.floa
 
 
 class NoiseSchedule:
-    """The forward process q(x_t | x0) of a beta schedule, its posterior, and the conversions between x0 and eps."""
+    """The forward process q(x_t | x0) of a beta schedule, its posterior, and the conversions between x0 and eps.
 
-    def __init__(self, betas: Union[torch.Tensor, Sequence[float]]):
+    It records how its betas were made: `kind` ("linear", "cosine" or "custom") and `params` (linear: steps,
+    beta_min, beta_max; cosine: steps, s; custom: none), through the constructors `linear` and `cosine`.
+    """
+
+    def __init__(self, betas: Union[torch.Tensor, Sequence[float]], kind: str = "custom",
+                 params: Optional[dict] = None):
+        if kind not in SCHEDULE_KINDS:
+            raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
         betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
@@ -81,18 +94,33 @@ class NoiseSchedule:
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),   # Eq. 7
         }
         self._f64 = f64
+        self.kind = kind
+        self.params = MappingProxyType(dict(params or {}))  # read-only: the arguments that made the betas
         self.steps = len(betas)
         self.device = torch.device("cpu")
         for name in _COEFFICIENTS:
             setattr(self, name, f64[name].float())
 
     @classmethod
-    def linear(cls, steps: int = 1000, beta_min: float = 1e-4, beta_max: float = 0.02) -> "NoiseSchedule":
-        return cls(linear_betas(steps, beta_min, beta_max))
+    def linear(cls, steps: int = PAPER_SCHEDULE["steps"], beta_min: float = PAPER_SCHEDULE["beta_min"],
+               beta_max: float = PAPER_SCHEDULE["beta_max"]) -> "NoiseSchedule":
+        return cls(linear_betas(steps, beta_min, beta_max), "linear",
+                   {"steps": steps, "beta_min": float(beta_min), "beta_max": float(beta_max)})
 
     @classmethod
-    def cosine(cls, steps: int = 1000, s: float = 0.008) -> "NoiseSchedule":
-        return cls(cosine_betas(steps, s))
+    def cosine(cls, steps: int = PAPER_SCHEDULE["steps"], s: float = 0.008) -> "NoiseSchedule":
+        return cls(cosine_betas(steps, s), "cosine", {"steps": steps, "s": float(s)})
+
+    @classmethod
+    def paper(cls, steps: int = PAPER_SCHEDULE["steps"]) -> "NoiseSchedule":
+        """The paper's linear betas; for another T scaled by 1000 / T, so that alpha_bar_T stays near 0 (a short T
+        with the paper's betas would end the forward chain far from N(0, I))."""
+        _check_steps(steps)
+        scale = PAPER_SCHEDULE["steps"] / steps
+        if PAPER_SCHEDULE["beta_max"] * scale >= 1:
+            raise ValueError(f"steps: the paper's betas scaled by 1000 / T reach 1 at T = {steps}; expected T > "
+                             f"{math.floor(PAPER_SCHEDULE['beta_max'] * PAPER_SCHEDULE['steps'])}")
+        return cls.linear(steps, PAPER_SCHEDULE["beta_min"] * scale, PAPER_SCHEDULE["beta_max"] * scale)
 
     def to(self, device) -> "NoiseSchedule":
         """A copy whose float32 tensors live on `device` (the float64 copy stays on the CPU)."""
@@ -104,18 +132,20 @@ class NoiseSchedule:
         return new
 
     def state_dict(self) -> dict:
-        return {"betas": self._f64["betas"].clone()}
+        return {"betas": self._f64["betas"].clone(), "kind": self.kind, "params": dict(self.params)}
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "NoiseSchedule":
-        if not isinstance(state, dict) or "betas" not in state:
-            raise ValueError("state must be a dict with a 'betas' tensor, as NoiseSchedule.state_dict() returns")
-        return cls(state["betas"])
+        if not isinstance(state, dict) or not {"betas", "kind", "params"} <= set(state):
+            raise ValueError("state must be a dict with 'betas', 'kind' and 'params', as NoiseSchedule.state_dict() "
+                             "returns")
+        return cls(state["betas"], state["kind"], state["params"])
 
     def __repr__(self) -> str:
         b = self._f64["betas"]
-        return (f"NoiseSchedule(T={self.steps}, beta_1={b[0].item():.3g}, beta_T={b[-1].item():.3g}, "
-                f"device={self.device})")
+        params = "".join(f", {k}={v:g}" for k, v in self.params.items() if k != "steps")
+        return (f"NoiseSchedule({self.kind}, T={self.steps}{params}, beta_1={b[0].item():.3g}, "
+                f"beta_T={b[-1].item():.3g}, device={self.device})")
 
     def _check_t(self, t, device=None) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)

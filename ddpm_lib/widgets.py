@@ -12,7 +12,7 @@ import torch
 
 from .render import (_as_images, render_attention, render_guided_samples, render_noising,
                      render_trajectory, render_training)
-from .schedule import NoiseSchedule, linear_betas
+from .schedule import NoiseSchedule
 from .shapes import SHAPE_KINDS
 
 __all__ = ["show_widget", "noising_explorer", "attention_viewer", "trajectory_scrubber", "TrainingMonitor",
@@ -56,27 +56,21 @@ def show_widget(widget) -> None:
 
 # ----------------------------------------------------------------------------- noising explorer
 
-def _schedule_kind(schedule: NoiseSchedule) -> str:
-    b = schedule.betas.cpu().double()
-    if len(b) > 1 and b[0] < b[-1] and torch.allclose(b, linear_betas(len(b), b[0].item(), b[-1].item()), rtol=1e-4):
-        return "linear"
-    return "cosine"
-
-
 def noising_explorer(images, schedule: NoiseSchedule):
     """t slider (the first IntSlider: the paper's t, 1..T), image index, and the schedule (linear / cosine, steps,
     beta_min, beta_max) rebuilt whenever one of those changes; the picture is `render_noising` at index t - 1
-    (fixed eps: only t moves it)."""
+    (fixed eps: only t moves it). A custom schedule (betas given directly) is offered as it is, with no sliders."""
     import ipywidgets as widgets
 
     images = _as_images(images, "images")
     schedule = schedule.to("cpu")
-    T, kind = schedule.steps, _schedule_kind(schedule)
+    T, kind = schedule.steps, schedule.kind
     b = schedule.betas
     controls = {
         "t": _slider("IntSlider", value=T // 2, min=1, max=T, description="t"),
         "index": _slider("IntSlider", value=0, min=0, max=len(images) - 1, description="image"),
-        "schedule": widgets.Dropdown(options=["linear", "cosine"], value=kind, description="schedule"),
+        "schedule": widgets.Dropdown(options=["linear", "cosine"] + (["custom"] if kind == "custom" else []),
+                                     value=kind, description="schedule"),
         "steps": _slider("IntSlider", value=T, min=10, max=max(2000, T), step=10, description="steps T"),
         "beta_min": _slider("FloatSlider", value=float(f"{b[0]:.3g}"), min=1e-5, max=1e-3, step=1e-5,
                             readout_format=".5f", description="beta_min"),
@@ -94,15 +88,18 @@ def noising_explorer(images, schedule: NoiseSchedule):
 
     def rebuild(_change=None):
         c = {k: w.value for k, w in controls.items()}
-        state["schedule"] = (NoiseSchedule.linear(c["steps"], c["beta_min"], c["beta_max"]) if c["schedule"] == "linear"
-                             else NoiseSchedule.cosine(c["steps"]))
-        controls["beta_min"].disabled = controls["beta_max"].disabled = c["schedule"] == "cosine"
+        build = {"linear": lambda: NoiseSchedule.linear(c["steps"], c["beta_min"], c["beta_max"]),
+                 "cosine": lambda: NoiseSchedule.cosine(c["steps"]), "custom": lambda: schedule}
+        state["schedule"] = build[c["schedule"]]()
+        controls["beta_min"].disabled = controls["beta_max"].disabled = c["schedule"] != "linear"
+        controls["steps"].disabled = c["schedule"] == "custom"
         t_before = controls["t"].value
         controls["t"].max = c["steps"]  # when T shrinks this first clamps t, which re-renders
         if controls["t"].value == t_before:
             box.refresh()
 
-    controls["beta_min"].disabled = controls["beta_max"].disabled = kind == "cosine"
+    controls["beta_min"].disabled = controls["beta_max"].disabled = kind != "linear"
+    controls["steps"].disabled = kind == "custom"
     for name in ("schedule", "steps", "beta_min", "beta_max"):
         controls[name].observe(rebuild, names="value")
     box.controls = controls

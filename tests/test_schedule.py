@@ -141,8 +141,37 @@ def test_coefficients_stored_float32_and_state_dict_round_trip(tmp_path):
     assert state["betas"].dtype == torch.float64
     again = NoiseSchedule.from_state_dict(state)
     assert torch.equal(again.posterior_mean_coef1, schedule.posterior_mean_coef1)
+    assert again.kind == "linear" and dict(again.params) == {"steps": 300, "beta_min": 2e-4, "beta_max": 0.03}
     moved = schedule.to("cpu")
     assert moved is not schedule and torch.equal(moved.alphas_cumprod, schedule.alphas_cumprod)
+
+
+def test_a_schedule_records_how_its_betas_were_made():
+    cosine = NoiseSchedule.cosine(50, s=0.01)
+    assert cosine.kind == "cosine" and dict(cosine.params) == {"steps": 50, "s": 0.01}
+    assert torch.equal(cosine.betas, cosine_betas(50, 0.01).float())
+    custom = NoiseSchedule(torch.linspace(0.3, 1e-3, 40, dtype=torch.float64))
+    assert custom.kind == "custom" and dict(custom.params) == {}
+    assert NoiseSchedule.from_state_dict(cosine.state_dict()).params == cosine.params
+    assert cosine.to("cpu").kind == "cosine"
+    with pytest.raises(TypeError):
+        cosine.params["s"] = 0.5  # read-only: the betas would no longer match it
+    with pytest.raises(ValueError, match="kind must be one of"):
+        NoiseSchedule(linear_betas(10), kind="sigmoid")
+    with pytest.raises(ValueError, match="'betas', 'kind' and 'params'"):
+        NoiseSchedule.from_state_dict({"betas": linear_betas(10)})
+
+
+@pytest.mark.parametrize("T", [1000, 100, 21])
+def test_paper_schedule_scales_its_betas_for_a_shorter_T(T):
+    schedule = NoiseSchedule.paper(T)
+    assert schedule.kind == "linear" and schedule.steps == T
+    assert schedule.params["beta_min"] == pytest.approx(1e-4 * 1000 / T)
+    assert schedule.params["beta_max"] == pytest.approx(0.02 * 1000 / T)
+    assert schedule.alphas_cumprod[-1] < 1e-4  # the forward chain still ends near N(0, I)
+    assert torch.equal(NoiseSchedule.paper().betas, NoiseSchedule.linear(1000, 1e-4, 0.02).betas)
+    with pytest.raises(ValueError, match="expected T > 20"):
+        NoiseSchedule.paper(20)
 
 
 @pytest.mark.parametrize("T", [1, 2, 5, 100, 1000])

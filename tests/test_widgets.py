@@ -109,6 +109,17 @@ def test_noising_explorer_recognises_a_cosine_schedule(images):
     assert box.controls["schedule"].value == "cosine" and box.controls["t"].max == 30
 
 
+def test_noising_explorer_offers_a_custom_schedule_as_it_is(images):
+    custom = NoiseSchedule(torch.linspace(0.3, 1e-3, 40, dtype=torch.float64))  # no linear or cosine formula
+    box = noising_explorer(images, custom)
+    assert box.controls["schedule"].value == "custom" and box.controls["steps"].disabled
+    assert box.image.value == render_noising(images, custom, 19, index=0)
+    box.controls["schedule"].value = "linear"
+    assert box.current_schedule().kind == "linear" and not box.controls["beta_min"].disabled
+    box.controls["schedule"].value = "custom"
+    assert box.current_schedule().kind == "custom" and torch.equal(box.current_schedule().betas, custom.betas)
+
+
 # ----------------------------------------------------------------------------- attention
 
 
