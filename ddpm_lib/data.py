@@ -12,9 +12,6 @@ from urllib.error import URLError
 
 import numpy as np
 import torch
-from PIL import Image
-from torchvision.datasets import CIFAR10
-from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
 
 from .shapes import SHAPE_KINDS, make_shapes
 
@@ -59,6 +56,9 @@ def load_cifar10(root, train=True, download=True, verify_md5=True):
     verify_md5: check every batch file against torchvision's md5 list; False accepts fixtures
     written by `ddpm_lib.testing.write_cifar10_format`.
     """
+    from torchvision.datasets import CIFAR10  # its file list, md5s and download: only when CIFAR-10 is read
+    from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
+
     root = Path(root).expanduser()
     folder = root / CIFAR10.base_folder
     expected = CIFAR10.train_list if train else CIFAR10.test_list
@@ -93,6 +93,8 @@ def load_cifar10(root, train=True, download=True, verify_md5=True):
 
 def _decode(file, size):
     """PIL decode -> RGB, centre crop to a square, resize to size x size -> uint8 (3, size, size)."""
+    from PIL import Image  # only image folders need it
+
     try:
         with Image.open(file) as im:
             im = im.convert("RGB")
@@ -291,13 +293,3 @@ def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32
     if not with_labels:
         return images[:n]
     return images[:n], labels[:n], names
-
-
-def __getattr__(name):
-    """`from ddpm_lib.data import write_cifar10_format` still works: it lives in ddpm_lib.testing (imported on first
-    use, since ddpm_lib.testing imports this module)."""
-    if name == "write_cifar10_format":
-        from .testing import write_cifar10_format
-
-        return write_cifar10_format
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

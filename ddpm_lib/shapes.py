@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy import ndimage
 
 SHAPE_KINDS = ("circle", "square", "triangle")  # make_shapes' labels, in label order
 _PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
@@ -100,6 +99,8 @@ def _blobs(img: np.ndarray, tol: int):
     first, count)."""
     border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])  # (4 size - 4, 3)
     background = np.median(border, axis=0)
+    from scipy import ndimage  # only shape scoring needs it
+
     labels, count = ndimage.label(~_within(img, background, tol))  # 4-connectivity
     return border, background, labels, np.sort(np.bincount(labels.ravel())[1:])[::-1], count
 

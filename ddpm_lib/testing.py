@@ -10,7 +10,6 @@ import struct
 from pathlib import Path
 
 import numpy as np
-from torchvision.datasets import CIFAR10
 
 from .data import CIFAR10_CLASSES
 
@@ -52,6 +51,8 @@ def write_cifar10_format(root, images, labels, test_images=None, test_labels=Non
     """
     train = _as_cifar_arrays(images, labels, "train")
     test = train if test_images is None else _as_cifar_arrays(test_images, test_labels, "test")
+    from torchvision.datasets import CIFAR10  # its folder and file names
+
     folder = Path(root).expanduser() / CIFAR10.base_folder
     folder.mkdir(parents=True, exist_ok=True)
     batches = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", d, l)

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from torchvision.utils import save_image
 from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT_NAME, config_from_dict, load_weights, read_checkpoint,
@@ -276,6 +275,8 @@ class Trainer:
         y = torch.arange(n, device=self.device) % K if K is not None else None
         x0 = ddim_sample(self.ema, self.schedule, (n, 3, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
                          generator=gen, device=self.device, y=y)
+        from torchvision.utils import save_image  # the PNG grid: torchvision only when one is written
+
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         save_image((x0.float().cpu() + 1) / 2, path, nrow=math.ceil(math.sqrt(n)))
         return x0

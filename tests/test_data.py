@@ -94,7 +94,7 @@ def test_download_uses_torchvision_archive(tmp_path, monkeypatch):
         calls.append((url, filename, md5))
         write_cifar10_format(download_root, *random_cifar(10, 2))  # as if the archive was extracted
 
-    monkeypatch.setattr(data, "download_and_extract_archive", fake_download)
+    monkeypatch.setattr(tvd.utils, "download_and_extract_archive", fake_download)
     x, _ = load_cifar10(tmp_path, verify_md5=False)
     assert calls == [(tvd.CIFAR10.url, tvd.CIFAR10.filename, tvd.CIFAR10.tgz_md5)] and len(x) == 10
     load_cifar10(tmp_path, verify_md5=False)
@@ -106,7 +106,7 @@ def test_offline_with_nothing_names_folder_and_files(tmp_path, monkeypatch, erro
     def offline(*args, **kwargs):
         raise error
 
-    monkeypatch.setattr(data, "download_and_extract_archive", offline)
+    monkeypatch.setattr(tvd.utils, "download_and_extract_archive", offline)
     with pytest.raises(FileNotFoundError) as info:
         load_cifar10(tmp_path / "nowhere")
     message = str(info.value)
@@ -133,10 +133,9 @@ def test_batch_file_cannot_run_code(cifar_root, tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_writer_lives_in_testing_and_stays_importable_from_data():
-    assert data.write_cifar10_format is ddpm_lib.testing.write_cifar10_format is ddpm_lib.write_cifar10_format
-    with pytest.raises(AttributeError, match="no_such_name"):
-        data.no_such_name
+def test_the_writer_lives_in_testing_only():
+    assert ddpm_lib.testing.write_cifar10_format is ddpm_lib.write_cifar10_format
+    assert not hasattr(data, "write_cifar10_format")  # no re-export kept for compatibility
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -173,7 +172,7 @@ def test_image_folder_cached_after_first_decode(tmp_path, monkeypatch):
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data.Image, "open", no_decoding)
+    monkeypatch.setattr(Image, "open", no_decoding)
     assert torch.equal(load_image_folder(tmp_path), first)
     save(tmp_path / "3.png", np.full((8, 8, 3), 200))  # the folder changed: the cache is stale
     with pytest.raises(ValueError, match="decoded again"):
@@ -217,7 +216,7 @@ def test_image_folder_labels_from_class_subfolders(tmp_path):
 
 def test_image_folder_labels_survive_the_cache(tmp_path, monkeypatch):
     first = load_image_folder(class_folder(tmp_path), size=8, with_labels=True)
-    monkeypatch.setattr(data.Image, "open", lambda *a, **k: pytest.fail("decoded again"))
+    monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
     again = load_image_folder(tmp_path, size=8, with_labels=True)
     assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1]) and again[2] == first[2]
     (tmp_path / "dog").rename(tmp_path / "ant")  # same files, new class name: the cache is stale
@@ -392,7 +391,7 @@ def test_load_dataset_with_labels(tmp_path, monkeypatch):
     x, y = random_cifar(10, 0)
     write_cifar10_format(tmp_path, x, y)
     md5s = dict(tvd.CIFAR10.train_list)
-    monkeypatch.setattr(data, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
+    monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
     images, labels, names = load_dataset("cifar10", root=tmp_path, n=4, download=False, with_labels=True)
     assert names == list(CIFAR10_CLASSES) and torch.equal(images, x[:4]) and torch.equal(labels, y[:4])
     images, labels, names = load_dataset(str(class_folder(tmp_path / "imgs")), n=3, size=8, with_labels=True)
@@ -406,7 +405,7 @@ def test_load_dataset(tmp_path, monkeypatch):
     images, labels = random_cifar(10, 0)
     write_cifar10_format(tmp_path, images, labels)
     md5s = dict(tvd.CIFAR10.train_list)
-    monkeypatch.setattr(data, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
+    monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
     assert torch.equal(load_dataset("cifar10", root=tmp_path, n=4, download=False), images[:4])
     with pytest.raises(ValueError, match="32x32"):
         load_dataset("cifar10", root=tmp_path, size=64)

@@ -72,6 +72,25 @@ def test_ci_runs_the_readme_test_command():
     assert "torch==2.14.1 torchvision==0.29.1" in makefile
 
 
+def test_ci_runs_the_notebooks_under_each_mkl_code_path_of_this_cpu():
+    assert re.search(r"^make test-mkl$", (ROOT / ".ci" / "run").read_text(), flags=re.M)
+    lines = " ".join(_make_n("test-mkl"))
+    flags = (Path("/proc/cpuinfo").read_text().split() if Path("/proc/cpuinfo").exists() else [])
+    wanted = ["COMPATIBLE"] + ["AVX2"] * ("avx2" in flags) + ["AVX512"] * ("avx512f" in flags)
+    assert re.search(r"for path in " + " +".join(wanted) + r"\s*;", lines), lines
+    assert "MKL_CBWR=$path" in lines and "pytest notebooks --nbval-lax" in lines
+
+
+def test_import_ddpm_lib_loads_nothing_heavy():
+    """The core needs torch, numpy and tqdm: `import ddpm_lib` in a fresh interpreter loads no widget, plotting,
+    image, data-set, metrics or diffusers package."""
+    heavy = ["ipywidgets", "matplotlib", "scipy", "PIL", "torchvision", "torchmetrics", "torch_fidelity", "diffusers",
+             "huggingface_hub"]
+    code = f"import sys, ddpm_lib; print([m for m in {heavy!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def _make_n(*args) -> list[str]:
     """The commands `make -n ARGS` would run (here, in the repository)."""
     if shutil.which("make") is None:
