@@ -96,12 +96,12 @@ def add_train_parser(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
     g.add_argument("--timesteps", type=positive_int, metavar="T",
-                   help=f"diffusion steps T (default {PAPER_SCHEDULE['steps']})")
+                   help=f"diffusion steps T (default {PAPER_SCHEDULE.steps})")
     g.add_argument("--schedule", choices=("linear", "cosine"), help="beta schedule (default linear)")
     g.add_argument("--beta-min", type=_beta, metavar="B", help=f"beta_1 of the linear schedule "
-                                                               f"(default {PAPER_SCHEDULE['beta_min']})")
+                                                               f"(default {PAPER_SCHEDULE.beta_min})")
     g.add_argument("--beta-max", type=_beta, metavar="B", help=f"beta_T of the linear schedule "
-                                                               f"(default {PAPER_SCHEDULE['beta_max']})")
+                                                               f"(default {PAPER_SCHEDULE.beta_max})")
     g.add_argument("--heads", dest="num_heads", type=positive_int, metavar="H",
                    help=f"attention heads (seed: {SEED_NET.num_heads}; default: the preset's)")
     g.add_argument("--ch-list", type=_ch_list, metavar="C,C,...",
@@ -124,13 +124,13 @@ def add_train_parser(sub) -> None:
 # -- what the flags build ---------------------------------------------------------------------------------------
 def _schedule(args) -> NoiseSchedule:
     """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max."""
-    T = args.timesteps or PAPER_SCHEDULE["steps"]
+    T = args.timesteps or PAPER_SCHEDULE.steps
     if args.schedule == "cosine":
         if args.beta_min is not None or args.beta_max is not None:
             raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
         return NoiseSchedule.cosine(T)
-    beta_min = args.beta_min if args.beta_min is not None else PAPER_SCHEDULE["beta_min"]
-    beta_max = args.beta_max if args.beta_max is not None else PAPER_SCHEDULE["beta_max"]
+    beta_min = args.beta_min if args.beta_min is not None else PAPER_SCHEDULE.beta_min
+    beta_max = args.beta_max if args.beta_max is not None else PAPER_SCHEDULE.beta_max
     if beta_min >= beta_max:
         raise ValueError(f"--beta-min {beta_min} must be < --beta-max {beta_max}")
     return NoiseSchedule.linear(T, beta_min, beta_max)

@@ -96,7 +96,10 @@ class _Trajectory:
     """Collects x_t and the predicted x0 at each step (on the CPU) when enabled."""
 
     def __init__(self, enabled: bool):
-        self.enabled, self.t, self.x_t, self.x0_pred = enabled, [], [], []
+        self.enabled = enabled
+        self.t: list[int] = []
+        self.x_t: list[torch.Tensor] = []
+        self.x0_pred: list[torch.Tensor] = []
 
     def add(self, t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
         if self.enabled:

@@ -6,12 +6,21 @@ so that float64 inputs get float64 coefficients).
 """
 import math
 from types import MappingProxyType
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
+
+class LinearBetas(NamedTuple):
+    """The arguments of a linear beta schedule."""
+
+    steps: int       # T, the number of diffusion steps
+    beta_min: float  # beta_1
+    beta_max: float  # beta_T
+
+
 # The paper's schedule (Ho et al. 2020, Sec. 4): T = 1000 linear betas from 1e-4 to 0.02. The one place it is written.
-PAPER_SCHEDULE = MappingProxyType({"steps": 1000, "beta_min": 1e-4, "beta_max": 0.02})
+PAPER_SCHEDULE = LinearBetas(steps=1000, beta_min=1e-4, beta_max=0.02)
 SCHEDULE_KINDS = ("linear", "cosine", "custom")  # what a NoiseSchedule records of how its betas were made
 
 _COEFFICIENTS = (
@@ -26,8 +35,8 @@ def _check_steps(steps: int) -> None:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
 
 
-def linear_betas(steps: int = PAPER_SCHEDULE["steps"], beta_min: float = PAPER_SCHEDULE["beta_min"],
-                 beta_max: float = PAPER_SCHEDULE["beta_max"]) -> torch.Tensor:
+def linear_betas(steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
+                 beta_max: float = PAPER_SCHEDULE.beta_max) -> torch.Tensor:
     """The paper's schedule: beta_1..beta_T evenly spaced from beta_min to beta_max (float64, (T,))."""
     _check_steps(steps)
     if not 0.0 < beta_min < 1.0 or not 0.0 < beta_max < 1.0:
@@ -37,7 +46,7 @@ def linear_betas(steps: int = PAPER_SCHEDULE["steps"], beta_min: float = PAPER_S
     return torch.linspace(beta_min, beta_max, steps, dtype=torch.float64)
 
 
-def cosine_betas(steps: int = PAPER_SCHEDULE["steps"], s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(steps: int = PAPER_SCHEDULE.steps, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal (2021) Eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at max_beta."""
     _check_steps(steps)
     if not s >= 0.0:
@@ -62,6 +71,20 @@ class NoiseSchedule:
     It records how its betas were made: `kind` ("linear", "cosine" or "custom") and `params` (linear: steps,
     beta_min, beta_max; cosine: steps, s; custom: none), through the constructors `linear` and `cosine`.
     """
+
+    # float32 (T,) coefficients, indexed by t (set from the float64 ones in __init__, moved by `to`)
+    betas: torch.Tensor                          # beta_t
+    alphas: torch.Tensor                         # alpha_t = 1 - beta_t
+    alphas_cumprod: torch.Tensor                 # alpha_bar_t
+    alphas_cumprod_prev: torch.Tensor            # alpha_bar_{t-1} (1 at t = 0)
+    sqrt_alphas_cumprod: torch.Tensor            # sqrt(alpha_bar_t)
+    sqrt_one_minus_alphas_cumprod: torch.Tensor  # sqrt(1 - alpha_bar_t)
+    sqrt_recip_alphas_cumprod: torch.Tensor      # 1 / sqrt(alpha_bar_t)
+    sqrt_recipm1_alphas_cumprod: torch.Tensor    # sqrt(1 / alpha_bar_t - 1)
+    posterior_variance: torch.Tensor             # beta_tilde_t (Eq. 7)
+    posterior_log_variance_clipped: torch.Tensor  # log beta_tilde_t, t = 0 taking t = 1's value
+    posterior_mean_coef1: torch.Tensor           # coefficient of x0 in mu_tilde (Eq. 7)
+    posterior_mean_coef2: torch.Tensor           # coefficient of x_t in mu_tilde (Eq. 7)
 
     def __init__(self, betas: Union[torch.Tensor, Sequence[float]], kind: str = "custom",
                  params: Optional[dict] = None):
@@ -102,25 +125,25 @@ class NoiseSchedule:
             setattr(self, name, f64[name].float())
 
     @classmethod
-    def linear(cls, steps: int = PAPER_SCHEDULE["steps"], beta_min: float = PAPER_SCHEDULE["beta_min"],
-               beta_max: float = PAPER_SCHEDULE["beta_max"]) -> "NoiseSchedule":
+    def linear(cls, steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
+               beta_max: float = PAPER_SCHEDULE.beta_max) -> "NoiseSchedule":
         return cls(linear_betas(steps, beta_min, beta_max), "linear",
                    {"steps": steps, "beta_min": float(beta_min), "beta_max": float(beta_max)})
 
     @classmethod
-    def cosine(cls, steps: int = PAPER_SCHEDULE["steps"], s: float = 0.008) -> "NoiseSchedule":
+    def cosine(cls, steps: int = PAPER_SCHEDULE.steps, s: float = 0.008) -> "NoiseSchedule":
         return cls(cosine_betas(steps, s), "cosine", {"steps": steps, "s": float(s)})
 
     @classmethod
-    def paper(cls, steps: int = PAPER_SCHEDULE["steps"]) -> "NoiseSchedule":
+    def paper(cls, steps: int = PAPER_SCHEDULE.steps) -> "NoiseSchedule":
         """The paper's linear betas; for another T scaled by 1000 / T, so that alpha_bar_T stays near 0 (a short T
         with the paper's betas would end the forward chain far from N(0, I))."""
         _check_steps(steps)
-        scale = PAPER_SCHEDULE["steps"] / steps
-        if PAPER_SCHEDULE["beta_max"] * scale >= 1:
+        scale = PAPER_SCHEDULE.steps / steps
+        if PAPER_SCHEDULE.beta_max * scale >= 1:
             raise ValueError(f"steps: the paper's betas scaled by 1000 / T reach 1 at T = {steps}; expected T > "
-                             f"{math.floor(PAPER_SCHEDULE['beta_max'] * PAPER_SCHEDULE['steps'])}")
-        return cls.linear(steps, PAPER_SCHEDULE["beta_min"] * scale, PAPER_SCHEDULE["beta_max"] * scale)
+                             f"{math.floor(PAPER_SCHEDULE.beta_max * PAPER_SCHEDULE.steps)}")
+        return cls.linear(steps, PAPER_SCHEDULE.beta_min * scale, PAPER_SCHEDULE.beta_max * scale)
 
     def to(self, device) -> "NoiseSchedule":
         """A copy whose float32 tensors live on `device` (the float64 copy stays on the CPU)."""

@@ -90,7 +90,7 @@ class ShapeScore:
 
 def _within(pixels: np.ndarray, colour: np.ndarray, tol: int) -> np.ndarray:
     """(..., 3) pixels whose every channel is within tol of colour."""
-    return (np.abs(pixels.astype(np.int16) - colour.astype(np.int16)) <= tol).all(-1)
+    return np.asarray((np.abs(pixels.astype(np.int16) - colour.astype(np.int16)) <= tol).all(-1))
 
 
 def _blobs(img: np.ndarray, tol: int):

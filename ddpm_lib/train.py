@@ -206,7 +206,7 @@ class Trainer:
                         pending, clock, since = [], time.perf_counter(), self.step
                     if out is not None and self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
                         self.save_samples(out / "samples" / f"step_{self.step:07d}.png")
-                    if save:
+                    if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
         finally:
             bar.close()
@@ -284,7 +284,9 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path=None) -> Path:
         """Write one checkpoint file atomically (ddpm_lib.checkpoint). Under DDP call on every rank."""
-        path = Path(path) if path is not None else Path(self.config.out_dir) / CHECKPOINT_NAME
+        if path is None and self.config.out_dir is None:
+            raise ValueError("path: expected a file to write, since TrainConfig.out_dir is None")
+        path = Path(path) if path is not None else Path(str(self.config.out_dir)) / CHECKPOINT_NAME
         if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
             raise FloatingPointError(f"non-finite weights at step {self.step}; not saving a bad state")
         if self.rank == 0:

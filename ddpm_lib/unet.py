@@ -227,6 +227,7 @@ class UNet(nn.Module):
     def _label_index(self, y: torch.Tensor | None, batch: int, device: torch.device) -> torch.Tensor:
         """Labels (B,) in [-1, num_classes) -> rows of label_emb, -1 (and y=None: all rows) -> the null row."""
         K = self.config.num_classes
+        assert K is not None, "_label_index is for class-conditional networks"
         if y is None:
             return torch.full((batch,), K, dtype=torch.long, device=device)
         y = torch.as_tensor(y, device=device)
