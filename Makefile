@@ -7,11 +7,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddpm_lib-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
-CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg/train.tar.gz  # the offline JPEG copy of CIFAR-10 (docs, gpu-carry)
+# Colab's widgets (ipywidgets 7.7.1 and its release's pins), for the Colab emulation (tests/test_colab.py)
+COLAB_WIDGETS := ipywidgets==7.7.1 widgetsnbextension==3.6.1 jupyterlab_widgets==1.1.1 ipython_genutils==0.2.0
+# the offline JPEG copy of CIFAR-10 (make docs, gpu-carry)
+CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg/train.tar.gz
 
-.PHONY: setup lab demo docs test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
+.PHONY: setup lab demo docs lint test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(VENV)/colab-wheels
+
+# Colab's widgets for the Colab emulation (tests/test_colab.py), downloaded once; the test runs offline
+$(VENV)/colab-wheels: | $(STAMP)
+	rm -rf $@.tmp && $(PY) -m pip download -q --no-deps -d $@.tmp $(COLAB_WIDGETS) && mv $@.tmp $@
 
 $(STAMP): pyproject.toml scripts/setup_browser.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -57,8 +64,14 @@ docs: setup $(DOCS_DATA)
 	DDPM_SMOKE=0 $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
 		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/0*.ipynb
 
-# Unit, oracle and end-to-end tests, every notebook under nbval, and the browser test.
-test: setup
+# ruff (lint and import order, over the code and the notebooks) and mypy over the core; settings in pyproject.toml.
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+# The lint, then unit, oracle and end-to-end tests, every notebook under nbval, the Colab emulation and the
+# browser test.
+test: setup lint
 	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
 
 # Every notebook under nbval once per MKL code path (MKL_CBWR) that this CPU has: COMPATIBLE always, AVX2 and

@@ -67,8 +67,10 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme
     assert re.search(r"^make test$", ci, flags=re.M)
     makefile = (ROOT / "Makefile").read_text()
-    recipe = makefile.split("\ntest: setup\n", 1)[1].split("\n\n", 1)[0]
+    recipe = makefile.split("\ntest: setup lint\n", 1)[1].split("\n\n", 1)[0]  # the lint first
     assert "pytest tests notebooks --nbval-lax" in recipe
+    lint = makefile.split("\nlint: setup\n", 1)[1].split("\n\n", 1)[0]
+    assert "ruff check ." in lint and "mypy" in lint
     assert "torch==2.14.1 torchvision==0.29.1" in makefile
 
 

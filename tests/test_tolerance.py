@@ -68,6 +68,26 @@ def test_emulated_tf32_attention_is_within_half_the_tf32_tolerance(seed, tf32_on
     assert _normwise(_tf32(A) @ _tf32(v), _attention(q, k, v)) <= tf32_on / 2
 
 
+@pytest.mark.parametrize("layers", [2, 8, 32])
+def test_emulated_tf32_through_a_chain_of_layers_is_within_half_the_tf32_tolerance(layers):
+    """Linear layers, each followed by GroupNorm and a SiLU residual, computed with TF32-rounded matmul inputs
+    against float64: the error grows with depth, and the bound grows linearly in `layers` with it."""
+    g = torch.Generator().manual_seed(layers)
+    weights = [torch.randn(C, C, generator=g, dtype=torch.float64) / math.sqrt(C) for _ in range(layers)]
+    exact = emulated = torch.randn(64, C, generator=g, dtype=torch.float64)
+    for W in weights:
+        exact = F.group_norm((exact @ W.T)[:, :, None], 8)[:, :, 0]
+        emulated = F.group_norm((_tf32(emulated) @ _tf32(W).T)[:, :, None], 8)[:, :, 0]
+        exact, emulated = exact + F.silu(exact), emulated + F.silu(emulated)
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        bound = tolerance(C * layers, device="cuda", layers=layers)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert _normwise(emulated, exact) <= bound / 2
+
+
 def test_slips_in_attention_fail_the_check_also_with_the_tf32_bound(tf32_on):
     q, k, v = _qkv(0)
     right = _attention(q, k, v)
