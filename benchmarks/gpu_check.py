@@ -40,12 +40,11 @@ from pathlib import Path
 
 import torch
 
-import throughput as tp
-from machine import machine
 from gpu_nbval import nbval
 from gpu_report import markdown, write_report
 from gpu_sections import (DRY, GPU, ROOT, SECTIONS, cifar10_run, fp16_gradscaler, one_line, sampling,
                           train_throughput, write_result)
+from machine import machine
 
 SEQUENTIAL = ("train_throughput", "fp16_gradscaler", "sampling")
 RUNNERS = {"train_throughput": train_throughput, "fp16_gradscaler": fp16_gradscaler, "sampling": sampling,

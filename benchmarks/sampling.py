@@ -10,7 +10,6 @@ the cost of a model evaluation does not depend on them. Each result replaces the
 preset / batch / device / precision under "## Sampling"; the rest of the file is kept.
 """
 import argparse
-import os
 import re
 import statistics
 import sys

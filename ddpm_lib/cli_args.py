@@ -1,4 +1,4 @@
-"""The argparse types of `python -m ddpm_lib` (cli.py and cli_train.py): each a one-line error naming what it expected."""
+"""The argparse types of `python -m ddpm_lib` (cli.py, cli_train.py): each error one line naming what it expected."""
 from __future__ import annotations
 
 import argparse

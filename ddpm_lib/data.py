@@ -139,7 +139,8 @@ def _decode_cached(folder, files, size):
         torch.save({"key": key, "images": images}, tmp)
         os.replace(tmp, cache)
     except OSError as e:
-        warnings.warn(f"could not write the image cache {cache} ({e}); images will be decoded again next time")
+        warnings.warn(f"could not write the image cache {cache} ({e}); images will be decoded again next time",
+                      stacklevel=2)
     return images
 
 

@@ -17,5 +17,6 @@ def default_device() -> torch.device:
 
 def cache_dir(*parts: str) -> Path:
     """$DDPM_LIB_CACHE, else $XDG_CACHE_HOME/ddpm_lib, else ~/.cache/ddpm_lib; joined with `parts`."""
-    root = os.environ.get("DDPM_LIB_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ddpm_lib"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    root = os.environ.get("DDPM_LIB_CACHE") or xdg / "ddpm_lib"
     return Path(root).expanduser().joinpath(*parts)

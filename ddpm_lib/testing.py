@@ -55,8 +55,8 @@ def write_cifar10_format(root, images, labels, test_images=None, test_labels=Non
 
     folder = Path(root).expanduser() / CIFAR10.base_folder
     folder.mkdir(parents=True, exist_ok=True)
-    batches = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", d, l)
-               for i, (d, l) in enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))]
+    batches = [(f"data_batch_{i + 1}", f"training batch {i + 1} of 5", d, lab)
+               for i, (d, lab) in enumerate(zip(np.array_split(train[0], 5), np.array_split(train[1], 5)))]
     batches.append(("test_batch", "testing batch 1 of 1", *test))
     for name, batch_label, data, batch_labels in batches:
         _dump(folder / name, {

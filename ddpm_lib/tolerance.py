@@ -68,8 +68,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, reduction: int = 
     rtol, atol = max(default_rtol, bound), max(default_atol, bound * scale)
 
     def message(default: str) -> str:
-        return f"{default}\nTolerance: {reduction} summed terms in {expected.dtype} (rtol {rtol:.2g}, atol {atol:.2g})" + (
-            f": {why}" if why else "")
+        bound = f"{reduction} summed terms in {expected.dtype} (rtol {rtol:.2g}, atol {atol:.2g})"
+        return f"{default}\nTolerance: {bound}" + (f": {why}" if why else "")
 
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=message)
 

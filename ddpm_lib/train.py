@@ -59,7 +59,8 @@ class TrainConfig:
             value = getattr(self, name)
             kind = float if name in ("lr", "grad_clip") else int
             if isinstance(value, bool) or not isinstance(value, (kind, int)) or not math.isfinite(value):
-                raise ValueError(f"TrainConfig.{name} must be {'a number' if kind is float else 'an int'}, got {value!r}")
+                expected = "a number" if kind is float else "an int"
+                raise ValueError(f"TrainConfig.{name} must be {expected}, got {value!r}")
             if value < 0 or (value == 0 and name in positive):
                 raise ValueError(f"TrainConfig.{name} must be {'> 0' if name in positive else '>= 0'}, got {value!r}")
         for name in ("ema_decay", "cond_drop_prob"):

@@ -111,11 +111,11 @@ class UNetConfig:
     dropout: float = 0.1             # dropout inside every res block
     norm_groups: int = 32            # GroupNorm groups; must divide every level's channels
     norm_eps: float = 1e-5           # GroupNorm epsilon (the paper's TF code: 1e-6)
-    time_mlp_dim: int = 0            # 0: blocks map the sinusoid directly; > 0: Linear-SiLU-Linear-SiLU to this width first
+    time_mlp_dim: int = 0            # 0: blocks map the sinusoid directly; > 0: Linear-SiLU-Linear-SiLU to it first
     mid_attention: bool = False      # self-attention between the two res blocks at the bottom
     resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
-    image_size: int = 32             # the resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
-    num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (and -1, no label) added to the time embedding
+    image_size: int = 32             # resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
+    num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (-1: no label) added to the time embedding
 
     def __post_init__(self):
         for name in ("ch_list", "attention_layer"):  # lists from checkpoints (JSON) -> tuples; frozen, hence setattr

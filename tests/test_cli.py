@@ -260,8 +260,8 @@ def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
 def run(tmp_path_factory):
     """A 2-step run of the seed's knobs (module-wide; later tests resume and export it)."""
     tmp = tmp_path_factory.mktemp("cli")
-    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--no-ema-warmup", "--out", tmp / "run",
-                            cwd=tmp))
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--no-ema-warmup",
+                            "--out", tmp / "run", cwd=tmp))
     assert rc == 0, err
     return tmp / "run"
 

@@ -23,7 +23,8 @@ TRAIN_FILES = [name for name, _ in tvd.CIFAR10.train_list]
 
 def random_cifar(n, seed):
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    return images, torch.randint(0, 10, (n,), generator=g)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from ddpm_lib.data import make_shapes
 from ddpm_lib.guidance_toy import GaussianClasses
 from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule

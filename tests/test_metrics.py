@@ -385,7 +385,8 @@ def test_inception_extractor_matches_torch_fidelity(monkeypatch, tmp_path):
         m.setattr(fe.FeatureExtractorInceptionV3, "load_state_dict", lambda self, state: None)
         torch.manual_seed(0)
         weights = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).state_dict()
-    monkeypatch.setattr(fe, "load_state_dict_from_url", lambda url, **k: weights if url == fe.URL_INCEPTION_V3 else 1 / 0)
+    monkeypatch.setattr(fe, "load_state_dict_from_url",
+                        lambda url, **k: weights if url == fe.URL_INCEPTION_V3 else 1 / 0)
     ours = metrics.inception_extractor()
     reference = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
     images = make_shapes(2, seed=3)
