@@ -25,7 +25,7 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from ddpm_lib.data import make_shapes, to_model_range, to_uint8
-from ddpm_lib.metrics import wilson_interval
+from ddpm_lib.metrics import share_with_interval
 from ddpm_lib.notebook import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
@@ -165,12 +165,6 @@ def write_knobs(out: Path, results: dict) -> None:
     print("\n".join(lines))
 
 
-def share_with_interval(share: float, n: int) -> str:
-    """'11% (5-21%)': the share of n samples with its 95% Wilson interval."""
-    low, high = wilson_interval(round(share * n), n)
-    return f"{share:.0%} ({low:.0%}-{high:.0%})"
-
-
 def knobs_markdown(flat: list, measured_on: str) -> list[str]:
     n = {row.get("n", 64) for _, row in flat}  # 64 samples per run (the runs before "n" was recorded too)
     lines = [f"# The seed's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
@@ -185,9 +179,10 @@ def knobs_markdown(flat: list, measured_on: str) -> list[str]:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for knob, row in flat:
         k = row.get("n", 64)
+        passed, solid = (share_with_interval(round(row[name] * k), k) for name in ("passed", "solid_fill"))
         lines.append(f"| {knob} | {row['name'].split(': ', 1)[1]} | {row['params']:,} | {row['train_s']:.0f} | "
-                     f"{row['final_loss']} | {share_with_interval(row['passed'], k)} | {row['plain_background']:.0%} | "
-                     f"{row['one_shape']:.0%} | {share_with_interval(row['solid_fill'], k)} |")
+                     f"{row['final_loss']} | {passed} | {row['plain_background']:.0%} | {row['one_shape']:.0%} | "
+                     f"{solid} |")
     return lines
 
 

@@ -57,6 +57,22 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def share_with_interval(successes: int, n: int) -> str:
+    """'11% (5%-21%)': the share successes / n with its 95% Wilson interval."""
+    low, high = wilson_interval(successes, n)
+    return f"{successes / n:.0%} ({low:.0%}-{high:.0%})"
+
+
+def beyond_the_noise(counts, base_counts, n: int, names) -> list:
+    """The names whose share counts[i] / n has a 95% Wilson interval that does not overlap base_counts[i] / n's."""
+    apart = []
+    for name, count, base in zip(names, counts, base_counts):
+        (low, high), (base_low, base_high) = wilson_interval(count, n), wilson_interval(base, n)
+        if high < base_low or low > base_high:
+            apart.append(name)
+    return apart
+
+
 def inception_extractor(weights_path=None) -> nn.Module:
     """The standard FID network: TF Inception v3 pool3 (2048-d) via torchmetrics / torch-fidelity.
 

@@ -75,6 +75,13 @@ def test_wilson_interval_matches_scipy(k, n):
     assert low == pytest.approx(expected.low, abs=1e-12) and high == pytest.approx(expected.high, abs=1e-12)
 
 
+def test_shares_with_intervals_and_what_lies_beyond_the_noise():
+    assert metrics.share_with_interval(7, 64) == "11% (5%-21%)"
+    # 7/64 (5-21%) against 2/64 (1-11%) overlap; 0/64 (0-6%) against 10/64 (9-26%) do not
+    assert metrics.beyond_the_noise((7, 0), (2, 10), 64, ("shape-like", "solid")) == ["solid"]
+    assert metrics.beyond_the_noise((2, 10), (2, 10), 64, ("shape-like", "solid")) == []
+
+
 @pytest.mark.parametrize("k, n, z", [(-1, 10, 1.96), (11, 10, 1.96), (1, 0, 1.96), (1.5, 10, 1.96), (1, 10, 0.0)])
 def test_wilson_interval_rejects_bad_input(k, n, z):
     with pytest.raises(ValueError):
