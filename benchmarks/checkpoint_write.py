@@ -20,7 +20,7 @@ import torch
 
 from ddpm_lib.train import TrainConfig, Trainer
 from ddpm_lib.unet import unet_from_preset
-from sampling import machine
+from machine import machine
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -7,11 +7,12 @@ import types
 import pytest
 import torch
 from helpers import MICRO
+from PIL import Image
 
 import ddpm_lib.notebook as nb
 from ddpm_lib.data import CIFAR10_CLASSES, make_shapes
-from ddpm_lib.testing import write_cifar10_format
 from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.testing import write_cifar10_format
 from ddpm_lib.train import TrainConfig, Trainer
 from ddpm_lib.unet import PRESETS, UNet
 
@@ -90,28 +91,60 @@ def test_setup_rejects_a_bad_seed_or_drive_folder(env):
         nb.setup_notebook(use_drive=True, drive_folder="/abs/path", drive_root=".")
 
 
-def test_drive_keeps_runs_on_the_drive_over_ddpm_runs(env, tmp_path, capsys):
+def test_drive_keeps_runs_and_data_on_the_drive_over_ddpm_runs(env, tmp_path, capsys):
     (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
     env.setenv("DDPM_RUNS", str(tmp_path / "ci-runs"))
     setup = nb.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
-    assert setup.runs == tmp_path / "drive" / "MyDrive" / "course" / "runs" and setup.runs.is_dir()
-    assert "Google Drive" in capsys.readouterr().out
+    folder = tmp_path / "drive" / "MyDrive" / "course"
+    assert setup.runs == folder / "runs" and setup.runs.is_dir() and setup.drive == folder
+    assert setup.data_root == folder / "data" and setup.data_root.is_dir()
+    out = capsys.readouterr().out
+    assert f"runs: {folder / 'runs'} (Google Drive)" in out
+    assert f"data: {folder / 'data'} (Google Drive: CIFAR-10 is downloaded there once" in out
+    write_cifar10_format(folder / "data", make_shapes(2), torch.arange(2))  # what the first runtime downloaded
+    nb.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
+    assert f"data: {folder / 'data'} (a copy on Drive)" in capsys.readouterr().out
 
 
-def test_colab_mounts_the_drive_when_asked(env, tmp_path):
-    mounted = []
+def test_ddpm_data_root_wins_over_the_drive(env, tmp_path, capsys):
+    (tmp_path / "MyDrive").mkdir()
+    env.setenv("DDPM_DATA_ROOT", str(tmp_path / "fixture"))
+    setup = nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+    assert setup.data_root == tmp_path / "fixture" and setup.runs == tmp_path / "MyDrive" / "ddpm_lib" / "runs"
+    assert f"data: {tmp_path / 'fixture'} ($DDPM_DATA_ROOT)" in capsys.readouterr().out
 
-    def mount(path):  # what google.colab.drive.mount leaves behind: <path>/MyDrive
-        mounted.append(path)
-        (nb.Path(path) / "MyDrive").mkdir(parents=True)
 
-    env.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=types.SimpleNamespace(mount=mount)))
+def test_a_drive_that_cannot_be_mounted_is_one_clear_error(env, tmp_path):
+    def refuse(path):
+        raise ValueError("mount failed")
+
+    env.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=types.SimpleNamespace(mount=refuse)))
     env.setattr(nb, "COLAB_DRIVE", str(tmp_path / "content" / "drive"))
-    setup = nb.setup_notebook(use_drive=True)
-    assert mounted == [str(tmp_path / "content" / "drive")]
-    assert setup.in_colab and setup.runs == tmp_path / "content" / "drive" / "MyDrive" / "ddpm_lib" / "runs"
-    nb.setup_notebook(use_drive=True)  # mounted already: not again
-    assert len(mounted) == 1
+    with pytest.raises(OSError, match="could not mount Google Drive at .*content/drive for .*MyDrive/ddpm_lib "
+                                      r"\(ValueError: mount failed\)"):
+        nb.setup_notebook(use_drive=True)
+
+
+@pytest.fixture
+def tf32_off():
+    """TF32 off for the test, the flags restored after (torch.backends.cuda.matmul: no plain object to monkeypatch)."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_setup_turns_tf32_on_on_a_cuda_gpu_that_has_it(env, monkeypatch, capsys, tf32_off):
+    monkeypatch.setattr(nb, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4: no TF32
+    nb.setup_notebook()
+    assert not torch.backends.cuda.matmul.allow_tf32 and "tf32" not in capsys.readouterr().out
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
+    nb.setup_notebook()
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "device: cuda (NVIDIA A100)" and lines[1].startswith("tf32: on")
 
 
 def test_drive_outside_colab_without_a_mount_is_a_clear_error(env):
@@ -127,7 +160,7 @@ def test_drive_not_mounted_is_a_clear_error(env, tmp_path):
 def test_drive_folder_that_cannot_be_written_is_a_clear_error(env, tmp_path):
     (tmp_path / "MyDrive").mkdir()
     (tmp_path / "MyDrive" / "ddpm_lib").write_text("a file where the runs folder should go")
-    with pytest.raises(PermissionError, match="cannot write checkpoints to .*MyDrive/ddpm_lib/runs"):
+    with pytest.raises(PermissionError, match="use_drive .data.: cannot write to .*MyDrive/ddpm_lib/data"):
         nb.setup_notebook(use_drive=True, drive_root=tmp_path)
 
 
@@ -193,6 +226,51 @@ def test_shapes_on_request_need_no_cifar10_even_in_smoke_mode(tmp_path, capsys, 
         nb.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10", n=1)
 
 
+def write_image_folder(root, images, labels):
+    """CIFAR-10's JPEG copy in miniature: root/<split>/<class>/NNNN.png, classes in CIFAR-10's order."""
+    for split, part in (("train", slice(0, len(images) // 2)), ("test", slice(len(images) // 2, None))):
+        for i, (image, label) in enumerate(zip(images[part], labels[part])):
+            folder = root / split / CIFAR10_CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:04d}.png")  # lossless
+
+
+def test_an_image_folder_layout_is_read_as_cifar10_with_either_split(tmp_path, capsys):
+    images = make_shapes(40, seed=3)
+    labels = torch.arange(40) % 10
+    write_image_folder(tmp_path / "data", images, labels)
+    setup = make_setup(tmp_path, smoke=False)
+    got, got_labels, names = nb.load_training_images(setup, with_labels=True)
+    order = torch.argsort(labels[:20] * 100 + torch.arange(20) // 10)  # sorted by class folder, then file name
+    assert torch.equal(got, images[:20][order]) and torch.equal(got_labels, labels[:20][order])
+    assert names == CIFAR10_CLASSES
+    assert f"data: CIFAR-10 train (image folder {tmp_path / 'data'}), 20 images at 32x32" in capsys.readouterr().out
+    test = nb.load_training_images(setup, n=3, split="test", size=16)
+    assert test.shape == (3, 3, 16, 16)
+    assert "data: CIFAR-10 test (image folder" in capsys.readouterr().out
+
+
+def test_an_image_folder_of_other_classes_is_not_cifar10(tmp_path, capsys):
+    for split in ("train", "test"):
+        (tmp_path / "data" / split / "cats").mkdir(parents=True)
+        Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cats" / "0.png")
+    with pytest.raises(FileNotFoundError, match="expected CIFAR-10's class folders airplane, .*found cats"):
+        nb.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10")
+    images = nb.load_training_images(make_setup(tmp_path, smoke=False), n=4)  # no data named: the shapes
+    assert images.shape == (4, 3, 32, 32) and "procedural shapes" in capsys.readouterr().out
+
+
+def test_the_test_split_of_the_cifar10_format_and_of_the_offline_shapes(tmp_path, monkeypatch, capsys):
+    train, test = make_shapes(6, seed=1), make_shapes(4, seed=2)
+    write_cifar10_format(tmp_path / "data", train, torch.arange(6), test, torch.arange(4))
+    assert torch.equal(nb.load_training_images(make_setup(tmp_path), split="test"), test)
+    assert "CIFAR-10 test" in capsys.readouterr().out
+    monkeypatch.setattr(nb, "load_cifar10", offline)
+    shapes = nb.load_training_images(make_setup(tmp_path / "elsewhere", smoke=False), n=5, split="test")
+    assert torch.equal(shapes, make_shapes(5, seed=1))  # another seed than the training shapes' (0)
+    assert "test split: another seed" in capsys.readouterr().out
+
+
 def test_load_training_images_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="n: expected a positive int"):
         nb.load_training_images(make_setup(tmp_path), n=0)
@@ -200,6 +278,8 @@ def test_load_training_images_rejects_bad_arguments(tmp_path):
         nb.load_training_images(make_setup(tmp_path), data="mnist")
     with pytest.raises(ValueError, match="size: expected an int in"):
         nb.load_training_images(make_setup(tmp_path), size=64)
+    with pytest.raises(ValueError, match="split: expected 'train' or 'test'"):
+        nb.load_training_images(make_setup(tmp_path), split="val")
 
 
 # ----------------------------------------------------------------------------- find_model
@@ -216,7 +296,8 @@ def test_find_model_prefers_notebook_05s_newest_checkpoint(tmp_path, monkeypatch
     write_run(setup.runs / "05_training" / "tiny", seed=3)  # a real-size run: not for smoke mode
     os.utime(setup.runs / "05_training" / "seed-smoke" / "checkpoint.pt", (1, 1))
     model, schedule, description = nb.find_model(setup)
-    assert description.startswith("notebook 05's checkpoint: tiny-smoke, step 2, EMA weights")
+    assert description.startswith("notebook 05's checkpoint: preset tiny, data not recorded, step 2, EMA weights")
+    assert str(setup.runs / "05_training" / "tiny-smoke" / "checkpoint.pt") in description
     assert not model.training and schedule.steps == 10
     assert_same_weights(model, new.ema)
     raw, _, description = nb.find_model(setup, ema=False)
@@ -240,6 +321,58 @@ def test_find_model_smoke_mode_skips_the_hub_and_reuses_its_brief_model(tmp_path
 def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path):
     assert nb.training_run(make_setup(tmp_path, smoke=True), "seed") == tmp_path / "runs" / "05_training" / "seed-smoke"
     assert nb.training_run(make_setup(tmp_path, smoke=False), "tiny") == tmp_path / "runs" / "05_training" / "tiny"
+    assert (nb.training_run(make_setup(tmp_path, smoke=False), "tiny", data="cifar10")
+            == tmp_path / "runs" / "05_training" / "tiny-cifar10")
+    assert (nb.training_run(make_setup(tmp_path, smoke=True), "tiny", data="cifar10")
+            == tmp_path / "runs" / "05_training" / "tiny-cifar10-smoke")
+    with pytest.raises(ValueError, match="data: expected None or 'cifar10'"):
+        nb.training_run(make_setup(tmp_path), "tiny", data="shapes")
+    for preset in PRESETS:  # the folder's name gives its preset back, "ddpm-cifar10" too
+        for data in (None, "cifar10"):
+            assert nb._preset_of(nb.training_run(make_setup(tmp_path), preset, data=data)) == preset
+
+
+def write_run_of(folder, data_info, seed=0):
+    """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do)."""
+    trainer = write_run(folder, seed=seed)
+    trainer.data_info = data_info
+    trainer.save()
+    return trainer
+
+
+def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path, monkeypatch, one_thread):
+    setup = make_setup(tmp_path, smoke=True)
+    runs = setup.runs / "05_training"
+    cifar = write_run_of(nb.training_run(setup, "tiny", data="cifar10"), {"name": "CIFAR-10", "images": 4}, seed=1)
+    write_run_of(nb.training_run(setup, "tiny"), {"name": "shapes", "images": 4}, seed=2)  # the newest
+    os.utime(runs / "tiny-cifar10-smoke" / "checkpoint.pt", (1, 1))
+    _, _, description = nb.find_model(setup)
+    assert description.startswith("notebook 05's checkpoint: preset tiny, shapes, step 2")
+    model, _, description = nb.find_model(setup, data="cifar10")
+    assert_same_weights(model, cifar.ema)
+    assert description.startswith("notebook 05's checkpoint: preset tiny, CIFAR-10, step 2")
+    assert str(runs / "tiny-cifar10-smoke" / "checkpoint.pt") in description
+    _, _, description = nb.find_model(setup, preset="tiny", data="cifar10")
+    assert "tiny-cifar10-smoke" in description
+    cli = {"data": "/data/cifar10-jpeg/train", "n": 4, "size": 32, "class_names": list(nb.CIFAR10_CLASSES)}
+    assert nb.is_cifar10({"data": cli}) and nb.is_cifar10({"data": {"data": "cifar10"}})
+    assert not nb.is_cifar10({"data": None}) and not nb.is_cifar10({"data": {"data": "shapes"}})
+    with pytest.raises(ValueError, match="data: expected None .any. or 'cifar10'"):
+        nb.find_model(setup, data="shapes")
+
+
+def test_find_model_on_a_drive_without_05s_checkpoint_says_so(env, tmp_path, monkeypatch, capsys, one_thread):
+    (tmp_path / "MyDrive").mkdir()
+    env.setenv("DDPM_SMOKE", "1")
+    setup = nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+    write_run(setup.runs / "brief" / "tiny-smoke")
+    capsys.readouterr()
+    _, _, description = nb.find_model(setup, data="cifar10")
+    out = capsys.readouterr().out
+    drive = tmp_path / "MyDrive" / "ddpm_lib"
+    assert f"no CIFAR-10 smoke checkpoint from notebook 05 on Google Drive ({drive}) yet" in out
+    assert "using the tiny network trained briefly before" in out
+    assert description.startswith("tiny network trained briefly by find_model")
 
 
 def test_find_model_rejects_an_unknown_preset(tmp_path):
@@ -249,7 +382,7 @@ def test_find_model_rejects_an_unknown_preset(tmp_path):
         nb.training_run(make_setup(tmp_path), "huge")
 
 
-def test_find_model_official_weights_come_second(tmp_path, monkeypatch, one_thread):
+def test_find_model_official_weights_come_second(tmp_path, monkeypatch, capsys, one_thread):
     official = UNet(MICRO)
     monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", lambda: official)
     setup = make_setup(tmp_path, smoke=False)
@@ -257,13 +390,14 @@ def test_find_model_official_weights_come_second(tmp_path, monkeypatch, one_thre
     model, schedule, description = nb.find_model(setup)
     assert model is official and not model.training
     assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+    assert "no checkpoint from notebook 05 under" in capsys.readouterr().out  # says what it shows instead
 
 
 def test_find_model_offline_uses_the_brief_model(tmp_path, monkeypatch, capsys, one_thread):
     monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", no_official_weights)
     monkeypatch.setattr(nb, "_train_brief", lambda setup, folder: write_run(folder))
     setup = make_setup(tmp_path, smoke=False)
-    model, _, description = nb.find_model(setup)
+    _, _, description = nb.find_model(setup)
     assert description.startswith("tiny network trained briefly by find_model")
     assert "official weights unavailable (FileNotFoundError" in capsys.readouterr().out
     assert (setup.runs / "brief" / "tiny" / "checkpoint.pt").is_file()
