@@ -38,7 +38,8 @@ BRIEF_RUNS = "brief"            # find_model's own briefly trained tiny model: r
 CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's CIFAR-10 root holds its batch files in this folder
 
 # The CPU quick win, notebook 05's CPU default (measured by `benchmarks/knobs.py quick`, docs/knobs/quick_win.md):
-# the tiny preset on 16x16 procedural shapes, samples a learner recognises as shapes in about 5 CPU minutes.
+# the tiny preset on 16x16 procedural shapes: shapes a learner recognises after a few CPU minutes (291 s, 23% pass
+# all four shape rules, in that measurement).
 QUICK_WIN = {"preset": "tiny", "data": "shapes", "image_size": 16,
              "train": {"steps": 2200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.995}}
 
@@ -151,6 +152,15 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
                          drive=drive)
 
 
+def _classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
+    """The order that takes one image of each class in turn (the i-th of every class, then the (i+1)-th), so that
+    the first n images of a class-sorted folder hold every class about equally, as the first n of CIFAR-10 do."""
+    rank = torch.empty_like(labels)  # each image's position within its class
+    for k in labels.unique():
+        rank[labels == k] = torch.arange(int((labels == k).sum()))
+    return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
+
+
 def _load_cifar10(setup: NotebookSetup, split: str):
     """(images, labels, class_names, where) of CIFAR-10's split from setup.data_root, in either layout."""
     root, train = setup.data_root, split == "train"
@@ -159,7 +169,8 @@ def _load_cifar10(setup: NotebookSetup, split: str):
         if tuple(names) != CIFAR10_CLASSES:
             raise ValueError(f"{root / split}: expected CIFAR-10's class folders {', '.join(CIFAR10_CLASSES)}, "
                              f"found {', '.join(names)}")
-        return images, labels, CIFAR10_CLASSES, f"image folder {root}"
+        order = _classes_in_turn(labels)  # a folder lists class after class; CIFAR-10's own batches mix them
+        return images[order], labels[order], CIFAR10_CLASSES, f"image folder {root}"
     there = _layout(root) == "cifar10"
     images, labels = load_cifar10(root, train=train, download=not setup.smoke, verify_md5=not setup.smoke)
     return images, labels, CIFAR10_CLASSES, str(root) if there else f"downloaded to {root}"
@@ -263,7 +274,8 @@ def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True
     """(model in eval mode on setup.device, its schedule, a description: path, preset and step of a checkpoint).
 
     In this order: notebook 05's newest checkpoint under setup.runs (Drive with use_drive; of `preset` if
-    given; smoke runs only in smoke mode; data="cifar10": only checkpoints whose recorded data is CIFAR-10);
+    given; smoke runs only in smoke mode; data=None: its main runs first, training_run(setup, preset);
+    data="cifar10": only checkpoints whose recorded data is CIFAR-10);
     the official DDPM CIFAR-10 weights (google/ddpm-cifar10-32, downloaded; never in smoke mode); a tiny
     network trained briefly here and kept under setup.runs/brief/. Without a checkpoint of 05 it prints why
     and what it shows instead. ema=False gives the raw weights of a checkpoint instead of their moving average.
@@ -276,6 +288,9 @@ def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True
                   if p.is_file() and p.parent.name.endswith("-smoke") == setup.smoke
                   and (preset is None or _preset_of(p.parent) == preset)]
     candidates = [p for p in candidates if data is None or is_cifar10(read_checkpoint(p))]
+    main = [p for p in candidates if p.parent == training_run(setup, _preset_of(p.parent))]
+    if data is None and main:  # 05's main run (on a CPU the quick win) before its side runs (the CIFAR-10 one)
+        candidates = main
     if candidates:
         found = max(candidates, key=lambda p: p.stat().st_mtime)
         model, schedule = load_model(found, ema=ema, device=setup.device)

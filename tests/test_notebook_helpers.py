@@ -241,8 +241,11 @@ def test_an_image_folder_layout_is_read_as_cifar10_with_either_split(tmp_path, c
     write_image_folder(tmp_path / "data", images, labels)
     setup = make_setup(tmp_path, smoke=False)
     got, got_labels, names = nb.load_training_images(setup, with_labels=True)
-    order = torch.argsort(labels[:20] * 100 + torch.arange(20) // 10)  # sorted by class folder, then file name
-    assert torch.equal(got, images[:20][order]) and torch.equal(got_labels, labels[:20][order])
+    # the folder lists class after class; the loader takes the classes in turn (the first of each, then the
+    # second, ...), which here is the order the images were written in: labels 0..9, 0..9
+    assert torch.equal(got, images[:20]) and torch.equal(got_labels, labels[:20])
+    first = nb.load_training_images(setup, n=10, with_labels=True)[1]
+    assert sorted(first.tolist()) == list(range(10))  # the first n hold every class, as CIFAR-10's own do
     assert names == CIFAR10_CLASSES
     assert f"data: CIFAR-10 train (image folder {tmp_path / 'data'}), 20 images at 32x32" in capsys.readouterr().out
     test = nb.load_training_images(setup, n=3, split="test", size=16)
@@ -359,6 +362,9 @@ def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path,
     assert not nb.is_cifar10({"data": None}) and not nb.is_cifar10({"data": {"data": "shapes"}})
     with pytest.raises(ValueError, match="data: expected None .any. or 'cifar10'"):
         nb.find_model(setup, data="shapes")
+    os.utime(runs / "tiny-cifar10-smoke" / "checkpoint.pt")  # the CIFAR-10 side run is now the newest (as in 05)
+    _, _, description = nb.find_model(setup)
+    assert description.startswith("notebook 05's checkpoint: preset tiny, shapes")  # the main run comes first
 
 
 def test_find_model_on_a_drive_without_05s_checkpoint_says_so(env, tmp_path, monkeypatch, capsys, one_thread):
