@@ -14,7 +14,8 @@ from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .shapes import shape_score
 from .testing import write_cifar10_format
 from .train import TrainConfig, Trainer, autocast_dtype
-from .unet import PRESETS, UNet, UNetConfig, model_summary, unet_from_preset
+from .summary import model_summary
+from .unet import PRESETS, UNet, UNetConfig, unet_from_preset
 
 __version__ = "0.1.0"
 

@@ -1,7 +1,7 @@
 """model_summary: a UNet's parameters per level and the FLOPs of one forward pass (notebook 03's table).
 
-It reads the UNet's parts by name (time_mlp, label_emb, conv_in, down, mid, up, norm_out, conv_out) and does not
-import ddpm_lib.unet, which re-exports it.
+It reads the UNet's parts by name (time_mlp, label_emb, conv_in, down, mid, up, norm_out, conv_out); ddpm_lib.unet
+is imported for type checking only, so the network never depends on its summary.
 """
 from dataclasses import dataclass
 from typing import TYPE_CHECKING

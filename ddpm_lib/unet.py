@@ -5,7 +5,7 @@ The structure follows the DDPM paper's TensorFlow code (diffusion_tf/models/unet
 google/ddpm-cifar10-32 mirrors; the seed's knobs (ch_list, attention_layer, num_heads, temb_dim) set its numbers.
 With `num_classes` set, a learned label embedding is added to the time embedding (class conditioning, as in
 improved-diffusion), with one extra "null" label for classifier-free guidance.
-model_summary (parameters per level, FLOPs) lives in ddpm_lib.summary and is re-exported here.
+model_summary (parameters per level, FLOPs) lives in ddpm_lib.summary.
 """
 import math
 from dataclasses import dataclass, fields, replace
@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadSelfAttention2d
-from .summary import ModelSummary, model_summary  # noqa: F401  (re-exported: ddpm_lib.unet.model_summary)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:

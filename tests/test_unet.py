@@ -11,7 +11,8 @@ from helpers import MICRO, perturbed
 from torch import nn
 
 from ddpm_lib.attention import MultiHeadSelfAttention2d
-from ddpm_lib.unet import PRESETS, UNet, UNetConfig, model_summary, unet_from_preset
+from ddpm_lib.summary import model_summary
+from ddpm_lib.unet import PRESETS, UNet, UNetConfig, unet_from_preset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
