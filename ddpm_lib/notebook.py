@@ -260,8 +260,7 @@ def _describe(path: Path, ema: bool, origin: str) -> str:
 def _train_brief(setup: NotebookSetup, folder: Path) -> None:
     """The tiny network, a few hundred steps (30 in smoke mode): enough for every later cell to run."""
     T = 100 if setup.smoke else 1000
-    # the paper's linear betas; for a shorter T scaled by 1000 / T so that alpha_bar_T stays ~0
-    schedule = NoiseSchedule.linear(T, 1e-4 * 1000 / T, 0.02 * 1000 / T)
+    schedule = NoiseSchedule.paper(T)  # the paper's betas, scaled by 1000 / T for the smoke run's T = 100
     images = load_training_images(setup, n=None if setup.smoke else 10_000)
     config = TrainConfig(steps=30 if setup.smoke else 500, batch_size=8 if setup.smoke else 64, lr=5e-4,
                          warmup_steps=10, seed=setup.seed, out_dir=str(folder), sample_every=0, progress=False)
