@@ -264,7 +264,7 @@ def _model_device(model) -> torch.device:
 def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "ddim", steps: Optional[int] = None,
                     batch_size: int = 256, seed: int = 0, y=None, guidance_scale: float = 1.0, device=None,
                     progress: bool = False) -> torch.Tensor:
-    """n samples as uint8 (n, 3, H, W) on the CPU, drawn in batches; deterministic in (seed, batch_size, device).
+    """n samples as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed, batch_size, device).
 
     sampler: a name in SAMPLERS; steps: its model evaluations (None: its default; "ddpm" always runs all T).
     y: labels (n,) for a class-conditional model. The model is moved to `device` (default: where it is) and
@@ -277,17 +277,17 @@ def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "d
     entry = SAMPLERS[sampler]
     y = _check_guidance(model, y if y is None or torch.is_tensor(y) else torch.as_tensor(y), guidance_scale, n, "cpu")
     device = torch.device(device) if device is not None else _model_device(model)
-    size = model.config.image_size
+    C, size = model.config.ch_list[0], model.config.image_size  # image channels and side, from the config
     kwargs = {} if entry.default_steps is None else {"steps": steps}
     generator = torch.Generator(device=device).manual_seed(seed)
-    images = torch.empty((n, 3, size, size), dtype=torch.uint8)
+    images = torch.empty((n, C, size, size), dtype=torch.uint8)
     was_training = model.training
     try:
         model, schedule = model.to(device).eval(), schedule.to(device)
         with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                x0 = entry.fn(model, schedule, (stop - start, 3, size, size), generator=generator, device=device,
+                x0 = entry.fn(model, schedule, (stop - start, C, size, size), generator=generator, device=device,
                               y=None if y is None else y[start:stop], guidance_scale=guidance_scale, **kwargs)
                 images[start:stop] = to_uint8(x0).cpu()
                 bar.update(stop - start)

@@ -270,11 +270,12 @@ class Trainer:
     def save_samples(self, path, n: int | None = None) -> torch.Tensor:
         """DDIM samples of the EMA model (fixed x_T per seed; labels i % num_classes for a class-conditional
         model) as a PNG grid; returns them in [-1, 1]."""
-        cfg, size, K = self.config, self.model.config.image_size, self.model.config.num_classes
+        cfg, K = self.config, self.model.config.num_classes
+        C, size = self.model.config.ch_list[0], self.model.config.image_size  # image channels and side
         n = n or cfg.sample_n
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
         y = torch.arange(n, device=self.device) % K if K is not None else None
-        x0 = ddim_sample(self.ema, self.schedule, (n, 3, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
+        x0 = ddim_sample(self.ema, self.schedule, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
                          generator=gen, device=self.device, y=y)
         from torchvision.utils import save_image  # the PNG grid: torchvision only when one is written
 

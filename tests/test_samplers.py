@@ -418,13 +418,13 @@ def test_labels_for_an_unconditional_model_raise_value_error():
 # ---- generate_images ---------------------------------------------------------------------------
 
 class TinyNet(nn.Module):
-    """fake_model as an nn.Module with what generate_images reads (config.image_size, config.num_classes);
+    """fake_model as an nn.Module with what generate_images reads (config.image_size, num_classes, ch_list);
     records (rows, labels) of every call."""
 
-    def __init__(self, num_classes=None):
+    def __init__(self, num_classes=None, channels=3):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
-        self.config = SimpleNamespace(image_size=8, num_classes=num_classes)
+        self.config = SimpleNamespace(image_size=8, num_classes=num_classes, ch_list=(channels, 16))
         self.calls = []
 
     def forward(self, x_t, t, y=None):
@@ -444,6 +444,11 @@ def test_generate_images_matches_the_sampler_and_batches_deterministically():
     net.calls.clear()
     generate_images(net, schedule, 5, sampler="ddpm", batch_size=2)
     assert [rows for rows, _ in net.calls] == [2] * 10 + [2] * 10 + [1] * 10   # three batches of all T steps
+
+
+def test_generate_images_takes_its_channels_from_the_config():
+    images = generate_images(TinyNet(channels=1).eval(), NoiseSchedule.linear(10), 3, steps=2)
+    assert images.shape == (3, 1, 8, 8)  # a grayscale network draws grayscale images
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
