@@ -29,7 +29,7 @@ from .data import (
 )
 from .device import default_device
 from .schedule import NoiseSchedule
-from .train import TrainConfig, Trainer
+from .train import TrainConfig, Trainer, enable_tf32
 from .unet import PRESETS, UNet, unet_from_preset
 
 COLAB_DRIVE = "/content/drive"  # where Colab mounts Google Drive ($DDPM_COLAB_DRIVE: the Colab emulation's, tests/)
@@ -140,9 +140,7 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
     torch.manual_seed(seed)
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else " (no CUDA GPU found)"
     print(f"device: {device}{gpu}")
-    if device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0):
-        torch.backends.cuda.matmul.allow_tf32 = True  # as the Trainer: fp32 matmuls and convolutions in TF32
-        torch.backends.cudnn.allow_tf32 = True
+    if enable_tf32(device):  # as the Trainer does
         print("tf32: on (torch.backends.cuda.matmul.allow_tf32 and cudnn.allow_tf32 = True, as the Trainer)")
     print(f"smoke: {smoke}" + (" (DDPM_SMOKE=1: CI sizes)" if smoke else " (real sizes)"))
     print(f"data: {data_root} ({data_from})")

@@ -78,6 +78,17 @@ def autocast_dtype(device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
+def enable_tf32(device) -> bool:
+    """Let fp32 matmuls and convolutions run in TF32 on CUDA compute capability >= 8.0 (Ampere+), as training does;
+    True where it did."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
 def _precision(dtype: torch.dtype | None) -> str:
     return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
 
@@ -113,14 +124,12 @@ class Trainer:
         self.model = model.to(self.device)
         if cuda and config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.schedule = (schedule if schedule is not None else NoiseSchedule.linear(1000, 1e-4, 0.02)).to(self.device)
+        self.schedule = (schedule if schedule is not None else NoiseSchedule.paper()).to(self.device)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, loss) read back every log_every steps
         self.data_info: dict | None = None          # what identifies the training data; saved as ckpt["data"]
 
-        if cuda and torch.cuda.get_device_capability(self.device) >= (8, 0):
-            torch.backends.cuda.matmul.allow_tf32 = True  # fp32 matmuls and convolutions in TF32 (Ampere+)
-            torch.backends.cudnn.allow_tf32 = True
+        enable_tf32(self.device)
         self.amp_dtype = autocast_dtype(self.device) if config.amp else None
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda or None)

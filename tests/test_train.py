@@ -183,6 +183,19 @@ def test_autocast_dtype_follows_the_cards_compute_capability(monkeypatch, capabi
     assert asked == [torch.device("cuda:1")]  # the capability of THAT card
 
 
+@pytest.mark.parametrize("capability, on", [((7, 5), False), ((8, 0), True), ((9, 0), True)])
+def test_tf32_is_enabled_from_ampere_on_and_never_off_cuda(monkeypatch, capability, on):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # process-wide: restored
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        assert ddpm_lib.train.enable_tf32("cuda") is on
+        assert torch.backends.cuda.matmul.allow_tf32 is on and torch.backends.cudnn.allow_tf32 is on
+        assert ddpm_lib.train.enable_tf32("cpu") is False
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
+
+
 def test_autocast_dtype_is_fp32_off_cuda():
     assert autocast_dtype("cpu") is None and autocast_dtype(torch.device("mps")) is None
 
