@@ -20,13 +20,7 @@ import torch
 
 from . import pretrained
 from .checkpoint import load_model, read_checkpoint
-from .data import (
-    CIFAR10_CLASSES,
-    SHAPE_KINDS,
-    load_cifar10,
-    load_image_folder,
-    make_shapes,
-)
+from .data import CIFAR10_CLASSES, SHAPE_KINDS, load_cifar10, load_image_folder, make_shapes
 from .device import default_device
 from .schedule import NoiseSchedule
 from .train import TrainConfig, Trainer, enable_tf32

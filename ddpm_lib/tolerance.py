@@ -15,9 +15,9 @@ way and from the unit roundoff u of the arithmetic:
 
 `reduction` is the number of terms summed along the longest path from the inputs to one output entry
 (a matmul over C channels then over HW pixels: C + HW), `layers` the matmuls and convolutions on that
-path (2 there). The bound is applied relative to the largest
-entry of the expected tensor (a normwise bound) and is never tighter than torch.testing's defaults for
-the dtype, so a comparison that needs no loosening is not loosened.
+path (2 there). The bound is applied relative to the largest entry of the expected tensor (a normwise
+bound) and is never tighter than torch.testing's defaults for the dtype, so a comparison that needs no
+loosening is not loosened.
 """
 from __future__ import annotations
 
@@ -68,8 +68,8 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, reduction: int = 
     rtol, atol = max(default_rtol, bound), max(default_atol, bound * scale)
 
     def message(default: str) -> str:
-        bound = f"{reduction} summed terms in {expected.dtype} (rtol {rtol:.2g}, atol {atol:.2g})"
-        return f"{default}\nTolerance: {bound}" + (f": {why}" if why else "")
+        allowed = f"{reduction} summed terms in {expected.dtype} (rtol {rtol:.2g}, atol {atol:.2g})"
+        return f"{default}\nTolerance: {allowed}" + (f": {why}" if why else "")
 
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=message)
 
