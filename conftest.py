@@ -27,7 +27,7 @@ def _write_fixture(root):
     import torch
 
     from ddpm_lib.data import make_shapes
-    from ddpm_lib.testing import write_cifar10_format
+    from ddpm_lib.cifar10 import write_cifar10_format
 
     images = make_shapes(FIXTURE_TRAIN + FIXTURE_TEST, seed=0)  # (N, 3, 32, 32) uint8
     labels = torch.arange(len(images)) % 10

@@ -24,9 +24,10 @@ from machine import machine
 from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
-from ddpm_lib.data import make_shapes, to_model_range, to_uint8
+from ddpm_lib.data import make_shapes
+from ddpm_lib.utils import to_model_range, to_uint8
 from ddpm_lib.metrics import share_with_interval
-from ddpm_lib.notebook import QUICK_WIN
+from ddpm_lib.nb import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.shapes import shape_score
@@ -39,7 +40,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "knobs"
 @dataclass(frozen=True)
 class Run:
     """One training run: the network (the quick win's preset with overrides), the schedule, the recipe.
-    The defaults are the quick win (ddpm_lib.notebook.QUICK_WIN) with the paper's schedule."""
+    The defaults are the quick win (ddpm_lib.nb.QUICK_WIN) with the paper's schedule."""
     name: str                                  # what is varied, e.g. "num_heads=1"
     unet: dict = field(default_factory=dict)   # UNetConfig overrides of the preset
     timesteps: int = 1000                      # T (the seed's `step` knob)

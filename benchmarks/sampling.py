@@ -21,7 +21,7 @@ import torch
 
 from machine import machine
 
-from ddpm_lib.device import default_device
+from ddpm_lib.utils import default_device
 from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, unet_from_preset

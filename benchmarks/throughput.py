@@ -20,8 +20,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from machine import machine
 
-from ddpm_lib.device import default_device
-from ddpm_lib.pretrained import diffusers_config
+from ddpm_lib.utils import default_device
+from ddpm_lib.interop import diffusers_config
 from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import PRESETS, unet_from_preset
 

@@ -1,18 +1,18 @@
 """ddpm_lib: Denoising Diffusion Probabilistic Models (Ho et al. 2020) on CIFAR-10.
 
-The public API, re-exported. Notebook viewers live in `ddpm_lib.widgets`.
+The public API, re-exported. Notebook viewers live in `ddpm_lib.nb.widgets`.
 """
 from .attention import MultiHeadSelfAttention2d
 from .checkpoint import load_model, read_checkpoint, resolve_checkpoint
 from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
                    make_shapes)
-from .device import default_device
+from .utils import default_device
 from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_neighbours
-from .pretrained import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
+from .interop import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
 from .samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .shapes import shape_score
-from .testing import write_cifar10_format
+from .cifar10 import write_cifar10_format
 from .train import TrainConfig, Trainer, autocast_dtype
 from .summary import model_summary
 from .unet import PRESETS, UNet, UNetConfig, unet_from_preset

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .device import default_device
+from .utils import default_device
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
 

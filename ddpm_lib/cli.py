@@ -108,7 +108,7 @@ def _sample(args) -> None:
     from torchvision.utils import save_image
 
     from .checkpoint import load_model
-    from .device import default_device
+    from .utils import default_device
     from .samplers import generate_images
 
     device = args.device if args.device is not None else default_device()
@@ -150,7 +150,7 @@ def _fid(args) -> None:
 
 def _export(args) -> None:
     from .checkpoint import load_model
-    from .pretrained import save_diffusers_pipeline
+    from .interop import save_diffusers_pipeline
 
     try:
         import diffusers  # noqa: F401

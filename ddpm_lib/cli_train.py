@@ -188,7 +188,7 @@ def _init_distributed(device: torch.device | None) -> torch.device:
     """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL on CUDA, gloo otherwise."""
     import torch.distributed as dist
 
-    from .device import default_device
+    from .utils import default_device
 
     device = device if device is not None else default_device()
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:

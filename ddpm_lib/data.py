@@ -5,88 +5,17 @@ batch into floats in [-1, 1] there (random horizontal flip included), so no Data
 """
 import hashlib
 import os
-import pickle
 import warnings
 from pathlib import Path
-from urllib.error import URLError
 
 import numpy as np
 import torch
 
+from .cifar10 import CIFAR10_CLASSES, load_cifar10
 from .shapes import SHAPE_KINDS, make_shapes
+from .utils import check_int, mix_seed, to_model_range
 
-CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
-
-# ----------------------------------------------------------------------------- CIFAR-10 batches
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Loads plain containers and numpy arrays only: a batch file cannot run code."""
-
-    _allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
-
-    def find_class(self, module, name):
-        if (module, name) not in self._allowed:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
-        return super().find_class(module, name)
-
-
-def _read_batch(path):
-    """One CIFAR-10 batch file -> (uint8 (n, 3, 32, 32), int64 (n,)); ValueError naming the file if corrupt."""
-    try:
-        with open(path, "rb") as f:
-            entry = _ArrayUnpickler(f, encoding="latin1").load()
-        entry = {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
-        data, labels = np.asarray(entry["data"], dtype=np.uint8), np.asarray(entry["labels"], dtype=np.int64)
-        if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
-            raise ValueError(f"data {data.shape}, {len(labels)} labels; expected (n, 3072) and n labels")
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable CIFAR-10 batch ({type(e).__name__}: {e}); "
-                         f"delete it and load again to re-download") from e
-    # rows are R, G, B planes of 1024 pixels each, row-major: (n, 3072) -> (n, 3, 32, 32)
-    return torch.from_numpy(data.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels)
-
-
-def load_cifar10(root, train=True, download=True, verify_md5=True):
-    """CIFAR-10 as (uint8 images (N, 3, 32, 32), int64 labels (N,)) from root/cifar-10-batches-py.
-
-    download: fetch and extract torchvision's archive (md5-checked) when batch files are missing.
-    verify_md5: check every batch file against torchvision's md5 list; False accepts fixtures
-    written by `ddpm_lib.testing.write_cifar10_format`.
-    """
-    from torchvision.datasets import CIFAR10  # its file list, md5s and download: only when CIFAR-10 is read
-    from torchvision.datasets.utils import calculate_md5, download_and_extract_archive
-
-    root = Path(root).expanduser()
-    folder = root / CIFAR10.base_folder
-    expected = CIFAR10.train_list if train else CIFAR10.test_list
-
-    def check():  # -> (missing names, {name: actual md5} of files that fail verify_md5)
-        missing = [name for name, _ in expected if not (folder / name).is_file()]
-        wrong = {name: actual for name, md5 in expected if verify_md5 and name not in missing
-                 and (actual := calculate_md5(folder / name)) != md5}
-        return missing, wrong
-
-    missing, wrong = check()
-    if download and (missing or wrong):
-        try:
-            download_and_extract_archive(CIFAR10.url, str(root), filename=CIFAR10.filename, md5=CIFAR10.tgz_md5)
-        except (URLError, OSError, RuntimeError) as e:
-            names = ", ".join(name for name, _ in expected)
-            raise FileNotFoundError(f"CIFAR-10 not found: expected {names} in {folder}, and downloading "
-                                    f"{CIFAR10.url} failed ({e})") from e
-        missing, wrong = check()
-    if missing:
-        hint = "" if download else " (pass download=True to fetch it)"
-        raise FileNotFoundError(f"CIFAR-10 not found: expected {', '.join(missing)} in {folder}{hint}")
-    if wrong:
-        name, actual = next(iter(wrong.items()))
-        raise ValueError(f"{folder / name}: md5 {actual} does not match CIFAR-10's {dict(expected)[name]} "
-                         f"(corrupt, or not the original file: delete it, or pass verify_md5=False)")
-    parts = [_read_batch(folder / name) for name, _ in expected]
-    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -157,8 +86,7 @@ def load_image_folder(path, size=32, with_labels=False):
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of images)")
-    if not isinstance(size, int) or size < 1:
-        raise ValueError(f"size: expected a positive integer, got {size!r}")
+    check_int(size, "size")
     files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
                    and not any(part.startswith(".") for part in f.relative_to(folder).parts))
     if not files:
@@ -169,22 +97,6 @@ def load_image_folder(path, size=32, with_labels=False):
 
 
 # ----------------------------------------------------------------------------- batches on the device
-
-def mix_seed(*parts) -> int:
-    """A 63-bit generator seed from integers such as (seed, step, rank): an independent stream per tuple."""
-    digest = hashlib.sha256(":".join(["ddpm_lib", *map(str, parts)]).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def to_model_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float32 [-1, 1] (the range the model sees)."""
-    return images.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """float [-1, 1] -> uint8 [0, 255], rounded and clipped (the way back)."""
-    return ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
-
 
 class DeviceBatches:
     """The whole data set on `device` as uint8; `batch(step)` -> this rank's floats in [-1, 1].
@@ -276,8 +188,8 @@ def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32
     with_labels=True: (images, labels int64 (N,), class_names): CIFAR10_CLASSES, SHAPE_KINDS, or the
     folder's class sub-folders (see load_image_folder).
     """
-    if n is not None and (not isinstance(n, int) or n < 1):
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
+    if n is not None:
+        check_int(n, "n")
     if name_or_path == "shapes":
         images, labels = make_shapes(n or 10_000, size=size, seed=seed, with_labels=True)
         names = list(SHAPE_KINDS)

@@ -16,9 +16,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import to_model_range
-from .device import cache_dir as default_cache
 from .samplers import generate_images, resolve_steps
+from .utils import cache_dir as default_cache, check_int, to_model_range
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the TF Inception weights
 
@@ -45,8 +44,7 @@ def frechet_distance(features_a, features_b) -> float:
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """The Wilson score interval for a share successes / n (z = 1.96: 95%), so that "7 of 64 samples" reads with
     its uncertainty: p_hat +- z sqrt(p_hat (1 - p_hat) / n + z^2 / 4n^2), recentred, over 1 + z^2 / n."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n must be a positive int (trials), got {n!r}")
+    check_int(n, "n")
     if isinstance(successes, bool) or not isinstance(successes, int) or not 0 <= successes <= n:
         raise ValueError(f"successes must be an int in [0, n={n}], got {successes!r}")
     if not z > 0:
@@ -223,7 +221,7 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
     """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
     protocol). A class-conditional model samples balanced labels (i % num_classes) with `guidance_scale`."""
     from .checkpoint import load_model
-    from .device import default_device
+    from .utils import default_device
 
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
@@ -260,8 +258,7 @@ def nearest_neighbours(samples, train_images, k=1, space="pixel", feature_extrac
         raise ValueError(f"space must be 'pixel' or 'features', got {space!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(train_images):
         raise ValueError(f"k must be an int in [1, {len(train_images)}] (the number of training images), got {k!r}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
     if space == "pixel" and samples.shape[1:] != train_images.shape[1:]:
         raise ValueError(f"samples and train_images must have the same (3, H, W) in pixel space, got "
                          f"{tuple(samples.shape[1:])} and {tuple(train_images.shape[1:])}")

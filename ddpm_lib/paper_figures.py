@@ -11,15 +11,10 @@ from typing import Optional, Sequence
 
 import torch
 
-from .samplers import _check_timestep, ddpm_sample
-from .schedule import NoiseSchedule, _randn
+from .samplers import ddpm_sample
+from .schedule import NoiseSchedule
 from .timesteps import ddim_timesteps
-
-
-def _check_positive(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
+from .utils import check_int, check_timestep, randn
 
 
 def _check_images(x0: torch.Tensor, name: str) -> torch.Tensor:
@@ -40,8 +35,8 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
     `ddpm_sample`'s trajectory (kept on the CPU, all T steps) at those timesteps. image_shape (C, H, W)
     defaults to the model's config (ch_list[0], image_size, image_size); device to the schedule's.
     """
-    _check_positive(n, "n")
-    timesteps = ddim_timesteps(schedule.steps, _check_positive(n_frames, "n_frames"))
+    check_int(n, "n")
+    timesteps = ddim_timesteps(schedule.steps, check_int(n_frames, "n_frames"))
     if image_shape is None:
         if not hasattr(model, "config"):
             raise ValueError("image_shape (C, H, W) is needed for a model without a UNetConfig")
@@ -65,13 +60,13 @@ def coarse_to_fine(model, schedule: NoiseSchedule, x0: torch.Tensor, ts: Optiona
     """
     x0 = _check_images(x0, "x0")
     T = schedule.steps
-    ts = [T - 1, 3 * T // 4, T // 2, T // 4] if ts is None else [_check_timestep(t, T, "ts entry") for t in ts]
+    ts = [T - 1, 3 * T // 4, T // 2, T // 4] if ts is None else [check_timestep(t, T, "ts entry") for t in ts]
     if not ts:
         raise ValueError("ts must name at least one timestep")
-    k = _check_positive(n_continuations, "n_continuations")
+    k = check_int(n_continuations, "n_continuations")
     x0 = x0.to(device) if device is not None else x0
     schedule = schedule.to(x0.device)
-    eps = _randn(x0.shape, generator, x0.device, x0.dtype)
+    eps = randn(x0.shape, generator, x0.device, x0.dtype)
     x_ts, samples = [], []
     for t in ts:
         x_t = schedule.q_sample(x0, torch.full((len(x0),), t, device=x0.device), eps)                # Eq. 4
@@ -98,7 +93,7 @@ def interpolate(model, schedule: NoiseSchedule, x0_a: torch.Tensor, x0_b: torch.
     x0_a, x0_b = _check_images(x0_a, "x0_a"), _check_images(x0_b, "x0_b")
     if x0_a.shape != x0_b.shape:
         raise ValueError(f"x0_a and x0_b must have the same shape, got {tuple(x0_a.shape)} and {tuple(x0_b.shape)}")
-    _check_timestep(t, schedule.steps, "t")
+    check_timestep(t, schedule.steps, "t")
     lambdas = [float(lam) for lam in lambdas]
     if not lambdas:
         raise ValueError("lambdas must hold at least one value")
@@ -106,7 +101,7 @@ def interpolate(model, schedule: NoiseSchedule, x0_a: torch.Tensor, x0_b: torch.
     x0_a, x0_b = x0_a.to(device), x0_b.to(device)
     if generator is None:
         generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
-    eps = _randn(x0_a.shape, generator, device, x0_a.dtype)
+    eps = randn(x0_a.shape, generator, device, x0_a.dtype)
     t_batch = torch.full((len(x0_a),), t, device=device)
     schedule = schedule.to(device)
     x_a, x_b = schedule.q_sample(x0_a, t_batch, eps), schedule.q_sample(x0_b, t_batch, eps)   # Eq. 4

@@ -23,9 +23,9 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from tqdm.auto import tqdm
 
-from .data import to_uint8
-from .schedule import NoiseSchedule, _randn
-from .timesteps import _check_solver_steps, ddim_timesteps, dpm_solver_timesteps
+from .schedule import NoiseSchedule
+from .timesteps import check_solver_steps, ddim_timesteps, dpm_solver_timesteps
+from .utils import check_int, check_timestep, randn, to_uint8
 
 DDIM_STEPS = 50        # DDIM's default number of model evaluations
 DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
@@ -67,7 +67,7 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
     device = torch.device(device) if device is not None else (x_T.device if x_T is not None else schedule.device)
-    x = _randn(shape, generator, device) if x_T is None else x_T.to(device)
+    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
     return schedule.to(device), x
 
 
@@ -119,13 +119,6 @@ def _cpu_coefficients(schedule: NoiseSchedule):
             schedule.sqrt_one_minus_alphas_cumprod.double().cpu().tolist())
 
 
-def _check_timestep(t, T: int, name: str) -> int:
-    """t itself when it is an integer timestep in [0, T-1], else a ValueError naming the argument."""
-    if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t <= T - 1:
-        raise ValueError(f"{name} must be an integer timestep in [0, T-1={T - 1}], got {t!r}")
-    return t
-
-
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
@@ -142,7 +135,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
     """
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
-    t_start = _check_timestep(schedule.steps - 1 if t_start is None else t_start, schedule.steps, "t_start")
+    t_start = check_timestep(schedule.steps - 1 if t_start is None else t_start, schedule.steps, "t_start")
     if t_start < schedule.steps - 1 and x_T is None:
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
                          f"t_start = T-1 = {schedule.steps - 1})")
@@ -155,7 +148,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
         traj.add(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
         if t > 0:                                                                          # Algorithm 2, line 3
-            z = _randn(x.shape, generator, x.device, x.dtype)
+            z = randn(x.shape, generator, x.device, x.dtype)
             x = mean + (0.5 * log_var[t]).exp().to(x.dtype) * z                            # Algorithm 2, line 4
         else:
             x = mean
@@ -188,7 +181,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, 
         sigma = eta * math.sqrt((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next))      # Eq. 16
         x = math.sqrt(abar_next) * x0 + math.sqrt(max(1 - abar_next - sigma ** 2, 0.0)) * eps   # Eq. 12
         if eta > 0:
-            x = x + sigma * _randn(x.shape, generator, x.device, x.dtype)
+            x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
     return traj.result(x, return_trajectory)
 
 
@@ -253,7 +246,7 @@ def resolve_steps(sampler: str, steps: Optional[int], T: int) -> int:
         raise ValueError(f"sampler={sampler!r} runs all T={T} steps: pass steps=None, "
                          f"or use 'ddim'/'dpm-solver' for fewer (got steps={steps})")
     steps = min(default or T, T) if steps is None else steps
-    _check_solver_steps(steps, T)
+    check_solver_steps(steps, T)
     return steps
 
 
@@ -271,9 +264,7 @@ def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "d
     put in eval mode for sampling; its train/eval mode is restored afterwards.
     """
     steps = resolve_steps(sampler, steps, schedule.steps)
-    for name, value in (("n", n), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    check_int(n, "n"), check_int(batch_size, "batch_size")
     entry = SAMPLERS[sampler]
     y = _check_guidance(model, y if y is None or torch.is_tensor(y) else torch.as_tensor(y), guidance_scale, n, "cpu")
     device = torch.device(device) if device is not None else _model_device(model)

@@ -10,6 +10,8 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 
+from .utils import check_int, randn
+
 
 class LinearBetas(NamedTuple):
     """The arguments of a linear beta schedule."""
@@ -30,15 +32,10 @@ _COEFFICIENTS = (
 )
 
 
-def _check_steps(steps: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-
-
 def linear_betas(steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
                  beta_max: float = PAPER_SCHEDULE.beta_max) -> torch.Tensor:
     """The paper's schedule: beta_1..beta_T evenly spaced from beta_min to beta_max (float64, (T,))."""
-    _check_steps(steps)
+    check_int(steps, "steps")
     if not 0.0 < beta_min < 1.0 or not 0.0 < beta_max < 1.0:
         raise ValueError(f"beta_min and beta_max must lie in (0, 1), got {beta_min!r} and {beta_max!r}")
     if beta_min >= beta_max:
@@ -48,7 +45,7 @@ def linear_betas(steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHE
 
 def cosine_betas(steps: int = PAPER_SCHEDULE.steps, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal (2021) Eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at max_beta."""
-    _check_steps(steps)
+    check_int(steps, "steps")
     if not s >= 0.0:
         raise ValueError(f"s must be >= 0, got {s!r}")
     if not 0.0 < max_beta < 1.0:
@@ -57,12 +54,6 @@ def cosine_betas(steps: int = PAPER_SCHEDULE.steps, s: float = 0.008, max_beta: 
     alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     betas = 1 - alpha_bar[1:] / alpha_bar[:-1]                       # beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
     return betas.clamp(max=max_beta)
-
-
-def _randn(shape, generator: Optional[torch.Generator], device, dtype=torch.float32) -> torch.Tensor:
-    """N(0, I) drawn on the generator's device, then moved: a CPU generator gives the same numbers on any device."""
-    gen_device = generator.device if generator is not None else device
-    return torch.randn(shape, generator=generator, device=gen_device, dtype=dtype).to(device)
 
 
 class NoiseSchedule:
@@ -138,7 +129,7 @@ class NoiseSchedule:
     def paper(cls, steps: int = PAPER_SCHEDULE.steps) -> "NoiseSchedule":
         """The paper's linear betas; for another T scaled by 1000 / T, so that alpha_bar_T stays near 0 (a short T
         with the paper's betas would end the forward chain far from N(0, I))."""
-        _check_steps(steps)
+        check_int(steps, "steps")
         scale = PAPER_SCHEDULE.steps / steps
         if PAPER_SCHEDULE.beta_max * scale >= 1:
             raise ValueError(f"steps: the paper's betas scaled by 1000 / T reach 1 at T = {steps}; expected T > "
@@ -229,7 +220,7 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: 
     elif t.shape != (B,):
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
     if noise is None:                                                                     # Algorithm 1, line 4
-        noise = _randn(x0.shape, generator, x0.device, x0.dtype)
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
     x_t = schedule.q_sample(x0, t, noise)
     err = (noise - model(x_t, t).to(noise.dtype)) ** 2                                    # Algorithm 1, line 5
     return err.mean() if reduction == "mean" else err.reshape(B, -1).mean(1)

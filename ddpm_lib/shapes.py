@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .utils import check_int
+
 SHAPE_KINDS = ("circle", "square", "triangle")  # make_shapes' labels, in label order
 _PALETTE = torch.tensor([[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
                          [145, 30, 180], [240, 240, 240], [20, 20, 20]], dtype=torch.uint8)  # (P, 3) RGB
@@ -36,10 +38,7 @@ def make_shapes(n, size=32, seed=0, with_labels=False):
     Kind, colours (two distinct palette colours), radius r in [0.15, 0.3] * size and a centre that
     keeps the shape inside the image (corners stay background) are drawn with a CPU generator seeded by `seed`.
     """
-    if not isinstance(n, int) or n < 1:
-        raise ValueError(f"n: expected a positive integer, got {n!r}")
-    if not isinstance(size, int) or size < 8:
-        raise ValueError(f"size: expected an integer >= 8, got {size!r}")
+    check_int(n, "n"), check_int(size, "size", 8)
     g = torch.Generator().manual_seed(seed)
     P = len(_PALETTE)
     kind = torch.randint(0, len(SHAPE_KINDS), (n,), generator=g)  # 0 circle, 1 square, 2 triangle

@@ -6,11 +6,12 @@ one entry per model evaluation: `steps` asked for are `steps` evaluations made.
 import torch
 
 from .schedule import NoiseSchedule
+from .utils import check_int
 
 
-def _check_solver_steps(steps, T: int) -> None:
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise ValueError(f"steps must be an integer in [1, T={T}], got {steps!r}")
+def check_solver_steps(steps, T: int) -> int:
+    """steps itself when it is a number of model evaluations a sampler can make on T timesteps: [1, T]."""
+    return check_int(steps, "steps", 1, T, f"T={T}")
 
 
 def ddim_timesteps(T: int, steps: int) -> list:
@@ -20,7 +21,7 @@ def ddim_timesteps(T: int, steps: int) -> list:
     the first step always starts where x_T ~ N(0, I) is defined and the last one reaches t = 0.
     Rounded half to even, as numpy.linspace(...).round() in diffusers; one step is [T-1].
     """
-    _check_solver_steps(steps, T)
+    check_solver_steps(steps, T)
     if steps == 1:
         return [T - 1]
     gap = (T - 1) / (steps - 1)
@@ -56,7 +57,7 @@ def dpm_solver_timesteps(schedule: NoiseSchedule, steps: int) -> list:
     there are always exactly `steps` model evaluations.
     """
     T = schedule.steps
-    _check_solver_steps(steps, T)
+    check_solver_steps(steps, T)
     if T == 1:
         return [0]
     abar = schedule.alphas_cumprod.double().cpu()                    # float32 values, as diffusers has them

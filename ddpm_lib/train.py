@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT_NAME, config_from_dict, load_weights, read_checkpoint,
                          remove_stale_temp_files, write_checkpoint)
-from .data import DeviceBatches, mix_seed
-from .device import default_device
+from .data import DeviceBatches
+from .utils import check_int, default_device, mix_seed
 from .samplers import ddim_sample
 from .schedule import NoiseSchedule, diffusion_loss
 from .unet import UNet, UNetConfig
@@ -191,8 +191,7 @@ class Trainer:
         DeviceBatches, until `steps` (default config.steps) is reached. The caller's global RNG is left as it was."""
         cfg = self.config
         steps = cfg.steps if steps is None else steps
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-            raise ValueError(f"steps must be a positive int (the total to reach), got {steps!r}")
+        check_int(steps, "steps")  # the total to reach
         batches = self._batches(images, labels)
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:

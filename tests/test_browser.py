@@ -63,7 +63,7 @@ def _write_fixture(root, n=500):
     """A small CIFAR-10-format data set (procedural shapes) for the notebook under DDPM_SMOKE=1
     (smaller than the root conftest's 6000-image nbval fixture, which only exists when nbval runs)."""
     from ddpm_lib.data import make_shapes
-    from ddpm_lib.testing import write_cifar10_format
+    from ddpm_lib.cifar10 import write_cifar10_format
 
     images = make_shapes(n, seed=0)  # (n, 3, 32, 32) uint8
     write_cifar10_format(root, images, torch.arange(n) % 10)

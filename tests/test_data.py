@@ -13,10 +13,10 @@ from PIL import Image
 
 import ddpm_lib
 import ddpm_lib.data as data
-import ddpm_lib.testing
+import ddpm_lib.cifar10
 from ddpm_lib.data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
                            make_shapes)
-from ddpm_lib.testing import write_cifar10_format
+from ddpm_lib.cifar10 import write_cifar10_format
 
 TRAIN_FILES = [name for name, _ in tvd.CIFAR10.train_list]
 
@@ -135,7 +135,7 @@ def test_batch_file_cannot_run_code(cifar_root, tmp_path, monkeypatch):
 
 
 def test_the_writer_lives_in_testing_only():
-    assert ddpm_lib.testing.write_cifar10_format is ddpm_lib.write_cifar10_format
+    assert ddpm_lib.cifar10.write_cifar10_format is ddpm_lib.write_cifar10_format
     assert not hasattr(data, "write_cifar10_format")  # no re-export kept for compatibility
 
 

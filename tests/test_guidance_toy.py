@@ -1,11 +1,11 @@
-"""ddpm_lib.guidance_toy: the exact toy predictor against autograd and Bayes."""
+"""ddpm_lib.nb.guidance_toy: the exact toy predictor against autograd and Bayes."""
 import math
 
 import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
-from ddpm_lib.guidance_toy import GaussianClasses
+from ddpm_lib.nb.guidance_toy import GaussianClasses
 from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 

@@ -1,4 +1,4 @@
-"""ddpm_lib.notebook: the set-up every notebook runs (env vars, smoke mode, Drive) and find_model's fallbacks."""
+"""ddpm_lib.nb.session and .runs: the set-up every notebook runs (env vars, smoke mode, Drive), find_model."""
 import dataclasses
 import os
 import sys
@@ -9,10 +9,10 @@ import torch
 from helpers import MICRO
 from PIL import Image
 
-import ddpm_lib.notebook as nb
+from ddpm_lib.nb import runs, session
 from ddpm_lib.data import CIFAR10_CLASSES, make_shapes
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.testing import write_cifar10_format
+from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.train import TrainConfig, Trainer
 from ddpm_lib.unet import PRESETS, UNet
 
@@ -27,7 +27,7 @@ def env(monkeypatch, tmp_path):
 
 
 def make_setup(tmp_path, smoke=True):
-    return nb.NotebookSetup(device=torch.device("cpu"), smoke=smoke, data_root=tmp_path / "data",
+    return session.NotebookSetup(device=torch.device("cpu"), smoke=smoke, data_root=tmp_path / "data",
                             runs=tmp_path / "runs", in_colab=False, seed=0)
 
 
@@ -51,11 +51,11 @@ def test_setup_reads_the_environment_and_prints_each_choice(env, tmp_path, capsy
     env.setenv("DDPM_SMOKE", "1")
     env.setenv("DDPM_DATA_ROOT", str(tmp_path / "fixture"))
     env.setenv("DDPM_RUNS", str(tmp_path / "ci-runs"))
-    setup = nb.setup_notebook(seed=5)
+    setup = session.setup_notebook(seed=5)
     assert setup.smoke is True and setup.in_colab is False and setup.seed == 5
     assert setup.data_root == tmp_path / "fixture"
     assert setup.runs == tmp_path / "ci-runs" and setup.runs.is_dir()  # created, writable
-    assert setup.device == nb.default_device()
+    assert setup.device == session.default_device()
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == ["device", "smoke", "data", "runs", "seed"]
     assert str(tmp_path / "ci-runs") in lines[3] and "DDPM_RUNS" in lines[3]
@@ -64,14 +64,14 @@ def test_setup_reads_the_environment_and_prints_each_choice(env, tmp_path, capsy
 
 
 def test_setup_defaults_without_environment(env, tmp_path):
-    setup = nb.setup_notebook()
+    setup = session.setup_notebook()
     assert setup.smoke is False
-    assert setup.data_root == nb.Path("data") and setup.runs == nb.Path("runs")
+    assert setup.data_root == session.Path("data") and setup.runs == session.Path("runs")
     assert (tmp_path / "runs").is_dir()
 
 
 def test_setup_seeds_torch(env):
-    nb.setup_notebook(seed=3)
+    session.setup_notebook(seed=3)
     drawn = torch.rand(4)
     torch.manual_seed(3)
     torch.testing.assert_close(drawn, torch.rand(4))
@@ -81,20 +81,20 @@ def test_setup_seeds_torch(env):
 def test_setup_rejects_an_unclear_smoke_value(env, value):
     env.setenv("DDPM_SMOKE", value)
     with pytest.raises(ValueError, match="DDPM_SMOKE"):
-        nb.setup_notebook()
+        session.setup_notebook()
 
 
 def test_setup_rejects_a_bad_seed_or_drive_folder(env):
     with pytest.raises(ValueError, match="seed"):
-        nb.setup_notebook(seed=1.5)
+        session.setup_notebook(seed=1.5)
     with pytest.raises(ValueError, match="drive_folder"):
-        nb.setup_notebook(use_drive=True, drive_folder="/abs/path", drive_root=".")
+        session.setup_notebook(use_drive=True, drive_folder="/abs/path", drive_root=".")
 
 
 def test_drive_keeps_runs_and_data_on_the_drive_over_ddpm_runs(env, tmp_path, capsys):
     (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
     env.setenv("DDPM_RUNS", str(tmp_path / "ci-runs"))
-    setup = nb.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
+    setup = session.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
     folder = tmp_path / "drive" / "MyDrive" / "course"
     assert setup.runs == folder / "runs" and setup.runs.is_dir() and setup.drive == folder
     assert setup.data_root == folder / "data" and setup.data_root.is_dir()
@@ -102,14 +102,14 @@ def test_drive_keeps_runs_and_data_on_the_drive_over_ddpm_runs(env, tmp_path, ca
     assert f"runs: {folder / 'runs'} (Google Drive)" in out
     assert f"data: {folder / 'data'} (Google Drive: CIFAR-10 is downloaded there once" in out
     write_cifar10_format(folder / "data", make_shapes(2), torch.arange(2))  # what the first runtime downloaded
-    nb.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
+    session.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
     assert f"data: {folder / 'data'} (a copy on Drive)" in capsys.readouterr().out
 
 
 def test_ddpm_data_root_wins_over_the_drive(env, tmp_path, capsys):
     (tmp_path / "MyDrive").mkdir()
     env.setenv("DDPM_DATA_ROOT", str(tmp_path / "fixture"))
-    setup = nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+    setup = session.setup_notebook(use_drive=True, drive_root=tmp_path)
     assert setup.data_root == tmp_path / "fixture" and setup.runs == tmp_path / "MyDrive" / "ddpm_lib" / "runs"
     assert f"data: {tmp_path / 'fixture'} ($DDPM_DATA_ROOT)" in capsys.readouterr().out
 
@@ -119,10 +119,10 @@ def test_a_drive_that_cannot_be_mounted_is_one_clear_error(env, tmp_path):
         raise ValueError("mount failed")
 
     env.setitem(sys.modules, "google.colab", types.SimpleNamespace(drive=types.SimpleNamespace(mount=refuse)))
-    env.setattr(nb, "COLAB_DRIVE", str(tmp_path / "content" / "drive"))
+    env.setattr(session, "COLAB_DRIVE", str(tmp_path / "content" / "drive"))
     with pytest.raises(OSError, match="could not mount Google Drive at .*content/drive for .*MyDrive/ddpm_lib "
                                       r"\(ValueError: mount failed\)"):
-        nb.setup_notebook(use_drive=True)
+        session.setup_notebook(use_drive=True)
 
 
 @pytest.fixture
@@ -135,13 +135,13 @@ def tf32_off():
 
 
 def test_setup_turns_tf32_on_on_a_cuda_gpu_that_has_it(env, monkeypatch, capsys, tf32_off):
-    monkeypatch.setattr(nb, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(session, "default_device", lambda: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA A100")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4: no TF32
-    nb.setup_notebook()
+    session.setup_notebook()
     assert not torch.backends.cuda.matmul.allow_tf32 and "tf32" not in capsys.readouterr().out
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    nb.setup_notebook()
+    session.setup_notebook()
     assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "device: cuda (NVIDIA A100)" and lines[1].startswith("tf32: on")
@@ -149,19 +149,19 @@ def test_setup_turns_tf32_on_on_a_cuda_gpu_that_has_it(env, monkeypatch, capsys,
 
 def test_drive_outside_colab_without_a_mount_is_a_clear_error(env):
     with pytest.raises(ValueError, match="use_drive=True needs Google Colab"):
-        nb.setup_notebook(use_drive=True)
+        session.setup_notebook(use_drive=True)
 
 
 def test_drive_not_mounted_is_a_clear_error(env, tmp_path):
     with pytest.raises(FileNotFoundError, match="no MyDrive folder"):
-        nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+        session.setup_notebook(use_drive=True, drive_root=tmp_path)
 
 
 def test_drive_folder_that_cannot_be_written_is_a_clear_error(env, tmp_path):
     (tmp_path / "MyDrive").mkdir()
     (tmp_path / "MyDrive" / "ddpm_lib").write_text("a file where the runs folder should go")
     with pytest.raises(PermissionError, match="use_drive .data.: cannot write to .*MyDrive/ddpm_lib/data"):
-        nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+        session.setup_notebook(use_drive=True, drive_root=tmp_path)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes to read-only folders")
@@ -169,14 +169,14 @@ def test_read_only_runs_folder_is_a_clear_error(env, tmp_path):
     (tmp_path / "ro").mkdir(mode=0o500)
     env.setenv("DDPM_RUNS", str(tmp_path / "ro"))
     with pytest.raises(PermissionError, match="DDPM_RUNS: cannot write"):
-        nb.setup_notebook()
+        session.setup_notebook()
 
 
 # ----------------------------------------------------------------------------- load_training_images
 
 def test_smoke_mode_needs_the_fixture(tmp_path):
     with pytest.raises(FileNotFoundError, match="DDPM_SMOKE=1.*DDPM_DATA_ROOT"):
-        nb.load_training_images(make_setup(tmp_path, smoke=True))
+        session.load_training_images(make_setup(tmp_path, smoke=True))
 
 
 def test_smoke_mode_reads_the_cifar10_format_fixture(tmp_path, capsys):
@@ -184,8 +184,8 @@ def test_smoke_mode_reads_the_cifar10_format_fixture(tmp_path, capsys):
     labels = torch.arange(12) % 10
     write_cifar10_format(tmp_path / "data", images, labels)
     setup = make_setup(tmp_path, smoke=True)
-    torch.testing.assert_close(nb.load_training_images(setup), images)
-    got, got_labels, names = nb.load_training_images(setup, n=5, with_labels=True)
+    torch.testing.assert_close(session.load_training_images(setup), images)
+    got, got_labels, names = session.load_training_images(setup, n=5, with_labels=True)
     torch.testing.assert_close(got, images[:5])
     torch.testing.assert_close(got_labels, labels[:5])
     assert names == CIFAR10_CLASSES
@@ -197,33 +197,33 @@ def offline(*args, **kwargs):
 
 
 def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(nb, "load_cifar10", offline)
-    images, labels, names = nb.load_training_images(make_setup(tmp_path, smoke=False), n=20, with_labels=True)
+    monkeypatch.setattr(session, "load_cifar10", offline)
+    images, labels, names = session.load_training_images(make_setup(tmp_path, smoke=False), n=20, with_labels=True)
     want_images, want_labels = make_shapes(20, seed=0, with_labels=True)
     torch.testing.assert_close(images, want_images)
     torch.testing.assert_close(labels, want_labels)
-    assert names == nb.SHAPE_KINDS
+    assert names == session.SHAPE_KINDS
     assert "procedural shapes" in capsys.readouterr().out
 
 
 def test_cifar10_at_a_smaller_size_is_the_mean_of_each_pixel_block(tmp_path):
     images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     write_cifar10_format(tmp_path / "data", images, torch.arange(6))
-    got = nb.load_training_images(make_setup(tmp_path, smoke=True), size=16)
+    got = session.load_training_images(make_setup(tmp_path, smoke=True), size=16)
     blocks = images.double().reshape(6, 3, 16, 2, 16, 2).mean(dim=(3, 5))  # (6, 3, 16, 16): 2x2 means
     assert got.dtype == torch.uint8 and got.shape == (6, 3, 16, 16)
     assert (got.double() - blocks).abs().max() <= 0.5 + 1e-6  # rounded to the nearest integer
 
 
 def test_shapes_on_request_need_no_cifar10_even_in_smoke_mode(tmp_path, capsys, monkeypatch):
-    images, labels, names = nb.load_training_images(make_setup(tmp_path, smoke=True), n=8, with_labels=True,
+    images, labels, names = session.load_training_images(make_setup(tmp_path, smoke=True), n=8, with_labels=True,
                                                     data="shapes", size=16)
     want_images, want_labels = make_shapes(8, size=16, seed=0, with_labels=True)
-    assert torch.equal(images, want_images) and torch.equal(labels, want_labels) and names == nb.SHAPE_KINDS
+    assert torch.equal(images, want_images) and torch.equal(labels, want_labels) and names == session.SHAPE_KINDS
     assert "procedural shapes at 16x16" in capsys.readouterr().out
-    monkeypatch.setattr(nb, "load_cifar10", offline)  # asked for by name, CIFAR-10 has no fallback
+    monkeypatch.setattr(session, "load_cifar10", offline)  # asked for by name, CIFAR-10 has no fallback
     with pytest.raises(FileNotFoundError, match="data='cifar10': CIFAR-10 is not available"):
-        nb.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10", n=1)
+        session.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10", n=1)
 
 
 def write_image_folder(root, images, labels):
@@ -240,15 +240,15 @@ def test_an_image_folder_layout_is_read_as_cifar10_with_either_split(tmp_path, c
     labels = torch.arange(40) % 10
     write_image_folder(tmp_path / "data", images, labels)
     setup = make_setup(tmp_path, smoke=False)
-    got, got_labels, names = nb.load_training_images(setup, with_labels=True)
+    got, got_labels, names = session.load_training_images(setup, with_labels=True)
     # the folder lists class after class; the loader takes the classes in turn (the first of each, then the
     # second, ...), which here is the order the images were written in: labels 0..9, 0..9
     assert torch.equal(got, images[:20]) and torch.equal(got_labels, labels[:20])
-    first = nb.load_training_images(setup, n=10, with_labels=True)[1]
+    first = session.load_training_images(setup, n=10, with_labels=True)[1]
     assert sorted(first.tolist()) == list(range(10))  # the first n hold every class, as CIFAR-10's own do
     assert names == CIFAR10_CLASSES
     assert f"data: CIFAR-10 train (image folder {tmp_path / 'data'}), 20 images at 32x32" in capsys.readouterr().out
-    test = nb.load_training_images(setup, n=3, split="test", size=16)
+    test = session.load_training_images(setup, n=3, split="test", size=16)
     assert test.shape == (3, 3, 16, 16)
     assert "data: CIFAR-10 test (image folder" in capsys.readouterr().out
 
@@ -258,31 +258,31 @@ def test_an_image_folder_of_other_classes_is_not_cifar10(tmp_path, capsys):
         (tmp_path / "data" / split / "cats").mkdir(parents=True)
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cats" / "0.png")
     with pytest.raises(FileNotFoundError, match="expected CIFAR-10's class folders airplane, .*found cats"):
-        nb.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10")
-    images = nb.load_training_images(make_setup(tmp_path, smoke=False), n=4)  # no data named: the shapes
+        session.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10")
+    images = session.load_training_images(make_setup(tmp_path, smoke=False), n=4)  # no data named: the shapes
     assert images.shape == (4, 3, 32, 32) and "procedural shapes" in capsys.readouterr().out
 
 
 def test_the_test_split_of_the_cifar10_format_and_of_the_offline_shapes(tmp_path, monkeypatch, capsys):
     train, test = make_shapes(6, seed=1), make_shapes(4, seed=2)
     write_cifar10_format(tmp_path / "data", train, torch.arange(6), test, torch.arange(4))
-    assert torch.equal(nb.load_training_images(make_setup(tmp_path), split="test"), test)
+    assert torch.equal(session.load_training_images(make_setup(tmp_path), split="test"), test)
     assert "CIFAR-10 test" in capsys.readouterr().out
-    monkeypatch.setattr(nb, "load_cifar10", offline)
-    shapes = nb.load_training_images(make_setup(tmp_path / "elsewhere", smoke=False), n=5, split="test")
+    monkeypatch.setattr(session, "load_cifar10", offline)
+    shapes = session.load_training_images(make_setup(tmp_path / "elsewhere", smoke=False), n=5, split="test")
     assert torch.equal(shapes, make_shapes(5, seed=1))  # another seed than the training shapes' (0)
     assert "test split: another seed" in capsys.readouterr().out
 
 
 def test_load_training_images_rejects_bad_arguments(tmp_path):
-    with pytest.raises(ValueError, match="n: expected a positive int"):
-        nb.load_training_images(make_setup(tmp_path), n=0)
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        session.load_training_images(make_setup(tmp_path), n=0)
     with pytest.raises(ValueError, match="data: expected"):
-        nb.load_training_images(make_setup(tmp_path), data="mnist")
+        session.load_training_images(make_setup(tmp_path), data="mnist")
     with pytest.raises(ValueError, match="size: expected an int in"):
-        nb.load_training_images(make_setup(tmp_path), size=64)
+        session.load_training_images(make_setup(tmp_path), size=64)
     with pytest.raises(ValueError, match="split: expected 'train' or 'test'"):
-        nb.load_training_images(make_setup(tmp_path), split="val")
+        session.load_training_images(make_setup(tmp_path), split="val")
 
 
 # ----------------------------------------------------------------------------- find_model
@@ -292,47 +292,48 @@ def no_official_weights(*args, **kwargs):
 
 
 def test_find_model_prefers_notebook_05s_newest_checkpoint(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", pytest.fail)  # never reached
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # never reached
     setup = make_setup(tmp_path, smoke=True)
     old = write_run(setup.runs / "05_training" / "seed-smoke", seed=1)
     new = write_run(setup.runs / "05_training" / "tiny-smoke", seed=2)
     write_run(setup.runs / "05_training" / "tiny", seed=3)  # a real-size run: not for smoke mode
     os.utime(setup.runs / "05_training" / "seed-smoke" / "checkpoint.pt", (1, 1))
-    model, schedule, description = nb.find_model(setup)
+    model, schedule, description = runs.find_model(setup)
     assert description.startswith("notebook 05's checkpoint: preset tiny, data not recorded, step 2, EMA weights")
     assert str(setup.runs / "05_training" / "tiny-smoke" / "checkpoint.pt") in description
     assert not model.training and schedule.steps == 10
     assert_same_weights(model, new.ema)
-    raw, _, description = nb.find_model(setup, ema=False)
+    raw, _, description = runs.find_model(setup, ema=False)
     assert_same_weights(raw, new.model)
     assert "raw weights" in description
-    picked, _, description = nb.find_model(setup, preset="seed")  # a preset picks its own run
+    picked, _, description = runs.find_model(setup, preset="seed")  # a preset picks its own run
     assert_same_weights(picked, old.ema)
 
 
 def test_find_model_smoke_mode_skips_the_hub_and_reuses_its_brief_model(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", pytest.fail)  # never downloads in smoke mode
-    monkeypatch.setattr(nb, "_train_brief", pytest.fail)  # a brief model is there already: no training
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # never downloads in smoke mode
+    monkeypatch.setattr(runs, "_train_brief", pytest.fail)  # a brief model is there already: no training
     setup = make_setup(tmp_path, smoke=True)
     brief = write_run(setup.runs / "brief" / "tiny-smoke")
     write_run(setup.runs / "05_training" / "tiny-smoke")
-    model, _, description = nb.find_model(setup, preset="ddpm-cifar10")  # no 05 run of that preset
+    model, _, description = runs.find_model(setup, preset="ddpm-cifar10")  # no 05 run of that preset
     assert description.startswith("tiny network trained briefly by find_model")
     assert_same_weights(model, brief.ema)
 
 
 def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path):
-    assert nb.training_run(make_setup(tmp_path, smoke=True), "seed") == tmp_path / "runs" / "05_training" / "seed-smoke"
-    assert nb.training_run(make_setup(tmp_path, smoke=False), "tiny") == tmp_path / "runs" / "05_training" / "tiny"
-    assert (nb.training_run(make_setup(tmp_path, smoke=False), "tiny", data="cifar10")
+    folder = tmp_path / "runs" / "05_training"
+    assert runs.training_run(make_setup(tmp_path, smoke=True), "seed") == folder / "seed-smoke"
+    assert runs.training_run(make_setup(tmp_path, smoke=False), "tiny") == tmp_path / "runs" / "05_training" / "tiny"
+    assert (runs.training_run(make_setup(tmp_path, smoke=False), "tiny", data="cifar10")
             == tmp_path / "runs" / "05_training" / "tiny-cifar10")
-    assert (nb.training_run(make_setup(tmp_path, smoke=True), "tiny", data="cifar10")
+    assert (runs.training_run(make_setup(tmp_path, smoke=True), "tiny", data="cifar10")
             == tmp_path / "runs" / "05_training" / "tiny-cifar10-smoke")
     with pytest.raises(ValueError, match="data: expected None or 'cifar10'"):
-        nb.training_run(make_setup(tmp_path), "tiny", data="shapes")
+        runs.training_run(make_setup(tmp_path), "tiny", data="shapes")
     for preset in PRESETS:  # the folder's name gives its preset back, "ddpm-cifar10" too
         for data in (None, "cifar10"):
-            assert nb._preset_of(nb.training_run(make_setup(tmp_path), preset, data=data)) == preset
+            assert runs._preset_of(runs.training_run(make_setup(tmp_path), preset, data=data)) == preset
 
 
 def write_run_of(folder, data_info, seed=0):
@@ -345,35 +346,35 @@ def write_run_of(folder, data_info, seed=0):
 
 def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path, monkeypatch, one_thread):
     setup = make_setup(tmp_path, smoke=True)
-    runs = setup.runs / "05_training"
-    cifar = write_run_of(nb.training_run(setup, "tiny", data="cifar10"), {"name": "CIFAR-10", "images": 4}, seed=1)
-    write_run_of(nb.training_run(setup, "tiny"), {"name": "shapes", "images": 4}, seed=2)  # the newest
-    os.utime(runs / "tiny-cifar10-smoke" / "checkpoint.pt", (1, 1))
-    _, _, description = nb.find_model(setup)
+    folder = setup.runs / "05_training"
+    cifar = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), {"name": "CIFAR-10", "images": 4}, seed=1)
+    write_run_of(runs.training_run(setup, "tiny"), {"name": "shapes", "images": 4}, seed=2)  # the newest
+    os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt", (1, 1))
+    _, _, description = runs.find_model(setup)
     assert description.startswith("notebook 05's checkpoint: preset tiny, shapes, step 2")
-    model, _, description = nb.find_model(setup, data="cifar10")
+    model, _, description = runs.find_model(setup, data="cifar10")
     assert_same_weights(model, cifar.ema)
     assert description.startswith("notebook 05's checkpoint: preset tiny, CIFAR-10, step 2")
-    assert str(runs / "tiny-cifar10-smoke" / "checkpoint.pt") in description
-    _, _, description = nb.find_model(setup, preset="tiny", data="cifar10")
+    assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
+    _, _, description = runs.find_model(setup, preset="tiny", data="cifar10")
     assert "tiny-cifar10-smoke" in description
-    cli = {"data": "/data/cifar10-jpeg/train", "n": 4, "size": 32, "class_names": list(nb.CIFAR10_CLASSES)}
-    assert nb.is_cifar10({"data": cli}) and nb.is_cifar10({"data": {"data": "cifar10"}})
-    assert not nb.is_cifar10({"data": None}) and not nb.is_cifar10({"data": {"data": "shapes"}})
+    cli = {"data": "/data/cifar10-jpeg/train", "n": 4, "size": 32, "class_names": list(session.CIFAR10_CLASSES)}
+    assert runs.is_cifar10({"data": cli}) and runs.is_cifar10({"data": {"data": "cifar10"}})
+    assert not runs.is_cifar10({"data": None}) and not runs.is_cifar10({"data": {"data": "shapes"}})
     with pytest.raises(ValueError, match="data: expected None .any. or 'cifar10'"):
-        nb.find_model(setup, data="shapes")
-    os.utime(runs / "tiny-cifar10-smoke" / "checkpoint.pt")  # the CIFAR-10 side run is now the newest (as in 05)
-    _, _, description = nb.find_model(setup)
+        runs.find_model(setup, data="shapes")
+    os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt")  # the CIFAR-10 side run is now the newest (as in 05)
+    _, _, description = runs.find_model(setup)
     assert description.startswith("notebook 05's checkpoint: preset tiny, shapes")  # the main run comes first
 
 
 def test_find_model_on_a_drive_without_05s_checkpoint_says_so(env, tmp_path, monkeypatch, capsys, one_thread):
     (tmp_path / "MyDrive").mkdir()
     env.setenv("DDPM_SMOKE", "1")
-    setup = nb.setup_notebook(use_drive=True, drive_root=tmp_path)
+    setup = session.setup_notebook(use_drive=True, drive_root=tmp_path)
     write_run(setup.runs / "brief" / "tiny-smoke")
     capsys.readouterr()
-    _, _, description = nb.find_model(setup, data="cifar10")
+    _, _, description = runs.find_model(setup, data="cifar10")
     out = capsys.readouterr().out
     drive = tmp_path / "MyDrive" / "ddpm_lib"
     assert f"no CIFAR-10 smoke checkpoint from notebook 05 on Google Drive ({drive}) yet" in out
@@ -383,27 +384,27 @@ def test_find_model_on_a_drive_without_05s_checkpoint_says_so(env, tmp_path, mon
 
 def test_find_model_rejects_an_unknown_preset(tmp_path):
     with pytest.raises(ValueError, match="preset: expected one of"):
-        nb.find_model(make_setup(tmp_path), preset="huge")
+        runs.find_model(make_setup(tmp_path), preset="huge")
     with pytest.raises(ValueError, match="preset: expected one of"):
-        nb.training_run(make_setup(tmp_path), "huge")
+        runs.training_run(make_setup(tmp_path), "huge")
 
 
 def test_find_model_official_weights_come_second(tmp_path, monkeypatch, capsys, one_thread):
     official = UNet(MICRO)
-    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", lambda: official)
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", lambda: official)
     setup = make_setup(tmp_path, smoke=False)
     write_run(setup.runs / "05_training" / "tiny-smoke")  # a smoke run: not for real sizes
-    model, schedule, description = nb.find_model(setup)
+    model, schedule, description = runs.find_model(setup)
     assert model is official and not model.training
     assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
     assert "no checkpoint from notebook 05 under" in capsys.readouterr().out  # says what it shows instead
 
 
 def test_find_model_offline_uses_the_brief_model(tmp_path, monkeypatch, capsys, one_thread):
-    monkeypatch.setattr(nb.pretrained, "load_ddpm_cifar10", no_official_weights)
-    monkeypatch.setattr(nb, "_train_brief", lambda setup, folder: write_run(folder))
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", no_official_weights)
+    monkeypatch.setattr(runs, "_train_brief", lambda setup, folder: write_run(folder))
     setup = make_setup(tmp_path, smoke=False)
-    _, _, description = nb.find_model(setup)
+    _, _, description = runs.find_model(setup)
     assert description.startswith("tiny network trained briefly by find_model")
     assert "official weights unavailable (FileNotFoundError" in capsys.readouterr().out
     assert (setup.runs / "brief" / "tiny" / "checkpoint.pt").is_file()
@@ -414,13 +415,13 @@ def test_find_model_trains_the_tiny_network_on_the_fixture(tmp_path, one_thread)
     images = make_shapes(16, seed=0)
     write_cifar10_format(tmp_path / "data", images, torch.arange(16) % 10)
     setup = make_setup(tmp_path, smoke=True)
-    model, schedule, description = nb.find_model(setup)
+    model, schedule, description = runs.find_model(setup)
     assert "step 30" in description and schedule.steps == 100
     x_t = torch.randn(2, 3, 32, 32)
     assert model(x_t, torch.tensor([0, 99])).shape == x_t.shape
 
 
 def test_training_data_of_names_the_quick_win_shapes_and_keeps_other_sizes():
-    quick = UNet(dataclasses.replace(PRESETS["tiny"], image_size=nb.QUICK_WIN["image_size"]))
-    assert nb.training_data_of(quick) == {"data": "shapes", "size": nb.QUICK_WIN["image_size"]}
-    assert nb.training_data_of(UNet(PRESETS["tiny"])) == {"data": None, "size": 32}
+    quick = UNet(dataclasses.replace(PRESETS["tiny"], image_size=session.QUICK_WIN["image_size"]))
+    assert runs.training_data_of(quick) == {"data": "shapes", "size": session.QUICK_WIN["image_size"]}
+    assert runs.training_data_of(UNet(PRESETS["tiny"])) == {"data": None, "size": 32}

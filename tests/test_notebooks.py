@@ -80,6 +80,12 @@ def test_colab_install_cell_is_first_code_cell_and_skipped_by_nbval(name):
     assert "nbval-skip" in install.metadata.get("tags", [])
     assert '"google.colab" in sys.modules' in install.source
     assert "pip install" in install.source and "git+https://github.com/ddpm-lib/ddpm_lib" in install.source
+    extras = re.search(r"ddpm_lib\[([a-z,]+)\] @ git\+", install.source)
+    assert extras and "nb" in extras.group(1).split(","), "the install cell asks for the notebooks' extra, [nb]"
+    source = "\n".join(cell.source for cell in code_cells(load(name)))
+    for module, extra in (("ddpm_lib.metrics import fid_kid", "metrics"), ("find_model", "interop")):
+        if module in source:
+            assert extra in extras.group(1).split(","), f"{name} uses {module}: its install cell needs [{extra}]"
     assert 'os.environ.get("DDPM_INSTALL"' in install.source  # the Colab emulation installs the wheel instead
 
 

@@ -33,8 +33,7 @@ def _pyproject():
 
 
 def test_environment_yml_names_the_same_dependencies_as_pyproject():
-    project = _pyproject()
-    wanted = project["dependencies"] + project["optional-dependencies"]["notebooks"]
+    wanted = _pyproject()["dependencies"] + _extra("notebooks")
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     conda, pip = [], []
     for dep in env["dependencies"]:
@@ -56,9 +55,25 @@ def test_torch_is_not_pinned_in_the_package():
     assert all("==" not in d and "<" not in d for d in torch_reqs)
 
 
+def _extra(name: str) -> list:
+    """The requirements of an extra, with those of the extras it names (ddpm_lib[nb,...]) resolved."""
+    out = []
+    for dep in _pyproject()["optional-dependencies"][name]:
+        inner = re.fullmatch(r"ddpm_lib\[([\w,]+)\]", dep)
+        out += [d for e in inner.group(1).split(",") for d in _extra(e)] if inner else [dep]
+    return out
+
+
 def test_ipywidgets_7_is_allowed_for_colab():
-    deps = _pyproject()["dependencies"]
-    assert "ipywidgets>=7.6" in deps
+    assert "ipywidgets>=7.6" in _extra("nb")
+
+
+def test_the_core_needs_only_torch_numpy_tqdm_and_the_image_readers():
+    """The notebooks', the metrics' and diffusers' packages are extras (DESIGN.md: the core imports torch only)."""
+    assert {_name(d) for d in _pyproject()["dependencies"]} == {"torch", "torchvision", "numpy", "tqdm", "pillow"}
+    assert {"matplotlib", "ipywidgets"} <= {_name(d) for d in _extra("nb")}
+    assert {"torchmetrics", "torch-fidelity"} <= {_name(d) for d in _extra("metrics")}
+    assert {"diffusers", "huggingface-hub", "safetensors"} <= {_name(d) for d in _extra("interop")}
 
 
 def test_ci_runs_the_readme_test_command():

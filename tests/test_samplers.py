@@ -9,7 +9,7 @@ from torch import nn
 
 from helpers import MU, S, IdealEps, check_moments, gaussian_eps, gen
 
-from ddpm_lib.data import to_uint8
+from ddpm_lib.utils import to_uint8
 from ddpm_lib.samplers import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
                                dpm_solver_timesteps, generate_images)
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas

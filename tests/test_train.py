@@ -14,7 +14,8 @@ from torch import nn
 
 import ddpm_lib.train
 from ddpm_lib.checkpoint import load_model, read_checkpoint
-from ddpm_lib.data import DeviceBatches, make_shapes, mix_seed
+from ddpm_lib.data import DeviceBatches, make_shapes
+from ddpm_lib.utils import mix_seed
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer, TrainConfig, autocast_dtype

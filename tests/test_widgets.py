@@ -10,8 +10,8 @@ pytest.importorskip("ipywidgets")
 from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
 from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
-from ddpm_lib.render import _forward_sample  # noqa: E402
-from ddpm_lib.widgets import (  # noqa: E402
+from ddpm_lib.nb.render import forward_sample  # noqa: E402
+from ddpm_lib.nb.widgets import (  # noqa: E402
     TrainingMonitor, attention_viewer, guidance_viewer, noising_explorer, render_attention,
     render_guided_samples, render_noising, render_training, render_trajectory, show_widget, trajectory_scrubber)
 
@@ -47,8 +47,8 @@ def widgets_in(widget):
 
 
 def test_forward_sample_is_eq4_with_the_same_eps_at_every_t(images, schedule):
-    x0, x_a = _forward_sample(images, schedule, 10, 1, seed=3)
-    _, x_b = _forward_sample(images, schedule, 90, 1, seed=3)
+    x0, x_a = forward_sample(images, schedule, 10, 1, seed=3)
+    _, x_b = forward_sample(images, schedule, 90, 1, seed=3)
     torch.testing.assert_close(x0[0], images[1].float() / 127.5 - 1)
     abar = schedule.alphas_cumprod.double()
     eps_a = (x_a.double() - abar[10].sqrt() * x0) / (1 - abar[10]).sqrt()   # Eq. 4 solved for eps

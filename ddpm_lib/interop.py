@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .device import cache_dir as default_cache
+from .utils import cache_dir as default_cache
 from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet, UNetConfig
 
@@ -191,7 +191,7 @@ def _download(folder: Path) -> Path:
 def load_ddpm_cifar10(cache_dir: str | os.PathLike | None = None) -> UNet:
     """The paper's CIFAR-10 network with the google/ddpm-cifar10-32 weights (the non-EMA ones, see module doc).
 
-    Looks in cache_dir/ddpm-cifar10-32/ (cache_dir defaults to ddpm_lib.device.cache_dir()) and downloads there with
+    Looks in cache_dir/ddpm-cifar10-32/ (cache_dir defaults to ddpm_lib.utils.cache_dir()) and downloads there with
     huggingface_hub when the file is absent; offline, raises FileNotFoundError saying where to put it.
     """
     folder = (Path(cache_dir) if cache_dir is not None else default_cache()) / "ddpm-cifar10-32"

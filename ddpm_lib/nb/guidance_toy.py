@@ -5,7 +5,7 @@ forward process (Eq. 4) each component stays Gaussian: x_t | k ~ N(a mu_k, v_k I
 v_k = a^2 s_k^2 + 1 - a^2, and E[eps | x_t, k] = sqrt(1 - alpha_bar_t) (x_t - a mu_k) / v_k. The ideal noise
 predictors are the posterior-weighted averages of these over the components of class y (eps_c) or of all classes
 (eps_u): what a perfectly trained network would output, so samplers can be run on it with no training.
-(The shape classifier of notebook 08 is ddpm_lib.shapes.shape_kind; its viewer, ddpm_lib.widgets.guidance_viewer.)
+(The shape classifier of notebook 08 is ddpm_lib.shapes.shape_kind; its viewer, ddpm_lib.nb.widgets.guidance_viewer.)
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from .schedule import NoiseSchedule
+from ..schedule import NoiseSchedule
 
 class GaussianClasses:
     """2-D data, class y a mixture of isotropic Gaussians, and its exact noise predictor under a NoiseSchedule."""

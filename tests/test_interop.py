@@ -7,8 +7,8 @@ import torch
 
 from helpers import perturbed
 
-from ddpm_lib import pretrained
-from ddpm_lib.pretrained import (diffusers_config, load_ddpm_cifar10, save_diffusers_pipeline, scheduler_config,
+from ddpm_lib import interop
+from ddpm_lib.interop import (diffusers_config, load_ddpm_cifar10, save_diffusers_pipeline, scheduler_config,
                                  unet_from_diffusers, unet_to_diffusers)
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, UNet, UNetConfig
@@ -95,7 +95,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
 
 
-@pytest.mark.parametrize("filename", pretrained.FILENAMES)
+@pytest.mark.parametrize("filename", interop.FILENAMES)
 def test_load_reads_a_file_placed_by_hand(reference, tmp_path, no_network, filename):
     folder = tmp_path / "ddpm-cifar10-32"
     folder.mkdir()
@@ -115,7 +115,7 @@ def test_offline_without_the_file_says_where_to_put_it(tmp_path, no_network):
         load_ddpm_cifar10(cache_dir=tmp_path)
     message = str(err.value)
     assert str(tmp_path / "ddpm-cifar10-32") in message
-    assert "https://huggingface.co/google/ddpm-cifar10-32" in message and pretrained.FILENAMES[0] in message
+    assert "https://huggingface.co/google/ddpm-cifar10-32" in message and interop.FILENAMES[0] in message
 
 
 # -- the way back: ddpm_lib UNet -> diffusers ----------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Notebook viewers: thin ipywidgets wiring around the pure render functions of ddpm_lib.render.
+"""Notebook viewers: thin ipywidgets wiring around the pure render functions of ddpm_lib.nb.render.
 
 Each `render_*` function (re-exported here) draws one picture with matplotlib's Agg backend, so tests call it
 directly; each widget only wires core controls (IntSlider, FloatSlider, Dropdown, Image, boxes),
@@ -10,10 +10,10 @@ saved or GitHub-rendered notebook still shows a picture where the live widget is
 """
 import torch
 
-from .render import (_as_images, render_attention, render_guided_samples, render_noising,
+from .render import (as_images, render_attention, render_guided_samples, render_noising,
                      render_trajectory, render_training)
-from .schedule import NoiseSchedule
-from .shapes import SHAPE_KINDS
+from ..schedule import NoiseSchedule
+from ..shapes import SHAPE_KINDS
 
 __all__ = ["show_widget", "noising_explorer", "attention_viewer", "trajectory_scrubber", "TrainingMonitor",
            "guidance_viewer", "render_noising", "render_attention", "render_trajectory", "render_training",
@@ -62,7 +62,7 @@ def noising_explorer(images, schedule: NoiseSchedule):
     (fixed eps: only t moves it). A custom schedule (betas given directly) is offered as it is, with no sliders."""
     import ipywidgets as widgets
 
-    images = _as_images(images, "images")
+    images = as_images(images, "images")
     schedule = schedule.to("cpu")
     T, kind = schedule.steps, schedule.kind
     b = schedule.betas

@@ -1,6 +1,6 @@
 """Pure render functions of the notebook viewers: each draws one picture and returns PNG bytes.
 
-Matplotlib's Agg backend only (no pyplot, no display), so tests call them directly and ddpm_lib.widgets wires
+Matplotlib's Agg backend only (no pyplot, no display), so tests call them directly and ddpm_lib.nb.widgets wires
 ipywidgets controls to them. Images come as uint8 (N, C, H, W) or float in [-1, 1]; t is the library's index.
 """
 import io
@@ -10,9 +10,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .data import to_model_range
-from .schedule import NoiseSchedule
-from .shapes import SHAPE_KINDS
+from ..utils import to_model_range
+from ..schedule import NoiseSchedule
+from ..shapes import SHAPE_KINDS
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -23,7 +23,7 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
-def _as_images(images, name: str) -> torch.Tensor:
+def as_images(images, name: str) -> torch.Tensor:
     """uint8 (N, C, H, W) or float in [-1, 1] -> float32 in [-1, 1] on the CPU."""
     images = torch.as_tensor(images).detach().cpu()
     if images.ndim != 4 or images.shape[1] not in (1, 3):
@@ -45,9 +45,9 @@ def _check_index(value, size: int, name: str) -> int:
 
 # ----------------------------------------------------------------------------- forward process
 
-def _forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: int):
+def forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: int):
     """(x0, x_t) for images[index], each (1, C, H, W) on the CPU; eps ~ N(0, I) from a generator seeded with `seed`."""
-    x = _as_images(images, "images")
+    x = as_images(images, "images")
     index = _check_index(index, len(x), "index")
     t = _check_index(t, schedule.steps, "t")
     x0 = x[index : index + 1]                                                 # (1, C, H, W)
@@ -60,7 +60,7 @@ def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed
     """x0 and x_t ~ q(x_t | x0) (Eq. 4) for images[index], x_t's pixel histogram against N(0, 1),
     and alpha_bar with a marker at t. eps is drawn from a generator seeded with `seed`, so only t moves x_t.
     t is the library's index in [0, T-1]; titles and axes show the paper's t = index + 1."""
-    x0, x_t = _forward_sample(images, schedule, t, index, seed)
+    x0, x_t = forward_sample(images, schedule, t, index, seed)
     t = int(t)
     alpha_bar = schedule.alphas_cumprod.cpu().numpy()
 
@@ -109,7 +109,7 @@ def render_attention(image, weights, query, head: int) -> bytes:
     axes = np.atleast_1d(fig.subplots(1, panels))
     extent, scale = (-0.5, side - 0.5, side - 0.5, -0.5), 1.0
     if image is not None:
-        img = _as_images(torch.as_tensor(image)[None], "image")[0]
+        img = as_images(torch.as_tensor(image)[None], "image")[0]
         scale = img.shape[-1] / side
         extent = (-0.5, img.shape[-1] - 0.5, img.shape[-2] - 0.5, -0.5)
         axes[0].imshow(_hwc(img), cmap="gray")
@@ -187,7 +187,7 @@ def render_training(losses, grid=None) -> bytes:
     if grid is not None:
         from torchvision.utils import make_grid
 
-        g = _as_images(grid, "grid")
+        g = as_images(grid, "grid")
         axes[1].imshow(_hwc(make_grid(g, nrow=int(np.ceil(len(g) ** 0.5)), pad_value=1.0)), cmap="gray")
         axes[1].set_title(f"{len(g)} samples")
         axes[1].set_axis_off()
