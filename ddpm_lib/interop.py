@@ -12,7 +12,7 @@ import torch
 
 from .utils import cache_dir as default_cache
 from .schedule import NoiseSchedule
-from .unet import PRESETS, UNet, UNetConfig
+from .unet import PRESETS, UNet, UNetConfig, attention_channels
 
 REPO_ID = "google/ddpm-cifar10-32"
 FILENAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # tried in this order
@@ -43,10 +43,6 @@ def _ours(key: str) -> tuple:
     return (f"{m[1]}.qkv.{m[3]}", "qkv".index(m[2])) if m else (key, None)
 
 
-def _attention_channels(cfg: UNetConfig) -> list:
-    return [cfg.ch_list[i] for i in cfg.attention_layer] + ([cfg.ch_list[-1]] if cfg.mid_attention else [])
-
-
 def diffusers_config(config: UNetConfig) -> dict:
     """The UNet2DModel arguments that compute the same function as UNet(config); ValueError saying why there are none.
 
@@ -63,7 +59,7 @@ def diffusers_config(config: UNetConfig) -> dict:
                    f"entries as the first level's channels)")
     if not config.resample_with_conv:
         why.append("resample_with_conv=False (diffusers resamples with convolutions)")
-    attn_ch, head_dim = _attention_channels(config), None
+    attn_ch, head_dim = config.attention_channels, None
     if config.num_heads > 1 and attn_ch:
         if len(set(attn_ch)) > 1:
             why.append(f"num_heads={config.num_heads} on attention levels of channels {attn_ch} (diffusers has "
@@ -99,7 +95,7 @@ def _config_from_diffusers(config) -> UNetConfig:
         size = size[0]
     mid_attention = config.get("add_attention", True)
     head_dim = config.get("attention_head_dim")
-    attn_ch = [levels[i - 1] for i in attention_layer if i <= len(levels)] + ([levels[-1]] if mid_attention else [])
+    attn_ch = attention_channels((0, *levels), [i for i in attention_layer if i <= len(levels)], mid_attention)
     heads = {1} if head_dim is None else {c // head_dim for c in attn_ch if c % head_dim == 0}
     if len(heads) > 1 or (attn_ch and any(c % (head_dim or c) for c in attn_ch)):
         wrong["attention_head_dim"] = head_dim

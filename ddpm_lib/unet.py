@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadSelfAttention2d
+from .utils import check_prediction
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -98,6 +99,12 @@ class Level(nn.Module):
         return h
 
 
+def attention_channels(ch_list, attention_layer, mid_attention: bool) -> tuple:
+    """The channels of the levels with self-attention: ch_list[i] for i in attention_layer, then the middle's
+    (ch_list[-1]) when mid_attention. One definition for UNetConfig and the diffusers conversion."""
+    return tuple(ch_list[i] for i in attention_layer) + ((ch_list[-1],) if mid_attention else ())
+
+
 @dataclass(frozen=True)
 class UNetConfig:
     ch_list: tuple = (3, 64, 128, 256, 512)  # image channels, then each level's channels (H, W halve between levels)
@@ -115,6 +122,12 @@ class UNetConfig:
     resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
     image_size: int = 32             # resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
     num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (-1: no label) added to the time embedding
+    prediction: str = "eps"          # what the output is: "eps" (the paper), "x0" or "v" (schedule.py converts)
+
+    @property
+    def attention_channels(self) -> tuple:
+        """The channels of each self-attention layer's level, down the network (the middle's last)."""
+        return attention_channels(self.ch_list, self.attention_layer, self.mid_attention)
 
     def __post_init__(self):
         for name in ("ch_list", "attention_layer"):  # lists from checkpoints (JSON) -> tuples; frozen, hence setattr
@@ -127,9 +140,11 @@ class UNetConfig:
         bad = [i for i in self.attention_layer if not isinstance(i, int) or not 1 <= i < len(self.ch_list)]
         if bad:
             raise ValueError(f"attention_layer {bad} outside the levels 1..{len(self.ch_list) - 1} of ch_list")
-        attn_ch = [self.ch_list[i] for i in self.attention_layer] + ([levels[-1]] if self.mid_attention else [])
+        attn_ch = self.attention_channels
         if self.num_heads < 1 or any(c % self.num_heads for c in attn_ch):
-            raise ValueError(f"num_heads={self.num_heads} must divide the channels {attn_ch} of the attention levels")
+            raise ValueError(f"num_heads={self.num_heads} must divide the channels {list(attn_ch)} of the "
+                             f"attention levels")
+        check_prediction(self.prediction)
         if self.temb_dim < 4 or self.temb_dim % 2:
             raise ValueError(f"temb_dim must be even and >= 4; got {self.temb_dim}")
         if self.num_res_blocks < 1:

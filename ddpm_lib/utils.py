@@ -1,10 +1,12 @@
-"""Small helpers every part shares: where to compute and cache, seeded noise, the image ranges, integer checks."""
+"""Small helpers every part shares: where to compute and cache, seeded noise, the image ranges, checks of arguments."""
 import hashlib
 import os
 from pathlib import Path
 from typing import Optional
 
 import torch
+
+PREDICTIONS = ("eps", "x0", "v")  # what a network's output is (UNetConfig.prediction; converted in schedule.py)
 
 
 def default_device() -> torch.device:
@@ -65,3 +67,33 @@ def check_int(value, name: str, low: int = 1, high: Optional[int] = None, high_t
 def check_timestep(t, T: int, name: str = "t") -> int:
     """t itself when it is an integer timestep in [0, T-1], else a ValueError naming the argument."""
     return check_int(t, name, 0, T - 1, f"T-1={T - 1}", noun="integer timestep")
+
+
+def check_prediction(prediction) -> str:
+    """prediction itself when it is one of PREDICTIONS, else a ValueError saying what is expected."""
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+    return prediction
+
+
+def check_labels(labels, num_classes: Optional[int] = None, n: Optional[int] = None, *, name: str = "y",
+                 low: int = -1) -> torch.Tensor:
+    """Class labels as an int64 tensor, else a ValueError naming `name` and what was expected: integers (any
+    integer dtype, or a list), shape (n,) (one per row; any length when n is None), in [low, num_classes)
+    (num_classes None: no upper end). low=-1 admits -1, "no label" (the null label of classifier-free
+    guidance); training labels use low=0. The range check reads the values (one host sync, skipped while
+    torch.compile traces, as in UNet.forward)."""
+    labels = torch.as_tensor(labels)
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integers, got dtype {labels.dtype}")
+    if labels.ndim != 1 or (n is not None and len(labels) != n):
+        expected = "a 1-D tensor of integers" if n is None else f"{n} integers, shape ({n},) (one per row)"
+        raise ValueError(f"{name}: expected {expected}, got shape {tuple(labels.shape)}")
+    if not torch.compiler.is_compiling() and len(labels):
+        bad = (labels < low) | (labels >= num_classes) if num_classes is not None else labels < low
+        if bad.any():
+            null = " (-1: no label)" if low == -1 else ""
+            expected = f"labels in [{low}, {num_classes}){null}" if num_classes is not None else f"integers >= {low}"
+            raise ValueError(f"{name}: expected {expected}; got {labels[bad].unique()[:5].tolist()} (minimum "
+                             f"{labels.min().item()}, maximum {labels.max().item()})")
+    return labels.long()

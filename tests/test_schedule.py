@@ -254,6 +254,98 @@ def test_diffusion_loss_backpropagates():
     assert model.weight.grad is not None and loss.ndim == 0
 
 
+# ---- eps, x0 and v: the conversions and the loss of each ------------------------------------------
+
+class _Predicts:
+    """A function of (x_t, t) whose config says what its output is, as a UNet's does."""
+
+    def __init__(self, fn, prediction):
+        self.fn, self.config = fn, type("Config", (), {"prediction": prediction})()
+
+    def __call__(self, x_t, t):
+        return self.fn(x_t, t)
+
+
+def _abar(schedule, t):
+    """alpha_bar_t in float64 straight from the betas (independent of the schedule's stored coefficients)."""
+    return torch.cumprod(1 - schedule.state_dict()["betas"], 0)[t].view(-1, 1, 1, 1)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_each_target_converts_back_to_x0_and_eps(prediction):
+    schedule = NoiseSchedule.cosine(1000)
+    x0, eps = torch.randn(8, 3, 4, 4, generator=gen(1), dtype=torch.float64), torch.randn(8, 3, 4, 4, generator=gen(2),
+                                                                                          dtype=torch.float64)
+    t = torch.tensor([0, 1, 10, 250, 500, 750, 998, 999])
+    x_t = schedule.q_sample(x0, t, eps)
+    out = schedule.target(prediction, x0, t, eps)
+    abar = _abar(schedule, t)
+    want = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]  # Salimans & Ho
+    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
+    # float64 throughout: the round trip is exact to a few ulps times 1 / sqrt(alpha_bar) (about 160 at t = 999)
+    torch.testing.assert_close(schedule.x0_from(out, x_t, t, prediction), x0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(schedule.eps_from(out, x_t, t, prediction), eps, rtol=0, atol=1e-10)
+
+
+def test_min_snr_weights_are_one_weight_on_x0s_error_in_every_space():
+    """w_p ||target_p - out_p||^2 = min(SNR, gamma) ||x0 - x0_from(out_p)||^2 for every prediction p (Hang et al.)."""
+    schedule = NoiseSchedule.linear()
+    t = torch.tensor([0, 3, 40, 200, 600, 999])
+    x0, eps = torch.randn(6, 3, 4, 4, generator=gen(3), dtype=torch.float64), torch.randn(6, 3, 4, 4, generator=gen(4),
+                                                                                          dtype=torch.float64)
+    x_t = schedule.q_sample(x0, t, eps)
+    snr = (_abar(schedule, t) / (1 - _abar(schedule, t))).flatten()
+    for gamma in (1.0, 5.0):
+        for prediction in ("eps", "x0", "v"):
+            out = schedule.target(prediction, x0, t, eps) + 0.1 * torch.randn(x0.shape, generator=gen(5),
+                                                                              dtype=torch.float64)
+            w = schedule.loss_weight(t, prediction, "min-snr", gamma).double()
+            weighted = w * ((schedule.target(prediction, x0, t, eps) - out) ** 2).flatten(1).mean(1)
+            x0_err = ((x0 - schedule.x0_from(out, x_t, t, prediction)) ** 2).flatten(1).mean(1)
+            # the weights are rounded once to float32: relative error 2^-24
+            torch.testing.assert_close(weighted, snr.clamp(max=gamma) * x0_err, rtol=1e-6, atol=0)
+        assert torch.equal(schedule.loss_weight(t, "eps", "uniform"), torch.ones(6))
+
+
+def test_min_snr_eps_weight_is_min_snr_gamma_over_snr_and_caps_the_clean_end():
+    schedule = NoiseSchedule.linear()
+    t = torch.arange(1000)
+    w = schedule.loss_weight(t, "eps", "min-snr", 5.0)
+    snr = schedule.snr(t)
+    torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0)) / snr, rtol=1e-6, atol=0)
+    assert w[0] < 1e-3 and torch.all(w[snr <= 5] == 1)  # t = 0: SNR about 1e4, weight 5e-4; noisy t: weight 1
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_diffusion_loss_learns_the_target_of_its_models_prediction(prediction):
+    """The ideal predictor of constant data x0 = c scores 0 in its own space; the loss reads the kind from the config."""
+    schedule = NoiseSchedule.linear()
+    c = 0.5
+    ideal_eps = _OracleEps(schedule, c)
+
+    def ideal(x_t, t):
+        eps = ideal_eps(x_t, t)
+        return schedule.target(prediction, torch.full_like(x_t, c), t, eps)
+
+    x0 = torch.full((512, 1, 2, 2), c)
+    for weighting in ("uniform", "min-snr"):
+        assert diffusion_loss(_Predicts(ideal, prediction), schedule, x0, generator=gen(5), weighting=weighting) < 1e-6
+    wrong = "x0" if prediction != "x0" else "eps"
+    assert diffusion_loss(_Predicts(ideal, wrong), schedule, x0, generator=gen(5)) > 1e-2
+
+
+def test_weighted_loss_is_the_weight_times_the_per_example_error():
+    schedule = NoiseSchedule.linear()
+    x0, t = torch.randn(16, 3, 4, 4, generator=gen(6)), torch.randint(0, 1000, (16,), generator=gen(7))
+    noise = torch.randn(16, 3, 4, 4, generator=gen(8))
+    model = _Predicts(lambda x_t, t: 0.3 * x_t, "v")
+    plain = diffusion_loss(model, schedule, x0, t=t, noise=noise, reduction="none")
+    weighted = diffusion_loss(model, schedule, x0, t=t, noise=noise, reduction="none", weighting="min-snr", snr_gamma=2)
+    torch.testing.assert_close(weighted, plain * schedule.loss_weight(t, "v", "min-snr", 2), rtol=1e-6, atol=0)
+    assert diffusion_loss(model, schedule, x0, t=t, noise=noise, weighting="min-snr", snr_gamma=2) == \
+        pytest.approx(weighted.mean().item(), rel=1e-6)
+
+
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
@@ -275,6 +367,12 @@ def test_diffusion_loss_backpropagates():
      "integer timesteps"),
     (lambda: NoiseSchedule.linear(10).q_sample(torch.zeros(2, 3), 0, torch.zeros(2, 4)), "noise must have"),
     (lambda: diffusion_loss(None, NoiseSchedule.linear(10), torch.zeros(2, 3), reduction="sum"), "reduction"),
+    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "score"), "prediction must be one"),
+    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "eps", "snr"),
+     "loss weighting must be one of"),
+    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "eps", "min-snr", 0), "snr_gamma"),
+    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "v", "min-snr", -1.0), "snr_gamma"),
+    (lambda: NoiseSchedule.linear(10).x0_from(torch.zeros(1, 3), torch.zeros(1, 3), 0, "epsilon"), "prediction"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):
