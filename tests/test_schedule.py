@@ -318,7 +318,7 @@ def test_min_snr_eps_weight_is_min_snr_gamma_over_snr_and_caps_the_clean_end():
 
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_diffusion_loss_learns_the_target_of_its_models_prediction(prediction):
-    """The ideal predictor of constant data x0 = c scores 0 in its own space; the loss reads the kind from the config."""
+    """The ideal predictor of constant data x0 = c scores 0; the loss reads the kind from its config."""
     schedule = NoiseSchedule.linear()
     c = 0.5
     ideal_eps = _OracleEps(schedule, c)
