@@ -29,7 +29,7 @@ def _write_fixture(root):
     from ddpm_lib.data import make_shapes
     from ddpm_lib.cifar10 import write_cifar10_format
 
-    images = make_shapes(FIXTURE_TRAIN + FIXTURE_TEST, seed=0)  # (N, 3, 32, 32) uint8
+    images, _ = make_shapes(FIXTURE_TRAIN + FIXTURE_TEST, seed=0)  # (N, 3, 32, 32) uint8
     labels = torch.arange(len(images)) % 10
     write_cifar10_format(root, images[:FIXTURE_TRAIN], labels[:FIXTURE_TRAIN],
                          images[FIXTURE_TRAIN:], labels[FIXTURE_TRAIN:])

@@ -222,12 +222,12 @@ def load_images(data, sizes, scratch):
     from ddpm_lib.data import load_dataset, load_image_folder, make_shapes
 
     if data is None:
-        return make_shapes(64, seed=0) if sizes.toy else load_dataset("cifar10", root=str(ROOT / "data"))
+        return make_shapes(64, seed=0)[0] if sizes.toy else load_dataset("cifar10", root=str(ROOT / "data")).images
     if Path(data).is_file():
         with tarfile.open(data) as archive:
             archive.extractall(scratch, filter="data")
         data = scratch
-    return load_image_folder(data)
+    return load_image_folder(data).images
 
 
 def save_loss_curve(history, path, title):

@@ -27,7 +27,7 @@ from torchvision.utils import make_grid, save_image
 from ddpm_lib.data import make_shapes
 from ddpm_lib.utils import to_model_range, to_uint8
 from ddpm_lib.metrics import share_with_interval
-from ddpm_lib.nb import QUICK_WIN
+from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.shapes import shape_score
@@ -40,19 +40,19 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "knobs"
 @dataclass(frozen=True)
 class Run:
     """One training run: the network (the quick win's preset with overrides), the schedule, the recipe.
-    The defaults are the quick win (ddpm_lib.nb.QUICK_WIN) with the paper's schedule."""
+    The defaults are the quick win (ddpm_lib.recipes.QUICK_WIN) with the paper's schedule."""
     name: str                                  # what is varied, e.g. "num_heads=1"
     unet: dict = field(default_factory=dict)   # UNetConfig overrides of the preset
     timesteps: int = 1000                      # T (the seed's `step` knob)
     beta_min: float = 1e-4                     # beta_1 of the linear schedule
     beta_max: float = 0.02                     # beta_T of the linear schedule
     schedule: str = "linear"                   # linear or cosine betas
-    image_size: int = QUICK_WIN["image_size"]  # training and sampling resolution (16: 4x cheaper than 32)
-    steps: int = QUICK_WIN["train"]["steps"]   # optimizer steps
-    batch_size: int = QUICK_WIN["train"]["batch_size"]      # images per step
-    lr: float = QUICK_WIN["train"]["lr"]                    # Adam; a small network tolerates 10x the paper's 2e-4
-    warmup_steps: int = QUICK_WIN["train"]["warmup_steps"]  # linear lr warm-up
-    ema_decay: float = QUICK_WIN["train"]["ema_decay"]      # with the EMA warm-up (TrainConfig.ema_warmup) on
+    image_size: int = QUICK_WIN.image_size     # training and sampling resolution (16: 4x cheaper than 32)
+    steps: int = QUICK_WIN.steps               # optimizer steps
+    batch_size: int = QUICK_WIN.batch_size     # images per step
+    lr: float = QUICK_WIN.lr                   # Adam; a small network tolerates 10x the paper's 2e-4
+    warmup_steps: int = QUICK_WIN.warmup_steps  # linear lr warm-up
+    ema_decay: float = QUICK_WIN.ema_decay     # with the EMA warm-up (TrainConfig.ema_warmup) on
     sample_steps: int = 50                     # DDIM steps for the samples (at most T)
 
 
@@ -84,12 +84,12 @@ def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
     schedule = (NoiseSchedule.cosine(T) if run.schedule == "cosine"
                 else NoiseSchedule.linear(T, run.beta_min, run.beta_max))
     torch.manual_seed(seed)
-    model = UNet(replace(PRESETS[QUICK_WIN["preset"]], image_size=run.image_size, **run.unet))
+    model = UNet(replace(PRESETS[QUICK_WIN.preset], image_size=run.image_size, **run.unet))
     config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
                          ema_decay=run.ema_decay, seed=seed, out_dir=None, progress=False, log_every=25)
     trainer = Trainer(model, schedule, config, device="cpu")
     start = time.perf_counter()
-    trainer.fit(make_shapes(5000, size=run.image_size, seed=seed))
+    trainer.fit(make_shapes(5000, size=run.image_size, seed=seed)[0])
     train_s = time.perf_counter() - start
     x0 = ddim_sample(trainer.ema, trainer.schedule, (n_samples, 3, run.image_size, run.image_size),
                      steps=min(run.sample_steps, T), generator=torch.Generator().manual_seed(seed))
@@ -107,7 +107,7 @@ def quick(out: Path) -> None:
     samples = result.pop("samples")
     out.mkdir(parents=True, exist_ok=True)
     save_image(to_model_range(samples).add(1).div(2), out / "quick_win.png", nrow=8)
-    real = shape_score(make_shapes(64, size=QUICK.image_size, seed=99)).share
+    real = shape_score(make_shapes(64, size=QUICK.image_size, seed=99)[0]).share
     (out / "quick_win.json").write_text(json.dumps({"recipe": asdict(QUICK), "result": result, "machine": machine(),
                                                     "data_share": real}, indent=2) + "\n")
     (out / "quick_win.md").write_text(

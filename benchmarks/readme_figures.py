@@ -24,7 +24,7 @@ TIMES = (0, 50, 100, 200, 350, 500, 700, 999)  # 0-based t (index 0 is the paper
 
 
 def forward_figure(images_dir: str, n: int = 5, seed: int = 0) -> Path:
-    images = load_image_folder(images_dir)
+    images = load_image_folder(images_dir).images
     g = torch.Generator().manual_seed(seed)
     x0 = images[torch.randperm(len(images), generator=g)[:n]].float() / 127.5 - 1  # (n, 3, 32, 32) in [-1, 1]
     eps = torch.randn(x0.shape, generator=g)

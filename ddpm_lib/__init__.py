@@ -4,16 +4,18 @@ The public API, re-exported. Notebook viewers live in `ddpm_lib.nb.widgets`.
 """
 from .attention import MultiHeadSelfAttention2d
 from .checkpoint import load_model, read_checkpoint, resolve_checkpoint
-from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
-                   make_shapes)
+from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, DeviceBatches, ImageSet, load_cifar10, load_dataset,
+                   load_image_folder, make_shapes, reload_dataset)
 from .utils import default_device
 from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_neighbours
 from .interop import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
-from .samplers import SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
+from .guidance import guided
+from .samplers import SAMPLERS, Trajectory, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .shapes import shape_score
 from .cifar10 import write_cifar10_format
 from .train import TrainConfig, Trainer, autocast_dtype
+from .recipes import RECIPES, Recipe
 from .summary import model_summary
 from .unet import PRESETS, UNet, UNetConfig, unet_from_preset
 
@@ -21,14 +23,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "MultiHeadSelfAttention2d",
-    "CIFAR10_CLASSES", "SHAPE_KINDS", "DeviceBatches", "load_cifar10", "load_dataset", "load_image_folder",
-    "make_shapes", "shape_score", "write_cifar10_format",
+    "CIFAR10_CLASSES", "SHAPE_KINDS", "DataInfo", "DeviceBatches", "ImageSet", "load_cifar10", "load_dataset",
+    "load_image_folder", "make_shapes", "reload_dataset", "shape_score", "write_cifar10_format",
     "default_device",
     "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
     "load_ddpm_cifar10", "unet_from_diffusers", "unet_to_diffusers",
-    "SAMPLERS", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images",
+    "SAMPLERS", "Trajectory", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images", "guided",
     "NoiseSchedule", "cosine_betas", "diffusion_loss", "linear_betas",
     "load_model", "read_checkpoint", "resolve_checkpoint",
-    "TrainConfig", "Trainer", "autocast_dtype",
+    "TrainConfig", "Trainer", "autocast_dtype", "RECIPES", "Recipe",
     "PRESETS", "UNet", "UNetConfig", "model_summary", "unet_from_preset",
 ]

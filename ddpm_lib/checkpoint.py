@@ -3,7 +3,7 @@
 A checkpoint is a dict of tensors and plain values (no pickled objects): "format", "version", "step",
 "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule" (betas, kind, parameters),
 "amp_dtype",
-"data". A run folder holds it as folder/checkpoint.pt.
+"data" (a DataInfo's to_dict(), or None: not recorded). A run folder holds it as folder/checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ from pathlib import Path
 import torch
 
 from .utils import default_device
+from .data import DataInfo
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
-CHECKPOINT_VERSION = 3  # 3: the schedule records its kind and parameters
+CHECKPOINT_VERSION = 4  # 3: the schedule records its kind and parameters; 4: "data" is a DataInfo (or None)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
-REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule")
+REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule", "data")
 
 
 def resolve_checkpoint(path) -> Path:
@@ -105,6 +106,17 @@ def config_from_dict(cls, values: dict, path):
         return cls(**{k: v for k, v in values.items() if k in names})
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: stored {cls.__name__} is invalid ({e})") from None
+
+
+def data_info_of(ckpt: dict, path) -> DataInfo | None:
+    """The DataInfo of a checkpoint's "data" entry (None: the run did not record its data); a ValueError naming
+    the entry when it is not one."""
+    if ckpt["data"] is None:
+        return None
+    try:
+        return DataInfo.from_dict(ckpt["data"])
+    except ValueError as e:
+        raise ValueError(f"{path}: checkpoint entry 'data' is not a valid DataInfo ({e})") from None
 
 
 def load_weights(module: torch.nn.Module, state: dict, path) -> None:

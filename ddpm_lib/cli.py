@@ -17,6 +17,7 @@ import torch
 from .cli_args import arg_type, device_arg, non_negative_float, positive_int, where
 from .cli_train import add_train_parser
 from .samplers import SAMPLERS, resolve_steps
+from .utils import check_labels
 
 STEPS_HELP = "sampler steps (default: " + ", ".join(
     f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items()) + "; at most T)"
@@ -88,8 +89,8 @@ def _check_guidance(args, num_classes: int | None) -> None:
         if label is not None or args.guidance != 1:
             flag = "--class" if label is not None else "--guidance"
             raise ValueError(f"{flag}: the checkpoint's network is unconditional (train with --class-cond)")
-    elif label is not None and not 0 <= label < num_classes:
-        raise ValueError(f"--class {label}: expected a class in [0, {num_classes})")
+    elif label is not None:
+        check_labels([label], num_classes, name="--class", low=0)
 
 
 def _sampler_steps(args, T: int) -> int:

@@ -152,13 +152,13 @@ def _data_id(data: str) -> str:
     return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
 
 
-def _resume_conflicts(args, ckpt: dict, path: Path) -> list:
-    """The flags given that disagree with the checkpoint being resumed (flags left out never do)."""
+def _resume_conflicts(args, ckpt: dict, data, path: Path) -> list:
+    """The flags given that disagree with the checkpoint being resumed and its DataInfo `data` (None: not
+    recorded); flags left out never do."""
     from .checkpoint import config_from_dict
     from .unet import UNetConfig
 
     net, train_config = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
-    data = ckpt.get("data") or {}
     sched = NoiseSchedule.from_state_dict(ckpt["schedule"])
     stored = {"--seed": train_config["seed"], "--batch-size": train_config["batch_size"],
               "--timesteps": sched.steps, "--schedule": sched.kind,
@@ -168,8 +168,8 @@ def _resume_conflicts(args, ckpt: dict, path: Path) -> list:
     given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
              "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,
              **{flag: getattr(args, name) for name, flag in KNOBS.items()}}
-    if data:
-        stored.update({"--data": data.get("data"), "--n-images": data.get("n")})
+    if data is not None:
+        stored.update({"--data": data.name, "--n-images": data.n})
         given.update({"--data": args.data and _data_id(args.data), "--n-images": args.n_images})
     conflicts = [f"{flag} {_show(value)} (the run's: {_show(stored[flag])})" for flag, value in given.items()
                  if value is not None and value != stored[flag]]
@@ -217,8 +217,8 @@ def _rank_zero_first():
 # -- train ------------------------------------------------------------------------------------------------------
 def _fit(args, device: torch.device) -> None:
     """A new run from --preset, --data and the knobs, or --resume of OUT/checkpoint.pt; trained to --steps."""
-    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from .data import load_dataset
+    from .checkpoint import CHECKPOINT_NAME, data_info_of, read_checkpoint
+    from .data import load_dataset, reload_dataset
     from .train import Trainer
     from .unet import UNet
 
@@ -227,16 +227,15 @@ def _fit(args, device: torch.device) -> None:
         raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
     overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
                  **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
-    resuming = args.resume and checkpoint.exists()
+    resuming, recorded = args.resume and checkpoint.exists(), None  # recorded: the resumed run's DataInfo
     if resuming:
         ckpt = read_checkpoint(checkpoint)
-        conflicts = _resume_conflicts(args, ckpt, checkpoint)
+        recorded = data_info_of(ckpt, checkpoint)
+        conflicts = _resume_conflicts(args, ckpt, recorded, checkpoint)
         if conflicts:
             raise ValueError(f"--resume: {'; '.join(conflicts)}: leave these flags out to continue {checkpoint}, "
                              f"or choose another --out")
-        stored = ckpt.get("data") or {}
-        data, n = args.data or stored.get("data"), args.n_images or stored.get("n")
-        if data is None:
+        if recorded is None and args.data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
         seed = ckpt["train_config"]["seed"]
         class_cond = ckpt["unet_config"].get("num_classes") is not None
@@ -244,7 +243,7 @@ def _fit(args, device: torch.device) -> None:
     else:
         if args.preset is None or args.data is None:
             raise ValueError("--preset and --data are needed to start a new run")
-        data, n, seed = args.data, args.n_images, args.seed if args.seed is not None else TrainConfig.seed
+        seed = args.seed if args.seed is not None else TrainConfig.seed
         config, schedule, class_cond = _network(args), _schedule(args), args.class_cond
         batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
         train_config = TrainConfig(seed=seed, **batch, **overrides)
@@ -252,19 +251,22 @@ def _fit(args, device: torch.device) -> None:
     if args.cond_drop_prob is not None and not class_cond:
         raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
 
-    with _rank_zero_first():
-        loaded = load_dataset(data, root=args.data_root, n=n, seed=seed, size=size, with_labels=class_cond)
-    images, labels, class_names = loaded if class_cond else (loaded, None, None)
+    with _rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
+        loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else
+                  load_dataset(args.data, root=args.data_root, n=args.n_images, seed=seed, size=size))
+    if class_cond and loaded.labels is None:
+        raise ValueError(f"--class-cond: {loaded.info.name} has no classes (an image folder needs its images in "
+                         f"class sub-folders, none directly in it)")
     if resuming:
         trainer = Trainer.load(checkpoint, device=device, **overrides)
         if trainer.rank == 0:
             print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
     else:
         torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
-        model = UNet(replace(config, num_classes=len(class_names)) if class_cond else config)
+        model = UNet(replace(config, num_classes=len(loaded.info.class_names)) if class_cond else config)
         trainer = Trainer(model, schedule, train_config, device=device)
-    trainer.data_info = {"data": _data_id(data), "n": len(images), "size": size, "class_names": class_names}
-    trainer.fit(images, labels)
+    trainer.data_info = loaded.info  # resumed: the record itself
+    trainer.fit(loaded.images, loaded.labels if class_cond else None)
     if trainer.rank == 0:
         print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
 

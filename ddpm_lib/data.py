@@ -1,21 +1,87 @@
-"""Data: CIFAR-10, image folders, the procedural "shapes" set (ddpm_lib.shapes), and batches drawn on the device.
+"""Data: CIFAR-10, image folders, the procedural "shapes" set (ddpm_lib.shapes), one loader by name, and batches
+drawn on the device.
 
+The loaders return an `ImageSet`: the images, their labels, and the `DataInfo` that says what they are, which
+a run saves in its checkpoint and `reload_dataset` loads again on resume.
 Images rest as uint8 (N, 3, H, W); `DeviceBatches` keeps them on the training device and turns each
 batch into floats in [-1, 1] there (random horizontal flip included), so no DataLoader workers are needed.
 """
 import hashlib
 import os
 import warnings
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from .cifar10 import CIFAR10_CLASSES, load_cifar10
 from .shapes import SHAPE_KINDS, make_shapes
-from .utils import check_int, mix_seed, to_model_range
+from .utils import check_int, check_labels, mix_seed, to_model_range
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
+
+
+# ----------------------------------------------------------------------------- what the images are
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What identifies a set of training images: the arguments of `load_dataset` that load them (again, on
+    resume: `reload_dataset`) and what it found. A checkpoint's "data" entry (to_dict / from_dict)."""
+    name: str                                   # "cifar10", "shapes", or an image folder's absolute path
+    n: int                                      # images: the first n of CIFAR-10 or the folder; n shapes drawn
+    size: int                                   # side in pixels (CIFAR-10 averaged down to it, a folder resized)
+    split: str | None                           # "train" or "test" of CIFAR-10 or shapes (shapes' test split is
+                                                # drawn from seed + 1); None for a folder (its path says which)
+    seed: int | None = None                     # shapes: the seed they are drawn from; None for the others
+    class_names: tuple[str, ...] | None = None  # label k is class_names[k]; None: no labels (a flat folder)
+    fallback: str | None = None                 # why these images stand in for the ones asked for (CIFAR-10
+                                                # unavailable: shapes); None: they are the ones asked for
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"DataInfo.name must be 'cifar10', 'shapes' or a folder's path, got {self.name!r}")
+        check_int(self.n, "DataInfo.n"), check_int(self.size, "DataInfo.size")
+        folder, shapes = self.name not in ("cifar10", "shapes"), self.name == "shapes"
+        if self.split not in ((None,) if folder else ("train", "test")):
+            expected = "None (a folder has no splits)" if folder else "'train' or 'test'"
+            raise ValueError(f"DataInfo.split must be {expected} for {self.name}, got {self.split!r}")
+        is_int = isinstance(self.seed, int) and not isinstance(self.seed, bool)
+        if not (is_int if shapes else self.seed is None):
+            expected = "an int" if shapes else "None"
+            raise ValueError(f"DataInfo.seed must be {expected} for {self.name}, got {self.seed!r}")
+        names = self.class_names
+        if names is not None and not (isinstance(names, tuple) and names and all(isinstance(c, str) for c in names)):
+            raise ValueError(f"DataInfo.class_names must be a tuple of class names or None, got {names!r}")
+        if self.fallback is not None and not isinstance(self.fallback, str):
+            raise ValueError(f"DataInfo.fallback must be a str or None, got {self.fallback!r}")
+
+    def to_dict(self) -> dict:
+        """Plain values (str, int, tuple, None): what a checkpoint stores; from_dict reads them back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "DataInfo":
+        """The DataInfo of to_dict's values (class_names also as a list); a ValueError naming what is wrong."""
+        if not isinstance(values, dict):
+            raise ValueError(f"expected a dict of DataInfo's fields, got {type(values).__name__}")
+        known = [f.name for f in fields(cls)]
+        unknown = [str(k) for k in values if k not in known]
+        missing = [f.name for f in fields(cls) if f.default is MISSING and f.name not in values]
+        if unknown or missing:
+            wrong = ([f"unknown field(s) {', '.join(unknown)}"] if unknown else []) + (
+                [f"missing {', '.join(missing)}"] if missing else [])
+            raise ValueError(f"{'; '.join(wrong)} (DataInfo's fields: {', '.join(known)})")
+        names = values.get("class_names")
+        return cls(**{**values, "class_names": tuple(names) if isinstance(names, list) else names})
+
+
+class ImageSet(NamedTuple):
+    """What the loaders return: the images, their labels, and the record of what they are."""
+    images: torch.Tensor         # uint8 (N, 3, size, size)
+    labels: torch.Tensor | None  # int64 (N,), indices into info.class_names; None without classes
+    info: DataInfo               # what the images are: a run saves it in its checkpoint
 
 
 # ----------------------------------------------------------------------------- image folders
@@ -39,15 +105,23 @@ def _decode(file, size):
 
 
 def _class_labels(folder, files):
-    """Labels from the first-level sub-folder of each file (class names sorted, as torchvision's ImageFolder)."""
-    loose = [f.name for f in files if len(f.relative_to(folder).parts) == 1]
-    if loose:
-        raise ValueError(f"with_labels=True expects images in class sub-folders of {folder}; found "
-                         f"{len(loose)} directly in it (e.g. {loose[0]})")
+    """(labels int64 (N,), class names) from the first-level sub-folder of each file, the names sorted as
+    torchvision's ImageFolder sorts them; (None, None) when an image lies directly in `folder` (no classes)."""
+    if any(len(f.relative_to(folder).parts) == 1 for f in files):
+        return None, None
     classes = [f.relative_to(folder).parts[0] for f in files]
-    names = sorted(set(classes))
+    names = tuple(sorted(set(classes)))
     index = {name: i for i, name in enumerate(names)}
     return torch.tensor([index[c] for c in classes], dtype=torch.int64), names
+
+
+def _classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
+    """The order that takes one image of each class in turn (the i-th of every class, then the (i+1)-th), so that
+    the first n images of a class-sorted folder hold every class about equally, as the first n of CIFAR-10 do."""
+    rank = torch.empty_like(labels)  # each image's position within its class
+    for k in labels.unique():
+        rank[labels == k] = torch.arange(int((labels == k).sum()))
+    return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
 
 
 def _decode_cached(folder, files, size):
@@ -73,15 +147,16 @@ def _decode_cached(folder, files, size):
     return images
 
 
-def load_image_folder(path, size=32, with_labels=False):
-    """All images under `path` (flat or in class sub-folders), as uint8 (N, 3, size, size).
+def load_image_folder(path, size=32) -> ImageSet:
+    """All images under `path`, uint8 (N, 3, size, size), labelled when they sit in class sub-folders.
 
-    with_labels=True: (images, labels int64 (N,), class_names), the label of an image being the index of
-    its first-level sub-folder in the sorted class_names; images directly in `path` are then an error.
-    Non-square images are centre-cropped to a square, then resized (bicubic). Files are sorted by path.
-    The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes and
-    modification times, so later calls skip decoding until the folder changes (the labels follow from
-    the same sorted file names, so the key covers them too).
+    Classes: an image's label is the index of its first-level sub-folder in the sorted class names; with any
+    image directly in `path` the folder has none (labels and info.class_names None). Order: files sorted by
+    path, and in class sub-folders the classes taken in turn (the first image of each, then the second, ...).
+    Non-square images are centre-cropped to a square, then resized (bicubic). info.name is the folder's
+    absolute path. The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes and
+    modification times, so later calls skip decoding until the folder changes (the labels and the order
+    follow from the same sorted file names, so the key covers them too).
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
@@ -91,9 +166,12 @@ def load_image_folder(path, size=32, with_labels=False):
                    and not any(part.startswith(".") for part in f.relative_to(folder).parts))
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
-    classes = _class_labels(folder, files) if with_labels else None  # (labels, names), checked before decoding
+    labels, names = _class_labels(folder, files)
     images = _decode_cached(folder, files, size)
-    return (images, *classes) if with_labels else images
+    if labels is not None:
+        order = _classes_in_turn(labels)
+        images, labels = images[order], labels[order]
+    return ImageSet(images, labels, DataInfo(str(folder.resolve()), len(images), size, None, class_names=names))
 
 
 # ----------------------------------------------------------------------------- batches on the device
@@ -119,7 +197,8 @@ class DeviceBatches:
             raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size}, got {batch_size!r}")
         self.images = images_uint8.to(images_uint8.device if device is None else device)  # moved once, stays uint8
         self.device = self.images.device
-        self.labels = None if labels is None else _check_labels(labels, len(images_uint8)).to(self.device)
+        self.labels = (None if labels is None
+                       else check_labels(labels, n=len(images_uint8), name="labels", low=0).to(self.device))
         self.batch_size, self.flip, self.seed, self.rank, self.world_size = batch_size, flip, seed, rank, world_size
         self.local_batch_size = batch_size // world_size
         self._epochs = {}  # epoch -> (permutation (N,), flip bits (N,)) on the device
@@ -168,41 +247,49 @@ class DeviceBatches:
         return None if self.labels is None else self.labels.index_select(0, self.indices(step)[0])
 
 
-def _check_labels(labels, n):
-    """labels -> int64 (n,) tensor, or ValueError saying what was expected."""
-    labels = torch.as_tensor(labels)
-    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
-        raise ValueError(f"labels: expected integers, got dtype {labels.dtype}")
-    if labels.shape != (n,) or (n and labels.min() < 0):
-        raise ValueError(f"labels: expected {n} integers >= 0 (one per image), got shape {tuple(labels.shape)}"
-                         + (f" with minimum {labels.min().item()}" if labels.numel() else ""))
-    return labels.long()
-
-
 # ----------------------------------------------------------------------------- by name
 
-def load_dataset(name_or_path, root=None, n=None, seed=0, download=True, size=32, with_labels=False):
-    """uint8 images for "cifar10" (train split under root, default "data"), "shapes" (n, default
-    10,000, from seed) or a folder of images; n also keeps only the first n of cifar10 or a folder.
+def load_dataset(name, root=None, n=None, seed=0, download=True, size=32, split="train",
+                 verify_md5=True) -> ImageSet:
+    """The images called `name`, with their labels and DataInfo, at size x size:
 
-    with_labels=True: (images, labels int64 (N,), class_names): CIFAR10_CLASSES, SHAPE_KINDS, or the
-    folder's class sub-folders (see load_image_folder).
+    "cifar10": CIFAR-10's `split` under root (default "data"; downloaded when missing with download=True,
+    md5-checked unless verify_md5=False), the first n, averaged down (area interpolation) when size < 32.
+    "shapes": n (default 10,000) procedural shapes drawn from seed (split "test": from seed + 1, other shapes
+    than the training ones). Else a folder of images (load_image_folder), the first n.
     """
     if n is not None:
         check_int(n, "n")
-    if name_or_path == "shapes":
-        images, labels = make_shapes(n or 10_000, size=size, seed=seed, with_labels=True)
-        names = list(SHAPE_KINDS)
-    elif name_or_path == "cifar10":
-        if size != 32:
-            raise ValueError(f"size: CIFAR-10 images are 32x32, got size={size}")
-        images, labels = load_cifar10(root if root is not None else "data", train=True, download=download)
-        names = list(CIFAR10_CLASSES)
-    elif Path(str(name_or_path)).expanduser().is_dir():
-        loaded = load_image_folder(name_or_path, size=size, with_labels=with_labels)
-        images, labels, names = loaded if with_labels else (loaded, None, None)
-    else:
-        raise ValueError(f"data: expected cifar10, shapes or a folder of images, got {name_or_path!r}")
-    if not with_labels:
-        return images[:n]
-    return images[:n], labels[:n], names
+    check_int(size, "size")
+    if split not in ("train", "test"):
+        raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
+    if name == "shapes":
+        info = DataInfo("shapes", n or 10_000, size, split, seed, SHAPE_KINDS)
+        images, labels = make_shapes(info.n, size=size, seed=seed + (split == "test"))
+        return ImageSet(images, labels, info)
+    if name == "cifar10":
+        if size > 32:
+            raise ValueError(f"size: CIFAR-10 images are 32x32 (averaged down to smaller sizes), got size={size}")
+        images, labels = load_cifar10(root if root is not None else "data", train=split == "train",
+                                      download=download, verify_md5=verify_md5)
+        images, labels = images[:n], labels[:n]
+        if size != 32:  # (N, 3, 32, 32) -> (N, 3, size, size), each pixel the mean of the ones it covers
+            images = torch.nn.functional.interpolate(images.float(), size=size, mode="area").round().byte()
+        return ImageSet(images, labels, DataInfo("cifar10", len(images), size, split, class_names=CIFAR10_CLASSES))
+    if Path(str(name)).expanduser().is_dir():
+        if split != "train":
+            raise ValueError(f"split: an image folder has no splits (name the folder of that split), got {split!r}")
+        images, labels, info = load_image_folder(name, size=size)
+        images, labels = images[:n], None if labels is None else labels[:n]
+        return ImageSet(images, labels, replace(info, n=len(images)))
+    raise ValueError(f"data: expected cifar10, shapes or a folder of images, got {name!r}")
+
+
+def reload_dataset(info: DataInfo, root=None, download=True, verify_md5=True) -> ImageSet:
+    """The images `info` records, loaded again (a resumed run), with `info` itself; a ValueError when what
+    loads now is not what was recorded (a folder that changed). root, download, verify_md5: as load_dataset's."""
+    loaded = load_dataset(info.name, root=root, n=info.n, seed=info.seed or 0, download=download, size=info.size,
+                          split=info.split or "train", verify_md5=verify_md5)
+    if replace(loaded.info, fallback=info.fallback) != info:
+        raise ValueError(f"data: {info.name} is not the recorded data any more (recorded {info}, found {loaded.info})")
+    return loaded._replace(info=info)

@@ -6,15 +6,18 @@ FID of about 12, where the paper's EMA weights give 3.17.
 """
 import os
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .utils import cache_dir as default_cache
+from .utils import cache_dir as default_cache, check_prediction
 from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet, UNetConfig, attention_channels
 
 REPO_ID = "google/ddpm-cifar10-32"
+# what the network predicts, in diffusers' words (DDPMScheduler's prediction_type)
+PREDICTION_TYPES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
 FILENAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # tried in this order
 
 # diffusers name -> ddpm_lib name, applied in order (old diffusers names for attention included)
@@ -109,15 +112,21 @@ def _config_from_diffusers(config) -> UNetConfig:
                       resample_with_conv=True, image_size=size)
 
 
-def unet_from_diffusers(model_or_state_dict) -> UNet:
+def unet_from_diffusers(model_or_state_dict, prediction_type: str = "epsilon") -> UNet:
     """A diffusers UNet2DModel -> the UNet of the same layout (its config read); a bare state dict -> "ddpm-cifar10".
 
     q, k, v (Linear layers there) become the stacked 1x1 conv `qkv`; the output Linear becomes the 1x1 `proj_out`.
+    prediction_type: what the network outputs, as its pipeline's scheduler says (diffusers keeps it there, not in
+    the UNet): "epsilon", "sample" or "v_prediction" (UNetConfig.prediction "eps", "x0", "v").
     The result is a trainable copy in float32.
     """
+    ours = {v: k for k, v in PREDICTION_TYPES.items()}
+    if prediction_type not in ours:
+        raise ValueError(f"prediction_type must be one of {tuple(ours)} (diffusers' names), got {prediction_type!r}")
     config = getattr(model_or_state_dict, "config", None)
     layout = "its config's layout" if config is not None else "the google/ddpm-cifar10-32 layout"
     config = _config_from_diffusers(config) if config is not None else PRESETS["ddpm-cifar10"]
+    config = replace(config, prediction=ours[prediction_type])
     state = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
     renamed, thirds = {}, {}
     for key, value in state.items():
@@ -167,7 +176,6 @@ def unet_to_diffusers(unet: UNet):
     return model.to(next(unet.parameters()).device).train(unet.training)
 
 
-
 def _download(folder: Path) -> Path:
     from huggingface_hub import hf_hub_download
 
@@ -200,14 +208,16 @@ def load_ddpm_cifar10(cache_dir: str | os.PathLike | None = None) -> UNet:
         state = torch.load(path, map_location="cpu", weights_only=True)
     return unet_from_diffusers(state)
 
-def scheduler_config(schedule: NoiseSchedule) -> dict:
-    """DDPMScheduler arguments for `schedule`: diffusers' names for linear and cosine betas, else the betas themselves.
+
+def scheduler_config(schedule: NoiseSchedule, prediction: str = "eps") -> dict:
+    """DDPMScheduler arguments for `schedule` and a network predicting `prediction`: diffusers' names for linear and
+    cosine betas, else the betas themselves.
 
     variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
     variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
     """
     config = dict(num_train_timesteps=schedule.steps, variance_type="fixed_large", clip_sample=True,
-                  clip_sample_range=1.0, prediction_type="epsilon")
+                  clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[check_prediction(prediction)])
     if schedule.kind == "linear":
         return {**config, "beta_schedule": "linear", "beta_start": schedule.params["beta_min"],
                 "beta_end": schedule.params["beta_max"]}
@@ -223,6 +233,7 @@ def save_diffusers_pipeline(unet: UNet, schedule: NoiseSchedule, out_dir) -> Pat
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {str(out_dir)!r} is a file; expected a folder for the pipeline")
-    pipeline = DDPMPipeline(unet=unet_to_diffusers(unet).eval(), scheduler=DDPMScheduler(**scheduler_config(schedule)))
+    scheduler = DDPMScheduler(**scheduler_config(schedule, unet.config.prediction))
+    pipeline = DDPMPipeline(unet=unet_to_diffusers(unet).eval(), scheduler=scheduler)
     pipeline.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -212,7 +212,7 @@ def load_reference(ref="cifar10", data_root="data", size=32):
     folder = Path(ref)
     if not folder.is_dir():
         raise FileNotFoundError(f"ref must be 'cifar10' or an image folder, got {ref!r} (no such directory)")
-    return data.load_image_folder(folder, size=size), f"folder-{folder.resolve().name}"
+    return data.load_image_folder(folder, size=size).images, f"folder-{folder.resolve().name}"
 
 
 def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",

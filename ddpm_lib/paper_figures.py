@@ -31,8 +31,8 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
     """Fig. 6: the predicted x0 along n ancestral chains from x_T ~ N(0, I), at n_frames timesteps.
 
     Returns (frames (n_frames, n, C, H, W) on the sampling device, timesteps): frames[i] is the model's x0 at
-    timesteps[i], evenly spaced from T-1 down to 0; the last frame is the sample itself. The frames are
-    `ddpm_sample`'s trajectory (kept on the CPU, all T steps) at those timesteps. image_shape (C, H, W)
+    timesteps[i], evenly spaced from T-1 down to 0; the last frame is the sample itself. The frames are the
+    x0_pred that `ddpm_sample` passes its callback at those timesteps (only they are kept). image_shape (C, H, W)
     defaults to the model's config (ch_list[0], image_size, image_size); device to the schedule's.
     """
     check_int(n, "n")
@@ -42,10 +42,14 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
             raise ValueError("image_shape (C, H, W) is needed for a model without a UNetConfig")
         image_shape = (model.config.ch_list[0], model.config.image_size, model.config.image_size)
     device = torch.device(device) if device is not None else schedule.device
-    _, trajectory = ddpm_sample(model, schedule, (n,) + tuple(image_shape), generator=generator, device=device,
-                                return_trajectory=True)
-    frames = trajectory["x0_pred"][[trajectory["t"].index(s) for s in timesteps]]  # (n_frames, n, C, H, W)
-    return frames.to(device), timesteps
+    frames: dict = {}                                                  # timestep -> x0_pred (n, C, H, W)
+
+    def keep(t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        if t in timesteps:
+            frames[t] = x0_pred
+
+    ddpm_sample(model, schedule, (n,) + tuple(image_shape), generator=generator, device=device, callback=keep)
+    return torch.stack([frames[t] for t in timesteps]), timesteps      # (n_frames, n, C, H, W)
 
 
 @torch.no_grad()

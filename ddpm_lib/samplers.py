@@ -1,20 +1,18 @@
 """Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022), one registry.
 
-Each takes the noise predictor as `model(x_t, t) -> eps` (or `model(x_t, t, y)` when labels are given), with
-x_t float (B, C, H, W), t int64 (B,) and y int64 (B,), draws x_T ~ N(0, I) and returns x0. Common keyword arguments:
-  generator          torch.Generator for every random draw (x_T first, then the per-step noise);
-                     a CPU generator gives the same numbers on every device
-  device             where to sample (default: the schedule's device)
-  progress           show a tqdm progress bar
-  return_trajectory  also return {"t": [S timesteps], "x_t": (S+1, B, C, H, W), "x0_pred": (S, B, C, H, W)}
-                     on the CPU: x_t[i] is the state at timestep t[i], x0_pred[i] the model's x0 there,
-                     and x_t[S] the returned sample
-  clip_denoised      clip the predicted x0 to [-1, 1] at every step, as the official code does
-  x_T                start from this noise instead of drawing it (its dtype and device are used)
-  y                  class labels int64 (B,) for a class-conditional model; -1 = no label for that row
-  guidance_scale     classifier-free guidance s (Ho & Salimans 2022, diffusers' convention):
-                     eps = eps_uncond + s (eps_cond - eps_uncond); s = 1 the conditional model, s = 0 the
-                     unconditional one (label -1); other s evaluate both in one batched model call
+Each takes the noise predictor as `model(x_t, t) -> eps`, with x_t float (B, C, H, W) and t int64 (B,), draws
+x_T ~ N(0, I) and returns x0. Labels never reach a sampler: a class-conditional network is wrapped first,
+`guided(model, y, s)` (ddpm_lib.guidance, classifier-free guidance), and that is such a model of (x_t, t).
+Common keyword arguments:
+  generator      torch.Generator for every random draw (x_T first, then the per-step noise);
+                 a CPU generator gives the same numbers on every device
+  device         where to sample (default: the schedule's device)
+  progress       show a tqdm progress bar
+  callback       called once per step, before the update, as callback(t: int, x_t, x0_pred): the timestep,
+                 the state there and the model's x0 from it (clipped if clip_denoised), on the sampling device;
+                 `Trajectory()` is such a callback that keeps them all
+  clip_denoised  clip the predicted x0 to [-1, 1] at every step, as the official code does
+  x_T            start from this noise instead of drawing it (its dtype and device are used)
 """
 import math
 from types import MappingProxyType
@@ -23,12 +21,14 @@ from typing import Callable, NamedTuple, Optional
 import torch
 from tqdm.auto import tqdm
 
+from .guidance import guided
 from .schedule import NoiseSchedule
 from .timesteps import check_solver_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
 
 DDIM_STEPS = 50        # DDIM's default number of model evaluations
 DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # callback(t, x_t, x0_pred), once per step
 
 
 def _check_shape(shape) -> tuple:
@@ -36,29 +36,6 @@ def _check_shape(shape) -> tuple:
     if len(shape) != 4 or not all(isinstance(n, int) and n >= 1 for n in shape):
         raise ValueError(f"shape must be 4-D (B, C, H, W) with positive integer sizes, got {shape!r}")
     return shape
-
-
-def _check_guidance(model, y, guidance_scale, batch: int, device) -> Optional[torch.Tensor]:
-    """y as int64 (batch,) on `device` (or None) after checking it and guidance_scale against the model."""
-    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) \
-            or not math.isfinite(guidance_scale):
-        raise ValueError(f"guidance_scale must be a finite number, got {guidance_scale!r}")
-    if y is None:
-        if guidance_scale != 1:
-            raise ValueError(f"guidance_scale={guidance_scale!r} needs class labels y (guidance mixes the "
-                             f"conditional and unconditional predictions)")
-        return None
-    if not torch.is_tensor(y) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool \
-            or tuple(y.shape) != (batch,):
-        got = f"{y.dtype} {tuple(y.shape)}" if torch.is_tensor(y) else type(y).__name__
-        raise ValueError(f"y must be an integer tensor of shape ({batch},), got {got}")
-    num_classes = getattr(getattr(model, "config", None), "num_classes", -1)  # -1: a plain callable, not checked
-    if num_classes is None:
-        raise ValueError("y was given but the model is unconditional (its config.num_classes is None)")
-    if len(y) and (y.min() < -1 or (num_classes != -1 and y.max() >= num_classes)):
-        raise ValueError(f"y must hold labels in [-1, {num_classes}) (-1 = no label), "
-                         f"got min {y.min().item()}, max {y.max().item()}")
-    return y.to(device, torch.long)
 
 
 def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
@@ -71,46 +48,39 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
     return schedule.to(device), x
 
 
-def _guided_eps(model, x_t: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor], s: float) -> torch.Tensor:
-    """eps_theta(x_t, t), or with labels eps_u + s (eps_c - eps_u)  (classifier-free guidance)."""
-    if y is None:
-        return model(x_t, t)
-    if s == 1:
-        return model(x_t, t, y)                                           # the conditional model alone
-    if s == 0:
-        return model(x_t, t, torch.full_like(y, -1))                      # the unconditional model alone
-    both = model(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, -1)]))  # (2B, C, H, W)
-    eps_c, eps_u = both.chunk(2)
-    return eps_u + s * (eps_c - eps_u)
-
-
-def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool, y, s):
+def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
     """The x0 that eps_theta(x_t, t) implies (Eq. 4 solved for x0), clipped to [-1, 1] if asked, and t as (B,)."""
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    eps = _guided_eps(model, x_t, t_batch, y, s).to(x_t.dtype)
+    eps = model(x_t, t_batch).to(x_t.dtype)
     x0 = schedule.predict_x0(x_t, t_batch, eps)
     return (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
 
 
-class _Trajectory:
-    """Collects x_t and the predicted x0 at each step (on the CPU) when enabled."""
+class Trajectory:
+    """A sampler callback that keeps every step on the CPU; `result(x0)` gives them, with the returned sample, as
+    {"t": [S timesteps], "x_t": (S+1, B, C, H, W), "x0_pred": (S, B, C, H, W)}: x_t[i] is the state at timestep
+    t[i], x0_pred[i] the model's x0 there, and x_t[S] the sample x0.
 
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
+        trajectory = Trajectory()
+        x0 = ddim_sample(model, schedule, shape, callback=trajectory)
+        steps = trajectory.result(x0)
+    """
+
+    def __init__(self) -> None:
         self.t: list[int] = []
         self.x_t: list[torch.Tensor] = []
         self.x0_pred: list[torch.Tensor] = []
 
-    def add(self, t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
-        if self.enabled:
-            self.t.append(int(t))
-            self.x_t.append(x_t.cpu())
-            self.x0_pred.append(x0_pred.cpu())
+    def __call__(self, t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
+        self.t.append(int(t))
+        self.x_t.append(x_t.cpu())
+        self.x0_pred.append(x0_pred.cpu())
 
-    def result(self, x0: torch.Tensor, return_trajectory: bool):
-        if not return_trajectory:
-            return x0
-        return x0, {"t": self.t, "x_t": torch.stack(self.x_t + [x0.cpu()]), "x0_pred": torch.stack(self.x0_pred)}
+    def result(self, x0: torch.Tensor) -> dict:
+        """The steps seen, ending with the sample x0 the sampler returned."""
+        if not self.t:
+            raise ValueError("the trajectory is empty: pass it to a sampler as callback= before asking for it")
+        return {"t": list(self.t), "x_t": torch.stack(self.x_t + [x0.cpu()]), "x0_pred": torch.stack(self.x0_pred)}
 
 
 def _cpu_coefficients(schedule: NoiseSchedule):
@@ -122,15 +92,15 @@ def _cpu_coefficients(schedule: NoiseSchedule):
 @torch.no_grad()
 def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
-                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None,
-                t_start: Optional[int] = None, y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
+                callback: Optional[StepCallback] = None, clip_denoised: bool = True,
+                x_T: Optional[torch.Tensor] = None, t_start: Optional[int] = None) -> torch.Tensor:
     """Algorithm 2, ancestral sampling through all T steps, or part-way from t_start.
 
     variance="beta" uses sigma_t^2 = beta_t (the paper's CIFAR-10 choice); "posterior" uses
     sigma_t^2 = beta_tilde_t (Eq. 7, `posterior_log_variance_clipped`). The mean is the posterior mean
     (Eq. 7) of the (clipped) predicted x0, which equals Eq. 11 when nothing is clipped.
     t_start: the timestep x_T belongs to (None: T-1). Below T-1, x_T is an x_t given by the caller (e.g.
-    q_sample(x0, t_start, eps), Figs. 7-8) and the chain runs t_start, ..., 0 (its trajectory too), drawing
+    q_sample(x0, t_start, eps), Figs. 7-8) and the chain runs t_start, ..., 0 (so do its callbacks), drawing
     one z per step t > 0 as the full chain does from there.
     """
     if variance not in ("beta", "posterior"):
@@ -140,26 +110,25 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
                          f"t_start = T-1 = {schedule.steps - 1})")
     schedule, x = _start(schedule, shape, generator, device, x_T)
-    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
-    traj = _Trajectory(return_trajectory)
     for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
-        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)
-        traj.add(t, x, x0)
+        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised)
+        if callback is not None:
+            callback(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
         if t > 0:                                                                          # Algorithm 2, line 3
             z = randn(x.shape, generator, x.device, x.dtype)
             x = mean + (0.5 * log_var[t]).exp().to(x.dtype) * z                            # Algorithm 2, line 4
         else:
             x = mean
-    return traj.result(x, return_trajectory)
+    return x
 
 
 @torch.no_grad()
 def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
-                return_trajectory: bool = False, clip_denoised: bool = True, x_T: Optional[torch.Tensor] = None,
-                y: Optional[torch.Tensor] = None, guidance_scale: float = 1.0):
+                callback: Optional[StepCallback] = None, clip_denoised: bool = True,
+                x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DDIM (Song et al. 2021, Eq. 12) on `ddim_timesteps(T, steps)`; eta=0 is deterministic, eta=1 is DDPM-like.
 
     With clipping, eps is recomputed from the clipped x0 (as improved-diffusion does) so that both agree.
@@ -169,28 +138,26 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, 
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     timesteps = ddim_timesteps(schedule.steps, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
-    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     abar, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
     abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
-    traj = _Trajectory(return_trajectory)
     steps_ = tqdm(zip(timesteps, abars[:-1], abars[1:]), total=len(timesteps), disable=not progress, desc="DDIM")
     for t, abar_t, abar_next in steps_:
-        x0, _ = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)
-        traj.add(t, x, x0)
+        x0, _ = _denoise(model, schedule, x, t, clip_denoised)
+        if callback is not None:
+            callback(t, x, x0)
         eps = (x - sqrt_abar[t] * x0) / sqrt_1m_abar[t]                                  # Eq. 12, eps of this x0
         sigma = eta * math.sqrt((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next))      # Eq. 16
         x = math.sqrt(abar_next) * x0 + math.sqrt(max(1 - abar_next - sigma ** 2, 0.0)) * eps   # Eq. 12
         if eta > 0:
             x = x + sigma * randn(x.shape, generator, x.device, x.dtype)
-    return traj.result(x, return_trajectory)
+    return x
 
 
 @torch.no_grad()
 def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SOLVER_STEPS, *,
                       generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
-                      return_trajectory: bool = False, clip_denoised: bool = True,
-                      x_T: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None,
-                      guidance_scale: float = 1.0):
+                      callback: Optional[StepCallback] = None, clip_denoised: bool = True,
+                      x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep, data prediction, log-SNR-uniform steps.
 
     Solves the probability-flow ODE in lambda with the exponential integrator, using the model's x0
@@ -201,17 +168,16 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
     """
     timesteps = dpm_solver_timesteps(schedule, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
-    y = _check_guidance(model, y, guidance_scale, x.shape[0], x.device)
     _, alpha, sigma = _cpu_coefficients(schedule)
     # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
     points = [(alpha[t], sigma[t], math.log(alpha[t] / sigma[t])) for t in timesteps] + [(1.0, 0.0, math.inf)]
-    traj = _Trajectory(return_trajectory)
     D_prev, h_prev = None, None
     steps_ = tqdm(zip(timesteps, points[:-1], points[1:]), total=len(timesteps), disable=not progress,
                   desc="DPM-Solver++")
     for t, (_, sigma_t, lam_t), (alpha_next, sigma_next, lam_next) in steps_:
-        D, _ = _denoise(model, schedule, x, t, clip_denoised, y, guidance_scale)  # data prediction x0_theta(x_t, t)
-        traj.add(t, x, D)
+        D, _ = _denoise(model, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
+        if callback is not None:
+            callback(t, x, D)
         h = lam_next - lam_t
         if D_prev is None or math.isinf(h):                                  # first order: first and last step
             D_step = D
@@ -220,13 +186,13 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
             D_step = (1 + 0.5 / r) * D - (0.5 / r) * D_prev
         x = (sigma_next / sigma_t) * x - alpha_next * math.expm1(-h) * D_step   # exponential integrator
         D_prev, h_prev = D, h
-    return traj.result(x, return_trajectory)
+    return x
 
 
 class Sampler(NamedTuple):
     """A registry entry: the sampling function and how many model evaluations it makes by default."""
 
-    fn: Callable                  # fn(model, schedule, shape, [steps,] *, generator, device, y, guidance_scale...)
+    fn: Callable                  # fn(model, schedule, shape, [steps,] *, generator, device, callback, ...)
     default_steps: Optional[int]  # steps when none are asked for; None = all T (ddpm takes no `steps`)
 
 
@@ -260,13 +226,16 @@ def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "d
     """n samples as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed, batch_size, device).
 
     sampler: a name in SAMPLERS; steps: its model evaluations (None: its default; "ddpm" always runs all T).
-    y: labels (n,) for a class-conditional model. The model is moved to `device` (default: where it is) and
-    put in eval mode for sampling; its train/eval mode is restored afterwards.
+    y: labels (n,) for a class-conditional model, sampled with classifier-free guidance of scale guidance_scale
+    (`guided`; both checked before any sampling): the one place labels enter sampling. The model is moved to
+    `device` (default: where it is) and put in eval mode for sampling; its train/eval mode is restored afterwards.
     """
     steps = resolve_steps(sampler, steps, schedule.steps)
     check_int(n, "n"), check_int(batch_size, "batch_size")
     entry = SAMPLERS[sampler]
-    y = _check_guidance(model, y if y is None or torch.is_tensor(y) else torch.as_tensor(y), guidance_scale, n, "cpu")
+    guide = None if y is None and guidance_scale == 1 else guided(model, y, guidance_scale)
+    if guide is not None and len(guide.y) != n:
+        raise ValueError(f"y must hold one label per image, n={n}, got {len(guide.y)}")
     device = torch.device(device) if device is not None else _model_device(model)
     C, size = model.config.ch_list[0], model.config.image_size  # image channels and side, from the config
     kwargs = {} if entry.default_steps is None else {"steps": steps}
@@ -278,8 +247,9 @@ def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "d
         with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                x0 = entry.fn(model, schedule, (stop - start, C, size, size), generator=generator, device=device,
-                              y=None if y is None else y[start:stop], guidance_scale=guidance_scale, **kwargs)
+                net = model if guide is None else guide.rows(start, stop)       # a model of (x_t, t)
+                x0 = entry.fn(net, schedule, (stop - start, C, size, size), generator=generator, device=device,
+                              **kwargs)
                 images[start:stop] = to_uint8(x0).cpu()
                 bar.update(stop - start)
     finally:

@@ -31,10 +31,10 @@ def _shape_mask(kind, dx, dy, r):
     return (dy <= r) & (dx.abs() <= (dy + r) / 2)  # apex (0, -r), base of width 2r at dy = r
 
 
-def make_shapes(n, size=32, seed=0, with_labels=False):
-    """n images uint8 (n, 3, size, size): one solid circle, square or triangle on a plain background.
+def make_shapes(n, size=32, seed=0):
+    """(images uint8 (n, 3, size, size), labels int64 (n,)): one solid circle, square or triangle on a plain
+    background per image, its label the kind of shape (SHAPE_KINDS[label]).
 
-    with_labels=True: (images, labels int64 (n,)), the label being the kind of shape (SHAPE_KINDS[label]).
     Kind, colours (two distinct palette colours), radius r in [0.15, 0.3] * size and a centre that
     keeps the shape inside the image (corners stay background) are drawn with a CPU generator seeded by `seed`.
     """
@@ -54,7 +54,7 @@ def make_shapes(n, size=32, seed=0, with_labels=False):
         inside[s] = _shape_mask(k, dx[s], dy[s], r[s])
     fg, bg = _PALETTE[fg].view(n, 3, 1, 1), _PALETTE[bg].view(n, 3, 1, 1)
     images = torch.where(inside.unsqueeze(1), fg, bg)  # (n, 3, size, size)
-    return (images, kind) if with_labels else images
+    return images, kind
 
 
 # ----------------------------------------------------------------------------- scoring samples

@@ -20,10 +20,11 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT_NAME, config_from_dict, load_weights, read_checkpoint,
+from .checkpoint import (CHECKPOINT_NAME, config_from_dict, data_info_of, load_weights, read_checkpoint,
                          remove_stale_temp_files, write_checkpoint)
-from .data import DeviceBatches
-from .utils import check_int, default_device, mix_seed
+from .data import DataInfo, DeviceBatches
+from .utils import check_int, check_labels, default_device, mix_seed
+from .guidance import guided
 from .samplers import ddim_sample
 from .schedule import NoiseSchedule, diffusion_loss
 from .unet import UNet, UNetConfig
@@ -127,7 +128,7 @@ class Trainer:
         self.schedule = (schedule if schedule is not None else NoiseSchedule.paper()).to(self.device)
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, loss) read back every log_every steps
-        self.data_info: dict | None = None          # what identifies the training data; saved as ckpt["data"]
+        self.data_info: DataInfo | None = None      # what the training data is (a loader's); saved as ckpt["data"]
 
         enable_tf32(self.device)
         self.amp_dtype = autocast_dtype(self.device) if config.amp else None
@@ -239,11 +240,8 @@ class Trainer:
         if K is not None and not has_labels:
             raise ValueError(f"labels: the model is class-conditional (UNetConfig.num_classes={K}); "
                              f"pass int64 labels (N,) in [0, {K})")
-        if labels is not None:
-            labels = torch.as_tensor(labels)  # DeviceBatches checked: integers, one per image
-            low, high = int(labels.min()), int(labels.max())
-            if low < 0 or high >= K:
-                raise ValueError(f"labels must lie in [0, {K}) (UNetConfig.num_classes={K}), got [{low}, {high}]")
+        if has_labels:  # integers >= 0, one per image (DeviceBatches checked); here: below the model's K
+            check_labels(batches.labels, K, name=f"labels (UNetConfig.num_classes={K})", low=0)
         return batches
 
     def _read_losses(self, pending: list[torch.Tensor], log) -> float:
@@ -282,9 +280,9 @@ class Trainer:
         C, size = self.model.config.ch_list[0], self.model.config.image_size  # image channels and side
         n = n or cfg.sample_n
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
-        y = torch.arange(n, device=self.device) % K if K is not None else None
-        x0 = ddim_sample(self.ema, self.schedule, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
-                         generator=gen, device=self.device, y=y)
+        model = self.ema if K is None else guided(self.ema, torch.arange(n, device=self.device) % K)
+        x0 = ddim_sample(model, self.schedule, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
+                         generator=gen, device=self.device)
         from torchvision.utils import save_image  # the PNG grid: torchvision only when one is written
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -297,6 +295,8 @@ class Trainer:
         if path is None and self.config.out_dir is None:
             raise ValueError("path: expected a file to write, since TrainConfig.out_dir is None")
         path = Path(path) if path is not None else Path(str(self.config.out_dir)) / CHECKPOINT_NAME
+        if self.data_info is not None and not isinstance(self.data_info, DataInfo):
+            raise ValueError(f"Trainer.data_info must be a DataInfo or None, got {type(self.data_info).__name__}")
         if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
             raise FloatingPointError(f"non-finite weights at step {self.step}; not saving a bad state")
         if self.rank == 0:
@@ -305,7 +305,8 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
                 "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
-                "amp_dtype": _precision(self.amp_dtype), "data": self.data_info,
+                "amp_dtype": _precision(self.amp_dtype),
+                "data": None if self.data_info is None else self.data_info.to_dict(),
             }, path)
         if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
             dist.barrier()
@@ -328,7 +329,7 @@ class Trainer:
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
             trainer.scaler.load_state_dict(ckpt["scaler"])
-        trainer.step, trainer.data_info = ckpt["step"], ckpt.get("data")
+        trainer.step, trainer.data_info = ckpt["step"], data_info_of(ckpt, path)
         saved, now = ckpt.get("amp_dtype", "float32"), _precision(trainer.amp_dtype)
         if saved != now and trainer.rank == 0:  # one line, also under DDP
             warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import MultiHeadSelfAttention2d
-from .utils import check_prediction
+from .utils import check_labels, check_prediction
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -244,12 +244,7 @@ class UNet(nn.Module):
         assert K is not None, "_label_index is for class-conditional networks"
         if y is None:
             return torch.full((batch,), K, dtype=torch.long, device=device)
-        y = torch.as_tensor(y, device=device)
-        if y.shape != (batch,) or y.dtype != torch.int64:
-            raise ValueError(f"y must be int64 class labels of shape ({batch},); got {y.dtype} {tuple(y.shape)}")
-        bad = (y < -1) | (y >= K)
-        if not torch.compiler.is_compiling() and bad.any():  # one host synchronisation (eager mode only)
-            raise ValueError(f"y: class labels must be in [-1, {K}) (-1: no label); got {y[bad].unique()[:5].tolist()}")
+        y = check_labels(y, K, batch, name="y").to(device)
         return torch.where(y < 0, K, y)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | int, y: torch.Tensor | None = None) -> torch.Tensor:

@@ -94,6 +94,6 @@ def check_labels(labels, num_classes: Optional[int] = None, n: Optional[int] = N
         if bad.any():
             null = " (-1: no label)" if low == -1 else ""
             expected = f"labels in [{low}, {num_classes}){null}" if num_classes is not None else f"integers >= {low}"
-            raise ValueError(f"{name}: expected {expected}; got {labels[bad].unique()[:5].tolist()} (minimum "
-                             f"{labels.min().item()}, maximum {labels.max().item()})")
+            spread = f" (minimum {labels.min().item()}, maximum {labels.max().item()})" if len(labels) > 1 else ""
+            raise ValueError(f"{name}: expected {expected}; got {labels[bad].unique()[:5].tolist()}{spread}")
     return labels.long()

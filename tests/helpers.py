@@ -52,6 +52,11 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def fake_model(x_t, t):
+    """A fixed nonlinear 'network': eps depends on x_t and t; its x0 predictions leave [-1, 1] at large t."""
+    return torch.tanh(1.3 * x_t) * 0.9 + 0.1 * torch.cos(t.to(x_t.dtype) / 37.0).view(-1, 1, 1, 1)
+
+
 def gaussian_eps(abar, x_t, mu, s):
     """E[eps | x_t] for x0 ~ N(mu, s^2) and x_t = sqrt(abar) x0 + sqrt(1 - abar) eps (both Gaussian)."""
     return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s ** 2 + 1 - abar)

@@ -65,7 +65,7 @@ def _write_fixture(root, n=500):
     from ddpm_lib.data import make_shapes
     from ddpm_lib.cifar10 import write_cifar10_format
 
-    images = make_shapes(n, seed=0)  # (n, 3, 32, 32) uint8
+    images, _ = make_shapes(n, seed=0)  # (n, 3, 32, 32) uint8
     write_cifar10_format(root, images, torch.arange(n) % 10)
 
 

@@ -6,8 +6,9 @@ import torch
 from helpers import MICRO, Payload, perturbed
 
 import ddpm_lib
-from ddpm_lib.checkpoint import (load_model, read_checkpoint, remove_stale_temp_files, resolve_checkpoint,
-                                 write_checkpoint)
+from ddpm_lib.checkpoint import (data_info_of, load_model, read_checkpoint, remove_stale_temp_files,
+                                 resolve_checkpoint, write_checkpoint)
+from ddpm_lib.data import CIFAR10_CLASSES, DataInfo
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import UNet
@@ -113,4 +114,34 @@ def test_checkpoint_contents_are_validated(tmp_path, run):
     path = tmp_path / "bad_train_config.pt"
     torch.save({**good, "train_config": {**good["train_config"], "lr": -1.0}}, path)
     with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*lr"):
+        Trainer.load(path, device="cpu")
+    path = tmp_path / "no_data.pt"
+    torch.save({k: v for k, v in good.items() if k != "data"}, path)
+    with pytest.raises(ValueError, match=r"missing data"):
+        read_checkpoint(path)
+
+
+def test_the_data_record_round_trips_through_the_checkpoint(tmp_path, run):
+    assert data_info_of(read_checkpoint(tmp_path / "run"), "run") is None  # not recorded
+    info = DataInfo("/data/cifar10-jpeg/train", 5000, 16, None, class_names=CIFAR10_CLASSES,
+                    fallback=None)
+    run.data_info = info
+    run.save()
+    ckpt = read_checkpoint(tmp_path / "run")
+    assert ckpt["data"] == info.to_dict() and isinstance(ckpt["data"]["class_names"], tuple)
+    assert data_info_of(ckpt, "run") == info
+    assert Trainer.load(tmp_path / "run", device="cpu").data_info == info
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"name": "CIFAR-10", "images": 4}, r"unknown field\(s\) images; missing n, size, split"),
+    ({"data": "shapes", "n": 16, "size": 32, "class_names": None}, "unknown field.s. data; missing name, split"),
+    ({"name": "shapes", "n": 0, "size": 32, "split": "train", "seed": 0}, "DataInfo.n must be a positive int"),
+    ({"name": "cifar10", "n": 4, "size": 32, "split": "train", "class_names": "airplane"}, "class_names"),
+    (["cifar10"], "expected a dict of DataInfo's fields, got list"),
+])
+def test_a_data_entry_that_is_no_data_record_is_refused(tmp_path, run, entry, match):
+    path = tmp_path / "bad_data.pt"
+    torch.save({**read_checkpoint(tmp_path / "run"), "data": entry}, path)
+    with pytest.raises(ValueError, match=rf"{path}: checkpoint entry 'data' is not a valid DataInfo \(.*{match}"):
         Trainer.load(path, device="cpu")

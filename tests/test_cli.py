@@ -12,12 +12,15 @@ from pathlib import Path
 import numpy
 import pytest
 import torch
+import torchvision.datasets as tvd
 from helpers import MICRO, Payload, write_image_folder, perturbed
 from PIL import Image
 
 from ddpm_lib.checkpoint import load_model
+from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.cli import main
-from ddpm_lib.data import SHAPE_KINDS, make_shapes
+from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
+from ddpm_lib.nb.session import NotebookSetup, load_training_images
 from ddpm_lib.samplers import SAMPLERS, generate_images
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
 from ddpm_lib.train import Trainer, TrainConfig
@@ -80,6 +83,7 @@ def files(tmp_path_factory):
     torch.save({"state_dict": {"w": torch.zeros(3)}}, tmp / "other.pt")
     torch.save({"format": "ddpm_lib.checkpoint", "model": Payload()}, tmp / "evil.pt")
     (tmp / "empty_root").mkdir()
+    write_image_folder(tmp / "flat", make_shapes(2, size=16, seed=0)[0])  # images, no class sub-folders
     return tmp
 
 
@@ -110,13 +114,16 @@ def bad_input(tmp):
                                                "--guidance: the checkpoint's network is unconditional"),
         "fid guidance of an unconditional model": (("fid", "--ckpt", run, "--n", "2", "--guidance", "2"),
                                                    "--guidance: the checkpoint's network is unconditional"),
-        "class out of range": (sample + (cond, "--class", "3"), "--class 3: expected a class in [0, 3)"),
+        "class out of range": (sample + (cond, "--class", "3"), "--class: expected labels in [0, 3); got [3]"),
         "negative guidance": (sample + (cond, "--guidance", "-1"), "--guidance: expected a number >= 0"),
         "export of a network diffusers cannot express": (("export", "--ckpt", run, "--out", tmp / "pipe"),
                                                          "time_mlp_dim=0"),
         "missing data folder": (train + ("--data", tmp / "no_such_folder", "--steps", "1"), "no_such_folder"),
         "cifar10 offline": (train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--steps", "1"),
                             "CIFAR-10 not found"),
+        "classes of a folder without class sub-folders": (train + ("--data", tmp / "flat", "--class-cond", "--steps",
+                                                                   "1"), "--class-cond: " + str(tmp / "flat")
+                                                          + " has no classes"),
         "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
                            "unknown preset 'huge'"),
         "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
@@ -177,7 +184,7 @@ class ChannelMeans(torch.nn.Module):
 @pytest.fixture(scope="module")
 def ref(files):
     """A folder of 6 reference images for `fid --ref`."""
-    return write_image_folder(files / "ref", make_shapes(6, size=16, seed=5))
+    return write_image_folder(files / "ref", make_shapes(6, size=16, seed=5)[0])
 
 
 def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, ref, capsys, monkeypatch, one_thread):
@@ -274,7 +281,8 @@ def test_train_records_the_knobs_and_the_data(run):
     assert torch.equal(ckpt["schedule"]["betas"], linear_betas(20, 1e-4, 0.05))
     assert ckpt["train_config"]["seed"] == 3 and ckpt["train_config"]["ema_decay"] == 0.5
     assert ckpt["train_config"]["ema_warmup"] is False  # --no-ema-warmup: the paper's constant decay
-    assert ckpt["data"] == {"data": "shapes", "n": 16, "size": 32, "class_names": None}
+    assert ckpt["data"] == {"name": "shapes", "n": 16, "size": 32, "split": "train", "seed": 3,
+                            "class_names": SHAPE_KINDS, "fallback": None}  # the DataInfo of load_dataset
 
 
 RESUME_CONFLICTS = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"),
@@ -309,6 +317,66 @@ def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run):
     assert Image.open(grid).size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 grid, padding 2
 
 
+def assert_same_run(a, b):
+    """The checkpoints of two run folders hold the same step, weights, EMA and Adam state, bit for bit."""
+    a, b = (torch.load(folder / "checkpoint.pt", weights_only=True) for folder in (a, b))
+    assert a["step"] == b["step"] and a["data"] == b["data"]
+    for key in ("model", "ema"):
+        for name, x in a[key].items():
+            assert torch.equal(x, b[key][name]), (key, name)
+    for p, q in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        for name in p:
+            assert torch.equal(p[name], q[name]), name
+
+
+def test_a_notebook_run_resumes_from_the_cli_where_it_stopped(tmp_path, monkeypatch, capsys, one_thread):
+    """Notebook 05's way (load_training_images, a Trainer, its data_info) for 2 steps, then `train --resume`
+    to 4: the CLI reloads the same images by the checkpoint's DataInfo (CIFAR-10's fixture averaged down to 16x16)
+    and continues bit for bit as a run of 4 steps straight."""
+    images, _ = make_shapes(12, seed=2)
+    write_cifar10_format(tmp_path / "data", images, torch.arange(12) % 10)
+    setup = NotebookSetup(device=torch.device("cpu"), smoke=True, data_root=tmp_path / "data", runs=tmp_path / "runs",
+                          in_colab=False, seed=0)
+    loaded = load_training_images(setup, size=MICRO.image_size)  # as notebook 05 does
+    assert loaded.info == DataInfo("cifar10", 12, 16, "train", class_names=CIFAR10_CLASSES)
+
+    def notebook_run(folder, steps):
+        torch.manual_seed(0)
+        config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, seed=3, out_dir=str(folder),
+                             sample_every=0, checkpoint_every=0, log_every=1, progress=False)
+        trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(20), config, device="cpu")
+        trainer.data_info = loaded.info
+        return trainer.fit(loaded.images)
+
+    notebook_run(tmp_path / "straight", steps=4)
+    notebook_run(tmp_path / "run", steps=2)
+    md5s = dict(tvd.CIFAR10.train_list)  # the CLI checks CIFAR-10's md5s: the fixture passes for "the real files"
+    monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])
+    rc = main(["train", "--out", str(tmp_path / "run"), "--steps", "4", "--resume", "--data-root",
+               str(tmp_path / "data"), "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "at step 2 of 4" in err, err
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+    logged = [json.loads(line)["step"] for line in (tmp_path / "run" / "loss.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4]
+
+
+def test_a_cli_run_resumes_in_a_notebook_where_it_stopped(tmp_path, capsys, one_thread):
+    """`train` for 2 steps, then notebook 05's way (Trainer.load, load_training_images, fit) to 4: the notebook's
+    loader gives the images of the run's record, and the run continues bit for bit as `train --steps 4` does."""
+    flags = (*KNOBS, "--image-size", "16", *TRAIN)  # 16 shapes at 16x16, seed 3
+    for folder, steps in (("straight", "4"), ("run", "2")):
+        assert main(["train", *flags, "--steps", steps, "--out", str(tmp_path / folder)]) == 0, capsys.readouterr()
+    resumed = Trainer.load(tmp_path / "run", device="cpu", steps=4, out_dir=str(tmp_path / "run"))  # as 05 resumes
+    setup = NotebookSetup(device=torch.device("cpu"), smoke=False, data_root=tmp_path / "data",
+                          runs=tmp_path / "runs", in_colab=False, seed=3)
+    loaded = load_training_images(setup, n=16, data="shapes", size=16)
+    assert loaded.info == resumed.data_info == DataInfo("shapes", 16, 16, "train", seed=3, class_names=SHAPE_KINDS)
+    assert resumed.step == 2
+    resumed.fit(loaded.images)
+    assert_same_run(tmp_path / "run", tmp_path / "straight")
+
+
 @pytest.mark.slow
 def test_export_writes_a_diffusers_pipeline_of_the_ema_weights(run):
     diffusers = pytest.importorskip("diffusers")
@@ -339,7 +407,7 @@ def test_class_conditional_training_and_guided_sampling(tmp_path):
     assert rc == 0, err
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["unet_config"]["num_classes"] == len(SHAPE_KINDS)
-    assert ckpt["data"]["class_names"] == list(SHAPE_KINDS) and ckpt["train_config"]["cond_drop_prob"] == 0.3
+    assert ckpt["data"]["class_names"] == SHAPE_KINDS and ckpt["train_config"]["cond_drop_prob"] == 0.3
     rc, _, err = finish(cli("sample", "--ckpt", run, "--class", len(SHAPE_KINDS) - 1, "--guidance", "2.5",
                             "--steps", "2", "--n", "2", "--out", tmp_path / "grid.png", "--device", "cpu",
                             cwd=tmp_path))

@@ -124,7 +124,7 @@ class Emulation:
         self.env = _make_environment(tmp)
         self.drive = tmp / "shared-drive"  # what every runtime's <mount>/MyDrive links to
         self.folder = self.drive / DRIVE_FOLDER
-        images, labels = make_shapes(6000, seed=0), torch.arange(6000) % 10
+        images, labels = make_shapes(6000, seed=0)[0], torch.arange(6000) % 10
         write_cifar10_format(self.folder / "data", images[:5000], labels[:5000], images[5000:], labels[5000:])
         self.runs = 0
         self.seconds = {}

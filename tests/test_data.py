@@ -1,6 +1,7 @@
 """ddpm_lib.data: CIFAR-10 in its own format (torchvision as the oracle), image folders, shapes, device batches."""
 import os
 import pickle
+from dataclasses import replace
 from urllib.error import URLError
 
 import numpy as np
@@ -14,8 +15,8 @@ from PIL import Image
 import ddpm_lib
 import ddpm_lib.data as data
 import ddpm_lib.cifar10
-from ddpm_lib.data import (CIFAR10_CLASSES, SHAPE_KINDS, DeviceBatches, load_cifar10, load_dataset, load_image_folder,
-                           make_shapes)
+from ddpm_lib.data import (CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, DeviceBatches, load_cifar10, load_dataset,
+                           load_image_folder, make_shapes, reload_dataset)
 from ddpm_lib.cifar10 import write_cifar10_format
 
 TRAIN_FILES = [name for name, _ in tvd.CIFAR10.train_list]
@@ -153,33 +154,34 @@ def test_image_folder_flat_and_class_subfolders(tmp_path):
     save(tmp_path / "flat" / "a.png", np.full((16, 16, 3), red))
     save(tmp_path / "flat" / "b.jpg", np.full((40, 40, 3), blue))
     save(tmp_path / "flat" / "c.png", wide)
-    x = load_image_folder(tmp_path / "flat")
+    x, labels, info = load_image_folder(tmp_path / "flat")
     assert x.shape == (3, 3, 32, 32) and x.dtype == torch.uint8
+    assert labels is None and info == DataInfo(str((tmp_path / "flat").resolve()), 3, 32, None)  # no classes
     assert (x[0] == torch.tensor(red).view(3, 1, 1)).all()  # upscaled solid colour stays exact
     assert (x[1].float() - torch.tensor(blue).view(3, 1, 1)).abs().max() <= 2  # jpeg
     assert (x[2] == torch.tensor(green).view(3, 1, 1)).all()  # centre crop keeps the middle half
     save(tmp_path / "classes" / "cat" / "1.png", np.full((8, 8, 3), red))
     save(tmp_path / "classes" / "dog" / "1.png", np.full((8, 8, 3), green))
-    x = load_image_folder(tmp_path / "classes", size=16)
+    x = load_image_folder(tmp_path / "classes", size=16).images
     assert x.shape == (2, 3, 16, 16) and x[1, 1].eq(255).all()
 
 
 def test_image_folder_cached_after_first_decode(tmp_path, monkeypatch):
     for i in range(3):
         save(tmp_path / f"{i}.png", np.full((8, 8, 3), 40 * i))
-    first = load_image_folder(tmp_path)
+    first = load_image_folder(tmp_path).images
     assert (tmp_path / ".ddpm_cache_32.pt").is_file()
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded again")
 
     monkeypatch.setattr(Image, "open", no_decoding)
-    assert torch.equal(load_image_folder(tmp_path), first)
+    assert torch.equal(load_image_folder(tmp_path).images, first)
     save(tmp_path / "3.png", np.full((8, 8, 3), 200))  # the folder changed: the cache is stale
     with pytest.raises(ValueError, match="decoded again"):
         load_image_folder(tmp_path)
     monkeypatch.undo()
-    assert len(load_image_folder(tmp_path)) == 4
+    assert len(load_image_folder(tmp_path).images) == 4
 
 
 def test_image_folder_errors(tmp_path):
@@ -205,34 +207,37 @@ def class_folder(root):
 
 
 def test_image_folder_labels_from_class_subfolders(tmp_path):
-    images, labels, names = load_image_folder(class_folder(tmp_path), size=8, with_labels=True)
-    assert names == ["bird", "cat", "dog"] and labels.dtype == torch.int64
+    images, labels, info = load_image_folder(class_folder(tmp_path), size=8)
+    names = info.class_names
+    assert names == ("bird", "cat", "dog") and labels.dtype == torch.int64
+    assert info == DataInfo(str(tmp_path.resolve()), 4, 8, None, class_names=names)
     colour_of = {"bird": 2, "cat": 0, "dog": 1}  # the channel that is 255
     assert [colour_of[names[label]] for label in labels] == images.float().mean((2, 3)).argmax(1).tolist()
-    assert labels.tolist() == [0, 1, 1, 2]  # files sorted by path: bird/z, cat/a, cat/deeper/b, dog/a
-    assert torch.equal(load_image_folder(tmp_path, size=8), images)  # same images, same order, without labels
-    ref = tvd.ImageFolder(tmp_path)  # the oracle for the class assignment
-    assert ref.classes == names and [y for _, y in ref.samples] == labels.tolist()
+    # files sorted by path: bird/z, cat/a, cat/deeper/b, dog/a (labels 0, 1, 1, 2), then the classes in turn:
+    # the first image of each class (bird/z, cat/a, dog/a), then the second (cat/deeper/b)
+    assert labels.tolist() == [0, 1, 2, 1]
+    ref = tvd.ImageFolder(tmp_path)  # the oracle for the class assignment (in path order)
+    assert ref.classes == list(names) and [y for _, y in ref.samples] == [0, 1, 1, 2]
 
 
 def test_image_folder_labels_survive_the_cache(tmp_path, monkeypatch):
-    first = load_image_folder(class_folder(tmp_path), size=8, with_labels=True)
+    first = load_image_folder(class_folder(tmp_path), size=8)
     monkeypatch.setattr(Image, "open", lambda *a, **k: pytest.fail("decoded again"))
-    again = load_image_folder(tmp_path, size=8, with_labels=True)
-    assert torch.equal(again[0], first[0]) and torch.equal(again[1], first[1]) and again[2] == first[2]
+    again = load_image_folder(tmp_path, size=8)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.info == first.info
     (tmp_path / "dog").rename(tmp_path / "ant")  # same files, new class name: the cache is stale
     monkeypatch.undo()
-    images, labels, names = load_image_folder(tmp_path, size=8, with_labels=True)
-    assert names == ["ant", "bird", "cat"] and labels.tolist() == [0, 1, 2, 2]
-    assert torch.equal(images[0], first[0][3])  # the green image, now first
+    images, labels, info = load_image_folder(tmp_path, size=8)
+    assert info.class_names == ("ant", "bird", "cat") and labels.tolist() == [0, 1, 2, 2]
+    assert torch.equal(images[0], first.images[2])  # the green image (dog, third in turn), now first
 
 
-def test_image_folder_labels_need_class_subfolders(tmp_path):
+def test_image_folder_with_an_image_outside_class_subfolders_has_no_classes(tmp_path):
     save(tmp_path / "cat" / "a.png", np.zeros((8, 8, 3)))
     save(tmp_path / "loose.png", np.zeros((8, 8, 3)))
-    with pytest.raises(ValueError, match=r"with_labels=True.*class sub-folders.*loose.png"):
-        load_image_folder(tmp_path, with_labels=True)
-    assert len(load_image_folder(tmp_path)) == 2  # without labels, any layout
+    images, labels, info = load_image_folder(tmp_path)
+    assert len(images) == 2 and labels is None and info.class_names is None  # any layout loads; no labels
 
 
 # ----------------------------------------------------------------------------- shapes
@@ -245,17 +250,18 @@ def fill_ratio(image):
 
 
 def test_shapes_deterministic_and_seeded():
-    x = make_shapes(64, seed=3)
+    x, labels = make_shapes(64, seed=3)
     assert x.shape == (64, 3, 32, 32) and x.dtype == torch.uint8
-    assert torch.equal(x, make_shapes(64, seed=3))
-    assert not torch.equal(x, make_shapes(64, seed=4))
-    assert make_shapes(5, size=64).shape == (5, 3, 64, 64)
+    again = make_shapes(64, seed=3)
+    assert torch.equal(x, again[0]) and torch.equal(labels, again[1])
+    assert not torch.equal(x, make_shapes(64, seed=4)[0])
+    assert make_shapes(5, size=64)[0].shape == (5, 3, 64, 64)
     with pytest.raises(ValueError, match="n"):
         make_shapes(0)
 
 
 def test_shapes_three_kinds_two_colours():
-    x = make_shapes(300, seed=0)
+    x, _ = make_shapes(300, seed=0)
     ratios = torch.tensor([fill_ratio(image) for image in x])
     # measured over this set: squares 1.0, circles 0.72-0.85, triangles 0.50-0.63 (small ones are blocky)
     square, circle, triangle = ratios > 0.95, (ratios > 0.695) & (ratios < 0.9), (ratios > 0.4) & (ratios < 0.675)
@@ -266,8 +272,8 @@ def test_shapes_three_kinds_two_colours():
 
 
 def test_shape_labels_are_the_kind_drawn():
-    x, labels = make_shapes(300, seed=0, with_labels=True)
-    assert torch.equal(x, make_shapes(300, seed=0)) and labels.dtype == torch.int64
+    x, labels = make_shapes(300, seed=0)
+    assert labels.dtype == torch.int64 and labels.shape == (300,)
     ratios = torch.tensor([fill_ratio(image) for image in x])  # the classification of the test above
     kind = torch.where(ratios > 0.95, SHAPE_KINDS.index("square"),
                        torch.where(ratios > 0.695, SHAPE_KINDS.index("circle"), SHAPE_KINDS.index("triangle")))
@@ -277,7 +283,7 @@ def test_shape_labels_are_the_kind_drawn():
 # ----------------------------------------------------------------------------- device batches
 
 def test_device_batches_scaling_and_determinism():
-    images = make_shapes(50, seed=1)
+    images, _ = make_shapes(50, seed=1)
     batches = DeviceBatches(images, 16, flip=False, seed=5)
     idx, _ = batches.indices(3)
     x = batches.batch(3)
@@ -306,7 +312,7 @@ def test_fewer_images_than_batch():
 
 
 def test_ranks_split_the_global_batch():
-    images = make_shapes(40, seed=2)
+    images, _ = make_shapes(40, seed=2)
     whole = DeviceBatches(images, 16, seed=9)
     ranks = [DeviceBatches(images, 16, seed=9, rank=r, world_size=4) for r in range(4)]
     for step in (0, 1, 2, 6):  # step 2 runs over an epoch boundary
@@ -385,32 +391,83 @@ def test_device_batches_bad_input():
 
 # ----------------------------------------------------------------------------- by name
 
-def test_load_dataset_with_labels(tmp_path, monkeypatch):
-    images, labels, names = load_dataset("shapes", n=20, seed=1, with_labels=True)
-    assert names == list(SHAPE_KINDS)
-    assert all(torch.equal(a, b) for a, b in zip((images, labels), make_shapes(20, seed=1, with_labels=True)))
+def test_load_dataset_returns_the_images_their_labels_and_their_record(tmp_path, monkeypatch):
+    images, labels, info = load_dataset("shapes", n=20, seed=1)
+    want_images, want_labels = make_shapes(20, seed=1)
+    assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+    assert info == DataInfo("shapes", 20, 32, "train", seed=1, class_names=SHAPE_KINDS)
+    test = load_dataset("shapes", n=5, seed=1, size=16, split="test")  # other shapes than the training ones
+    assert torch.equal(test.images, make_shapes(5, size=16, seed=2)[0])
+    assert test.info == DataInfo("shapes", 5, 16, "test", seed=1, class_names=SHAPE_KINDS)
     x, y = random_cifar(10, 0)
-    write_cifar10_format(tmp_path, x, y)
+    test_x, test_y = random_cifar(4, 1)
+    write_cifar10_format(tmp_path, x, y, test_images=test_x, test_labels=test_y)
+    fixture = load_dataset("cifar10", root=tmp_path, download=False, verify_md5=False, split="test")
+    assert torch.equal(fixture.images, test_x) and torch.equal(fixture.labels, test_y)
+    assert fixture.info == DataInfo("cifar10", 4, 32, "test", class_names=CIFAR10_CLASSES)
     md5s = dict(tvd.CIFAR10.train_list)
     monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
-    images, labels, names = load_dataset("cifar10", root=tmp_path, n=4, download=False, with_labels=True)
-    assert names == list(CIFAR10_CLASSES) and torch.equal(images, x[:4]) and torch.equal(labels, y[:4])
-    images, labels, names = load_dataset(str(class_folder(tmp_path / "imgs")), n=3, size=8, with_labels=True)
-    assert names == ["bird", "cat", "dog"] and labels.tolist() == [0, 1, 1] and len(images) == 3
+    images, labels, info = load_dataset("cifar10", root=tmp_path, n=4, download=False)
+    assert torch.equal(images, x[:4]) and torch.equal(labels, y[:4])
+    assert info == DataInfo("cifar10", 4, 32, "train", class_names=CIFAR10_CLASSES)
+    small = load_dataset("cifar10", root=tmp_path, n=4, download=False, size=16)
+    blocks = x[:4].double().reshape(4, 3, 16, 2, 16, 2).mean(dim=(3, 5))  # (4, 3, 16, 16): 2x2 means
+    assert small.images.dtype == torch.uint8 and (small.images.double() - blocks).abs().max() <= 0.5 + 1e-6
+    assert small.info.size == 16 and torch.equal(small.labels, y[:4])
+    images, labels, info = load_dataset(str(class_folder(tmp_path / "imgs")), n=3, size=8)
+    assert len(images) == 3 and labels.tolist() == [0, 1, 2]  # the classes in turn: bird, cat, dog
+    assert info == DataInfo(str((tmp_path / "imgs").resolve()), 3, 8, None, class_names=("bird", "cat", "dog"))
 
 
-def test_load_dataset(tmp_path, monkeypatch):
-    assert torch.equal(load_dataset("shapes", n=20, seed=1), make_shapes(20, seed=1))
+def test_load_dataset_refuses_what_it_cannot_load(tmp_path):
     save(tmp_path / "imgs" / "a.png", np.zeros((8, 8, 3)))
-    assert load_dataset(str(tmp_path / "imgs")).shape == (1, 3, 32, 32)
-    images, labels = random_cifar(10, 0)
-    write_cifar10_format(tmp_path, images, labels)
-    md5s = dict(tvd.CIFAR10.train_list)
-    monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])  # "the real files"
-    assert torch.equal(load_dataset("cifar10", root=tmp_path, n=4, download=False), images[:4])
+    flat = load_dataset(str(tmp_path / "imgs"))
+    assert flat.images.shape == (1, 3, 32, 32) and flat.labels is None and flat.info.class_names is None
+    with pytest.raises(ValueError, match="split: an image folder has no splits"):
+        load_dataset(str(tmp_path / "imgs"), split="test")
+    with pytest.raises(ValueError, match="split: expected 'train' or 'test', got 'val'"):
+        load_dataset("shapes", split="val")
     with pytest.raises(ValueError, match="32x32"):
         load_dataset("cifar10", root=tmp_path, size=64)
     with pytest.raises(FileNotFoundError, match="cifar-10-batches-py"):
         load_dataset("cifar10", root=tmp_path / "empty", download=False)
     with pytest.raises(ValueError, match="expected cifar10, shapes or a folder of images"):
         load_dataset("imagenet")
+
+
+def test_data_info_checks_its_fields_and_comes_back_from_its_dict():
+    info = DataInfo("shapes", 20, 16, "train", seed=3, class_names=SHAPE_KINDS)
+    assert DataInfo.from_dict(info.to_dict()) == info
+    assert DataInfo.from_dict({**info.to_dict(), "class_names": list(SHAPE_KINDS)}) == info  # a list, as JSON has it
+    good = info.to_dict()
+    for match, values in [
+        (r"unknown field\(s\) images \(DataInfo's fields: name, n, size", {**good, "images": 20}),
+        ("missing size", {k: v for k, v in good.items() if k != "size"}),
+        ("DataInfo.n must be a positive int, got '20'", {**good, "n": "20"}),
+        ("DataInfo.split must be 'train' or 'test' for shapes, got 'val'", {**good, "split": "val"}),
+        ("DataInfo.seed must be an int for shapes, got None", {**good, "seed": None}),
+        ("DataInfo.seed must be None for cifar10, got 3", {**good, "name": "cifar10"}),
+        (r"DataInfo.split must be None \(a folder has no splits\)", {**good, "name": "/data/imgs", "seed": None}),
+        ("DataInfo.class_names must be a tuple of class names or None", {**good, "class_names": "circle"}),
+        ("DataInfo.name must be", {**good, "name": ""}),
+        ("DataInfo.fallback must be a str or None", {**good, "fallback": 1}),
+        ("expected a dict of DataInfo's fields, got list", [good]),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            DataInfo.from_dict(values)
+
+
+def test_reload_dataset_loads_the_recorded_images_or_says_they_changed(tmp_path):
+    folder = class_folder(tmp_path / "imgs")
+    first = load_dataset(str(folder), n=3, size=8)
+    again = reload_dataset(first.info)
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    assert again.info == first.info
+    shapes = load_dataset("shapes", n=6, seed=2, size=16, split="test")
+    noted = replace(shapes.info, fallback="CIFAR-10 unavailable (offline)")
+    back = reload_dataset(noted)
+    assert torch.equal(back.images, shapes.images) and back.info == noted  # the record comes back as it was
+    for name in ("cat/a.png", "cat/deeper/b.png"):
+        (folder / name).unlink()  # the folder's classes are now bird and dog
+    with pytest.raises(ValueError, match="not the recorded data any more"):
+        reload_dataset(first.info)

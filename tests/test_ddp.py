@@ -29,7 +29,7 @@ def _rank(rank, world_size, tmp):
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world_size)
     try:
-        images = make_shapes(40, size=16, seed=1)
+        images, _ = make_shapes(40, size=16, seed=1)
         trainer = make_trainer(tmp / "ddp", steps=2).fit(images)  # checkpoint at step 2 (rank 0 writes)
         trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", steps=4).fit(images)
         # with dropout: a resumed DDP run continues every rank's dropout stream (nothing stored but the step)
@@ -45,7 +45,7 @@ def _rank(rank, world_size, tmp):
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
     mp.spawn(_rank, args=(2, tmp_path), nprocs=2, join=True)
-    single = make_trainer(tmp_path / "single", steps=4).fit(make_shapes(40, size=16, seed=1))
+    single = make_trainer(tmp_path / "single", steps=4).fit(make_shapes(40, size=16, seed=1)[0])
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for name, w in single.model.state_dict().items():
         assert torch.equal(rank0["model"][name], rank1["model"][name]), name  # ranks hold identical weights

@@ -5,6 +5,7 @@ import pytest
 import torch
 from torch.distributions import Categorical, Independent, MixtureSameFamily, Normal
 
+from ddpm_lib.guidance import guided
 from ddpm_lib.nb.guidance_toy import GaussianClasses
 from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
@@ -66,12 +67,12 @@ def test_ddpm_sampling_with_the_ideal_predictor_draws_p_x0_given_y(toy):
     schedule = NoiseSchedule.linear(200, 1e-4 * 5, 0.02 * 5)
     n = 3000
     y = torch.zeros(n, dtype=torch.long)
-    x0 = ddpm_sample(toy.model(schedule), schedule, (n, 2, 1, 1), generator=torch.Generator().manual_seed(3),
-                     clip_denoised=False, y=y).reshape(n, 2)
+    x0 = ddpm_sample(guided(toy.model(schedule), y), schedule, (n, 2, 1, 1), generator=torch.Generator().manual_seed(3),
+                     clip_denoised=False).reshape(n, 2)
     torch.testing.assert_close(x0.mean(0), torch.tensor(MEANS[0]), atol=0.03, rtol=0)
     torch.testing.assert_close(x0.std(0), torch.tensor([STDS[0]] * 2), atol=0.03, rtol=0)
-    x0 = ddpm_sample(toy.model(schedule), schedule, (n, 2, 1, 1), generator=torch.Generator().manual_seed(4),
-                     clip_denoised=False, y=y, guidance_scale=0.0).reshape(n, 2)
+    x0 = ddpm_sample(guided(toy.model(schedule), y, 0.0), schedule, (n, 2, 1, 1),
+                     generator=torch.Generator().manual_seed(4), clip_denoised=False).reshape(n, 2)
     shares = toy.class_probs(x0, torch.ones(n)).argmax(1).bincount(minlength=3).float() / n
     expected = torch.tensor([0.3, 0.3, 0.4])  # the most likely class roughly follows the priors (classes overlap)
     torch.testing.assert_close(shares, expected, atol=0.06, rtol=0)
@@ -103,7 +104,7 @@ def test_bad_toy_definitions_are_refused(kwargs, match):
 
 
 def test_labels_out_of_range_are_refused(toy):
-    with pytest.raises(ValueError, match=r"y must be .* \[-1, 3\)"):
+    with pytest.raises(ValueError, match=r"y: expected labels in \[-1, 3\) \(-1: no label\); got \[3\]"):
         toy.eps(torch.zeros(2, 2), torch.ones(2), torch.tensor([0, 3]))
-    with pytest.raises(ValueError, match="y must be"):
+    with pytest.raises(ValueError, match="y: expected integers, got dtype torch.float32"):
         toy.sample(torch.tensor([0.5]))

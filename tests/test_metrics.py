@@ -125,7 +125,7 @@ def test_frechet_distance_rejects_bad_input(a, b, match):
 
 @pytest.fixture(scope="module")
 def shapes():
-    return make_shapes(384, seed=0)
+    return make_shapes(384, seed=0)[0]
 
 
 def noise_images(n, seed=0):
@@ -250,7 +250,7 @@ def checkpoint(tiny, tmp_path):
 @pytest.fixture
 def folder(tmp_path):
     """A reference image folder of 24 shapes at 16x16."""
-    return write_image_folder(tmp_path / "ref", make_shapes(24, size=16, seed=1))
+    return write_image_folder(tmp_path / "ref", make_shapes(24, size=16, seed=1)[0])
 
 
 def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
@@ -265,7 +265,7 @@ def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
     # The same numbers by hand: EMA weights (== the model here: no step taken), the same seed and batches.
     model, schedule = tiny
     fake = generate_images(model, schedule, 12, sampler="dpm-solver", steps=3, batch_size=8, seed=3)
-    expected = metrics.fid_kid(load_image_folder(folder, size=16), fake, ConvFeatures(), batch_size=8, seed=3)
+    expected = metrics.fid_kid(load_image_folder(folder, size=16).images, fake, ConvFeatures(), batch_size=8, seed=3)
     assert {k: result[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert result["fid"] > 0
 
@@ -277,7 +277,7 @@ def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypa
 
     def fake_cifar10(root, train=True):
         calls.append((root, train))
-        return make_shapes(16, size=16, seed=2), torch.zeros(16, dtype=torch.long)
+        return make_shapes(16, size=16, seed=2)[0], torch.zeros(16, dtype=torch.long)
 
     monkeypatch.setattr(ddpm_lib.data, "load_cifar10", fake_cifar10)
     result = metrics.evaluate_checkpoint(checkpoint, n=8, steps=2, data_root="somewhere", batch_size=8, device="cpu",
@@ -353,7 +353,7 @@ def test_nearest_neighbours_in_pixel_space_match_brute_force():
 
 
 def test_nearest_neighbours_in_feature_space_match_brute_force():
-    shapes = make_shapes(40, size=16, seed=6)
+    shapes, _ = make_shapes(40, size=16, seed=6)
     extractor = ConvFeatures()
     distances, indices = metrics.nearest_neighbours(shapes[:9], shapes[9:], k=2, space="features",
                                                     feature_extractor=extractor, batch_size=5)
@@ -396,7 +396,7 @@ def test_inception_extractor_matches_torch_fidelity(monkeypatch, tmp_path):
                         lambda url, **k: weights if url == fe.URL_INCEPTION_V3 else 1 / 0)
     ours = metrics.inception_extractor()
     reference = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
-    images = make_shapes(2, seed=3)
+    images, _ = make_shapes(2, seed=3)
     features = metrics.extract_features(images, ours)
     assert features.shape == (2, 2048) and features.abs().sum() > 0
     torch.testing.assert_close(features, reference(images)[0], rtol=1e-4, atol=1e-6)

@@ -9,8 +9,10 @@ import torch
 from helpers import MICRO
 from PIL import Image
 
+import ddpm_lib.data
 from ddpm_lib.nb import runs, session
-from ddpm_lib.data import CIFAR10_CLASSES, make_shapes
+from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
+from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.train import TrainConfig, Trainer
@@ -37,7 +39,7 @@ def write_run(folder, seed=0):
                          log_every=1, progress=False)
     torch.manual_seed(seed)
     trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, device="cpu")
-    return trainer.fit(make_shapes(4, size=16, seed=seed))
+    return trainer.fit(make_shapes(4, size=16, seed=seed)[0])
 
 
 def assert_same_weights(model, module):
@@ -101,7 +103,7 @@ def test_drive_keeps_runs_and_data_on_the_drive_over_ddpm_runs(env, tmp_path, ca
     out = capsys.readouterr().out
     assert f"runs: {folder / 'runs'} (Google Drive)" in out
     assert f"data: {folder / 'data'} (Google Drive: CIFAR-10 is downloaded there once" in out
-    write_cifar10_format(folder / "data", make_shapes(2), torch.arange(2))  # what the first runtime downloaded
+    write_cifar10_format(folder / "data", make_shapes(2)[0], torch.arange(2))  # what the first runtime downloaded
     session.setup_notebook(use_drive=True, drive_folder="course", drive_root=tmp_path / "drive")
     assert f"data: {folder / 'data'} (a copy on Drive)" in capsys.readouterr().out
 
@@ -180,15 +182,15 @@ def test_smoke_mode_needs_the_fixture(tmp_path):
 
 
 def test_smoke_mode_reads_the_cifar10_format_fixture(tmp_path, capsys):
-    images = make_shapes(12, seed=1)
+    images, _ = make_shapes(12, seed=1)
     labels = torch.arange(12) % 10
     write_cifar10_format(tmp_path / "data", images, labels)
     setup = make_setup(tmp_path, smoke=True)
-    torch.testing.assert_close(session.load_training_images(setup), images)
-    got, got_labels, names = session.load_training_images(setup, n=5, with_labels=True)
+    torch.testing.assert_close(session.load_training_images(setup).images, images)
+    got, got_labels, info = session.load_training_images(setup, n=5)
     torch.testing.assert_close(got, images[:5])
     torch.testing.assert_close(got_labels, labels[:5])
-    assert names == CIFAR10_CLASSES
+    assert info == DataInfo("cifar10", 5, 32, "train", class_names=CIFAR10_CLASSES)
     assert "CIFAR-10 train" in capsys.readouterr().out
 
 
@@ -197,31 +199,34 @@ def offline(*args, **kwargs):
 
 
 def test_offline_falls_back_to_shapes_and_says_so(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(session, "load_cifar10", offline)
-    images, labels, names = session.load_training_images(make_setup(tmp_path, smoke=False), n=20, with_labels=True)
-    want_images, want_labels = make_shapes(20, seed=0, with_labels=True)
+    monkeypatch.setattr(ddpm_lib.data, "load_cifar10", offline)
+    images, labels, info = session.load_training_images(make_setup(tmp_path, smoke=False), n=20)
+    want_images, want_labels = make_shapes(20, seed=0)
     torch.testing.assert_close(images, want_images)
     torch.testing.assert_close(labels, want_labels)
-    assert names == session.SHAPE_KINDS
+    assert info == DataInfo("shapes", 20, 32, "train", seed=0, class_names=SHAPE_KINDS,
+                            fallback="CIFAR-10 unavailable (CIFAR-10 not found, and downloading failed)")
     assert "procedural shapes" in capsys.readouterr().out
 
 
 def test_cifar10_at_a_smaller_size_is_the_mean_of_each_pixel_block(tmp_path):
     images = torch.randint(0, 256, (6, 3, 32, 32), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
     write_cifar10_format(tmp_path / "data", images, torch.arange(6))
-    got = session.load_training_images(make_setup(tmp_path, smoke=True), size=16)
+    got, _, info = session.load_training_images(make_setup(tmp_path, smoke=True), size=16)
+    assert info == DataInfo("cifar10", 6, 16, "train", class_names=CIFAR10_CLASSES)
     blocks = images.double().reshape(6, 3, 16, 2, 16, 2).mean(dim=(3, 5))  # (6, 3, 16, 16): 2x2 means
     assert got.dtype == torch.uint8 and got.shape == (6, 3, 16, 16)
     assert (got.double() - blocks).abs().max() <= 0.5 + 1e-6  # rounded to the nearest integer
 
 
 def test_shapes_on_request_need_no_cifar10_even_in_smoke_mode(tmp_path, capsys, monkeypatch):
-    images, labels, names = session.load_training_images(make_setup(tmp_path, smoke=True), n=8, with_labels=True,
-                                                    data="shapes", size=16)
-    want_images, want_labels = make_shapes(8, size=16, seed=0, with_labels=True)
-    assert torch.equal(images, want_images) and torch.equal(labels, want_labels) and names == session.SHAPE_KINDS
+    images, labels, info = session.load_training_images(make_setup(tmp_path, smoke=True), n=8, data="shapes",
+                                                        size=16)
+    want_images, want_labels = make_shapes(8, size=16, seed=0)
+    assert torch.equal(images, want_images) and torch.equal(labels, want_labels)
+    assert info == DataInfo("shapes", 8, 16, "train", seed=0, class_names=SHAPE_KINDS)  # asked for: no fallback
     assert "procedural shapes at 16x16" in capsys.readouterr().out
-    monkeypatch.setattr(session, "load_cifar10", offline)  # asked for by name, CIFAR-10 has no fallback
+    monkeypatch.setattr(ddpm_lib.data, "load_cifar10", offline)  # asked for by name, CIFAR-10 has no fallback
     with pytest.raises(FileNotFoundError, match="data='cifar10': CIFAR-10 is not available"):
         session.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10", n=1)
 
@@ -236,20 +241,21 @@ def write_image_folder(root, images, labels):
 
 
 def test_an_image_folder_layout_is_read_as_cifar10_with_either_split(tmp_path, capsys):
-    images = make_shapes(40, seed=3)
+    images, _ = make_shapes(40, seed=3)
     labels = torch.arange(40) % 10
     write_image_folder(tmp_path / "data", images, labels)
     setup = make_setup(tmp_path, smoke=False)
-    got, got_labels, names = session.load_training_images(setup, with_labels=True)
+    got, got_labels, info = session.load_training_images(setup)
     # the folder lists class after class; the loader takes the classes in turn (the first of each, then the
     # second, ...), which here is the order the images were written in: labels 0..9, 0..9
     assert torch.equal(got, images[:20]) and torch.equal(got_labels, labels[:20])
-    first = session.load_training_images(setup, n=10, with_labels=True)[1]
+    first = session.load_training_images(setup, n=10).labels
     assert sorted(first.tolist()) == list(range(10))  # the first n hold every class, as CIFAR-10's own do
-    assert names == CIFAR10_CLASSES
+    # the record names the folder itself: load_dataset (and a resume from the CLI) loads the same images from it
+    assert info == DataInfo(str((tmp_path / "data" / "train").resolve()), 20, 32, None, class_names=CIFAR10_CLASSES)
     assert f"data: CIFAR-10 train (image folder {tmp_path / 'data'}), 20 images at 32x32" in capsys.readouterr().out
     test = session.load_training_images(setup, n=3, split="test", size=16)
-    assert test.shape == (3, 3, 16, 16)
+    assert test.images.shape == (3, 3, 16, 16) and test.info.name.endswith("test")
     assert "data: CIFAR-10 test (image folder" in capsys.readouterr().out
 
 
@@ -259,18 +265,21 @@ def test_an_image_folder_of_other_classes_is_not_cifar10(tmp_path, capsys):
         Image.new("RGB", (32, 32)).save(tmp_path / "data" / split / "cats" / "0.png")
     with pytest.raises(FileNotFoundError, match="expected CIFAR-10's class folders airplane, .*found cats"):
         session.load_training_images(make_setup(tmp_path, smoke=False), data="cifar10")
-    images = session.load_training_images(make_setup(tmp_path, smoke=False), n=4)  # no data named: the shapes
+    images, _, info = session.load_training_images(make_setup(tmp_path, smoke=False), n=4)  # no data named: shapes
     assert images.shape == (4, 3, 32, 32) and "procedural shapes" in capsys.readouterr().out
+    assert info.name == "shapes" and "expected CIFAR-10's class folders" in info.fallback
 
 
 def test_the_test_split_of_the_cifar10_format_and_of_the_offline_shapes(tmp_path, monkeypatch, capsys):
-    train, test = make_shapes(6, seed=1), make_shapes(4, seed=2)
+    train, test = make_shapes(6, seed=1)[0], make_shapes(4, seed=2)[0]
     write_cifar10_format(tmp_path / "data", train, torch.arange(6), test, torch.arange(4))
-    assert torch.equal(session.load_training_images(make_setup(tmp_path), split="test"), test)
+    cifar = session.load_training_images(make_setup(tmp_path), split="test")
+    assert torch.equal(cifar.images, test) and cifar.info.split == "test"
     assert "CIFAR-10 test" in capsys.readouterr().out
-    monkeypatch.setattr(session, "load_cifar10", offline)
+    monkeypatch.setattr(ddpm_lib.data, "load_cifar10", offline)
     shapes = session.load_training_images(make_setup(tmp_path / "elsewhere", smoke=False), n=5, split="test")
-    assert torch.equal(shapes, make_shapes(5, seed=1))  # another seed than the training shapes' (0)
+    assert torch.equal(shapes.images, make_shapes(5, seed=1)[0])  # another seed than the training shapes' (0)
+    assert (shapes.info.split, shapes.info.seed) == ("test", 0)  # load_dataset("shapes", seed=0, split="test")
     assert "test split: another seed" in capsys.readouterr().out
 
 
@@ -347,8 +356,10 @@ def write_run_of(folder, data_info, seed=0):
 def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path, monkeypatch, one_thread):
     setup = make_setup(tmp_path, smoke=True)
     folder = setup.runs / "05_training"
-    cifar = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), {"name": "CIFAR-10", "images": 4}, seed=1)
-    write_run_of(runs.training_run(setup, "tiny"), {"name": "shapes", "images": 4}, seed=2)  # the newest
+    cifar10 = DataInfo("cifar10", 4, 16, "train", class_names=CIFAR10_CLASSES)
+    cifar = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), cifar10, seed=1)
+    shapes = DataInfo("shapes", 4, 16, "train", seed=2, class_names=SHAPE_KINDS)
+    write_run_of(runs.training_run(setup, "tiny"), shapes, seed=2)  # the newest
     os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt", (1, 1))
     _, _, description = runs.find_model(setup)
     assert description.startswith("notebook 05's checkpoint: preset tiny, shapes, step 2")
@@ -358,9 +369,9 @@ def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path,
     assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
     _, _, description = runs.find_model(setup, preset="tiny", data="cifar10")
     assert "tiny-cifar10-smoke" in description
-    cli = {"data": "/data/cifar10-jpeg/train", "n": 4, "size": 32, "class_names": list(session.CIFAR10_CLASSES)}
-    assert runs.is_cifar10({"data": cli}) and runs.is_cifar10({"data": {"data": "cifar10"}})
-    assert not runs.is_cifar10({"data": None}) and not runs.is_cifar10({"data": {"data": "shapes"}})
+    jpeg = DataInfo("/data/cifar10-jpeg/train", 4, 32, None, class_names=CIFAR10_CLASSES)  # CIFAR-10's JPEG copy
+    assert runs.is_cifar10(jpeg) and runs.is_cifar10(cifar10)
+    assert not runs.is_cifar10(None) and not runs.is_cifar10(shapes)
     with pytest.raises(ValueError, match="data: expected None .any. or 'cifar10'"):
         runs.find_model(setup, data="shapes")
     os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt")  # the CIFAR-10 side run is now the newest (as in 05)
@@ -412,16 +423,16 @@ def test_find_model_offline_uses_the_brief_model(tmp_path, monkeypatch, capsys, 
 
 @pytest.mark.slow
 def test_find_model_trains_the_tiny_network_on_the_fixture(tmp_path, one_thread):
-    images = make_shapes(16, seed=0)
+    images, _ = make_shapes(16, seed=0)
     write_cifar10_format(tmp_path / "data", images, torch.arange(16) % 10)
     setup = make_setup(tmp_path, smoke=True)
     model, schedule, description = runs.find_model(setup)
-    assert "step 30" in description and schedule.steps == 100
+    assert "CIFAR-10, step 30" in description and schedule.steps == 100  # it records its data
     x_t = torch.randn(2, 3, 32, 32)
     assert model(x_t, torch.tensor([0, 99])).shape == x_t.shape
 
 
 def test_training_data_of_names_the_quick_win_shapes_and_keeps_other_sizes():
-    quick = UNet(dataclasses.replace(PRESETS["tiny"], image_size=session.QUICK_WIN["image_size"]))
-    assert runs.training_data_of(quick) == {"data": "shapes", "size": session.QUICK_WIN["image_size"]}
+    quick = UNet(dataclasses.replace(PRESETS["tiny"], image_size=QUICK_WIN.image_size))
+    assert runs.training_data_of(quick) == {"data": "shapes", "size": QUICK_WIN.image_size}
     assert runs.training_data_of(UNet(PRESETS["tiny"])) == {"data": None, "size": 32}

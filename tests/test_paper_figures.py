@@ -7,7 +7,7 @@ import torch
 from helpers import MICRO, MU, S, IdealEps, check_moments, gen, perturbed
 
 from ddpm_lib.paper_figures import coarse_to_fine, interpolate, progressive_generation
-from ddpm_lib.samplers import ddim_timesteps, ddpm_sample
+from ddpm_lib.samplers import Trajectory, ddim_timesteps, ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import UNet
 
@@ -30,7 +30,9 @@ def posterior(x_t, t):
 def test_progressive_generation_is_the_predicted_x0_of_ddpm_sample(one_thread):
     """Same generator, same draws: the frames are ddpm_sample's trajectory at the chosen timesteps."""
     frames, timesteps = progressive_generation(IDEAL, SCHEDULE, 3, 5, image_shape=(1, 4, 4), generator=gen(1))
-    x0, trajectory = ddpm_sample(IDEAL, SCHEDULE, (3, 1, 4, 4), generator=gen(1), return_trajectory=True)
+    collect = Trajectory()
+    x0 = ddpm_sample(IDEAL, SCHEDULE, (3, 1, 4, 4), generator=gen(1), callback=collect)
+    trajectory = collect.result(x0)
     assert timesteps == ddim_timesteps(1000, 5) and (timesteps[0], timesteps[-1]) == (999, 0)   # evenly spaced
     assert frames.shape == (5, 3, 1, 4, 4)
     expected = trajectory["x0_pred"][[trajectory["t"].index(t) for t in timesteps]]

@@ -7,10 +7,11 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import MU, S, IdealEps, check_moments, gaussian_eps, gen
+from helpers import MU, S, IdealEps, check_moments, fake_model, gen
 
+from ddpm_lib.guidance import guided
 from ddpm_lib.utils import to_uint8
-from ddpm_lib.samplers import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
+from ddpm_lib.samplers import (SAMPLERS, Trajectory, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
                                dpm_solver_timesteps, generate_images)
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
 
@@ -20,11 +21,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 SHAPE = (2, 3, 4, 4)
 GAUSS_SHAPE = (10, 1, 20, 20)          # 4,000 draws of the 1-D Gaussian; a small batch keeps per-step indexing cheap
-
-
-def fake_model(x_t, t):
-    """A fixed nonlinear 'network': eps depends on x_t and t; its x0 predictions leave [-1, 1] at large t."""
-    return torch.tanh(1.3 * x_t) * 0.9 + 0.1 * torch.cos(t.to(x_t.dtype) / 37.0).view(-1, 1, 1, 1)
 
 
 def posterior_mean_x0(abar, x_t):
@@ -288,11 +284,18 @@ RUNS = {
 }
 
 
+def with_trajectory(sample, *args, **kwargs):
+    """(x0, its trajectory): a sampler run with a Trajectory as its callback."""
+    trajectory = Trajectory()
+    x0 = sample(*args, callback=trajectory, **kwargs)
+    return x0, trajectory.result(x0)
+
+
 @pytest.mark.parametrize("name", RUNS)
 def test_seeded_runs_repeat_and_trajectory_shapes(name):
     sample = RUNS[name]
     a = sample(generator=gen(8))
-    b, traj = sample(generator=gen(8), return_trajectory=True, progress=True)
+    b, traj = with_trajectory(sample, generator=gen(8), progress=True)
     assert torch.equal(a, b)
     assert not torch.equal(a, sample(generator=gen(9)))
     steps = {"ddpm": 20, "ddim": 7, "dpm": 7}[name]
@@ -320,99 +323,6 @@ def test_cuda_agrees_with_cpu(name):
     cuda = RUNS[name](generator=gen(12), device="cuda")          # a CPU generator: the same draws
     assert cuda.device.type == "cuda"
     torch.testing.assert_close(cuda.cpu(), cpu, rtol=1e-4, atol=1e-4)
-
-
-# ---- classifier-free guidance ----------------------------------------------------------------
-
-MODES, SD = (-1.0, 1.0), 0.3           # two classes of 1-D Gaussian data: x0 ~ N(MODES[y], SD^2) per element
-
-
-class TwoGaussians:
-    """The ideal noise predictors of two Gaussian classes: per class the Gaussian's E[eps | x_t, y]; for y = -1
-    the mixture's E[eps | x_t] = sum_y P(y | x_t) E[eps | x_t, y] (equal priors, Bayes' rule in closed form)."""
-
-    config = SimpleNamespace(num_classes=2)
-
-    def __init__(self, schedule):
-        self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
-
-    def __call__(self, x_t, t, y):
-        abar = self.abar[t].to(x_t.dtype).view(-1, 1, 1, 1)
-        eps = [gaussian_eps(abar, x_t, mu, SD) for mu in MODES]
-        var = abar * SD ** 2 + 1 - abar                                   # Var[x_t | y]
-        log_p = [-(x_t - abar.sqrt() * mu) ** 2 / (2 * var) for mu in MODES]
-        p1 = torch.sigmoid(log_p[1] - log_p[0])                          # P(y = 1 | x_t)
-        y = y.view(-1, 1, 1, 1)
-        return torch.where(y == -1, (1 - p1) * eps[0] + p1 * eps[1], torch.where(y == 0, eps[0], eps[1]))
-
-
-def test_guidance_scale_1_samples_each_class_and_0_the_mixture():
-    schedule = NoiseSchedule.linear()
-    y = torch.tensor([0] * 10 + [1] * 10)
-    kw = dict(y=y, generator=gen(13), clip_denoised=False)
-    x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=1.0, **kw)
-    for label, mu in enumerate(MODES):
-        check_moments(x[y == label], 0.0, 0.01, mu=mu, s=SD)              # 1,000 samples per class
-    x = ddpm_sample(TwoGaussians(schedule), schedule, (20, 1, 10, 10), guidance_scale=0.0, **kw).flatten()
-    share = (x > 0).double().mean().item()                                # the labels are ignored
-    assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(x))
-    for mu, side in zip(MODES, (x < 0, x > 0)):
-        check_moments(x[side], 0.0, 0.01, mu=mu, s=SD)
-
-
-class Labelled:
-    """A label-aware fake network that records the labels of every call."""
-
-    def __init__(self):
-        self.calls = []
-
-    def __call__(self, x_t, t, y):
-        self.calls.append(y.clone())
-        return fake_model(x_t, t) + 0.3 * torch.sin(2.0 * y.to(x_t.dtype) + 1).view(-1, 1, 1, 1)
-
-
-@pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
-@pytest.mark.parametrize("scale", [0.0, 1.0, 3.5, -0.5])
-def test_guided_sampling_is_the_formula_in_one_batched_call(name, scale):
-    """eps = eps_u + s (eps_c - eps_u) written out by hand with two separate calls gives the same samples;
-    the sampler makes one call per step: 2B rows (labels, then -1) for s not in {0, 1}, else B rows."""
-    schedule, y = NoiseSchedule.linear(20), torch.tensor([2, 0])
-    fn, steps = SAMPLERS[name].fn, {} if name == "ddpm" else {"steps": 7}
-    by_hand_net = Labelled()
-
-    def by_hand(x_t, t):
-        eps_c, eps_u = by_hand_net(x_t, t, y), by_hand_net(x_t, t, torch.full_like(y, -1))
-        return eps_u + scale * (eps_c - eps_u)
-
-    expected = fn(by_hand, schedule, SHAPE, generator=gen(14), **steps)
-    net = Labelled()
-    out = fn(net, schedule, SHAPE, generator=gen(14), y=y, guidance_scale=scale, **steps)
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
-    rows = {0.0: torch.tensor([-1, -1]), 1.0: y}.get(scale, torch.tensor([2, 0, -1, -1]))
-    assert len(net.calls) == len(by_hand_net.calls) // 2 and all(torch.equal(c, rows) for c in net.calls)
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(guidance_scale=2.0), "guidance_scale=2.0 needs class labels y"),
-    (dict(y=torch.tensor([0.0, 1.0])), r"y must be an integer tensor of shape \(2,\)"),
-    (dict(y=torch.tensor([0, 1, 1])), r"y must be an integer tensor of shape \(2,\)"),
-    (dict(y=[0, 1]), "y must be an integer tensor"),
-    (dict(y=torch.tensor([0, -2])), r"y must hold labels in \[-1, 2\)"),
-    (dict(y=torch.tensor([0, 2])), r"y must hold labels in \[-1, 2\)"),
-    (dict(y=torch.tensor([0, 1]), guidance_scale=float("nan")), "guidance_scale must be a finite number"),
-])
-def test_bad_labels_and_guidance_raise_value_error(kwargs, match):
-    schedule = NoiseSchedule.linear(20)
-    with pytest.raises(ValueError, match=match):
-        ddim_sample(TwoGaussians(schedule), schedule, SHAPE, 5, **kwargs)
-
-
-def test_labels_for_an_unconditional_model_raise_value_error():
-    class Unconditional(Labelled):
-        config = SimpleNamespace(num_classes=None)
-
-    with pytest.raises(ValueError, match="the model is unconditional"):
-        dpm_solver_sample(Unconditional(), NoiseSchedule.linear(20), SHAPE, 5, y=torch.tensor([0, 1]))
 
 
 # ---- generate_images ---------------------------------------------------------------------------
@@ -483,6 +393,18 @@ def test_generate_images_passes_labels_per_batch_with_guidance():
     assert net.calls == [(6, [0, 1, 2, -1, -1, -1])] * 2 + [(4, [0, 1, -1, -1])] * 2
 
 
+@pytest.mark.parametrize("scale", [1.0, 2.0])
+def test_generate_images_with_labels_samples_the_guided_model_batch_by_batch(scale):
+    """y and guidance_scale enter sampling as guided(model, y[batch], s): the same images by hand."""
+    net, schedule = TinyNet(num_classes=3).eval(), NoiseSchedule.linear(10)
+    y = [0, 1, 2, 0, 1]                                                 # a list is taken too
+    images = generate_images(net, schedule, 5, steps=3, batch_size=3, seed=7, y=y, guidance_scale=scale)
+    g = gen(7)                                                          # one generator through all batches
+    x0 = torch.cat([ddim_sample(guided(net, torch.tensor(y[a:b]), scale), schedule, (b - a, 3, 8, 8), steps=3,
+                                generator=g) for a, b in ((0, 3), (3, 5))])
+    assert torch.equal(images, to_uint8(x0))
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sampler="euler"), "sampler must be one of"),
     (dict(sampler="ddpm", steps=5), "runs all T=10 steps"),
@@ -491,10 +413,16 @@ def test_generate_images_passes_labels_per_batch_with_guidance():
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(guidance_scale=3.0), "needs class labels y"),
     (dict(y=torch.tensor([0, 1])), "the model is unconditional"),
+    (dict(y=torch.tensor([0, 1, 2]), num_classes=3), "y must hold one label per image, n=2, got 3"),
+    (dict(y=torch.tensor([0, 3]), num_classes=3), r"y: expected labels in \[-1, 3\)"),
+    (dict(y=torch.tensor([0, 1]), guidance_scale=float("nan"), num_classes=3), "must be a finite number"),
 ])
 def test_generate_images_rejects_bad_arguments(kwargs, match):
+    kwargs = dict(kwargs)
+    net = TinyNet(kwargs.pop("num_classes", None))
     with pytest.raises(ValueError, match=match):
-        generate_images(TinyNet(), NoiseSchedule.linear(10), **{"n": 2, **kwargs})
+        generate_images(net, NoiseSchedule.linear(10), **{"n": 2, **kwargs})
+    assert net.calls == []                                              # before any sampling
 
 
 def test_generate_images_takes_keywords_after_n():
@@ -508,9 +436,8 @@ def test_generate_images_takes_keywords_after_n():
 def test_ddpm_from_t_start_T_minus_1_is_the_default_chain(given_x_T):
     schedule = NoiseSchedule.linear(20)
     kw = {"x_T": torch.randn(SHAPE, generator=gen(13))} if given_x_T else {}
-    x, traj = ddpm_sample(fake_model, schedule, SHAPE, generator=gen(14), return_trajectory=True, **kw)
-    x_19, traj_19 = ddpm_sample(fake_model, schedule, SHAPE, generator=gen(14), return_trajectory=True,
-                                t_start=19, **kw)
+    x, traj = with_trajectory(ddpm_sample, fake_model, schedule, SHAPE, generator=gen(14), **kw)
+    x_19, traj_19 = with_trajectory(ddpm_sample, fake_model, schedule, SHAPE, generator=gen(14), t_start=19, **kw)
     assert torch.equal(x, x_19) and traj["t"] == traj_19["t"]
     assert torch.equal(traj["x_t"], traj_19["x_t"]) and torch.equal(traj["x0_pred"], traj_19["x0_pred"])
 
@@ -522,13 +449,13 @@ def test_ddpm_from_t_start_k_is_the_tail_of_the_full_chain(k, variance):
     per step T-1 ... k+1), the last k+1 steps are repeated exactly, trajectory included."""
     schedule, shape = NoiseSchedule.linear(), (3, 1, 4, 4)
     ideal = IdealEps(schedule)
-    x, full = ddpm_sample(ideal, schedule, shape, variance, generator=gen(15), return_trajectory=True)
+    x, full = with_trajectory(ddpm_sample, ideal, schedule, shape, variance, generator=gen(15))
     g = gen(15)
     for _ in range(1 + 999 - k):                                      # x_T, then z at t = 999 ... k+1
         torch.randn(shape, generator=g)
     i = full["t"].index(k)
-    x_k, part = ddpm_sample(ideal, schedule, shape, variance, generator=g, return_trajectory=True,
-                            x_T=full["x_t"][i], t_start=k)
+    x_k, part = with_trajectory(ddpm_sample, ideal, schedule, shape, variance, generator=g, x_T=full["x_t"][i],
+                                t_start=k)
     assert part["t"] == list(range(k, -1, -1)) == full["t"][i:]
     assert torch.equal(x_k, x)
     assert torch.equal(part["x_t"], full["x_t"][i:]) and torch.equal(part["x0_pred"], full["x0_pred"][i:])

@@ -14,7 +14,7 @@ from torch import nn
 
 import ddpm_lib.train
 from ddpm_lib.checkpoint import load_model, read_checkpoint
-from ddpm_lib.data import DeviceBatches, make_shapes
+from ddpm_lib.data import SHAPE_KINDS, DataInfo, DeviceBatches, make_shapes
 from ddpm_lib.utils import mix_seed
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
@@ -33,12 +33,12 @@ def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", **
 
 @pytest.fixture(scope="module")
 def images():
-    return make_shapes(40, size=16, seed=1)
+    return make_shapes(40, size=16, seed=1)[0]
 
 
 @pytest.fixture(scope="module")
 def labelled():
-    return make_shapes(40, size=16, seed=1, with_labels=True)  # (images, labels = shape kind 0..2)
+    return make_shapes(40, size=16, seed=1)  # (images, labels = shape kind 0..2)
 
 
 def assert_same_state(a, b):
@@ -159,7 +159,7 @@ class Toy(nn.Module):
 def test_ema_warmup_tracks_the_weights_early(one_thread):
     """After 500 steps the paper's constant 0.9999 EMA is still ~95% the initial weights; the warmed-up one
     (decay (1+n)/(10+n) ~ 0.98 by then) is close to the trained weights. Measured: gap 0.96 vs 0.02."""
-    images = make_shapes(64, size=8, seed=0)
+    images, _ = make_shapes(64, size=8, seed=0)
     gaps = {}
     for warmup in (True, False):
         torch.manual_seed(0)
@@ -284,25 +284,30 @@ def test_labels_must_fit_the_model(images, labelled):
     conditional = make_trainer(None, steps=1, num_classes=3)
     with pytest.raises(ValueError, match="class-conditional"):
         conditional.fit(images)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+    with pytest.raises(ValueError, match=r"labels \(UNetConfig.num_classes=3\): expected labels in \[0, 3\); "
+                                         r"got \[3\]"):
         conditional.fit(labelled[0], (labelled[1] + 1).tolist())  # kinds 1..3, as a list
 
 
 def test_conditional_sample_grids_use_balanced_labels(tmp_path, labelled, monkeypatch):
     calls = []
     monkeypatch.setattr(ddpm_lib.train, "ddim_sample",
-                        lambda *args, **kwargs: calls.append(kwargs["y"]) or ddim_sample(*args, **kwargs))
+                        lambda model, *args, **kwargs: calls.append(model) or ddim_sample(model, *args, **kwargs))
     make_trainer(tmp_path, steps=1, num_classes=3, sample_every=1, sample_n=5, sample_steps=2).fit(*labelled)
-    assert calls[0].tolist() == [0, 1, 2, 0, 1]
+    assert calls[0].y.tolist() == [0, 1, 2, 0, 1] and calls[0].scale == 1  # guided(ema, y): the conditional model
     assert (tmp_path / "samples" / "step_0000001.png").is_file()
 
 
 def test_data_info_travels_with_the_checkpoint(tmp_path, images):
     trainer = make_trainer(tmp_path, steps=1)
-    trainer.data_info = {"name": "shapes", "n": 40, "seed": 1}
+    info = DataInfo("shapes", 40, 16, "train", seed=1, class_names=SHAPE_KINDS)
+    trainer.data_info = info
     trainer.fit(images)
-    assert read_checkpoint(tmp_path)["data"] == {"name": "shapes", "n": 40, "seed": 1}
-    assert Trainer.load(tmp_path, device="cpu").data_info == {"name": "shapes", "n": 40, "seed": 1}
+    assert read_checkpoint(tmp_path)["data"] == info.to_dict()  # plain values in the file
+    assert Trainer.load(tmp_path, device="cpu").data_info == info
+    trainer.data_info = {"name": "shapes", "n": 40, "seed": 1}  # a dict is not a record
+    with pytest.raises(ValueError, match="Trainer.data_info must be a DataInfo or None, got dict"):
+        trainer.save()
     with pytest.raises(ValueError, match="overrides: lr_max, stepz not TrainConfig fields"):
         Trainer.load(tmp_path, device="cpu", stepz=3, lr_max=1.0)
 
@@ -349,7 +354,7 @@ def test_tiny_preset_learns_shapes(tmp_path):
     config = TrainConfig(lr=2e-3, warmup_steps=20, batch_size=32, steps=200, ema_decay=0.95, log_every=25,
                          sample_every=0, checkpoint_every=0, out_dir=str(tmp_path), progress=False)
     trainer = Trainer(unet_from_preset("tiny", image_size=size), None, config, device="cpu")
-    trainer.fit(make_shapes(512, size=size, seed=0))
+    trainer.fit(make_shapes(512, size=size, seed=0)[0])
     losses = [loss for _, loss in trainer.history]
     start, end = sum(losses[:10]) / 10, sum(losses[-50:]) / 50
     assert end < 0.25 * start, (start, end)
@@ -358,6 +363,6 @@ def test_tiny_preset_learns_shapes(tmp_path):
     gen = torch.Generator().manual_seed(1)
     samples = ddim_sample(model, schedule, (64, 3, size, size), steps=20, generator=gen)
     noise = torch.randn(64, 3, size, size, generator=gen).clamp(-1, 1)
-    real = neighbour_difference(make_shapes(512, size=size, seed=99).float() / 127.5 - 1)
+    real = neighbour_difference(make_shapes(512, size=size, seed=99)[0].float() / 127.5 - 1)
     d_samples, d_noise = abs(neighbour_difference(samples) - real), abs(neighbour_difference(noise) - real)
     assert d_samples < 0.3 * d_noise, (d_samples, d_noise)

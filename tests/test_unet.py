@@ -201,7 +201,7 @@ def test_conditioning_adds_only_the_label_embedding():
 @pytest.mark.parametrize("model_kwargs, y, match", [
     ({}, torch.tensor([0, 1]), "unconditional"),
     (dict(num_classes=5), torch.tensor([0, 1, 2]), r"shape \(2,\)"),
-    (dict(num_classes=5), torch.tensor([0.0, 1.0]), "int64"),
+    (dict(num_classes=5), torch.tensor([0.0, 1.0]), "expected integers, got dtype torch.float32"),
     (dict(num_classes=5), torch.tensor([0, 5]), r"\[-1, 5\).*\[5\]"),
     (dict(num_classes=5), torch.tensor([-2, 0]), r"\[-1, 5\).*\[-2\]"),
 ])

@@ -10,10 +10,10 @@ pytest.importorskip("ipywidgets")
 from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
 from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
-from ddpm_lib.nb.render import forward_sample  # noqa: E402
+from ddpm_lib.nb.render import (  # noqa: E402
+    forward_sample, render_attention, render_guided_samples, render_noising, render_training, render_trajectory)
 from ddpm_lib.nb.widgets import (  # noqa: E402
-    TrainingMonitor, attention_viewer, guidance_viewer, noising_explorer, render_attention,
-    render_guided_samples, render_noising, render_training, render_trajectory, show_widget, trajectory_scrubber)
+    TrainingMonitor, attention_viewer, guidance_viewer, noising_explorer, show_widget, trajectory_scrubber)
 
 
 def pixels(png: bytes) -> np.ndarray:
@@ -29,7 +29,7 @@ def differ(a: bytes, b: bytes) -> bool:
 
 @pytest.fixture(scope="module")
 def images():
-    return make_shapes(3, size=16)
+    return make_shapes(3, size=16)[0]
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_show_widget_displays_a_static_picture_of_the_first_state_then_the_widge
 
 
 def guided_samples():
-    images = make_shapes(8, seed=8)
+    images, _ = make_shapes(8, seed=8)
     return {(s, label): images[(2 * i + label) % 8:][:4] for i, s in enumerate((0.0, 1.0, 3.0)) for label in range(3)}
 
 

@@ -4,7 +4,7 @@
 `ddpm_lib.nb.guidance_toy` is notebook 08's exact toy. They need the notebooks' extra: pip install "ddpm_lib[nb]".
 """
 from .runs import find_model, is_cifar10, training_data_of, training_run
-from .session import QUICK_WIN, NotebookSetup, load_training_images, setup_notebook
+from .session import NotebookSetup, load_training_images, setup_notebook
 
-__all__ = ["NotebookSetup", "QUICK_WIN", "find_model", "is_cifar10", "load_training_images", "setup_notebook",
+__all__ = ["NotebookSetup", "find_model", "is_cifar10", "load_training_images", "setup_notebook",
            "training_data_of", "training_run"]

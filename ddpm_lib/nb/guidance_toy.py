@@ -5,6 +5,8 @@ forward process (Eq. 4) each component stays Gaussian: x_t | k ~ N(a mu_k, v_k I
 v_k = a^2 s_k^2 + 1 - a^2, and E[eps | x_t, k] = sqrt(1 - alpha_bar_t) (x_t - a mu_k) / v_k. The ideal noise
 predictors are the posterior-weighted averages of these over the components of class y (eps_c) or of all classes
 (eps_u): what a perfectly trained network would output, so samplers can be run on it with no training.
+GaussianClasses.model(schedule) is that predictor called like a class-conditional network, model(x_t, t, y);
+ddpm_lib.guidance.guided(model, y, s) makes of it the guided model of (x_t, t) that a sampler takes.
 (The shape classifier of notebook 08 is ddpm_lib.shapes.shape_kind; its viewer, ddpm_lib.nb.widgets.guidance_viewer.)
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ import math
 import torch
 
 from ..schedule import NoiseSchedule
+from ..utils import check_labels
 
 class GaussianClasses:
     """2-D data, class y a mixture of isotropic Gaussians, and its exact noise predictor under a NoiseSchedule."""
@@ -39,16 +42,9 @@ class GaussianClasses:
             raise ValueError(f"classes must use every label 0..K-1 (K = {self.num_classes}), "
                              f"got {self.classes.tolist()}")
 
-    def _check_y(self, y, n: int) -> torch.Tensor:
-        y = torch.as_tensor(y)
-        if y.shape != (n,) or y.is_floating_point() or (n and (y.min() < -1 or y.max() >= self.num_classes)):
-            raise ValueError(f"y must be integer labels (n,) = ({n},) in [-1, {self.num_classes}) (-1: no label), "
-                             f"got {y.dtype} {tuple(y.shape)}")
-        return y.long()
-
     def sample(self, y, generator: torch.Generator | None = None) -> torch.Tensor:
         """x0 ~ p(x0 | y) float32 (n, 2), one row per label in y (int64 (n,); -1 draws from p(x0), all classes)."""
-        y = self._check_y(y, len(y))
+        y = check_labels(y, self.num_classes)
         w = self.weights.expand(len(y), -1) * ((self.classes == y[:, None]) | (y[:, None] == -1))  # (n, M)
         k = torch.multinomial(w, 1, generator=generator)[:, 0]                                      # components
         z = torch.randn(len(y), 2, generator=generator, dtype=torch.float64)
@@ -72,7 +68,7 @@ class GaussianClasses:
     def eps(self, x_t: torch.Tensor, alpha_bar: torch.Tensor, y=None) -> torch.Tensor:
         """E[eps | x_t, y] (eps_c) for x_t (B, 2) at alpha_bar_t (B,); rows with y = -1, or y=None, get E[eps | x_t]."""
         log_w, diff, v = self._components(x_t, alpha_bar)
-        y = torch.full((len(x_t),), -1) if y is None else self._check_y(y, len(x_t))
+        y = torch.full((len(x_t),), -1) if y is None else check_labels(y, self.num_classes, len(x_t))
         y = y.to(x_t.device)[:, None]
         in_class = (self.classes.to(x_t.device) == y) | (y == -1)                        # (B, M)
         post = torch.softmax(log_w.masked_fill(~in_class, -math.inf), dim=1)             # (B, M): p(k | x_t, y)

@@ -140,8 +140,9 @@ def _trajectory_step(trajectory: dict, step: int, max_steps: int):
 
 def render_trajectory(trajectories: dict, step: int, index: int = 0) -> bytes:
     """x_t and the predicted x0 side by side, one row per label, at `step` in 0..S (S: the longest trajectory's
-    number of steps; shorter ones are shown at the same fraction of the way). trajectories: label -> the dict
-    a sampler returns with return_trajectory=True ({"t", "x_t" (S+1, B, C, H, W), "x0_pred" (S, B, C, H, W)})."""
+    number of steps; shorter ones are shown at the same fraction of the way). trajectories: label -> a sampler's
+    steps as `ddpm_lib.samplers.Trajectory.result(x0)` gives them ({"t", "x_t" (S+1, B, C, H, W),
+    "x0_pred" (S, B, C, H, W)})."""
     if not isinstance(trajectories, dict) or not trajectories:
         raise ValueError("trajectories must be a non-empty dict label -> sampler trajectory")
     max_steps = max(len(tr["t"]) for tr in trajectories.values())

@@ -12,12 +12,13 @@ from pathlib import Path
 import torch
 
 from .. import interop
-from ..checkpoint import load_model, read_checkpoint
-from ..data import CIFAR10_CLASSES
+from ..checkpoint import data_info_of, load_model, read_checkpoint
+from ..data import CIFAR10_CLASSES, DataInfo
+from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
 from ..train import TrainConfig, Trainer
 from ..unet import PRESETS, UNet, unet_from_preset
-from .session import QUICK_WIN, NotebookSetup, load_training_images
+from .session import NotebookSetup, load_training_images
 
 TRAINING_RUNS = "05_training"   # notebook 05 writes runs/05_training/<preset>[-cifar10][-smoke]/checkpoint.pt
 BRIEF_RUNS = "brief"            # find_model's own briefly trained tiny model: runs/brief/tiny[-smoke]/
@@ -26,7 +27,7 @@ def training_data_of(model: UNet) -> dict:
     """load_training_images' data= and size= for what `model` learned: at QUICK_WIN's image size it is notebook
     05's CPU quick win (its shapes); at any other size CIFAR-10 (offline: the shapes) at that size."""
     size = model.config.image_size
-    return {"data": QUICK_WIN["data"] if size == QUICK_WIN["image_size"] else None, "size": size}
+    return {"data": QUICK_WIN.data if size == QUICK_WIN.image_size else None, "size": size}
 
 
 def training_run(setup: NotebookSetup, preset: str, data: str | None = None) -> Path:
@@ -39,12 +40,10 @@ def training_run(setup: NotebookSetup, preset: str, data: str | None = None) -> 
     return setup.runs / TRAINING_RUNS / (preset + ("-cifar10" if data else "") + ("-smoke" if setup.smoke else ""))
 
 
-def is_cifar10(ckpt: dict) -> bool:
-    """Whether a checkpoint's recorded data (its "data" entry) is CIFAR-10: notebook 05 records
-    {"name": "CIFAR-10", ...}, `python -m ddpm_lib train` {"data": "cifar10" or a folder, "class_names": ...}."""
-    info = ckpt.get("data") or {}
-    return (info.get("name") == "CIFAR-10" or info.get("data") == "cifar10"
-            or tuple(info.get("class_names") or ()) == CIFAR10_CLASSES)
+def is_cifar10(info: DataInfo | None) -> bool:
+    """Whether a run's recorded data (its checkpoint's DataInfo) is CIFAR-10: by name, or a folder of CIFAR-10's
+    classes (its JPEG copy)."""
+    return info is not None and (info.name == "cifar10" or info.class_names == CIFAR10_CLASSES)
 
 
 def _preset_of(folder: Path) -> str:
@@ -55,7 +54,8 @@ def _preset_of(folder: Path) -> str:
 
 def _describe(path: Path, ema: bool, origin: str) -> str:
     ckpt = read_checkpoint(path)
-    data = "CIFAR-10" if is_cifar10(ckpt) else ((ckpt.get("data") or {}).get("name") or "data not recorded")
+    info = data_info_of(ckpt, path)
+    data = "CIFAR-10" if is_cifar10(info) else (info.name if info is not None else "data not recorded")
     return (f"{origin}: preset {_preset_of(path.parent)}, {data}, step {ckpt['step']}, "
             f"{'EMA' if ema else 'raw'} weights ({path})")
 
@@ -64,11 +64,13 @@ def _train_brief(setup: NotebookSetup, folder: Path) -> None:
     """The tiny network, a few hundred steps (30 in smoke mode): enough for every later cell to run."""
     T = 100 if setup.smoke else 1000
     schedule = NoiseSchedule.paper(T)  # the paper's betas, scaled by 1000 / T for the smoke run's T = 100
-    images = load_training_images(setup, n=None if setup.smoke else 10_000)
+    loaded = load_training_images(setup, n=None if setup.smoke else 10_000)
     config = TrainConfig(steps=30 if setup.smoke else 500, batch_size=8 if setup.smoke else 64, lr=5e-4,
                          warmup_steps=10, seed=setup.seed, out_dir=str(folder), sample_every=0, progress=False)
     torch.manual_seed(setup.seed)  # the initial weights
-    Trainer(unet_from_preset("tiny"), schedule, config, device=setup.device).fit(images)
+    trainer = Trainer(unet_from_preset("tiny"), schedule, config, device=setup.device)
+    trainer.data_info = loaded.info
+    trainer.fit(loaded.images)
 
 
 def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True,
@@ -89,7 +91,7 @@ def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True
     candidates = [p for p in (setup.runs / TRAINING_RUNS).glob("*/checkpoint.pt")  # this mode's runs only
                   if p.is_file() and p.parent.name.endswith("-smoke") == setup.smoke
                   and (preset is None or _preset_of(p.parent) == preset)]
-    candidates = [p for p in candidates if data is None or is_cifar10(read_checkpoint(p))]
+    candidates = [p for p in candidates if data is None or is_cifar10(data_info_of(read_checkpoint(p), p))]
     main = [p for p in candidates if p.parent == training_run(setup, _preset_of(p.parent))]
     if data is None and main:  # 05's main run (on a CPU the quick win) before its side runs (the CIFAR-10 one)
         candidates = main

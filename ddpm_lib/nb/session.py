@@ -11,23 +11,17 @@ from __future__ import annotations
 import os
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from ..data import CIFAR10_CLASSES, SHAPE_KINDS, load_cifar10, load_image_folder, make_shapes
+from ..data import CIFAR10_CLASSES, ImageSet, load_dataset
 from ..train import enable_tf32
 from ..utils import check_int, default_device
 
 COLAB_DRIVE = "/content/drive"  # where Colab mounts Google Drive ($DDPM_COLAB_DRIVE: the Colab emulation's, tests/)
 CIFAR10_FOLDER = "cifar-10-batches-py"  # torchvision's CIFAR-10 root holds its batch files in this folder
-
-# The CPU quick win, notebook 05's CPU default (measured by `benchmarks/knobs.py quick`, docs/knobs/quick_win.md):
-# the tiny preset on 16x16 procedural shapes: shapes a learner recognises after a few CPU minutes (291 s, 23% pass
-# all four shape rules, in that measurement).
-QUICK_WIN = {"preset": "tiny", "data": "shapes", "image_size": 16,
-             "train": {"steps": 2200, "batch_size": 32, "lr": 2e-3, "warmup_steps": 50, "ema_decay": 0.995}}
 
 
 @dataclass(frozen=True)
@@ -136,39 +130,32 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
                          drive=drive)
 
 
-def _classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
-    """The order that takes one image of each class in turn (the i-th of every class, then the (i+1)-th), so that
-    the first n images of a class-sorted folder hold every class about equally, as the first n of CIFAR-10 do."""
-    rank = torch.empty_like(labels)  # each image's position within its class
-    for k in labels.unique():
-        rank[labels == k] = torch.arange(int((labels == k).sum()))
-    return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
-
-
-def _load_cifar10(setup: NotebookSetup, split: str):
-    """(images, labels, class_names, where) of CIFAR-10's split from setup.data_root, in either layout."""
-    root, train = setup.data_root, split == "train"
-    if _layout(root) == "image folder":
-        images, labels, names = load_image_folder(root / split, size=32, with_labels=True)
-        if tuple(names) != CIFAR10_CLASSES:
+def _load_cifar10(setup: NotebookSetup, n: int | None, size: int, split: str) -> tuple[ImageSet, str]:
+    """(CIFAR-10's split from setup.data_root in either layout, where it came from)."""
+    root = setup.data_root
+    if _layout(root) == "image folder":  # its classes in turn (load_image_folder), as CIFAR-10's own batches mix them
+        loaded = load_dataset(str(root / split), n=n, size=size)
+        if loaded.info.class_names != CIFAR10_CLASSES:
             raise ValueError(f"{root / split}: expected CIFAR-10's class folders {', '.join(CIFAR10_CLASSES)}, "
-                             f"found {', '.join(names)}")
-        order = _classes_in_turn(labels)  # a folder lists class after class; CIFAR-10's own batches mix them
-        return images[order], labels[order], CIFAR10_CLASSES, f"image folder {root}"
+                             f"found {', '.join(loaded.info.class_names or ['none'])}")
+        return loaded, f"image folder {root}"
     there = _layout(root) == "cifar10"
-    images, labels = load_cifar10(root, train=train, download=not setup.smoke, verify_md5=not setup.smoke)
-    return images, labels, CIFAR10_CLASSES, str(root) if there else f"downloaded to {root}"
+    loaded = load_dataset("cifar10", root=root, n=n, size=size, split=split, download=not setup.smoke,
+                          verify_md5=not setup.smoke)
+    return loaded, str(root) if there else f"downloaded to {root}"
 
 
-def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels: bool = False,
-                         data: str | None = None, size: int = 32, split: str = "train"):
-    """Images of CIFAR-10's `split` ("train" or "test"), uint8 (N, 3, size, size), the first n (offline: the
-    procedural shapes set), or data="shapes" / "cifar10" to ask for one. size != 32 makes shapes at that
-    size and averages CIFAR-10's pixels down (area interpolation) to it. setup.data_root is torchvision's
-    CIFAR-10 root (md5-checked; downloaded when missing) or an image folder with train/ and test/ class folders.
+def load_training_images(setup: NotebookSetup, n: int | None = None, data: str | None = None, size: int = 32,
+                         split: str = "train") -> ImageSet:
+    """(images, labels, info) of CIFAR-10's `split` ("train" or "test"), uint8 (N, 3, size, size), the first n
+    (offline: the procedural shapes set, and info.fallback says why), or data="shapes" / "cifar10" to ask for
+    one. size != 32 makes shapes at that size and averages CIFAR-10's pixels down (area interpolation) to it.
+    setup.data_root is torchvision's CIFAR-10 root (md5-checked; downloaded when missing) or an image folder
+    with train/ and test/ class folders (read by load_dataset as a folder: resized by load_image_folder).
+    info, a DataInfo, is what a Trainer saves as its data (`trainer.data_info = loaded.info`).
 
-    Returns images, or (images, labels, class_names) with_labels. In smoke mode the CIFAR-10-format
-    fixture under setup.data_root must be there (it is the path under test): FileNotFoundError if not.
+    In smoke mode the CIFAR-10-format fixture under setup.data_root must be there (it is the path under test):
+    FileNotFoundError if not.
     """
     if n is not None:
         check_int(n, "n")
@@ -181,11 +168,9 @@ def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels
     err = None
     if data != "shapes":
         try:
-            images, labels, class_names, where = _load_cifar10(setup, split)
-            images, labels = images[:n], labels[:n]
-            if size != 32:  # (N, 3, 32, 32) -> (N, 3, size, size), each pixel the mean of the ones it covers
-                images = torch.nn.functional.interpolate(images.float(), size=size, mode="area").round().byte()
-            print(f"data: CIFAR-10 {split} ({where}), {len(images):,} images at {size}x{size}")
+            loaded, where = _load_cifar10(setup, n, size, split)
+            print(f"data: CIFAR-10 {split} ({where}), {len(loaded.images):,} images at {size}x{size}")
+            return loaded
         except (FileNotFoundError, ValueError) as e:
             if setup.smoke or data == "cifar10":
                 hint = (f"smoke mode (DDPM_SMOKE=1) needs the CIFAR-10-format fixture in {setup.data_root}: {e}. "
@@ -193,11 +178,10 @@ def load_training_images(setup: NotebookSetup, n: int | None = None, with_labels
                         if setup.smoke else f"data='cifar10': CIFAR-10 is not available ({e})")
                 raise FileNotFoundError(hint) from None
             err = e
-    if data == "shapes" or err is not None:
-        count = n or (50_000 if split == "train" else 10_000)
-        seed = setup.seed + (split == "test")  # the test split: other shapes than the training ones
-        print(f"data: {'CIFAR-10 unavailable (' + str(err) + '); using ' if err else ''}{count:,} procedural "
-              f"shapes at {size}x{size}" + (" (test split: another seed)" if split == "test" else ""))
-        images, labels = make_shapes(count, size=size, seed=seed, with_labels=True)
-        class_names = SHAPE_KINDS
-    return (images, labels, class_names) if with_labels else images
+    count = n or (50_000 if split == "train" else 10_000)
+    print(f"data: {'CIFAR-10 unavailable (' + str(err) + '); using ' if err else ''}{count:,} procedural "
+          f"shapes at {size}x{size}" + (" (test split: another seed)" if split == "test" else ""))
+    shapes = load_dataset("shapes", n=count, seed=setup.seed, size=size, split=split)  # test split: seed + 1
+    if err is not None:  # the record says so too: the name is "shapes", the fallback why
+        shapes = shapes._replace(info=replace(shapes.info, fallback=f"CIFAR-10 unavailable ({err})"))
+    return shapes

@@ -1,6 +1,6 @@
 """Notebook viewers: thin ipywidgets wiring around the pure render functions of ddpm_lib.nb.render.
 
-Each `render_*` function (re-exported here) draws one picture with matplotlib's Agg backend, so tests call it
+Each `render_*` function of ddpm_lib.nb.render draws one picture with matplotlib's Agg backend, so tests call it
 directly; each widget only wires core controls (IntSlider, FloatSlider, Dropdown, Image, boxes),
 common to ipywidgets 7.7 (Colab) and 8 (JupyterLab 4), to it. A widget keeps its controls in `.controls`
 (name -> control) and its picture in `.image`, so a test can set `controls["t"].value` and read the image.
@@ -16,8 +16,7 @@ from ..schedule import NoiseSchedule
 from ..shapes import SHAPE_KINDS
 
 __all__ = ["show_widget", "noising_explorer", "attention_viewer", "trajectory_scrubber", "TrainingMonitor",
-           "guidance_viewer", "render_noising", "render_attention", "render_trajectory", "render_training",
-           "render_guided_samples"]
+           "guidance_viewer"]
 
 
 # ----------------------------------------------------------------------------- wiring

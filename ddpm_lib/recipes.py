@@ -1,0 +1,56 @@
+"""Named training recipes: a preset, its data and resolution, and the TrainConfig fields it sets.
+
+`QUICK_WIN` is notebook 05's CPU default and the README's first training command (measured by
+`benchmarks/knobs.py quick`, docs/knobs/quick_win.md); the others are notebook 05's runs. Every field a
+recipe leaves out is TrainConfig's default, the paper's (Adam, grad clip 1, flips, EMA warm-up).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .train import TrainConfig
+from .unet import PRESETS
+from .utils import check_int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    preset: str                                 # the UNet preset (PRESETS) it trains
+    data: str                                   # its training data by name (load_dataset): "cifar10" or "shapes"
+    image_size: int                             # training resolution, pixels a side
+    steps: int                                  # TrainConfig.steps: optimizer steps to reach
+    batch_size: int                             # TrainConfig.batch_size: the global batch
+    lr: float                                   # TrainConfig.lr: Adam's learning rate
+    warmup_steps: int                           # TrainConfig.warmup_steps: linear learning-rate warm-up
+    ema_decay: float = TrainConfig.ema_decay    # TrainConfig.ema_decay (with the EMA warm-up)
+
+    def __post_init__(self):
+        if self.preset not in PRESETS:
+            raise ValueError(f"Recipe.preset: expected one of {sorted(PRESETS)}, got {self.preset!r}")
+        if self.data not in ("cifar10", "shapes"):
+            raise ValueError(f"Recipe.data: expected 'cifar10' or 'shapes', got {self.data!r}")
+        check_int(self.image_size, "Recipe.image_size", 8)
+        _ = self.train  # TrainConfig checks the fields it sets
+
+    @property
+    def train(self) -> TrainConfig:
+        """The TrainConfig of this recipe (TrainConfig's defaults elsewhere); `dataclasses.replace` sets the rest."""
+        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
+                           ema_decay=self.ema_decay)
+
+
+# The CPU quick win: the tiny preset on 16x16 procedural shapes, which a learner recognises after a few CPU minutes
+# (291 s, 23% of the samples pass all four shape rules, in docs/knobs/quick_win.md); 10x the paper's learning rate
+# (a small network tolerates it), an EMA over the last few hundred steps.
+QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995)
+# The quick win's settings on real CIFAR-10 at 32x32: what a few CPU minutes make of photographs (blobs).
+QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995)
+# The seed project's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
+SEED_3_EPOCHS = Recipe("seed", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
+                       warmup_steps=100)
+# The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): 800,000 steps at batch 128.
+PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000)
+
+RECIPES = {"quick-win": QUICK_WIN, "quick-cifar10": QUICK_CIFAR10, "seed": SEED_3_EPOCHS,
+           "ddpm-cifar10": PAPER_CIFAR10}
