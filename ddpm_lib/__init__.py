@@ -14,7 +14,8 @@ from .samplers import SAMPLERS, Trajectory, ddim_sample, ddpm_sample, dpm_solver
 from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .shapes import shape_score
 from .cifar10 import write_cifar10_format
-from .train import TrainConfig, Trainer, autocast_dtype
+from .runtime import autocast_dtype
+from .train import TrainConfig, Trainer
 from .recipes import RECIPES, Recipe
 from .summary import model_summary
 from .unet import PRESETS, UNet, UNetConfig, unet_from_preset

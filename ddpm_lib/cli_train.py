@@ -204,7 +204,7 @@ def _rank_zero_first():
     """Under DDP, rank 0 downloads / decodes the data first; the other ranks then read its files or cache."""
     import torch.distributed as dist
 
-    from .train import rank_and_world
+    from .runtime import rank_and_world
 
     rank, world = rank_and_world()
     if rank != 0:

@@ -1,8 +1,10 @@
 """Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022), one registry.
 
-Each takes the noise predictor as `model(x_t, t) -> eps`, with x_t float (B, C, H, W) and t int64 (B,), draws
-x_T ~ N(0, I) and returns x0. Labels never reach a sampler: a class-conditional network is wrapped first,
-`guided(model, y, s)` (ddpm_lib.guidance, classifier-free guidance), and that is such a model of (x_t, t).
+Each takes the network as `model(x_t, t)`, with x_t float (B, C, H, W) and t int64 (B,), draws x_T ~ N(0, I)
+and returns x0. What the output is (eps, x0 or v) the sampler reads from `model.config.prediction` (a plain
+function of (x_t, t) predicts eps) and converts through the schedule (`NoiseSchedule.x0_from`). Labels never
+reach a sampler: a class-conditional network is wrapped first, `guided(model, y, s)` (ddpm_lib.guidance,
+classifier-free guidance), and that is such a model of (x_t, t).
 Common keyword arguments:
   generator      torch.Generator for every random draw (x_T first, then the per-step noise);
                  a CPU generator gives the same numbers on every device
@@ -22,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .guidance import guided
-from .schedule import NoiseSchedule
+from .schedule import NoiseSchedule, prediction_of
 from .timesteps import check_solver_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
 
@@ -48,11 +50,11 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
     return schedule.to(device), x
 
 
-def _denoise(model, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
-    """The x0 that eps_theta(x_t, t) implies (Eq. 4 solved for x0), clipped to [-1, 1] if asked, and t as (B,)."""
+def _denoise(model, prediction: str, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
+    """The x0 that the model's output at (x_t, t) implies (for eps: Eq. 4 solved for x0; `NoiseSchedule.x0_from`),
+    clipped to [-1, 1] if asked, and t as (B,)."""
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    eps = model(x_t, t_batch).to(x_t.dtype)
-    x0 = schedule.predict_x0(x_t, t_batch, eps)
+    x0 = schedule.x0_from(model(x_t, t_batch).to(x_t.dtype), x_t, t_batch, prediction)
     return (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
 
 
@@ -110,9 +112,10 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
                          f"t_start = T-1 = {schedule.steps - 1})")
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    prediction = prediction_of(model)  # eps, x0 or v
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
-        x0, t_batch = _denoise(model, schedule, x, t, clip_denoised)
+        x0, t_batch = _denoise(model, prediction, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
@@ -138,11 +141,12 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, 
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     timesteps = ddim_timesteps(schedule.steps, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    prediction = prediction_of(model)  # eps, x0 or v
     abar, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
     abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
     steps_ = tqdm(zip(timesteps, abars[:-1], abars[1:]), total=len(timesteps), disable=not progress, desc="DDIM")
     for t, abar_t, abar_next in steps_:
-        x0, _ = _denoise(model, schedule, x, t, clip_denoised)
+        x0, _ = _denoise(model, prediction, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
         eps = (x - sqrt_abar[t] * x0) / sqrt_1m_abar[t]                                  # Eq. 12, eps of this x0
@@ -168,6 +172,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
     """
     timesteps = dpm_solver_timesteps(schedule, steps)
     schedule, x = _start(schedule, shape, generator, device, x_T)
+    prediction = prediction_of(model)  # eps, x0 or v
     _, alpha, sigma = _cpu_coefficients(schedule)
     # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
     points = [(alpha[t], sigma[t], math.log(alpha[t] / sigma[t])) for t in timesteps] + [(1.0, 0.0, math.inf)]
@@ -175,7 +180,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
     steps_ = tqdm(zip(timesteps, points[:-1], points[1:]), total=len(timesteps), disable=not progress,
                   desc="DPM-Solver++")
     for t, (_, sigma_t, lam_t), (alpha_next, sigma_next, lam_next) in steps_:
-        D, _ = _denoise(model, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
+        D, _ = _denoise(model, prediction, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
         if callback is not None:
             callback(t, x, D)
         h = lam_next - lam_t

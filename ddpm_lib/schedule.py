@@ -273,10 +273,12 @@ class NoiseSchedule:
 
 def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
                    reduction: str = "mean", t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
-                   weighting: str = "uniform", snr_gamma: float = 5.0) -> torch.Tensor:
+                   prediction: Optional[str] = None, weighting: str = "uniform",
+                   snr_gamma: float = 5.0) -> torch.Tensor:
     """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = w_t ||target - model(x_t, t)||^2.
 
-    The target is what the model predicts (`prediction_of(model)`: eps, the paper's, or x0 or v), w_t its
+    The target is what the model predicts (`prediction`, default `prediction_of(model)`: eps, the paper's, or x0
+    or v; pass it for a wrapped network, e.g. under DDP or with labels bound), w_t its
     `loss_weight` (uniform: the paper's L_simple with eps; "min-snr": min-SNR-gamma with `snr_gamma`).
     reduction="mean" averages over everything; "none" returns the per-example loss (B,), weighted.
     `t` and `noise` fix the random draws (both default to draws from `generator`).
@@ -285,7 +287,8 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: 
         raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
     if x0.ndim < 1 or x0.shape[0] == 0:
         raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
-    prediction, B = prediction_of(model), x0.shape[0]
+    prediction = prediction_of(model) if prediction is None else check_prediction(prediction)
+    B = x0.shape[0]
     if t is None:                                                                         # Algorithm 1, line 3
         gen_device = generator.device if generator is not None else x0.device
         t = torch.randint(0, schedule.steps, (B,), generator=generator, device=gen_device).to(x0.device)
@@ -297,7 +300,5 @@ def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: 
     x_t = schedule.q_sample(x0, t, noise)
     target = schedule.target(prediction, x0, t, noise)
     err = (target - model(x_t, t).to(noise.dtype)) ** 2                                   # Algorithm 1, line 5
-    if weighting == "uniform":  # the paper's L_simple exactly, without a multiplication by 1
-        return err.mean() if reduction == "mean" else err.reshape(B, -1).mean(1)
-    per_example = err.reshape(B, -1).mean(1) * weight.to(err.dtype)
+    per_example = err.reshape(B, -1).mean(1) * weight.to(err.dtype)                     # uniform: w_t = 1
     return per_example.mean() if reduction == "mean" else per_example

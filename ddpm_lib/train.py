@@ -1,4 +1,5 @@
-"""Training: Algorithm 1 with the paper's CIFAR-10 recipe, EMA, mixed precision, resume, DDP.
+"""Training: Algorithm 1 with the paper's CIFAR-10 recipe (or another prediction and weighting), EMA, mixed
+precision (ddpm_lib.runtime), resume, DDP.
 
 Every random draw of step k comes from seeds mixed from (seed, k, rank): the data order and flips
 (DeviceBatches), t, eps and label drops (one generator per step), dropout (the global RNG, reseeded every
@@ -26,7 +27,8 @@ from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import ddim_sample
-from .schedule import NoiseSchedule, diffusion_loss
+from .schedule import LOSS_WEIGHTINGS, NoiseSchedule, diffusion_loss
+from .runtime import autocast_dtype, enable_tf32, precision_name, rank_and_world, seed_global_rng
 from .unet import UNet, UNetConfig
 
 
@@ -42,6 +44,8 @@ class TrainConfig:
     flip: bool = True                # random horizontal flips of the training images
     cond_drop_prob: float = 0.1      # class-conditional models only: a label is replaced by -1 (no label) this often
     seed: int = 0                    # seeds data order, noise (t, eps), label drops, dropout and sample grids
+    loss_weighting: str = "uniform"  # weight of each t: "uniform" (with eps the paper's L_simple) or "min-snr"
+    snr_gamma: float = 5.0           # min-SNR-gamma's gamma (Hang et al. 2023), with loss_weighting="min-snr"
     amp: bool = True                 # CUDA only: autocast in autocast_dtype(device) (False: fp32, TF32 on Ampere+)
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
     compile: bool = False            # torch.compile the model
@@ -68,51 +72,17 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {value!r}")
-
-
-def autocast_dtype(device) -> torch.dtype | None:
-    """The autocast dtype `device` trains in: bf16 on CUDA compute capability >= 8.0 (Ampere+), fp16 (with a
-    GradScaler) on older CUDA cards, None (fp32) on CPU and MPS."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
-
-
-def enable_tf32(device) -> bool:
-    """Let fp32 matmuls and convolutions run in TF32 on CUDA compute capability >= 8.0 (Ampere+), as training does;
-    True where it did."""
-    device = torch.device(device)
-    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
-        return False
-    torch.backends.cuda.matmul.allow_tf32 = True
-    torch.backends.cudnn.allow_tf32 = True
-    return True
-
-
-def _precision(dtype: torch.dtype | None) -> str:
-    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
-
-
-def _seed_global_rng(seed: int, device: torch.device) -> None:
-    """Seed the global RNG that dropout draws from: the CPU's and `device`'s (other GPUs' are left alone)."""
-    torch.default_generator.manual_seed(seed)
-    if device.type == "cuda":
-        with torch.cuda.device(device):
-            torch.cuda.manual_seed(seed)
-    elif device.type == "mps":
-        torch.mps.manual_seed(seed)
-
-
-def rank_and_world() -> tuple[int, int]:
-    """(rank, world size) of this process: torch.distributed's when a process group is up, else (0, 1)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"TrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, "
+                             f"got {self.loss_weighting!r}")
+        gamma = self.snr_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+            raise ValueError(f"TrainConfig.snr_gamma must be a number > 0, got {gamma!r}")
 
 
 class Trainer:
-    """Trains an eps-prediction UNet with Algorithm 1; `fit` runs until `config.steps`."""
+    """Trains a UNet with Algorithm 1 for its config's prediction (eps, x0 or v) and the config's loss weighting;
+    `fit` runs until `config.steps`."""
 
     def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None, device=None):
         self.config = config = config if config is not None else TrainConfig()
@@ -165,13 +135,14 @@ class Trainer:
             net = partial(self.net, y=torch.where(drop, -1, y))
         if self.device.type == "cuda" and cfg.channels_last:
             x0, eps = (x.contiguous(memory_format=torch.channels_last) for x in (x0, eps))
-        _seed_global_rng(mix_seed("dropout", cfg.seed, self.step, self.rank), self.device)  # fit restores it
+        seed_global_rng(mix_seed("dropout", cfg.seed, self.step, self.rank), self.device)  # fit restores it
 
         lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = diffusion_loss(net, self.schedule, x0, t=t, noise=eps)  # Algorithm 1, lines 2-5
+            loss = diffusion_loss(net, self.schedule, x0, t=t, noise=eps, prediction=self.model.config.prediction,
+                                  weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)  # Algorithm 1, lines 2-5
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
         self.scaler.unscale_(self.optimizer)
@@ -305,7 +276,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
                 "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
-                "amp_dtype": _precision(self.amp_dtype),
+                "amp_dtype": precision_name(self.amp_dtype),
                 "data": None if self.data_info is None else self.data_info.to_dict(),
             }, path)
         if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
@@ -330,7 +301,7 @@ class Trainer:
         if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
             trainer.scaler.load_state_dict(ckpt["scaler"])
         trainer.step, trainer.data_info = ckpt["step"], data_info_of(ckpt, path)
-        saved, now = ckpt.get("amp_dtype", "float32"), _precision(trainer.amp_dtype)
+        saved, now = ckpt.get("amp_dtype", "float32"), precision_name(trainer.amp_dtype)
         if saved != now and trainer.rank == 0:  # one line, also under DDP
             warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "
                           f"(autocast_dtype of {trainer.device})", stacklevel=2)

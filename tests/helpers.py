@@ -6,6 +6,8 @@ Fixtures live in conftest.py; plain objects and functions live here, because two
 import math
 import os
 
+from types import SimpleNamespace
+
 import torch
 from torch import nn
 
@@ -62,14 +64,24 @@ def gaussian_eps(abar, x_t, mu, s):
     return (1 - abar).sqrt() * (x_t - abar.sqrt() * mu) / (abar * s ** 2 + 1 - abar)
 
 
-class IdealEps:
-    """The ideal noise predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64)."""
+def gaussian_x0(abar, x_t, mu, s):
+    """E[x0 | x_t] for x0 ~ N(mu, s^2): the Gaussian's regression of x0 on x_t."""
+    return mu + abar.sqrt() * s ** 2 / (abar * s ** 2 + 1 - abar) * (x_t - abar.sqrt() * mu)
 
-    def __init__(self, schedule):
+
+class IdealEps:
+    """The ideal predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64): E[eps | x_t], or with
+    prediction="x0" E[x0 | x_t], with "v" E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is
+    linear in eps and x0). Its config says which, as a UNet's does."""
+
+    def __init__(self, schedule, prediction="eps"):
         self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
+        self.config = SimpleNamespace(prediction=prediction)
 
     def __call__(self, x_t, t):
-        return gaussian_eps(self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1), x_t, MU, S)
+        abar = self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
+        eps, x0 = gaussian_eps(abar, x_t, MU, S), gaussian_x0(abar, x_t, MU, S)
+        return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[self.config.prediction]
 
 
 def check_moments(x, tol_mean, tol_sd, mu=MU, s=S):

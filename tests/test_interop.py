@@ -1,5 +1,6 @@
 """unet_from_diffusers / unet_to_diffusers against diffusers' UNet2DModel (google/ddpm-cifar10-32 layout and small
 networks of its form), load_ddpm_cifar10 offline, and the exported DDPMPipeline against Algorithm 2."""
+import json
 from dataclasses import replace
 
 import pytest
@@ -8,8 +9,8 @@ import torch
 from helpers import perturbed
 
 from ddpm_lib import interop
-from ddpm_lib.interop import (diffusers_config, load_ddpm_cifar10, save_diffusers_pipeline, scheduler_config,
-                                 unet_from_diffusers, unet_to_diffusers)
+from ddpm_lib.interop import (PREDICTION_TYPES, diffusers_config, load_ddpm_cifar10, save_diffusers_pipeline,
+                              scheduler_config, unet_from_diffusers, unet_to_diffusers)
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, UNet, UNetConfig
 
@@ -153,6 +154,9 @@ def test_the_official_layout_round_trips_exactly(reference):
     a, b = reference.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert unet_from_diffusers(reference).config == PRESETS["ddpm-cifar10"]
+    assert unet_from_diffusers(reference, prediction_type="v_prediction").config.prediction == "v"
+    with pytest.raises(ValueError, match="prediction_type must be one of .'epsilon', 'sample', 'v_prediction'."):
+        unet_from_diffusers(reference, prediction_type="v")
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -184,15 +188,20 @@ def test_scheduler_config_gives_diffusers_the_same_schedule(schedule, kind):
                                rtol=1e-5, atol=1e-7)
 
 
-def test_exported_pipeline_loads_offline_and_samples_as_algorithm_2(tmp_path, monkeypatch):
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_exported_pipeline_loads_offline_and_samples_as_algorithm_2(tmp_path, monkeypatch, prediction):
     """DDPMPipeline over all T steps draws x_T and each step's noise from the generator as ddpm_sample does, and
-    its variance_type "fixed_large" is Algorithm 2's sigma_t^2 = beta_t: the samples agree."""
+    its variance_type "fixed_large" is Algorithm 2's sigma_t^2 = beta_t: the samples agree, for a network of each
+    prediction (diffusers converts "sample" and "v_prediction" outputs by its own code)."""
     from ddpm_lib.samplers import ddpm_sample
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    ours, schedule = perturbed(UNet(EXPRESSIBLE["paper form"]), std=0.02), NoiseSchedule.linear(8, 1e-3, 0.3)
+    config = replace(EXPRESSIBLE["paper form"], prediction=prediction)
+    ours, schedule = perturbed(UNet(config), std=0.02), NoiseSchedule.linear(8, 1e-3, 0.3)
     save_diffusers_pipeline(ours, schedule, tmp_path / "pipe")
+    assert json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] \
+        == PREDICTION_TYPES[prediction]
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "pipe")
     pipe.set_progress_bar_config(disable=True)

@@ -230,26 +230,45 @@ def test_registry():
 
 # ---- Gaussian data: the samplers return the data's distribution --------------------------------
 
+PREDICTIONS = ("eps", "x0", "v")  # every sampler reads the model's config.prediction
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
-def test_ddpm_reproduces_gaussian_data(variance):
+def test_ddpm_reproduces_gaussian_data(variance, prediction):
     schedule = NoiseSchedule.linear()
-    x = ddpm_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, variance, generator=gen(4))
+    x = ddpm_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, variance, generator=gen(4))
     check_moments(x, 0.0, 0.005)         # measured with 20,000 samples: sd 0.251 (beta), 0.247 (posterior)
 
 
-def test_ddim_reproduces_gaussian_data():
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_ddim_reproduces_gaussian_data(prediction):
     schedule = NoiseSchedule.linear()
-    x = ddim_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, steps=50, generator=gen(5))
+    x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=50, generator=gen(5))
     # DDIM's first-order steps shrink the spread even with a perfect model: sd 0.226 at 50 steps
     # (measured, 20,000 samples), as DESIGN.md reports; the mean is unbiased.
     check_moments(x, 0.0, 0.03)
-    x = ddim_sample(IdealEps(schedule), schedule, GAUSS_SHAPE, steps=500, generator=gen(5))
+    x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=500, generator=gen(5))
     check_moments(x, 0.0, 0.005)
 
 
-def test_dpm_solver_beats_ddim_at_10_steps():
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+def test_every_sampler_with_an_x0_or_v_model_equals_it_with_the_eps_model(prediction):
+    """The ideal x0 and v predictors are the ideal eps predictor in other coordinates: from the same x_T and noise,
+    each sampler returns the same samples, to the rounding of the conversions (float64 here)."""
     schedule = NoiseSchedule.linear()
-    model = IdealEps(schedule)
+    x_T = torch.randn(GAUSS_SHAPE, generator=gen(8), dtype=torch.float64)
+    for sample in (lambda m: ddpm_sample(m, schedule, GAUSS_SHAPE, x_T=x_T, generator=gen(9)),
+                   lambda m: ddim_sample(m, schedule, GAUSS_SHAPE, 20, eta=0.5, x_T=x_T, generator=gen(9)),
+                   lambda m: dpm_solver_sample(m, schedule, GAUSS_SHAPE, 10, x_T=x_T)):
+        torch.testing.assert_close(sample(IdealEps(schedule, prediction)), sample(IdealEps(schedule)),
+                                   rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_dpm_solver_beats_ddim_at_10_steps(prediction):
+    schedule = NoiseSchedule.linear()
+    model = IdealEps(schedule, prediction)
     dpm = dpm_solver_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
     ddim = ddim_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
     check_moments(dpm, 0.0, 0.01)                                      # measured sd 0.257

@@ -1,5 +1,6 @@
 """Trainer: exact resume, EMA warm-up, precision by device, class-conditional training, non-finite losses,
 and real learning on shapes."""
+import copy
 import math
 import warnings
 from dataclasses import replace
@@ -12,22 +13,23 @@ from helpers import MICRO
 from PIL import Image
 from torch import nn
 
+import ddpm_lib.runtime
 import ddpm_lib.train
 from ddpm_lib.checkpoint import load_model, read_checkpoint
 from ddpm_lib.data import SHAPE_KINDS, DataInfo, DeviceBatches, make_shapes
 from ddpm_lib.utils import mix_seed
 from ddpm_lib.samplers import ddim_sample
-from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.schedule import NoiseSchedule, diffusion_loss
 from ddpm_lib.train import Trainer, TrainConfig, autocast_dtype
 from ddpm_lib.unet import UNet, unet_from_preset
 
 
-def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", **kw):
+def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", prediction="eps", **kw):
     torch.manual_seed(0)
     kw = {"warmup_steps": 3, "log_every": 2, "sample_every": 0, "checkpoint_every": 0, **kw}
     config = TrainConfig(batch_size=8, steps=steps, out_dir=None if out_dir is None else str(out_dir),
                          progress=False, **kw)
-    model = UNet(replace(MICRO, dropout=dropout, num_classes=num_classes))
+    model = UNet(replace(MICRO, dropout=dropout, num_classes=num_classes, prediction=prediction))
     return Trainer(model, NoiseSchedule.linear(100), config, device=device)
 
 
@@ -54,12 +56,14 @@ def assert_same_state(a, b):
 def test_config_validates_fields():
     for field, bad in [("lr", 0.0), ("batch_size", 0), ("steps", -1), ("grad_clip", -1.0), ("log_every", 0),
                        ("warmup_steps", -5), ("sample_steps", 0), ("ema_decay", 1.0), ("cond_drop_prob", 1.0),
-                       ("cond_drop_prob", -0.1)]:
+                       ("cond_drop_prob", -0.1), ("loss_weighting", "min_snr"), ("snr_gamma", 0.0),
+                       ("snr_gamma", -5.0), ("snr_gamma", float("inf")), ("snr_gamma", True)]:
         with pytest.raises(ValueError, match=field):
             TrainConfig(**{field: bad})
     paper = TrainConfig()
     assert (paper.lr, paper.warmup_steps, paper.batch_size, paper.grad_clip, paper.ema_decay, paper.flip) == (
         2e-4, 5000, 128, 1.0, 0.9999, True)
+    assert paper.loss_weighting == "uniform" and UNet(MICRO).config.prediction == "eps"  # L_simple (Eq. 14)
     assert not hasattr(paper, "timesteps")  # the schedule is the one source of truth
 
 
@@ -69,24 +73,51 @@ def test_default_schedule_is_the_papers():
     torch.testing.assert_close(trainer.schedule.state_dict()["betas"], paper, rtol=1e-12, atol=0)
 
 
-@pytest.mark.parametrize("num_classes", [None, 3])
-def test_resume_is_bit_exact_on_cpu(tmp_path, images, labelled, num_classes):
+@pytest.mark.parametrize("num_classes, prediction, weighting", [
+    (None, "eps", "uniform"), (3, "eps", "uniform"), (None, "v", "min-snr"), (None, "x0", "min-snr")])
+def test_resume_is_bit_exact_on_cpu(tmp_path, images, labelled, num_classes, prediction, weighting):
     """6 steps straight == 3 steps, checkpoint, load, 3 more: weights, EMA, Adam state, losses (dropout and,
-    for a class-conditional model, label drops on). No RNG state is stored: every draw comes from the step."""
+    for a class-conditional model, label drops on), for every prediction target and weighting. No RNG state is
+    stored: every draw comes from the step."""
     data = (images, None) if num_classes is None else labelled
-    run = dict(num_classes=num_classes, cond_drop_prob=0.3)
+    run = dict(num_classes=num_classes, cond_drop_prob=0.3, prediction=prediction, loss_weighting=weighting,
+               snr_gamma=2.5)
     straight = make_trainer(tmp_path / "a", steps=6, **run).fit(*data)
     first = make_trainer(tmp_path / "b", steps=3, **run).fit(*data)
     assert "rng" not in read_checkpoint(tmp_path / "b")
     torch.manual_seed(123)  # the global RNG outside the trainer must not matter
     resumed = Trainer.load(tmp_path / "b", device="cpu", steps=6).fit(*data)
-    assert resumed.step == straight.step == 6
+    assert resumed.model.config.prediction == prediction and resumed.config.loss_weighting == weighting
+    assert resumed.config.snr_gamma == 2.5 and resumed.step == straight.step == 6
     assert_same_state(straight, resumed)
     assert straight.history[3:] == resumed.history
     assert straight.history[:3] == first.history
     # the loss log is continued, one line per step
     lines = (tmp_path / "b" / "loss.jsonl").read_text().splitlines()
     assert len(lines) == 6 and lines == (tmp_path / "a" / "loss.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("prediction, weighting, num_classes", [("v", "min-snr", None), ("x0", "min-snr", 3),
+                                                                ("eps", "uniform", None)])
+def test_the_step_loss_is_diffusion_loss_of_the_models_target_and_weighting(labelled, prediction, weighting,
+                                                                           num_classes):
+    """The Trainer's first loss equals diffusion_loss of the model's prediction with the config's weighting and
+    the step's own t and eps (drawn from (seed, step)), also for a class-conditional model (labels bound)."""
+    images, labels = labelled
+    trainer = make_trainer(None, steps=1, dropout=0.0, num_classes=num_classes, prediction=prediction,
+                           loss_weighting=weighting, snr_gamma=2.0, flip=False, cond_drop_prob=0.0)
+    model = copy.deepcopy(trainer.model)
+    batches = trainer._batches(images, None if num_classes is None else labels)
+    x0, y = batches.batch(0), batches.batch_labels(0)
+    g = torch.Generator().manual_seed(mix_seed("noise", trainer.config.seed, 0))
+    t = torch.randint(0, 100, (8,), generator=g)
+    eps = torch.randn(x0.shape, generator=g)
+    net = model if y is None else (lambda x_t, t_: model(x_t, t_, y))
+    with torch.no_grad():
+        expected = diffusion_loss(net, trainer.schedule, x0, t=t, noise=eps, prediction=prediction,
+                                  weighting=weighting, snr_gamma=2.0)
+    loss = trainer.train_step(x0, y)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the same float32 sums in the same order
 
 
 def test_fit_leaves_the_callers_rng_alone(images):
@@ -146,7 +177,7 @@ def test_ema_follows_the_hand_computed_recurrence(images, warmup):
 
 class Toy(nn.Module):
     """A 1x1 convolution as eps-predictor: 500 steps in a second."""
-    config = SimpleNamespace(num_classes=None)
+    config = SimpleNamespace(num_classes=None, prediction="eps")
 
     def __init__(self):
         super().__init__()
@@ -190,9 +221,9 @@ def test_tf32_is_enabled_from_ampere_on_and_never_off_cuda(monkeypatch, capabili
     before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32  # process-wide: restored
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     try:
-        assert ddpm_lib.train.enable_tf32("cuda") is on
+        assert ddpm_lib.runtime.enable_tf32("cuda") is on
         assert torch.backends.cuda.matmul.allow_tf32 is on and torch.backends.cudnn.allow_tf32 is on
-        assert ddpm_lib.train.enable_tf32("cpu") is False
+        assert ddpm_lib.runtime.enable_tf32("cpu") is False
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = before
 

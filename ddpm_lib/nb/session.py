@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from ..data import CIFAR10_CLASSES, ImageSet, load_dataset
-from ..train import enable_tf32
+from ..runtime import enable_tf32
 from ..utils import check_int, default_device
 
 COLAB_DRIVE = "/content/drive"  # where Colab mounts Google Drive ($DDPM_COLAB_DRIVE: the Colab emulation's, tests/)

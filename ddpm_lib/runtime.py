@@ -1,0 +1,46 @@
+"""What the device and the process group decide for training: the autocast dtype, TF32, the rank, dropout's RNG."""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+
+def autocast_dtype(device) -> torch.dtype | None:
+    """The autocast dtype `device` trains in: bf16 on CUDA compute capability >= 8.0 (Ampere+), fp16 (with a
+    GradScaler) on older CUDA cards, None (fp32) on CPU and MPS."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
+
+
+def enable_tf32(device) -> bool:
+    """Let fp32 matmuls and convolutions run in TF32 on CUDA compute capability >= 8.0 (Ampere+), as training does;
+    True where it did."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        return False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+    return True
+
+
+def precision_name(dtype: torch.dtype | None) -> str:
+    return str(dtype).removeprefix("torch.") if dtype is not None else "float32"
+
+
+def seed_global_rng(seed: int, device: torch.device) -> None:
+    """Seed the global RNG that dropout draws from: the CPU's and `device`'s (other GPUs' are left alone)."""
+    torch.default_generator.manual_seed(seed)
+    if device.type == "cuda":
+        with torch.cuda.device(device):
+            torch.cuda.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size) of this process: torch.distributed's when a process group is up, else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
