@@ -28,8 +28,9 @@ def where(kind, ok):
     return parse
 
 
+integer = arg_type(int, "an integer")  # a TrainConfig field: TrainConfig checks its range
+number = arg_type(where(float, math.isfinite), "a number")
 positive_int = arg_type(where(int, lambda v: v >= 1), "a positive integer")
-non_negative_int = arg_type(where(int, lambda v: v >= 0), "an integer >= 0")
 non_negative_float = arg_type(where(float, lambda v: 0 <= v < math.inf), "a number >= 0")
 
 
@@ -43,3 +44,19 @@ def device_arg(text: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{text!r} requested but CUDA is not available here")
     return device
+
+
+def int_list(allow_empty: bool):
+    """"3,64,128" -> (3, 64, 128) of positive ints; "none" or "" -> () where allowed."""
+    def parse(text):
+        if allow_empty and text.strip().lower() in ("", "none"):
+            return ()
+        values = tuple(int(part) for part in text.split(","))
+        return values if min(values) >= 1 else None
+    return parse
+
+
+probability = arg_type(where(float, lambda v: 0 <= v < 1), "a number in [0, 1)")
+beta = arg_type(where(float, lambda v: 0 < v < 1), "a number in (0, 1)")
+ch_list = arg_type(int_list(False), "comma-separated positive channel counts, e.g. 3,64,128,256,512")
+levels = arg_type(int_list(True), "comma-separated level indices into --ch-list, e.g. 1,2 (or none)")

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from .train import TrainConfig
 from .unet import PRESETS
-from .utils import check_int
+from .utils import check_int, check_prediction
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,10 @@ class Recipe:
     lr: float                                   # TrainConfig.lr: Adam's learning rate
     warmup_steps: int                           # TrainConfig.warmup_steps: linear learning-rate warm-up
     ema_decay: float = TrainConfig.ema_decay    # TrainConfig.ema_decay (with the EMA warm-up)
+    prediction: str = "eps"                     # UNetConfig.prediction: eps (the paper), x0 or v
+    loss_weighting: str = TrainConfig.loss_weighting  # TrainConfig.loss_weighting: uniform (L_simple) or min-snr
+    snr_gamma: float = TrainConfig.snr_gamma    # TrainConfig.snr_gamma, with min-snr
+    name: str | None = None                     # its name in RECIPES, recorded as TrainConfig.recipe (None: ad hoc)
 
     def __post_init__(self):
         if self.preset not in PRESETS:
@@ -31,26 +36,30 @@ class Recipe:
         if self.data not in ("cifar10", "shapes"):
             raise ValueError(f"Recipe.data: expected 'cifar10' or 'shapes', got {self.data!r}")
         check_int(self.image_size, "Recipe.image_size", 8)
+        check_prediction(self.prediction)
         _ = self.train  # TrainConfig checks the fields it sets
 
     @property
     def train(self) -> TrainConfig:
         """The TrainConfig of this recipe (TrainConfig's defaults elsewhere); `dataclasses.replace` sets the rest."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-                           ema_decay=self.ema_decay)
+                           ema_decay=self.ema_decay, loss_weighting=self.loss_weighting, snr_gamma=self.snr_gamma,
+                           recipe=self.name)
 
 
 # The CPU quick win: the tiny preset on 16x16 procedural shapes, which a learner recognises after a few CPU minutes
 # (291 s, 23% of the samples pass all four shape rules, in docs/knobs/quick_win.md); 10x the paper's learning rate
 # (a small network tolerates it), an EMA over the last few hundred steps.
-QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995)
+QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
+                   name="quick-win")
 # The quick win's settings on real CIFAR-10 at 32x32: what a few CPU minutes make of photographs (blobs).
-QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995)
+QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
+                       name="quick-cifar10")
 # The seed project's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
 SEED_3_EPOCHS = Recipe("seed", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
-                       warmup_steps=100)
-# The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): 800,000 steps at batch 128.
-PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000)
+                       warmup_steps=100, name="seed")
+# The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): its network, 800,000 steps at batch 128, eps and L_simple.
+PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
+                       name="paper")
 
-RECIPES = {"quick-win": QUICK_WIN, "quick-cifar10": QUICK_CIFAR10, "seed": SEED_3_EPOCHS,
-           "ddpm-cifar10": PAPER_CIFAR10}
+RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, SEED_3_EPOCHS, PAPER_CIFAR10)})

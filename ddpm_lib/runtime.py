@@ -1,8 +1,14 @@
-"""What the device and the process group decide for training: the autocast dtype, TF32, the rank, dropout's RNG."""
+"""What the device and the process group decide for training: the autocast dtype, TF32, the rank, dropout's RNG;
+DDP's process group under torchrun."""
 from __future__ import annotations
+
+import os
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
+
+from .utils import default_device
 
 
 def autocast_dtype(device) -> torch.dtype | None:
@@ -44,3 +50,25 @@ def rank_and_world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def init_distributed(device: torch.device | None) -> torch.device:
+    """Under torchrun (WORLD_SIZE > 1): join the process group, NCCL on CUDA, gloo otherwise."""
+    device = device if device is not None else default_device()
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+@contextmanager
+def rank_zero_first():
+    """Under DDP, rank 0 downloads / decodes the data first; the other ranks then read its files or cache."""
+    rank, world = rank_and_world()
+    if rank != 0:
+        dist.barrier()
+    yield
+    if rank == 0 and world > 1:
+        dist.barrier()

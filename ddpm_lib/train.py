@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0                    # seeds data order, noise (t, eps), label drops, dropout and sample grids
     loss_weighting: str = "uniform"  # weight of each t: "uniform" (with eps the paper's L_simple) or "min-snr"
     snr_gamma: float = 5.0           # min-SNR-gamma's gamma (Hang et al. 2023), with loss_weighting="min-snr"
+    recipe: str | None = None        # the named recipe (ddpm_lib.recipes.RECIPES) the run started from; None: by hand
     amp: bool = True                 # CUDA only: autocast in autocast_dtype(device) (False: fp32, TF32 on Ampere+)
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
     compile: bool = False            # torch.compile the model

@@ -21,6 +21,7 @@ from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.cli import main
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
 from ddpm_lib.nb.session import NotebookSetup, load_training_images
+from ddpm_lib.recipes import RECIPES
 from ddpm_lib.samplers import SAMPLERS, generate_images
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
 from ddpm_lib.train import Trainer, TrainConfig
@@ -128,13 +129,24 @@ def bad_input(tmp):
                            "unknown preset 'huge'"),
         "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
                                     "--preset and --data are needed"),
-        "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: expected a positive integer"),
-        "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: expected a positive integer"),
-        "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected a positive integer"),
+        "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: TrainConfig.steps must be > 0"),
+        "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: TrainConfig.batch_size must be > 0"),
+        "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected an integer"),
         "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
                                            "--out", run), "--resume"),
-        "negative sample interval": (shapes + ("--sample-every", "-1"), "--sample-every: expected an integer >= 0"),
-        "ema decay of 1 or more": (shapes + ("--ema-decay", "1.5"), "TrainConfig.ema_decay must be in [0, 1)"),
+        "a bad learning rate on resume": (("train", "--out", run, "--steps", "3", "--resume", "--lr", "-1",
+                                           "--data", "shapes"), "--lr: TrainConfig.lr must be > 0"),
+        "negative sample interval": (shapes + ("--sample-every", "-1"),
+                                     "--sample-every: TrainConfig.sample_every must be >= 0"),
+        "ema decay of 1 or more": (shapes + ("--ema-decay", "1.5"),
+                                   "--ema-decay: TrainConfig.ema_decay must be in [0, 1)"),
+        "unknown prediction": (shapes + ("--prediction", "score"), "--prediction: invalid choice: 'score'"),
+        "unknown loss weighting": (shapes + ("--loss-weighting", "snr"), "--loss-weighting: invalid choice"),
+        "snr gamma of 0": (shapes + ("--loss-weighting", "min-snr", "--snr-gamma", "0"),
+                           "--snr-gamma: TrainConfig.snr_gamma must be a number > 0"),
+        "unknown recipe": (("train", "--recipe", "fastest", "--out", tmp / "x"), "unknown recipe 'fastest'"),
+        "no steps": (("train", "--preset", "tiny", "--data", "shapes", "--out", tmp / "x"),
+                     "--steps: expected the total optimizer steps"),
         "beta_min >= beta_max": (shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
                                  "--beta-min 0.02 must be < --beta-max 0.01"),
         "beta outside (0, 1)": (shapes + ("--beta-max", "1.5"), "--beta-max: expected a number in (0, 1)"),
@@ -290,7 +302,9 @@ RESUME_CONFLICTS = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"
                     "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
                     "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),
                     "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
-                    "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",)}
+                    "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",),
+                    "--prediction": ("--prediction", "v"), "--loss-weighting": ("--loss-weighting", "min-snr"),
+                    "--snr-gamma": ("--snr-gamma", "2"), "--recipe": ("--recipe", "quick-win")}
 
 
 @pytest.mark.slow
@@ -315,6 +329,28 @@ def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run):
                             "--out", grid, "--device", "cpu", cwd=run.parent))
     assert rc == 0, err
     assert Image.open(grid).size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 grid, padding 2
+
+
+def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, one_thread):
+    """--recipe quick-win: its preset, data, image size and training settings; flags given override its fields;
+    the objective flags set what the network predicts and the weighting; all recorded in the checkpoint."""
+    rc = main(["train", "--recipe", "quick-win", "--steps", "2", "--batch-size", "4", "--n-images", "8",
+               "--prediction", "v", "--loss-weighting", "min-snr", "--snr-gamma", "3", "--out", str(tmp_path / "r"),
+               "--device", "cpu", "--no-progress", "--sample-every", "0"])
+    assert rc == 0, capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    quick = RECIPES["quick-win"]
+    assert UNetConfig(**ckpt["unet_config"]) == replace(PRESETS[quick.preset], image_size=quick.image_size,
+                                                        prediction="v")
+    config = ckpt["train_config"]
+    assert (config["recipe"], config["lr"], config["warmup_steps"], config["ema_decay"]) == (
+        "quick-win", quick.lr, quick.warmup_steps, quick.ema_decay)  # the recipe's
+    assert (config["steps"], config["batch_size"], config["loss_weighting"], config["snr_gamma"]) == (
+        2, 4, "min-snr", 3.0)  # the flags'
+    assert ckpt["data"]["name"] == quick.data and ckpt["data"]["size"] == quick.image_size
+    rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "3", "--resume", "--device", "cpu",
+               "--no-progress", "--prediction", "v", "--loss-weighting", "min-snr"])  # the same: accepted
+    assert rc == 0 and torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
 def assert_same_run(a, b):
