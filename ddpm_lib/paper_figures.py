@@ -3,7 +3,8 @@ coarse-to-fine continuations of a shared x_t (Fig. 7) and interpolation in x_t (
 
 All three are `ddpm_sample` (Algorithm 2, sigma_t^2 = beta_t, the predicted x0 clipped to [-1, 1] as the
 official code does); Figs. 7 and 8 start it part-way, at some t < T-1, from an x_t made with q(x_t | x0)
-(`ddpm_sample(..., x_T=x_t, t_start=t)`). The model is called as `model(x_t, t) -> eps`.
+(`ddpm_sample(..., x_T=x_t, t_start=t)`). The model is called as `model(x_t, t)`; what it predicts (eps, x0 or v)
+comes from its config, as in every sampler.
 Every function is deterministic in its `generator` and runs on its inputs' device (x0's; the schedule's for
 progressive_generation) unless `device` is given.
 """
@@ -38,7 +39,7 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
     check_int(n, "n")
     timesteps = ddim_timesteps(schedule.steps, check_int(n_frames, "n_frames"))
     if image_shape is None:
-        if not hasattr(model, "config"):
+        if not hasattr(getattr(model, "config", None), "image_size"):
             raise ValueError("image_shape (C, H, W) is needed for a model without a UNetConfig")
         image_shape = (model.config.ch_list[0], model.config.image_size, model.config.image_size)
     device = torch.device(device) if device is not None else schedule.device

@@ -26,7 +26,7 @@ from .checkpoint import (CHECKPOINT_NAME, config_from_dict, data_info_of, load_w
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
-from .samplers import ddim_sample
+from .samplers import DDIM_STEPS, ddim_sample
 from .schedule import LOSS_WEIGHTINGS, NoiseSchedule, diffusion_loss
 from .runtime import autocast_dtype, enable_tf32, precision_name, rank_and_world, seed_global_rng
 from .unet import UNet, UNetConfig
@@ -54,7 +54,7 @@ class TrainConfig:
     sample_every: int = 10_000       # save a PNG grid of EMA samples every this many steps (0: never)
     checkpoint_every: int = 10_000   # save out_dir/checkpoint.pt every this many steps (0: only at the end)
     sample_n: int = 64               # images in each sample grid
-    sample_steps: int = 50           # DDIM steps for the sample grids
+    sample_steps: int = DDIM_STEPS   # DDIM steps for the sample grids (DDIM's default)
     out_dir: str | None = "runs/ddpm"  # where the loss log, grids and checkpoint go (None: write nothing)
     progress: bool = True            # show a tqdm progress bar
 

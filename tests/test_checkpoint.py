@@ -93,6 +93,19 @@ def test_bad_checkpoint_files_are_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_checkpoint_without_a_prediction_reads_as_eps(tmp_path, run):
+    """Written before networks recorded what they predict (or by hand without it): eps, the paper's, uniform loss."""
+    good = read_checkpoint(tmp_path / "run")
+    old = {**good, "unet_config": {k: v for k, v in good["unet_config"].items() if k != "prediction"},
+           "train_config": {k: v for k, v in good["train_config"].items()
+                            if k not in ("loss_weighting", "snr_gamma", "recipe")}}
+    torch.save(old, tmp_path / "old.pt")
+    model, _ = load_model(tmp_path / "old.pt", device="cpu")
+    assert model.config.prediction == "eps" and model.config == run.model.config
+    trainer = Trainer.load(tmp_path / "old.pt", device="cpu")
+    assert trainer.config.loss_weighting == "uniform" and trainer.config.recipe is None
+
+
 def test_checkpoint_contents_are_validated(tmp_path, run):
     good = read_checkpoint(tmp_path / "run")
 
@@ -109,11 +122,16 @@ def test_checkpoint_contents_are_validated(tmp_path, run):
     with pytest.raises(ValueError, match=r"missing ema, schedule"):
         load_model(path)
     refused(r"stored UNetConfig is invalid .*norm_groups", unet_config={**good["unet_config"], "norm_groups": 5})
+    refused(r"stored UNetConfig is invalid .*prediction must be one of", unet_config={**good["unet_config"],
+                                                                                     "prediction": "score"})
     refused("weights do not fit the stored UNetConfig",
             unet_config={**good["unet_config"], "ch_list": [3, 16, 48]})
     path = tmp_path / "bad_train_config.pt"
     torch.save({**good, "train_config": {**good["train_config"], "lr": -1.0}}, path)
     with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*lr"):
+        Trainer.load(path, device="cpu")
+    torch.save({**good, "train_config": {**good["train_config"], "loss_weighting": "snr"}}, path)
+    with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*loss_weighting must be one of"):
         Trainer.load(path, device="cpu")
     path = tmp_path / "no_data.pt"
     torch.save({k: v for k, v in good.items() if k != "data"}, path)
