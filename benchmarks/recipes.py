@@ -344,9 +344,11 @@ def write_table(out: Path) -> None:
                          f"{'> %g' % minutes[-1] if reach is None else at_most + '%.2g' % reach} | "
                          f"{speed_up} |")
     quick = " --quick" if summary["quick"] else ""
+    command = (f"python benchmarks/recipes.py{quick} --minutes {summary['minutes']:g} --n {summary['n']} "
+               f"--steps {summary['sampler_steps']}")
     text = [f"# Training recipes side by side: real CIFAR-10, equal CPU budgets{quick}",
             "", f"Measured on {summary['measured_on']}; the whole run took {summary['wall_minutes']} minutes "
-            f"(`python benchmarks/recipes.py{quick}`, nothing else running).", "",
+            f"(`{command}`, nothing else running).", "",
             f"Each run: {minutes[-1]:g} minutes of one core's CPU time (two runs at a time on the two cores), the tiny "
             f"network, scored at {', '.join(f'{m:g}' for m in minutes)} CPU-minutes from the EMA weights kept then. "
             f"{summary['n']:,} samples per score, {summary['sampler_steps']} sampler steps, against the 10,000 test "
