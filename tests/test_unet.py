@@ -45,6 +45,10 @@ def test_shapes_through_every_level(name):
 
 def test_preset_parameter_counts():
     assert sum(p.numel() for p in unet_from_preset("ddpm-cifar10").parameters()) == 35_746_307  # the paper's
+    half = unet_from_preset("ddpm-cifar10-half")  # the paper's network at half its width (its preset's comment)
+    assert sum(p.numel() for p in half.parameters()) == 8_952_067
+    assert half.config == replace(PRESETS["ddpm-cifar10"], ch_list=(3, 64, 128, 128, 128), temb_dim=64,
+                                  time_mlp_dim=256)
     assert 0.5e6 < sum(p.numel() for p in unet_from_preset("tiny").parameters()) < 2e6
     seed = unet_from_preset("seed")
     assert seed.config == UNetConfig() and seed.config.ch_list == (3, 64, 128, 256, 512)
