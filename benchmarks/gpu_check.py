@@ -3,7 +3,8 @@
 Sections, each in its own process and time box; a failing one is recorded with its one-line error and the rest go on:
   train_throughput  training images/s of the paper's network at batch 128, bf16, channels_last: ddpm_lib's
                     Trainer.train_step (eager and torch.compile) against diffusers' UNet2DModel and
-                    denoising-diffusion-pytorch's Unet (benchmarks/throughput.py's contenders), peak memory each
+                    denoising-diffusion-pytorch's Unet (benchmarks/throughput.py's contenders), peak memory each;
+                    and the `fast` recipe's step (the Colab recipe), its steps per 30-minute session
   fp16_gradscaler   the T4 path forced (ddpm_lib.train.autocast_dtype -> float16, GradScaler): finite loss, speed,
                     against diffusers' fp16 + GradScaler step
   sampling          images/s of 20 DPM-Solver++ steps in bf16 at a large batch; the time projected for 50,000

@@ -6,7 +6,7 @@ import throughput as tp
 from gpu_sections import SECTIONS
 
 FORMATS = {"img/s": lambda v: f"{tp.rate_text(v)} img/s", "x": "{:.2f}x".format,
-           "s": "{:,.1f} s".format, "GiB": "{:.2f} GiB".format, "loss": "{:.4f}".format}
+           "s": "{:,.1f} s".format, "GiB": "{:.2f} GiB".format, "loss": "{:.4f}".format, "steps": "{:,.0f} steps".format}
 
 
 def fmt(value, unit):

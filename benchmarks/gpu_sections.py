@@ -23,11 +23,15 @@ import torch
 
 import throughput as tp
 
+from ddpm_lib.recipes import FAST
+
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = {"train_throughput": "training throughput", "fp16_gradscaler": "fp16 + GradScaler (T4 path)",
             "sampling": "sampling", "cifar10_run": "CIFAR-10 run", "nbval": "notebooks under nbval"}
 FID_SAMPLES = 50_000
 FINISH_S = 20  # the CIFAR-10 run stops training this long before its time box ends: the last grid, the loss curve
+SESSION_S = 30 * 60  # one Colab session of training (notebook 05's MAX_MINUTES on a GPU)
+FAST_ROW = f"fast recipe ({FAST.preset}, {FAST.prediction})"  # its own network: not one of the paper-network contenders
 
 
 @dataclass(frozen=True)
@@ -122,12 +126,17 @@ def throughput_summary(rows, peak, sizes, device):
     ours = max((r for n, r in rate.items() if n.startswith("ddpm_lib") and r), default=None)
     diffusers = rate.get("diffusers UNet2DModel")
     ratio = ours / diffusers if ours and diffusers else None
+    fast = rate.get(FAST_ROW)
+    session = fast / sizes.batch * SESSION_S if fast else None  # the fast recipe's steps in one Colab session
     return {"batch": sizes.batch, "precision": "bf16 autocast, channels_last" if device.type == "cuda" else "fp32",
             "peak_tflops": peak / 1e12, "rows": rows,
             "checks": [check(f"ddpm_lib (best of eager / compiled), batch {sizes.batch}", ours, "img/s",
                              ">= 10,000 img/s (H100, bf16, batch 128)", ours is not None and ours >= 10_000),
                        check("ddpm_lib / diffusers UNet2DModel (eager)", ratio, "x", ">= 2x",
-                             ratio is not None and ratio >= 2)]}
+                             ratio is not None and ratio >= 2),
+                       check(f"the fast recipe's steps in {SESSION_S // 60} minutes, this card (eager)", session,
+                             "steps", f">= {FAST.steps:,} (its run: 20 epochs)",
+                             session is not None and session >= FAST.steps)]}
 
 
 def train_throughput(args, sizes, device):
@@ -136,6 +145,7 @@ def train_throughput(args, sizes, device):
     compiled = "ddpm_lib torch.compile" + (f" (backend={sizes.compile_backend})" if sizes.toy else "")
     contenders = [("ddpm_lib eager", tp.ddpm_lib_step, False), ("diffusers UNet2DModel", tp.diffusers_step, False),
                   ("denoising-diffusion-pytorch Unet", tp.lucidrains_step, False),
+                  (FAST_ROW, tp.fast_recipe_step, False),
                   (compiled, tp.ddpm_lib_step, True)]  # last: compilation is the part most likely to run long
     rows = []
     for name, build, compile in contenders:

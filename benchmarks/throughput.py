@@ -12,6 +12,7 @@ import argparse
 import datetime
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from machine import machine
 
 from ddpm_lib.utils import default_device
 from ddpm_lib.interop import diffusers_config
+from ddpm_lib.recipes import FAST
 from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import PRESETS, unet_from_preset
 
@@ -55,6 +57,17 @@ def ddpm_lib_step(device, compile, toy=False):
     torch.manual_seed(0)
     config = TrainConfig(out_dir=None, progress=False, compile=compile)
     trainer = Trainer(unet_from_preset(TOY_PRESET if toy else "ddpm-cifar10"), None, config, device=device)
+    return trainer.model, trainer.train_step
+
+
+def fast_recipe_step(device, compile, toy=False):
+    """ddpm_lib's Trainer.train_step with the `fast` recipe (ddpm_lib.recipes.FAST): its network, objective and
+    optimiser settings (toy: TOY_PRESET instead of its network). Returns the model and the bound train_step."""
+    torch.manual_seed(0)
+    config = replace(FAST.train, out_dir=None, progress=False, compile=compile)
+    model = unet_from_preset(TOY_PRESET if toy else FAST.preset, image_size=FAST.image_size,
+                             prediction=FAST.prediction)
+    trainer = Trainer(model, None, config, device=device)
     return trainer.model, trainer.train_step
 
 

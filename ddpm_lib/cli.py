@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .cli_args import arg_type, device_arg, non_negative_float, positive_int, where
+from .cli_args import arg_type, device_arg, image_file, non_negative_float, positive_int, where
 from .cli_train import add_train_parser
 from .samplers import SAMPLERS, resolve_steps
 from .utils import check_labels
@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
     p.add_argument("--steps", type=positive_int, help=STEPS_HELP)
     p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
-    p.add_argument("--out", required=True, help="PNG file for the grid")
+    p.add_argument("--out", required=True, type=image_file, help="image file for the grid (.png, .jpg, ...)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--class", dest="label", type=int, metavar="K",
                    help="class-conditional models: every image of class K (default: the classes in turn)")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
 
@@ -60,3 +61,17 @@ probability = arg_type(where(float, lambda v: 0 <= v < 1), "a number in [0, 1)")
 beta = arg_type(where(float, lambda v: 0 < v < 1), "a number in (0, 1)")
 ch_list = arg_type(int_list(False), "comma-separated positive channel counts, e.g. 3,64,128,256,512")
 levels = arg_type(int_list(True), "comma-separated level indices into --ch-list, e.g. 1,2 (or none)")
+
+
+def image_file(text: str) -> str:
+    """--out of sample: a file name whose extension names an image format that PIL writes (.png, .jpg, ...),
+    checked before any sampling."""
+    from PIL import Image
+
+    writable = sorted(ext for ext, kind in Image.registered_extensions().items() if kind in Image.SAVE)
+    suffix = Path(text).suffix.lower()
+    if suffix not in writable:
+        common = [ext for ext in (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".gif") if ext in writable]
+        raise argparse.ArgumentTypeError(f"{text!r}: expected an image file ending in {', '.join(common)} or another "
+                                         f"extension PIL writes; got {suffix or 'no extension'!r}")
+    return text

@@ -1,7 +1,7 @@
 """Named training recipes: a preset, its data and resolution, and the TrainConfig fields it sets.
 
 `QUICK_WIN` is notebook 05's CPU default and the README's first training command (measured by
-`benchmarks/knobs.py quick`, docs/knobs/quick_win.md); the others are notebook 05's runs. Every field a
+`benchmarks/knobs.py quick`, docs/knobs/quick_win.md); `FAST` is the Colab recipe; the others are notebook 05's runs. Every field a
 recipe leaves out is TrainConfig's default, the paper's (Adam, grad clip 1, flips, EMA warm-up).
 """
 from __future__ import annotations
@@ -61,5 +61,12 @@ SEED_3_EPOCHS = Recipe("seed", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128),
 # The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): its network, 800,000 steps at batch 128, eps and L_simple.
 PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
                        name="paper")
+# The Colab recipe: the paper's network at half its width (a quarter of its FLOPs, so about four times the steps per
+# session) for 20 epochs at batch 128, the length after which a report on another DDPM code base saw good CIFAR-10
+# images (zoubohao/DenoisingDiffusionProbabilityModel-ddpm- #8); one 30-minute T4 session by FLOPs (an estimate,
+# notebook 05). lr 5e-4 lies between the paper's 2e-4 and the CPU benchmark's 2e-3, each scaled as 1 / width to
+# width 64 (4e-4 and 1e-3); not measured at this size. An EMA over about the last 1,000 steps.
+FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 128), batch_size=128, lr=5e-4,
+              warmup_steps=500, ema_decay=0.999, name="fast")
 
-RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, SEED_3_EPOCHS, PAPER_CIFAR10)})
+RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, FAST, SEED_3_EPOCHS, PAPER_CIFAR10)})

@@ -96,6 +96,8 @@ def bad_input(tmp):
     run, cond, t20 = tmp / "run", tmp / "cond", tmp / "t20"
     return {
         "missing checkpoint": (sample + (tmp / "nope.pt",), "checkpoint not found"),
+        "sample to a text file": (("sample", "--n", "1", "--out", tmp / "grid.txt", "--device", "cpu", "--ckpt",
+                                   tmp / "run"), "--out: "),
         "run folder without checkpoint": (sample + (tmp / "empty_root",), "has no checkpoint.pt"),
         "truncated checkpoint": (sample + (tmp / "truncated.pt",), "not a readable checkpoint"),
         "random bytes": (sample + (tmp / "random.pt",), "not a readable checkpoint"),

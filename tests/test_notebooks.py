@@ -1,4 +1,4 @@
-"""The notebook series as committed: 01..08, valid, without outputs, Colab-ready, with a SMOKE switch and exercises.
+"""The notebook series as committed: 01..09, valid, without outputs, Colab-ready, with a SMOKE switch and exercises.
 
 Running them is nbval's job (`pytest --nbval-lax notebooks/`); these checks are static and take no kernel.
 """
@@ -12,7 +12,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb", "04_reverse_process.ipynb",
-          "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb", "08_guidance.ipynb"]
+          "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb", "08_guidance.ipynb",
+          "09_prediction_targets.ipynb"]
 
 COLAB = "https://colab.research.google.com/github/ddpm-lib/ddpm_lib/blob/main/notebooks/"
 GITHUB = "https://github.com/ddpm-lib/ddpm_lib/blob/main/"  # links Colab can follow: absolute, into the repository
