@@ -5,7 +5,7 @@ Sections, each in its own process and time box; a failing one is recorded with i
                     Trainer.train_step (eager and torch.compile) against diffusers' UNet2DModel and
                     denoising-diffusion-pytorch's Unet (benchmarks/throughput.py's contenders), peak memory each;
                     and the `fast` recipe's step (the Colab recipe), its steps per 30-minute session
-  fp16_gradscaler   the T4 path forced (ddpm_lib.train.autocast_dtype -> float16, GradScaler): finite loss, speed,
+  fp16_gradscaler   the T4 path forced (TrainConfig.precision='fp16', GradScaler): finite loss, speed,
                     against diffusers' fp16 + GradScaler step
   sampling          images/s of 20 DPM-Solver++ steps in bf16 at a large batch; the time projected for 50,000
   cifar10_run       a ~4-minute run of ddpm-cifar10 on CIFAR-10 (--data): loss curve and EMA sample grids (PNGs)

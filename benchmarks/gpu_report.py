@@ -6,7 +6,8 @@ import throughput as tp
 from gpu_sections import SECTIONS
 
 FORMATS = {"img/s": lambda v: f"{tp.rate_text(v)} img/s", "x": "{:.2f}x".format,
-           "s": "{:,.1f} s".format, "GiB": "{:.2f} GiB".format, "loss": "{:.4f}".format, "steps": "{:,.0f} steps".format}
+           "s": "{:,.1f} s".format, "GiB": "{:.2f} GiB".format, "loss": "{:.4f}".format,
+           "steps": "{:,.0f} steps".format}
 
 
 def fmt(value, unit):
@@ -46,7 +47,7 @@ def throughput_details(t):
 
 
 def fp16_details(f):
-    return [f"ddpm_lib's Trainer with autocast_dtype patched to float16, batch {f['batch']}, {f['steps']} steps: "
+    return [f"ddpm_lib's Trainer with precision fp16, batch {f['batch']}, {f['steps']} steps: "
             f"{fmt(f['ddpm_lib_images_per_s'], 'img/s')}, final loss {fmt(f['final_loss'], 'loss')}, "
             f"final loss scale {f['final_scale']:g}; diffusers with fp16 + GradScaler: "
             f"{fmt(f['diffusers_images_per_s'], 'img/s')}."]

@@ -1,7 +1,7 @@
 """The measured sections of benchmarks/gpu_check.py; each runs in its own child process, in its own time box.
 
   train_throughput  training images/s of the paper's network (ddpm_lib eager and compiled, diffusers, lucidrains)
-  fp16_gradscaler   the T4 path forced (autocast_dtype -> float16, GradScaler) against diffusers' fp16 step
+  fp16_gradscaler   the T4 path forced (TrainConfig.precision='fp16': GradScaler) against diffusers' fp16 step
   sampling          images/s of DPM-Solver++ in bf16 at a large batch; the time projected for 50,000
   cifar10_run       a short run of ddpm-cifar10 on CIFAR-10: loss curve and EMA sample grids (PNGs)
 (nbval, the fifth, is in gpu_nbval.py.) Each takes (args, sizes, device) and returns a dict with "checks"
@@ -97,11 +97,6 @@ def save_partial(args, result):
     write_result(args, dict(result, status="partial"))
 
 
-def force_fp16():
-    """Patch ddpm_lib.train.autocast_dtype to float16: Trainers built after this take a T4's fp16 + GradScaler path."""
-    import ddpm_lib.train
-    ddpm_lib.train.autocast_dtype = lambda device: torch.float16
-
 
 
 def time_contender(name, build, device, sizes, x0, **kwargs):
@@ -161,11 +156,10 @@ def train_throughput(args, sizes, device):
 
 def fp16_gradscaler(args, sizes, device):
     x0 = torch.rand(sizes.batch, 3, 32, 32, device=device) * 2 - 1
-    force_fp16()
-    _, step = tp.ddpm_lib_step(device, False, toy=sizes.toy)
+    _, step = tp.ddpm_lib_step(device, False, toy=sizes.toy, precision="fp16")  # a T4's path, on any card
     trainer = step.__self__
     if not trainer.scaler.is_enabled():
-        raise RuntimeError("the Trainer did not take the fp16 + GradScaler path with autocast_dtype patched")
+        raise RuntimeError("the Trainer did not take the fp16 + GradScaler path with TrainConfig.precision='fp16'")
     losses = []
     for _ in range(sizes.warmup):
         losses.append(step(x0))

@@ -48,14 +48,14 @@ def autocast(device, dtype=torch.bfloat16):
     return torch.autocast(device.type, dtype=dtype, enabled=device.type == "cuda")
 
 
-def ddpm_lib_step(device, compile, toy=False):
+def ddpm_lib_step(device, compile, toy=False, precision="auto"):
     """ddpm_lib's Trainer.train_step: Algorithm 1, Adam (fused on CUDA), clip, foreach EMA.
 
-    Its precision is the Trainer's own (ddpm_lib.train.autocast_dtype: bf16 on Ampere+). Returns the model and
-    the bound method trainer.train_step (its __self__ is the Trainer).
+    precision: TrainConfig.precision (auto: bf16 on Ampere+). Returns the model and the bound method
+    trainer.train_step (its __self__ is the Trainer).
     """
     torch.manual_seed(0)
-    config = TrainConfig(out_dir=None, progress=False, compile=compile)
+    config = TrainConfig(out_dir=None, progress=False, compile=compile, precision=precision)
     trainer = Trainer(unet_from_preset(TOY_PRESET if toy else "ddpm-cifar10"), None, config, device=device)
     return trainer.model, trainer.train_step
 

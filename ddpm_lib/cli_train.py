@@ -14,6 +14,7 @@ import torch
 
 from .cli_args import beta, ch_list, device_arg, integer, levels, number, positive_int, probability
 from .recipes import RECIPES
+from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
 from .train import TrainConfig
 from .unet import PRESETS
@@ -24,7 +25,7 @@ KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_he
          "temb_dim": "--temb-dim", "dropout": "--dropout",
          "image_size": "--image-size", "prediction": "--prediction"}  # UNetConfig field -> the flag that sets it
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
-                   "cond_drop_prob")  # TrainConfig fields a flag may set, also when resuming
+                   "cond_drop_prob", "precision", "grad_accum")  # TrainConfig fields a flag may set, also when resuming
 OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                  "prediction", "loss_weighting", "snr_gamma")  # what --recipe fills in where no flag is given
@@ -71,6 +72,10 @@ def add_train_parser(sub) -> None:
                    "would change its network, schedule, data or seed are refused")
     p.add_argument("--seed", type=int, help=f"seed of init, data order, noise and dropout (default {TrainConfig.seed})")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype: auto (bf16 on Ampere and later, fp16 with "
+                   "a GradScaler before, fp32 off CUDA), fp32, bf16 or fp16 (default auto)")
+    p.add_argument("--grad-accum", type=integer, metavar="K", help="micro-batches per optimizer step: the same "
+                   "gradient as one --batch-size batch in 1/K of the activation memory (default 1)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, mps (default: the best available)")
     p.add_argument("--lr", type=number, help=f"Adam learning rate (default {TrainConfig.lr})")
     p.add_argument("--warmup-steps", type=integer, help=f"linear warm-up steps, 0 = none "
@@ -233,7 +238,7 @@ def _fit(args, device: torch.device) -> None:
         if recorded is None and args.data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
         known = {f.name for f in fields(TrainConfig)}  # the flags' new values checked now, before any data is read
-        _train_config(**{**{k: v for k, v in ckpt["train_config"].items() if k in known}, **overrides})
+        train_config = _train_config(**{**{k: v for k, v in ckpt["train_config"].items() if k in known}, **overrides})
         seed = ckpt["train_config"]["seed"]
         class_cond = ckpt["unet_config"].get("num_classes") is not None
         size = ckpt["unet_config"]["image_size"]
@@ -248,6 +253,10 @@ def _fit(args, device: torch.device) -> None:
         size = config.image_size
     if args.cond_drop_prob is not None and not class_cond:
         raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
+    try:  # the precision on this device (bf16 needs Ampere or later), before any data is read
+        precision_dtype(train_config.precision, device)
+    except ValueError as e:
+        raise ValueError(f"--precision: {e}") from None
 
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
         loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else

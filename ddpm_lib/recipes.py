@@ -1,7 +1,8 @@
 """Named training recipes: a preset, its data and resolution, and the TrainConfig fields it sets.
 
 `QUICK_WIN` is notebook 05's CPU default and the README's first training command (measured by
-`benchmarks/knobs.py quick`, docs/knobs/quick_win.md); `FAST` is the Colab recipe; the others are notebook 05's runs. Every field a
+`benchmarks/knobs.py quick`, docs/knobs/quick_win.md); `FAST` is the Colab recipe; the others are notebook 05's
+runs. Every field a
 recipe leaves out is TrainConfig's default, the paper's (Adam, grad clip 1, flips, EMA warm-up).
 """
 from __future__ import annotations

@@ -20,6 +20,25 @@ def autocast_dtype(device) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.get_device_capability(device) >= (8, 0) else torch.float16
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # TrainConfig.precision
+
+
+def precision_dtype(precision: str, device) -> torch.dtype | None:
+    """The autocast dtype that TrainConfig.precision trains in on `device` (None: fp32, no autocast): "auto" is
+    autocast_dtype(device); "bf16" is refused on a CUDA card without bfloat16 (before Ampere); "fp16" brings
+    the Trainer's GradScaler."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "auto":
+        return autocast_dtype(device)
+    if precision == "bf16" and device.type == "cuda" and torch.cuda.get_device_capability(device) < (8, 0):
+        name, (major, minor) = torch.cuda.get_device_name(device), torch.cuda.get_device_capability(device)
+        raise ValueError(f"TrainConfig.precision bf16: {name} (compute capability {major}.{minor}) has no "
+                         f"bfloat16 (Ampere, 8.0, and later do); use fp16 or auto")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
 def enable_tf32(device) -> bool:
     """Let fp32 matmuls and convolutions run in TF32 on CUDA compute capability >= 8.0 (Ampere+), as training does;
     True where it did."""

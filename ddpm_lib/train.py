@@ -12,6 +12,7 @@ import json
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,7 @@ from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import DDIM_STEPS, ddim_sample
 from .schedule import LOSS_WEIGHTINGS, NoiseSchedule, diffusion_loss
-from .runtime import autocast_dtype, enable_tf32, precision_name, rank_and_world, seed_global_rng
+from .runtime import PRECISIONS, enable_tf32, precision_dtype, precision_name, rank_and_world, seed_global_rng
 from .unet import UNet, UNetConfig
 
 
@@ -47,7 +48,10 @@ class TrainConfig:
     loss_weighting: str = "uniform"  # weight of each t: "uniform" (with eps the paper's L_simple) or "min-snr"
     snr_gamma: float = 5.0           # min-SNR-gamma's gamma (Hang et al. 2023), with loss_weighting="min-snr"
     recipe: str | None = None        # the named recipe (ddpm_lib.recipes.RECIPES) the run started from; None: by hand
-    amp: bool = True                 # CUDA only: autocast in autocast_dtype(device) (False: fp32, TF32 on Ampere+)
+    precision: str = "auto"          # autocast dtype: auto (bf16 on Ampere+, fp16 + GradScaler before, fp32 off
+                                     # CUDA), fp32 (TF32 on Ampere+), bf16 or fp16 (runtime.precision_dtype)
+    grad_accum: int = 1              # micro-batches per optimizer step, each batch_size / (ranks x grad_accum)
+                                     # images: the gradient of one batch of batch_size, in less memory
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
     compile: bool = False            # torch.compile the model
     log_every: int = 100             # read losses back to the host, log them and update the bar
@@ -59,7 +63,7 @@ class TrainConfig:
     progress: bool = True            # show a tqdm progress bar
 
     def __post_init__(self):
-        positive = ("lr", "batch_size", "steps", "log_every", "sample_n", "sample_steps")
+        positive = ("lr", "batch_size", "steps", "log_every", "sample_n", "sample_steps", "grad_accum")
         non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every")
         for name in positive + non_negative:
             value = getattr(self, name)
@@ -76,6 +80,11 @@ class TrainConfig:
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"TrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, "
                              f"got {self.loss_weighting!r}")
+        if self.batch_size % self.grad_accum:
+            raise ValueError(f"TrainConfig.grad_accum must divide batch_size={self.batch_size} into equal "
+                             f"micro-batches, got {self.grad_accum}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         gamma = self.snr_gamma
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
             raise ValueError(f"TrainConfig.snr_gamma must be a number > 0, got {gamma!r}")
@@ -89,9 +98,9 @@ class Trainer:
         self.config = config = config if config is not None else TrainConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.rank, self.world_size = rank_and_world()
-        if config.batch_size % self.world_size:
+        if config.batch_size % (self.world_size * config.grad_accum):
             raise ValueError(f"TrainConfig.batch_size={config.batch_size} must divide evenly over "
-                             f"{self.world_size} ranks")
+                             f"{self.world_size} ranks x grad_accum={config.grad_accum} micro-batches")
         cuda = self.device.type == "cuda"
         self.model = model.to(self.device)
         if cuda and config.channels_last:
@@ -102,14 +111,15 @@ class Trainer:
         self.data_info: DataInfo | None = None      # what the training data is (a loader's); saved as ckpt["data"]
 
         enable_tf32(self.device)
-        self.amp_dtype = autocast_dtype(self.device) if config.amp else None
+        self.amp_dtype = precision_dtype(config.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, fused=cuda or None)
 
         # The net the loss calls: DDP all-reduces gradients; rank 0's weights are broadcast here.
         self.net = self.model
+        self._ddp = None  # the DDP wrapper: its no_sync() skips the all-reduce of all but the last micro-batch
         if self.world_size > 1:
-            self.net = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
+            self.net = self._ddp = DistributedDataParallel(self.model, device_ids=[self.device.index] if cuda else None)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)  # fp32 like the model
         self._params = list(self.model.parameters())
         self._ema_params = list(self.ema.parameters())
@@ -130,10 +140,9 @@ class Trainer:
         eps = torch.randn((n, *x0.shape[1:]), generator=self._noise_gen, device=self.device)
         share = slice(self.rank * b, (self.rank + 1) * b)
         t, eps = t[share], eps[share]
-        net = self.net
         if y is not None:  # classifier-free guidance training: some rows learn the unconditional eps
             drop = torch.rand(n, generator=self._noise_gen, device=self.device)[share] < cfg.cond_drop_prob
-            net = partial(self.net, y=torch.where(drop, -1, y))
+            y = torch.where(drop, -1, y)
         if self.device.type == "cuda" and cfg.channels_last:
             x0, eps = (x.contiguous(memory_format=torch.channels_last) for x in (x0, eps))
         seed_global_rng(mix_seed("dropout", cfg.seed, self.step, self.rank), self.device)  # fit restores it
@@ -141,11 +150,20 @@ class Trainer:
         lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            loss = diffusion_loss(net, self.schedule, x0, t=t, noise=eps, prediction=self.model.config.prediction,
-                                  weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)  # Algorithm 1, lines 2-5
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()  # the scaler is a no-op unless fp16
+        K, losses = cfg.grad_accum, []
+        for k, rows in enumerate(torch.arange(b, device=self.device).chunk(K)):  # K equal micro-batches
+            net = self.net if y is None else partial(self.net, y=y[rows])
+            last = k == K - 1
+            with (self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()):
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                    loss = diffusion_loss(net, self.schedule, x0[rows], t=t[rows], noise=eps[rows],
+                                          prediction=self.model.config.prediction, weighting=cfg.loss_weighting,
+                                          snr_gamma=cfg.snr_gamma)  # Algorithm 1, lines 2-5
+                # the mean over the batch is the mean of the K micro-batch means: each adds 1/K of its gradient
+                self.scaler.scale(loss / K).backward()  # the scaler is a no-op unless fp16
+            losses.append(loss.detach())
+        loss = torch.stack(losses).mean() if K > 1 else losses[0]
         self.scaler.unscale_(self.optimizer)
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
@@ -156,7 +174,7 @@ class Trainer:
         with torch.no_grad():  # the EMA is not part of the graph: its tensors stay leaves without grad
             torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)  # ema += (1 - decay)(w - ema)
         self.step += 1
-        return loss.detach()
+        return loss
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, images, labels: torch.Tensor | None = None, steps: int | None = None) -> "Trainer":
@@ -305,5 +323,5 @@ class Trainer:
         saved, now = ckpt.get("amp_dtype", "float32"), precision_name(trainer.amp_dtype)
         if saved != now and trainer.rank == 0:  # one line, also under DDP
             warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "
-                          f"(autocast_dtype of {trainer.device})", stacklevel=2)
+                          f"(precision {config.precision} on {trainer.device})", stacklevel=2)
         return trainer

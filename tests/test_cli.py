@@ -16,7 +16,7 @@ import torchvision.datasets as tvd
 from helpers import MICRO, Payload, write_image_folder, perturbed
 from PIL import Image
 
-from ddpm_lib.checkpoint import load_model
+from ddpm_lib.checkpoint import load_model, read_checkpoint
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.cli import main
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
@@ -132,6 +132,10 @@ def bad_input(tmp):
         "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
                                     "--preset and --data are needed"),
         "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: TrainConfig.steps must be > 0"),
+        "zero micro-batches": (shapes + ("--grad-accum", "0"), "--grad-accum: TrainConfig.grad_accum must be > 0"),
+        "micro-batches not dividing the batch": (shapes + ("--grad-accum", "3"),
+                                                 "--grad-accum: TrainConfig.grad_accum must divide batch_size=2"),
+        "unknown precision": (shapes + ("--precision", "fp8"), "--precision: invalid choice: 'fp8'"),
         "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: TrainConfig.batch_size must be > 0"),
         "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected an integer"),
         "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
@@ -186,6 +190,31 @@ def test_bad_input_is_one_line_on_stderr(files, case, capsys, monkeypatch, one_t
     out, err = capsys.readouterr()
     assert_one_line_error((rc, out, err), message)
     assert not (files / "new").exists() and not (files / "pipe").exists(), "a refused command wrote something"
+
+
+def test_bf16_on_a_card_without_it_is_refused_before_any_data_is_read(files, capsys, monkeypatch):
+    """--precision bf16 on a pre-Ampere card (a T4 stood in for by patching what torch reports): one line naming
+    the card, before the data is read (a data folder that does not exist is never looked at) and nothing written."""
+    import ddpm_lib.runtime
+
+    monkeypatch.setattr(ddpm_lib.runtime, "init_distributed", lambda device: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    rc = main(["train", "--preset", "tiny", "--data", str(files / "no_such_folder"), "--steps", "1",
+               "--precision", "bf16", "--out", str(files / "new")])
+    out, err = capsys.readouterr()
+    assert_one_line_error((rc, out, err), "--precision: TrainConfig.precision bf16: Tesla T4 (compute capability "
+                                          "7.5) has no bfloat16")
+    assert not (files / "new").exists()
+
+
+def test_grad_accum_and_precision_flags_reach_the_run(tmp_path, one_thread):
+    rc = main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
+               "--steps", "2", "--batch-size", "4", "--grad-accum", "2", "--precision", "bf16", "--device", "cpu",
+               "--out", str(tmp_path / "run"), "--no-progress", "--sample-every", "0"])
+    config = read_checkpoint(tmp_path / "run")["train_config"]
+    assert rc == 0 and (config["grad_accum"], config["precision"]) == (2, "bf16")
+    assert read_checkpoint(tmp_path / "run")["amp_dtype"] == "bfloat16"
 
 
 class ChannelMeans(torch.nn.Module):

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from helpers import MICRO
 
 from ddpm_lib.data import make_shapes
@@ -17,12 +18,24 @@ from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import UNet
 
 
-def make_trainer(out_dir, steps, dropout=0.0):
+def make_trainer(out_dir, steps, dropout=0.0, grad_accum=1):
     """dropout 0 to compare with one process: ranks draw their own dropout masks, from (seed, step, rank)."""
     torch.manual_seed(0)
     config = TrainConfig(batch_size=8, steps=steps, warmup_steps=2, log_every=1, sample_every=0,
-                         checkpoint_every=0, out_dir=str(out_dir), progress=False)
+                         checkpoint_every=0, out_dir=str(out_dir), progress=False, grad_accum=grad_accum)
     return Trainer(UNet(replace(MICRO, dropout=dropout)), NoiseSchedule.linear(100), config, device="cpu")
+
+
+def _count_all_reduces(trainer) -> list:
+    """A list that grows by one at every gradient all-reduce (one per bucket) of the trainer's DDP."""
+    calls: list = []
+
+    def hook(state, bucket):
+        calls.append(bucket.index())
+        return allreduce_hook(None, bucket)
+
+    trainer._ddp.register_comm_hook(None, hook)
+    return calls
 
 
 def _rank(rank, world_size, tmp):
@@ -36,7 +49,12 @@ def _rank(rank, world_size, tmp):
         straight = make_trainer(tmp / "straight", steps=4, dropout=0.1).fit(images)
         make_trainer(tmp / "resumed", steps=2, dropout=0.1).fit(images)
         resumed = Trainer.load(tmp / "resumed", device="cpu", steps=4).fit(images)
-        torch.save({"model": trainer.model.state_dict(), "history": trainer.history,
+        # gradient accumulation: 2 micro-batches per step, all-reduced once per step (no_sync on the first)
+        plain, accum = make_trainer(tmp / "plain", steps=2), make_trainer(tmp / "accum", steps=2, grad_accum=2)
+        calls = [_count_all_reduces(t) for t in (plain, accum)]
+        plain.fit(images), accum.fit(images)
+        torch.save({"model": trainer.model.state_dict(), "history": trainer.history, "calls": calls,
+                    "plain": plain.model.state_dict(), "accum": accum.model.state_dict(),
                     "straight": straight.model.state_dict(), "resumed": resumed.model.state_dict()},
                    tmp / f"rank{rank}.pt")
     finally:
@@ -56,6 +74,10 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     for (_, loss_ddp), (_, loss) in zip(rank0["history"], single.history[2:]):
         assert abs(loss_ddp - loss) < 1e-5
     assert Trainer.load(tmp_path / "ddp" / "checkpoint.pt", device="cpu").step == 4
+    plain_calls, accum_calls = rank0["calls"]
+    assert plain_calls and accum_calls == plain_calls  # the same all-reduces: none for the first micro-batch
+    for name, w in rank0["plain"].items():
+        torch.testing.assert_close(rank0["accum"][name], w, rtol=1e-4, atol=1e-5)  # the same 2 steps
 
 
 @pytest.mark.slow

@@ -62,7 +62,8 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     s = report["sections"]
     rows = {r["name"]: r for r in s["train_throughput"]["rows"]}
     assert len(rows) == 5 and all(r["images_per_s"] > 0 and r["params"] > 0 for r in rows.values())
-    fast = {c["what"]: c for c in s["train_throughput"]["checks"]}["the fast recipe's steps in 30 minutes, this card (eager)"]
+    checks = {c["what"]: c for c in s["train_throughput"]["checks"]}
+    fast = checks["the fast recipe's steps in 30 minutes, this card (eager)"]
     assert fast["value"] == rows[gpu_sections.FAST_ROW]["images_per_s"] / gpu_sections.DRY.batch * 1800
     assert s["fp16_gradscaler"]["losses_finite"] and s["fp16_gradscaler"]["ddpm_lib_images_per_s"] > 0
     assert s["sampling"]["images_per_s"] > 0

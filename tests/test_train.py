@@ -20,7 +20,9 @@ from ddpm_lib.data import SHAPE_KINDS, DataInfo, DeviceBatches, make_shapes
 from ddpm_lib.utils import mix_seed
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule, diffusion_loss
-from ddpm_lib.train import Trainer, TrainConfig, autocast_dtype
+from ddpm_lib.tolerance import assert_close
+from ddpm_lib.runtime import autocast_dtype, precision_dtype
+from ddpm_lib.train import Trainer, TrainConfig
 from ddpm_lib.unet import UNet, unet_from_preset
 
 
@@ -118,6 +120,61 @@ def test_the_step_loss_is_diffusion_loss_of_the_models_target_and_weighting(labe
                                   weighting=weighting, snr_gamma=2.0)
     loss = trainer.train_step(x0, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the same float32 sums in the same order
+
+
+def _path_terms(model, pixels: int) -> int:
+    """Terms summed along a gradient's longest path: every conv's C_in x k x k on the way in (the forward),
+    then the batch's pixels (a weight gradient sums over them)."""
+    return pixels + sum(m.weight[0].numel() for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+@pytest.mark.parametrize("num_classes", [None, 3])
+def test_grad_accum_equals_one_big_batch(images, labelled, num_classes):
+    """grad_accum=4: four micro-batches of 2 make one optimizer step equal to one batch of 8 (dropout off):
+    the same loss, the same clipped gradient and, after 3 steps, the same weights, to floating-point tolerance;
+    label drops and noise are the big batch's rows."""
+    data = (images, None) if num_classes is None else labelled
+    run = dict(dropout=0.0, num_classes=num_classes, cond_drop_prob=0.5, steps=3)
+    big, accum = make_trainer(None, **run), make_trainer(None, grad_accum=4, **run)
+    batches = big._batches(*data)
+    x0, y = batches.batch(0), batches.batch_labels(0)
+    losses = [t.train_step(x0, y) for t in (big, accum)]
+    terms = _path_terms(big.model, x0[:, 0].numel())
+    assert_close(losses[1], losses[0], reduction=terms, why="the loss: the big batch's mean as 4 means of 2")
+    for (name, g_big), g_acc in zip(big.model.named_parameters(), (p.grad for p in accum.model.parameters())):
+        assert_close(g_acc, g_big.grad, reduction=terms, why=f"{name}: 4 micro-batch gradients summed")
+    for t in (big, accum):
+        t.fit(*data)
+    for (name, w_big), w_acc in zip(big.model.state_dict().items(), accum.model.state_dict().values()):
+        torch.testing.assert_close(w_acc, w_big, rtol=1e-4, atol=1e-5, msg=name)  # Adam divides by sqrt(v): as DDP
+    assert [s for s, _ in accum.history] == [s for s, _ in big.history]
+
+
+def test_grad_accum_resumes_bit_exact_and_is_checked(tmp_path, images):
+    straight = make_trainer(tmp_path / "a", steps=4, grad_accum=2).fit(images)
+    make_trainer(tmp_path / "b", steps=2, grad_accum=2).fit(images)
+    resumed = Trainer.load(tmp_path / "b", device="cpu", steps=4).fit(images)
+    assert resumed.config.grad_accum == 2
+    assert_same_state(straight, resumed)
+    with pytest.raises(ValueError, match="TrainConfig.grad_accum must be > 0"):
+        TrainConfig(grad_accum=0)
+    with pytest.raises(ValueError, match="grad_accum must divide batch_size=8 into equal micro-batches, got 3"):
+        TrainConfig(batch_size=8, grad_accum=3)
+
+
+def test_precision_picks_the_autocast_dtype_and_refuses_bf16_without_it(monkeypatch):
+    assert precision_dtype("fp32", "cpu") is None and precision_dtype("auto", "cpu") is autocast_dtype("cpu")
+    assert precision_dtype("bf16", "cpu") is torch.bfloat16 and precision_dtype("fp16", "cpu") is torch.float16
+    assert make_trainer(None, steps=1, precision="bf16").amp_dtype is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
+    assert precision_dtype("auto", "cuda") is torch.float16
+    with pytest.raises(ValueError) as caught:
+        precision_dtype("bf16", "cuda")
+    message = str(caught.value)
+    assert message.count("\n") == 0 and "Tesla T4 (compute capability 7.5) has no bfloat16" in message
+    with pytest.raises(ValueError, match="TrainConfig.precision must be one of"):
+        TrainConfig(precision="fp8")
 
 
 def test_fit_leaves_the_callers_rng_alone(images):
@@ -232,11 +289,10 @@ def test_autocast_dtype_is_fp32_off_cuda():
     assert autocast_dtype("cpu") is None and autocast_dtype(torch.device("mps")) is None
 
 
-def test_fp16_with_grad_scaler_trains(images, monkeypatch):
+def test_fp16_with_grad_scaler_trains(images):
     """The fp16 path (pre-Ampere cards) end to end on the CPU: autocast in float16, loss scaled by the
     GradScaler, gradients unscaled before the clip, finite losses, weights updated."""
-    monkeypatch.setattr(ddpm_lib.train, "autocast_dtype", lambda device: torch.float16)
-    trainer = make_trainer(None, steps=3, log_every=1, dropout=0.0)
+    trainer = make_trainer(None, steps=3, log_every=1, dropout=0.0, precision="fp16")
     assert trainer.amp_dtype is torch.float16 and trainer.scaler.is_enabled()
     ratios = []
     real_scale = trainer.scaler.scale
@@ -253,20 +309,20 @@ def test_fp16_with_grad_scaler_trains(images, monkeypatch):
     assert len(ratios) == 3 and all(r >= 2 ** 8 and math.log2(r).is_integer() for r in ratios), ratios
     assert trainer.scaler.get_scale() <= 65536.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    assert make_trainer(None, steps=1, amp=False).amp_dtype is None
+    assert make_trainer(None, steps=1, precision="fp32").amp_dtype is None
 
 
 def test_resume_on_another_card_says_the_precision_changed(tmp_path, images, monkeypatch):
     """A checkpoint records its autocast dtype; resuming in another one says so in one line, and the fp16
     GradScaler's scale travels with the checkpoint."""
-    monkeypatch.setattr(ddpm_lib.train, "autocast_dtype", lambda device: torch.float16)
+    monkeypatch.setattr(ddpm_lib.runtime, "autocast_dtype", lambda device: torch.float16)
     make_trainer(tmp_path, steps=2).fit(images)
     assert read_checkpoint(tmp_path)["amp_dtype"] == "float16"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         same = Trainer.load(tmp_path, device="cpu")
     assert not caught and same.scaler.get_scale() == read_checkpoint(tmp_path)["scaler"]["scale"]
-    monkeypatch.setattr(ddpm_lib.train, "autocast_dtype", lambda device: torch.bfloat16)
+    monkeypatch.setattr(ddpm_lib.runtime, "autocast_dtype", lambda device: torch.bfloat16)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         Trainer.load(tmp_path, device="cpu")
@@ -275,14 +331,16 @@ def test_resume_on_another_card_says_the_precision_changed(tmp_path, images, mon
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("forced", [torch.float16, None])
-def test_mixed_precision_steps_on_a_gpu(images, monkeypatch, forced):
-    """Real autocast steps on the GPU: fp16 + GradScaler (forced), and the card's own choice (bf16 + TF32 on
-    Ampere and later, fp16 + GradScaler before)."""
-    if forced is not None:
-        monkeypatch.setattr(ddpm_lib.train, "autocast_dtype", lambda device: forced)
-    trainer = make_trainer(None, steps=4, log_every=1, device="cuda")
-    expected = forced or autocast_dtype("cuda")
+@pytest.mark.parametrize("precision", ["fp16", "auto", "bf16"])
+def test_mixed_precision_steps_on_a_gpu(images, precision):
+    """Real autocast steps on the GPU: fp16 + GradScaler, the card's own choice (bf16 + TF32 on Ampere and
+    later, fp16 + GradScaler before), and bf16 where the card has it (refused in one line where not)."""
+    if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
+        with pytest.raises(ValueError, match="has no bfloat16"):
+            make_trainer(None, steps=4, device="cuda", precision="bf16")
+        return
+    trainer = make_trainer(None, steps=4, log_every=1, device="cuda", precision=precision)
+    expected = {"fp16": torch.float16, "bf16": torch.bfloat16, "auto": autocast_dtype("cuda")}[precision]
     assert trainer.amp_dtype is expected and trainer.scaler.is_enabled() == (expected is torch.float16)
     trainer.fit(images)
     assert len(trainer.history) == 4 and all(math.isfinite(loss) for _, loss in trainer.history)
