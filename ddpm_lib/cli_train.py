@@ -17,6 +17,7 @@ from .recipes import RECIPES
 from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
 from .train import TrainConfig
+from .train_log import LOGGERS, check_logger
 from .unet import PRESETS
 from .utils import PREDICTIONS
 
@@ -25,7 +26,8 @@ KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_he
          "temb_dim": "--temb-dim", "dropout": "--dropout",
          "image_size": "--image-size", "prediction": "--prediction"}  # UNetConfig field -> the flag that sets it
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
-                   "cond_drop_prob", "precision", "grad_accum")  # TrainConfig fields a flag may set, also when resuming
+                   "cond_drop_prob", "precision", "grad_accum", "logger")  # TrainConfig fields a flag may set, also
+                                                                           # when resuming
 OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                  "prediction", "loss_weighting", "snr_gamma")  # what --recipe fills in where no flag is given
@@ -84,6 +86,9 @@ def add_train_parser(sub) -> None:
                                                    f"warm-up: min(decay, (1 + n) / (10 + n)) at update n)")
     p.add_argument("--no-ema-warmup", dest="ema_warmup", action="store_const", const=False,
                    help="a constant EMA decay from the first step, as in the paper")
+    p.add_argument("--logger", choices=LOGGERS, help="jsonl: OUT/loss.jsonl (default); tensorboard: also event files "
+                   "in OUT/tensorboard: loss, loss by quarter of t, lr, gradient norm, EMA decay, images/s, sample "
+                   "grids (the tensorboard extra)")
     p.add_argument("--log-every", type=integer, help=f"steps between loss read-backs "
                                                           f"(default {TrainConfig.log_every})")
     p.add_argument("--sample-every", type=integer, help=f"steps between sample grids, 0 = never "
@@ -257,6 +262,10 @@ def _fit(args, device: torch.device) -> None:
         precision_dtype(train_config.precision, device)
     except ValueError as e:
         raise ValueError(f"--precision: {e}") from None
+    try:
+        check_logger(train_config.logger)
+    except ImportError as e:
+        raise ValueError(f"--logger: {e}") from None
 
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
         loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else

@@ -8,7 +8,6 @@ step). So resuming needs only the step, and K ranks see the noise one process wo
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 import warnings
@@ -29,6 +28,7 @@ from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import DDIM_STEPS, ddim_sample
 from .schedule import LOSS_WEIGHTINGS, NoiseSchedule, diffusion_loss
+from .train_log import LOGGERS, QUARTERS, TrainLog, check_logger, quarter_of
 from .runtime import PRECISIONS, enable_tf32, precision_dtype, precision_name, rank_and_world, seed_global_rng
 from .unet import UNet, UNetConfig
 
@@ -55,6 +55,7 @@ class TrainConfig:
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
     compile: bool = False            # torch.compile the model
     log_every: int = 100             # read losses back to the host, log them and update the bar
+    logger: str = "jsonl"            # out_dir/loss.jsonl; "tensorboard": also event files (ddpm_lib.train_log)
     sample_every: int = 10_000       # save a PNG grid of EMA samples every this many steps (0: never)
     checkpoint_every: int = 10_000   # save out_dir/checkpoint.pt every this many steps (0: only at the end)
     sample_n: int = 64               # images in each sample grid
@@ -83,6 +84,8 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.grad_accum must divide batch_size={self.batch_size} into equal "
                              f"micro-batches, got {self.grad_accum}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
         gamma = self.snr_gamma
@@ -126,6 +129,20 @@ class Trainer:
         if config.compile:
             self.net = torch.compile(self.net)
         self._noise_gen = torch.Generator(self.device)
+        self._stats = torch.zeros(0)  # the last step's [grad norm, loss sum and count per quarter of t] (train_log)
+        if config.out_dir is not None:
+            check_logger(config.logger)  # tensorboard installed, before any step
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of update `step` (0, 1, ...): linear warm-up from 0 over warmup_steps, then lr."""
+        cfg = self.config
+        return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay of update `step`: min(decay, (1 + n) / (10 + n)) with the warm-up (TF's
+        ExponentialMovingAverage with num_updates, diffusers' EMAModel), else the constant decay."""
+        cfg = self.config
+        return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -147,32 +164,37 @@ class Trainer:
             x0, eps = (x.contiguous(memory_format=torch.channels_last) for x in (x0, eps))
         seed_global_rng(mix_seed("dropout", cfg.seed, self.step, self.rank), self.device)  # fit restores it
 
-        lr = cfg.lr * min(1.0, (self.step + 1) / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         K, losses = cfg.grad_accum, []
+        quarter = quarter_of(t, self.schedule.steps)
+        sums = torch.zeros(QUARTERS, device=self.device)  # this step's loss summed by quarter of t, for the log
         for k, rows in enumerate(torch.arange(b, device=self.device).chunk(K)):  # K equal micro-batches
             net = self.net if y is None else partial(self.net, y=y[rows])
             last = k == K - 1
             with (self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    loss = diffusion_loss(net, self.schedule, x0[rows], t=t[rows], noise=eps[rows],
-                                          prediction=self.model.config.prediction, weighting=cfg.loss_weighting,
-                                          snr_gamma=cfg.snr_gamma)  # Algorithm 1, lines 2-5
+                    per_example = diffusion_loss(net, self.schedule, x0[rows], t=t[rows], noise=eps[rows],
+                                                 prediction=self.model.config.prediction, reduction="none",
+                                                 weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
+                    loss = per_example.mean()  # Algorithm 1, lines 2-5
                 # the mean over the batch is the mean of the K micro-batch means: each adds 1/K of its gradient
                 self.scaler.scale(loss / K).backward()  # the scaler is a no-op unless fp16
             losses.append(loss.detach())
+            sums.index_add_(0, quarter[rows], per_example.detach().float())
         loss = torch.stack(losses).mean() if K > 1 else losses[0]
         self.scaler.unscale_(self.optimizer)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip)
+        grads = [p.grad for p in self._params if p.grad is not None]
+        norm = (torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip) if cfg.grad_clip
+                else torch.nn.utils.get_total_norm(grads))  # before clipping
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
-        # EMA warm-up at update n = self.step: TF's ExponentialMovingAverage(num_updates), diffusers' EMAModel
-        decay = min(cfg.ema_decay, (1 + self.step) / (10 + self.step)) if cfg.ema_warmup else cfg.ema_decay
+        decay = self.ema_decay_at(self.step)
         with torch.no_grad():  # the EMA is not part of the graph: its tensors stay leaves without grad
             torch._foreach_lerp_(self._ema_params, self._params, 1.0 - decay)  # ema += (1 - decay)(w - ema)
+        counts = torch.bincount(quarter, minlength=QUARTERS).float()
+        self._stats = torch.cat([norm.float().reshape(1), sums, counts])
         self.step += 1
         return loss
 
@@ -187,25 +209,28 @@ class Trainer:
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:
             remove_stale_temp_files(out / CHECKPOINT_NAME)  # left by a run killed mid-write
-        log = self._open_log(out) if out is not None and self.rank == 0 else None
+        log = TrainLog(out, self.step, cfg.logger) if out is not None and self.rank == 0 else None
         bar = tqdm(total=steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
-        pending, clock, since = [], time.perf_counter(), self.step
+        pending, stats, clock, since = [], [], time.perf_counter(), self.step
         accelerator = [self.device] if self.device.type in ("cuda", "mps") else []
         try:  # train_step reseeds the global RNG every step; the caller's comes back afterwards
             with torch.random.fork_rng(devices=accelerator, device_type=self.device.type):
                 while self.step < steps:
                     pending.append(self.train_step(batches.batch(self.step), batches.batch_labels(self.step)))
+                    stats.append(self._stats)
                     bar.update(1)
                     done = self.step == steps
                     every = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
                     save = out is not None and (done or every)
                     if done or save or self.step % cfg.log_every == 0:
                         rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
-                        mean = self._read_losses(pending, log)
+                        mean = self._read_losses(pending, stats, log)
+                        if log is not None:
+                            log.rate(self.step, rate)
                         bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
-                        pending, clock, since = [], time.perf_counter(), self.step
-                    if out is not None and self.rank == 0 and cfg.sample_every and self.step % cfg.sample_every == 0:
-                        self.save_samples(out / "samples" / f"step_{self.step:07d}.png")
+                        pending, stats, clock, since = [], [], time.perf_counter(), self.step
+                    if log is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
+                        log.grid(self.step, self.save_samples(out / "samples" / f"step_{self.step:07d}.png"))
                     if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
         finally:
@@ -234,14 +259,15 @@ class Trainer:
             check_labels(batches.labels, K, name=f"labels (UNetConfig.num_classes={K})", low=0)
         return batches
 
-    def _read_losses(self, pending: list[torch.Tensor], log) -> float:
-        """Bring the losses since the last read to the host (one sync); stop on a non-finite one."""
-        losses = torch.stack(pending).float()
+    def _read_losses(self, pending: list[torch.Tensor], stats: list[torch.Tensor], log: TrainLog | None) -> float:
+        """Bring the losses and step statistics since the last read to the host (one sync); stop on a non-finite
+        loss; log both."""
+        read = torch.cat([torch.stack(pending).float()[:, None], torch.stack(stats)], 1)  # (steps, 1 + 1 + 2Q)
         if self.world_size > 1:  # every rank sees the global mean, so every rank stops together
-            dist.all_reduce(losses)
-            losses /= self.world_size
+            dist.all_reduce(read)
+            read[:, :2] /= self.world_size  # the loss and the gradient norm (the same on every rank) as means
         first = self.step - len(pending) + 1
-        values = losses.tolist()
+        values = read[:, 0].tolist()
         for i, value in enumerate(values):
             if not math.isfinite(value):
                 raise FloatingPointError(f"non-finite loss ({value}) at step {first + i}; training stopped "
@@ -249,18 +275,11 @@ class Trainer:
         logged = list(zip(range(first, self.step + 1), values))  # (step, loss)
         self.history.extend(logged)
         if log is not None:
-            log.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in logged)
-            log.flush()
+            rows = read[:, 1:].tolist()
+            log.steps(logged, [{"lr": self.lr_at(s - 1), "ema_decay": self.ema_decay_at(s - 1), "grad_norm": row[0],
+                                **{f"loss_by_t/q{q + 1}": row[1 + q] / row[1 + QUARTERS + q] if row[1 + QUARTERS + q]
+                                   else None for q in range(QUARTERS)}} for (s, _), row in zip(logged, rows)])
         return sum(values) / len(values)
-
-    def _open_log(self, out: Path):
-        """Append to out/loss.jsonl, dropping lines past self.step (written after the checkpoint we resume)."""
-        out.mkdir(parents=True, exist_ok=True)
-        path = out / "loss.jsonl"
-        if path.exists():
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= self.step))
-        return path.open("a")
 
     @torch.no_grad()
     def save_samples(self, path, n: int | None = None) -> torch.Tensor:

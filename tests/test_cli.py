@@ -136,6 +136,7 @@ def bad_input(tmp):
         "micro-batches not dividing the batch": (shapes + ("--grad-accum", "3"),
                                                  "--grad-accum: TrainConfig.grad_accum must divide batch_size=2"),
         "unknown precision": (shapes + ("--precision", "fp8"), "--precision: invalid choice: 'fp8'"),
+        "unknown logger": (shapes + ("--logger", "wandb"), "--logger: invalid choice: 'wandb'"),
         "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: TrainConfig.batch_size must be > 0"),
         "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected an integer"),
         "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
@@ -208,12 +209,13 @@ def test_bf16_on_a_card_without_it_is_refused_before_any_data_is_read(files, cap
     assert not (files / "new").exists()
 
 
-def test_grad_accum_and_precision_flags_reach_the_run(tmp_path, one_thread):
+def test_grad_accum_precision_and_logger_flags_reach_the_run(tmp_path, one_thread):
     rc = main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
                "--steps", "2", "--batch-size", "4", "--grad-accum", "2", "--precision", "bf16", "--device", "cpu",
-               "--out", str(tmp_path / "run"), "--no-progress", "--sample-every", "0"])
+               "--logger", "tensorboard", "--out", str(tmp_path / "run"), "--no-progress", "--sample-every", "0"])
     config = read_checkpoint(tmp_path / "run")["train_config"]
-    assert rc == 0 and (config["grad_accum"], config["precision"]) == (2, "bf16")
+    assert rc == 0 and (config["grad_accum"], config["precision"], config["logger"]) == (2, "bf16", "tensorboard")
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert read_checkpoint(tmp_path / "run")["amp_dtype"] == "bfloat16"
 
 

@@ -1,0 +1,87 @@
+"""A run's log in its folder: loss.jsonl (always), and with TrainConfig.logger="tensorboard" TensorBoard event files.
+
+loss.jsonl holds one line per step, {"step": s, "loss": v}. The event files (out_dir/tensorboard, written with
+torch.utils.tensorboard, the `tensorboard` extra) hold, at every read-back of the losses (TrainConfig.log_every):
+the loss of each step, the loss by quarter of t, the learning rate, the gradient norm before clipping and the EMA
+decay of each step, the images per second since the last read-back, and the EMA sample grids. On resume both are
+cut back to the checkpoint's step: the lines and events that an interrupted run wrote after it are dropped.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+LOGGERS = ("jsonl", "tensorboard")  # TrainConfig.logger
+QUARTERS = 4                         # the loss by t is logged for t in [0, T/4), [T/4, T/2), ...
+
+
+def check_logger(logger: str) -> None:
+    """A ValueError for an unknown logger, an ImportError naming the extra when tensorboard is not installed."""
+    if logger not in LOGGERS:
+        raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {logger!r}")
+    if logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs the package)
+        except ImportError:
+            raise ImportError("TrainConfig.logger 'tensorboard' needs the tensorboard package: "
+                              "pip install 'ddpm_lib[tensorboard]'") from None
+
+
+def quarter_of(t: torch.Tensor, T: int) -> torch.Tensor:
+    """The quarter of {0, ..., T-1} that each t (B,) falls in: 0 to QUARTERS - 1."""
+    return (t * QUARTERS) // T
+
+
+class TrainLog:
+    """Rank 0's log of a run in `out`, continued at `step` (the step the run starts or resumes from)."""
+
+    def __init__(self, out: Path, step: int, logger: str):
+        check_logger(logger)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / "loss.jsonl"
+        if path.exists():  # drop the lines past `step`: written after the checkpoint we resume
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
+        self._jsonl = path.open("a")
+        self._events = None
+        if logger == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter
+
+            # purge_step: TensorBoard drops this run's earlier events from step + 1 on, those past the checkpoint
+            self._events = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def steps(self, logged: list[tuple[int, float]], stats: list[dict] | None = None) -> None:
+        """The loss of each (step, loss) in `logged`; with events, also each step's `stats` (lr, grad_norm,
+        ema_decay and the loss by quarter of t, None where a quarter drew no t)."""
+        self._jsonl.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in logged)
+        self._jsonl.flush()
+        if self._events is None:
+            return
+        for (step, loss), values in zip(logged, stats or [{}] * len(logged)):
+            self._events.add_scalar("loss", loss, step)
+            for name, value in values.items():
+                if value is not None and math.isfinite(value):
+                    self._events.add_scalar(name, value, step)
+
+    def rate(self, step: int, images_per_s: float) -> None:
+        """Training images per second since the last read-back, at `step` (events only)."""
+        if self._events is not None:
+            self._events.add_scalar("images_per_s", images_per_s, step)
+
+    def grid(self, step: int, x0: torch.Tensor) -> None:
+        """EMA samples (n, C, H, W) in [-1, 1] as one image grid at `step` (events only)."""
+        if self._events is None:
+            return
+        from torchvision.utils import make_grid
+
+        nrow = math.ceil(math.sqrt(len(x0)))
+        self._events.add_image("samples", make_grid((x0.float().cpu() + 1) / 2, nrow=nrow).clamp(0, 1), step)
+        self._events.flush()
+
+    def close(self) -> None:
+        self._jsonl.close()
+        if self._events is not None:
+            self._events.close()
