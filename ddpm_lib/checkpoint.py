@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import fields
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 import torch
 
@@ -21,6 +22,7 @@ from .unet import UNet, UNetConfig
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
 CHECKPOINT_VERSION = 4  # 3: the schedule records its kind and parameters; 4: "data" is a DataInfo (or None)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
+CONFIG_NAME = "config.json"        # beside it: the run's configuration, human-readable (Trainer.run_config)
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule", "data")
 
 
@@ -41,7 +43,7 @@ def _temp_name(path: Path, pid: int) -> Path:
 
 
 def remove_stale_temp_files(path) -> list[Path]:
-    """Delete `.NAME.tmp<pid>` files next to checkpoint `path` left by writers killed mid-write.
+    """Delete `.NAME.tmp<pid>` files next to `path` (a checkpoint, config.json) left by writers killed mid-write.
 
     Any pid but ours counts as stale: one process writes a run's checkpoint, and a pid says nothing
     about liveness when the folder is shared between machines (Google Drive) or pids are reused.
@@ -55,21 +57,28 @@ def remove_stale_temp_files(path) -> list[Path]:
     return stale
 
 
-def write_checkpoint(state: dict, path) -> Path:
-    """torch.save `state` (plus format and version) to a temp file, fsync, then os.replace it onto `path`."""
+def write_atomically(path, write: Callable[[BinaryIO], object]) -> Path:
+    """write(f) into a temp file next to `path`, fsync, then os.replace it onto `path`: readers (and a writer
+    killed midway) see the old file or the new one, never half of one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(path)
     tmp = _temp_name(path, os.getpid())
     try:
         with open(tmp, "wb") as f:
-            torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)  # atomic: readers see the old file or the new one, never half of one
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_checkpoint(state: dict, path) -> Path:
+    """torch.save `state` (plus format and version) onto `path`, atomically."""
+    return write_atomically(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,
+                                                        **state}, f))
 
 
 def read_checkpoint(path) -> dict:

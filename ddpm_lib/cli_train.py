@@ -18,7 +18,8 @@ from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
 from .train import TrainConfig
 from .train_log import LOGGERS, check_logger
-from .unet import PRESETS
+from .cli_config import RunConfig, read_config
+from .unet import PRESETS, UNetConfig
 from .utils import PREDICTIONS
 
 SEED_NET = PRESETS["seed"]                                  # the seed's network: the knobs' documented defaults
@@ -60,6 +61,8 @@ def add_train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a UNet (Algorithm 1); DDP under torchrun")
     p.add_argument("--recipe", type=_recipe, help=f"a named recipe ({', '.join(RECIPES)}): its preset, data, image "
                    f"size, steps and training settings; flags given override its fields (ddpm_lib.recipes)")
+    p.add_argument("--config", metavar="FILE", help="start from a config.json (a run folder's, or hand-written): its "
+                   "network, schedule, training and data; flags given override it, and it overrides --recipe")
     p.add_argument("--preset", type=_preset, help=f"UNet preset: {', '.join(PRESETS)} (a new run needs it or --recipe)")
     p.add_argument("--image-size", type=positive_int, help="training resolution; data is resized to it (default: "
                                                            "the preset's, 32)")
@@ -131,8 +134,11 @@ def add_train_parser(sub) -> None:
 
 
 # -- what the flags build ---------------------------------------------------------------------------------------
-def _schedule(args) -> NoiseSchedule:
-    """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max."""
+def _schedule(args, config: RunConfig | None = None) -> NoiseSchedule:
+    """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max (--config's when it fills them)."""
+    if args.schedule == "custom":  # --config's own betas (no flag names a custom schedule)
+        assert config is not None and config.schedule is not None
+        return config.schedule
     T = args.timesteps or PAPER_SCHEDULE.steps
     if args.schedule == "cosine":
         if args.beta_min is not None or args.beta_max is not None:
@@ -145,15 +151,44 @@ def _schedule(args) -> NoiseSchedule:
     return NoiseSchedule.linear(T, beta_min, beta_max)
 
 
-def _network(args):
-    """The UNetConfig of --preset with the knobs given; a bad combination names its flags."""
+def _network(args, base: UNetConfig | None = None):
+    """The UNetConfig of --preset (else `base`, --config's network) with the knobs given; a bad combination names
+    its flags."""
     given = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
+    start, origin = (PRESETS[args.preset], f"--preset {args.preset}") if args.preset else (base, "--config's network")
     try:
-        return replace(PRESETS[args.preset], **given)
+        return replace(start, **given)
     except ValueError as e:
         flags = [flag for name, flag in KNOBS.items() if name in given and name in str(e)]
         flags = flags or [KNOBS[name] for name in given]
-        raise ValueError(f"{'/'.join(flags)}: {e} (with --preset {args.preset})") from None
+        raise ValueError(f"{'/'.join(flags)}: {e} (with {origin})") from None
+
+
+def _layer_config(args, config: RunConfig, explicit: set) -> dict:
+    """Put --config's values into `args` where no flag set them (`explicit`: the flags given); they win over
+    --recipe's. Returns its TrainConfig fields that no flag sets (grad_clip, flip, ...)."""
+    extra = {}
+    for name, value in config.training.items():
+        if name in ("out_dir", "progress") or name in explicit:  # --out and --no-progress are this run's
+            continue
+        if hasattr(args, name):
+            setattr(args, name, value)
+        else:
+            extra[name] = value
+    if config.network is not None:
+        if "preset" not in explicit:
+            args.preset = None  # the network is the config's (a recipe's preset does not replace it)
+        for name in KNOBS:
+            if name in config.network and name not in explicit and args.preset is None:
+                setattr(args, name, config.network[name])
+        args.class_cond = args.class_cond or config.network.get("num_classes") is not None
+    if config.data is not None and "data" not in explicit:
+        args.data = None  # the config's images, by their record (not a recipe's data by name)
+    schedule = config.schedule
+    if schedule is not None and not explicit & {"schedule", "timesteps", "beta_min", "beta_max"}:
+        args.schedule, args.timesteps = schedule.kind, schedule.steps
+        args.beta_min, args.beta_max = schedule.params.get("beta_min"), schedule.params.get("beta_max")
+    return extra
 
 
 def _flag_error(e: ValueError, values: dict) -> ValueError:
@@ -219,11 +254,18 @@ def _fit(args, device: torch.device) -> None:
 
     checkpoint = Path(args.out) / CHECKPOINT_NAME
     resuming = args.resume and checkpoint.exists()
+    if args.config is not None and resuming:
+        raise ValueError(f"--config: {checkpoint} holds the run's configuration; leave --config out with --resume")
+    config_file = read_config(args.config) if args.config is not None else None  # checked before any work
+    explicit = {name for name, value in vars(args).items() if value not in (None, False)}
+    if args.recipe is None and config_file is not None:  # the recipe the config records fills what it leaves out
+        args.recipe = config_file.training.get("recipe")
     if args.recipe is not None and not resuming:  # the recipe's fields where no flag set them
         recipe = RECIPES[args.recipe]
         for name in RECIPE_FIELDS:
             if getattr(args, name) is None:
                 setattr(args, name, getattr(recipe, name))
+    extra = _layer_config(args, config_file, explicit) if config_file is not None else {}
     if args.steps is None and args.recipe is not None:  # resuming a recipe's run: its steps
         args.steps = RECIPES[args.recipe].steps
     if args.steps is None:
@@ -248,15 +290,19 @@ def _fit(args, device: torch.device) -> None:
         class_cond = ckpt["unet_config"].get("num_classes") is not None
         size = ckpt["unet_config"]["image_size"]
     else:
-        if args.preset is None or args.data is None:
-            raise ValueError("--preset and --data are needed to start a new run")
+        network = config_file.network if config_file is not None else None
+        if config_file is not None and args.data is None:
+            recorded = config_file.data  # --config's images, reloaded by their record
+        if (args.preset is None and network is None) or (args.data is None and recorded is None):
+            raise ValueError("--preset and --data are needed to start a new run (or a --config that has them)")
         seed = args.seed if args.seed is not None else TrainConfig.seed
-        config, schedule, class_cond = _network(args), _schedule(args), args.class_cond
+        base = UNetConfig(**network) if network is not None else None
+        config, schedule, class_cond = _network(args, base), _schedule(args, config_file), args.class_cond
         given = {name: getattr(args, name) for name in ("batch_size", "recipe", *OBJECTIVE) if getattr(args, name)
                  is not None}
-        train_config = _train_config(seed=seed, **given, **overrides)
+        train_config = _train_config(seed=seed, **extra, **given, **overrides)
         size = config.image_size
-    if args.cond_drop_prob is not None and not class_cond:
+    if "cond_drop_prob" in explicit and not class_cond:
         raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
     try:  # the precision on this device (bf16 needs Ampere or later), before any data is read
         precision_dtype(train_config.precision, device)

@@ -11,7 +11,7 @@ so that float64 inputs get float64 coefficients).
 """
 import math
 from types import MappingProxyType
-from typing import NamedTuple, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -165,6 +165,28 @@ class NoiseSchedule:
             raise ValueError("state must be a dict with 'betas', 'kind' and 'params', as NoiseSchedule.state_dict() "
                              "returns")
         return cls(state["betas"], state["kind"], state["params"])
+
+    def config(self) -> dict:
+        """The schedule as config.json writes it: {"kind": "linear", "steps", "beta_min", "beta_max"}, {"kind":
+        "cosine", "steps", "s"}, or {"kind": "custom", "betas": [...]}; `from_config` reads it back."""
+        if self.kind == "custom":
+            return {"kind": "custom", "betas": self._f64["betas"].tolist()}
+        return {"kind": self.kind, **self.params}
+
+    @classmethod
+    def from_config(cls, values: dict) -> "NoiseSchedule":
+        """The schedule of a `config()` dict; a ValueError naming an unknown kind or key."""
+        makers: dict[str, tuple[Callable[..., NoiseSchedule], tuple[str, ...]]] = {
+            "linear": (cls.linear, ("steps", "beta_min", "beta_max")), "cosine": (cls.cosine, ("steps", "s")),
+            "custom": (cls, ("betas",))}
+        kind = values.get("kind") if isinstance(values, dict) else None
+        if kind not in makers:
+            raise ValueError(f"kind: expected one of {sorted(makers)}, got {kind!r}")
+        make, keys = makers[kind]
+        unknown = sorted(set(values) - {"kind", *keys})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: not a key of a {kind} schedule (expected {', '.join(keys)})")
+        return make(**{k: values[k] for k in keys if k in values})
 
     def __repr__(self) -> str:
         b = self._f64["betas"]

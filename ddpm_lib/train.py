@@ -8,6 +8,7 @@ step). So resuming needs only the step, and K ranks see the noise one process wo
 from __future__ import annotations
 
 import copy
+import json
 import math
 import time
 import warnings
@@ -21,8 +22,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT_NAME, config_from_dict, data_info_of, load_weights, read_checkpoint,
-                         remove_stale_temp_files, write_checkpoint)
+from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights, read_checkpoint,
+                         remove_stale_temp_files, write_atomically, write_checkpoint)
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
@@ -209,6 +210,8 @@ class Trainer:
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:
             remove_stale_temp_files(out / CHECKPOINT_NAME)  # left by a run killed mid-write
+            text = json.dumps(self.run_config(), indent=1) + "\n"
+            write_atomically(out / CONFIG_NAME, lambda f: f.write(text.encode()))  # train --config reads it
         log = TrainLog(out, self.step, cfg.logger) if out is not None and self.rank == 0 else None
         bar = tqdm(total=steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
         pending, stats, clock, since = [], [], time.perf_counter(), self.step
@@ -229,7 +232,7 @@ class Trainer:
                             log.rate(self.step, rate)
                         bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
                         pending, stats, clock, since = [], [], time.perf_counter(), self.step
-                    if log is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    if out is not None and log is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
                         log.grid(self.step, self.save_samples(out / "samples" / f"step_{self.step:07d}.png"))
                     if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
@@ -238,6 +241,12 @@ class Trainer:
             if log is not None:
                 log.close()
         return self
+
+    def run_config(self) -> dict:
+        """The run as its folder's config.json holds it: the network (UNetConfig), the schedule
+        (NoiseSchedule.config), the training (TrainConfig) and the data (DataInfo, or None)."""
+        return {"network": asdict(self.model.config), "schedule": self.schedule.config(),
+                "training": asdict(self.config), "data": None if self.data_info is None else self.data_info.to_dict()}
 
     def _batches(self, images, labels) -> DeviceBatches:
         """A DeviceBatches of images (and labels) on the device; labels must match the model's num_classes."""

@@ -85,6 +85,12 @@ def files(tmp_path_factory):
     torch.save({"format": "ddpm_lib.checkpoint", "model": Payload()}, tmp / "evil.pt")
     (tmp / "empty_root").mkdir()
     write_image_folder(tmp / "flat", make_shapes(2, size=16, seed=0)[0])  # images, no class sub-folders
+    configs = {"unknown_key": {"training": {"lrr": 1e-3}}, "wrong_type": {"training": {"lr": "fast"}},
+               "unknown_section": {"optimizer": {}}, "bad_list": {"network": {"ch_list": "3,32"}},
+               "bad_schedule": {"schedule": {"kind": "sigmoid"}}, "bad_network": {"network": {"temb_dim": 7}}}
+    for name, values in configs.items():
+        (tmp / f"{name}.json").write_text(json.dumps(values))
+    (tmp / "not_json.json").write_text("{network: ")
     return tmp
 
 
@@ -132,6 +138,22 @@ def bad_input(tmp):
         "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
                                     "--preset and --data are needed"),
         "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: TrainConfig.steps must be > 0"),
+        "config with an unknown key": (shapes + ("--config", tmp / "unknown_key.json"),
+                                       "unknown_key.json: training.lrr: unknown key; TrainConfig has lr, "),
+        "config with a wrong type": (shapes + ("--config", tmp / "wrong_type.json"),
+                                     'training.lr: expected a number, got "fast"'),
+        "config with an unknown section": (shapes + ("--config", tmp / "unknown_section.json"),
+                                           "optimizer: unknown section; expected network, schedule, training, data"),
+        "config with a string for a list": (shapes + ("--config", tmp / "bad_list.json"),
+                                            'network.ch_list: expected a list, got "3,32"'),
+        "config with an unknown schedule": (shapes + ("--config", tmp / "bad_schedule.json"),
+                                            "schedule.kind: expected one of ['cosine', 'custom', 'linear']"),
+        "config with an invalid network": (shapes + ("--config", tmp / "bad_network.json"), "temb_dim must be even"),
+        "config that is not JSON": (shapes + ("--config", tmp / "not_json.json"), "not a readable JSON file"),
+        "missing config": (shapes + ("--config", tmp / "nope.json"), "nope.json: file not found"),
+        "config with --resume": (("train", "--out", run, "--resume", "--steps", "3", "--config",
+                                  tmp / "wrong_type.json"),
+                                 "--config: " + str(run / "checkpoint.pt") + " holds the run's configuration"),
         "zero micro-batches": (shapes + ("--grad-accum", "0"), "--grad-accum: TrainConfig.grad_accum must be > 0"),
         "micro-batches not dividing the batch": (shapes + ("--grad-accum", "3"),
                                                  "--grad-accum: TrainConfig.grad_accum must divide batch_size=2"),
@@ -217,6 +239,43 @@ def test_grad_accum_precision_and_logger_flags_reach_the_run(tmp_path, one_threa
     assert rc == 0 and (config["grad_accum"], config["precision"], config["logger"]) == (2, "bf16", "tensorboard")
     assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
     assert read_checkpoint(tmp_path / "run")["amp_dtype"] == "bfloat16"
+
+
+def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
+    """Every run folder holds config.json (the resolved network, schedule, training and data, as the checkpoint
+    records them); `train --config` of it trains the same run bit for bit, and flags given override it."""
+    base = ["--no-progress", "--device", "cpu", "--sample-every", "0"]
+    assert main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
+                 "--steps", "2", "--batch-size", "4", "--schedule", "cosine", "--timesteps", "50",
+                 "--out", str(tmp_path / "a"), *base]) == 0
+    config, ckpt = json.loads((tmp_path / "a" / "config.json").read_text()), read_checkpoint(tmp_path / "a")
+    as_json = lambda values: json.loads(json.dumps(values))  # noqa: E731  (tuples as lists)
+    assert config["training"] == ckpt["train_config"] and config["data"] == as_json(ckpt["data"])
+    assert config["network"] == as_json(ckpt["unet_config"])
+    assert config["schedule"] == {"kind": "cosine", "steps": 50, "s": 0.008}
+    assert main(["train", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"), *base]) == 0
+    again = read_checkpoint(tmp_path / "b")
+    assert all(torch.equal(ckpt["model"][k], again["model"][k]) for k in ckpt["model"])  # the same run
+    assert torch.equal(ckpt["schedule"]["betas"], again["schedule"]["betas"]) and again["data"] == ckpt["data"]
+    assert main(["train", "--config", str(tmp_path / "a"), "--lr", "1e-3", "--steps", "3", "--out",
+                 str(tmp_path / "c"), *base]) == 0
+    changed = read_checkpoint(tmp_path / "c")["train_config"]
+    assert {k for k in changed if changed[k] != ckpt["train_config"][k]} == {"lr", "steps", "out_dir"}
+    assert changed["lr"] == 1e-3
+
+
+def test_a_hand_written_config_sets_what_it_names(tmp_path, one_thread):
+    (tmp_path / "mine.json").write_text(json.dumps({
+        "network": {"ch_list": [3, 16, 32], "attention_layer": [], "num_heads": 1, "temb_dim": 16, "norm_groups": 8,
+                    "time_mlp_dim": 32, "image_size": 16, "prediction": "v"},
+        "training": {"lr": 1e-3, "batch_size": 4, "steps": 2, "grad_clip": 0.5, "flip": False}}))
+    assert main(["train", "--config", str(tmp_path / "mine.json"), "--data", "shapes", "--n-images", "8",
+                 "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu", "--sample-every", "0"]) == 0
+    ckpt = read_checkpoint(tmp_path / "run")
+    assert ckpt["unet_config"]["ch_list"] == (3, 16, 32) and ckpt["unet_config"]["prediction"] == "v"
+    training = ckpt["train_config"]
+    assert (training["lr"], training["grad_clip"], training["flip"], training["steps"]) == (1e-3, 0.5, False, 2)
+    assert training["warmup_steps"] == TrainConfig.warmup_steps  # what the file leaves out: the defaults
 
 
 class ChannelMeans(torch.nn.Module):
