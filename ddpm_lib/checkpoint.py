@@ -75,6 +75,34 @@ def write_atomically(path, write: Callable[[BinaryIO], object]) -> Path:
     return path
 
 
+def numbered(path: Path, step: int) -> Path:
+    """checkpoint-<step>.pt beside checkpoint `path`: a kept copy of the run at that step."""
+    return path.with_name(f"{path.stem}-{step:07d}{path.suffix}")
+
+
+def keep_numbered(path, step: int, keep_last: int | None, milestones: tuple[int, ...]) -> list[Path]:
+    """Keep checkpoint `path` (just written at `step`) as numbered(path, step) too when `step` is a milestone or
+    `keep_last` is set (a hard link, else an atomic copy); then delete the numbered checkpoints that are not
+    milestones, all but the newest `keep_last`. Returns the files deleted."""
+    path = Path(path)
+    if step in milestones or keep_last:
+        target = numbered(path, step)
+        try:  # a hard link costs no space; os.replace keeps it atomic
+            tmp = _temp_name(target, os.getpid())
+            tmp.unlink(missing_ok=True)
+            os.link(path, tmp)
+            os.replace(tmp, target)
+        except OSError:  # a file system without hard links (a mounted Drive): a copy
+            write_atomically(target, lambda f: f.write(path.read_bytes()))
+    kept = sorted((int(p.stem.rsplit("-", 1)[1]), p) for p in path.parent.glob(f"{path.stem}-*{path.suffix}")
+                  if p.stem.rsplit("-", 1)[1].isdigit())
+    rolling = [p for s, p in kept if s not in milestones]
+    stale = rolling[:-keep_last] if keep_last else rolling
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
 def write_checkpoint(state: dict, path) -> Path:
     """torch.save `state` (plus format and version) onto `path`, atomically."""
     return write_atomically(path, lambda f: torch.save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION,

@@ -61,6 +61,7 @@ probability = arg_type(where(float, lambda v: 0 <= v < 1), "a number in [0, 1)")
 beta = arg_type(where(float, lambda v: 0 < v < 1), "a number in (0, 1)")
 ch_list = arg_type(int_list(False), "comma-separated positive channel counts, e.g. 3,64,128,256,512")
 levels = arg_type(int_list(True), "comma-separated level indices into --ch-list, e.g. 1,2 (or none)")
+step_list = arg_type(int_list(False), "comma-separated steps >= 1, e.g. 1000,5000,10000")
 
 
 def image_file(text: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .cli_args import beta, ch_list, device_arg, integer, levels, number, positive_int, probability
+from .cli_args import beta, ch_list, device_arg, integer, levels, number, positive_int, probability, step_list
 from .recipes import RECIPES
 from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
@@ -26,9 +26,9 @@ SEED_NET = PRESETS["seed"]                                  # the seed's network
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
          "temb_dim": "--temb-dim", "dropout": "--dropout",
          "image_size": "--image-size", "prediction": "--prediction"}  # UNetConfig field -> the flag that sets it
+# TrainConfig fields a flag may set, also when resuming
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
-                   "cond_drop_prob", "precision", "grad_accum", "logger")  # TrainConfig fields a flag may set, also
-                                                                           # when resuming
+                   "cond_drop_prob", "precision", "grad_accum", "logger", "keep_last", "milestones")
 OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                  "prediction", "loss_weighting", "snr_gamma")  # what --recipe fills in where no flag is given
@@ -98,6 +98,10 @@ def add_train_parser(sub) -> None:
                                                                  f"(default {TrainConfig.sample_every})")
     p.add_argument("--checkpoint-every", type=integer,
                    help=f"steps between checkpoints, 0 = only at the end (default {TrainConfig.checkpoint_every})")
+    p.add_argument("--keep-last", type=integer, metavar="N", help="also keep the last N checkpoints as "
+                   "OUT/checkpoint-<step>.pt (default: only the latest, OUT/checkpoint.pt)")
+    p.add_argument("--milestones", type=step_list, metavar="S,S,...", help="steps whose checkpoint is kept for good "
+                   "as OUT/checkpoint-<step>.pt (saved at those steps whatever --checkpoint-every)")
     p.add_argument("--n-images", type=positive_int, help="shapes: how many to make; else keep the first N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")

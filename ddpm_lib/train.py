@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights, read_checkpoint,
-                         remove_stale_temp_files, write_atomically, write_checkpoint)
+                         keep_numbered, remove_stale_temp_files, write_atomically, write_checkpoint)
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
@@ -59,6 +59,8 @@ class TrainConfig:
     logger: str = "jsonl"            # out_dir/loss.jsonl; "tensorboard": also event files (ddpm_lib.train_log)
     sample_every: int = 10_000       # save a PNG grid of EMA samples every this many steps (0: never)
     checkpoint_every: int = 10_000   # save out_dir/checkpoint.pt every this many steps (0: only at the end)
+    keep_last: int | None = None     # also keep the last N checkpoints as checkpoint-<step>.pt (None: only the latest)
+    milestones: tuple[int, ...] = ()  # steps whose checkpoint is kept for good as checkpoint-<step>.pt
     sample_n: int = 64               # images in each sample grid
     sample_steps: int = DDIM_STEPS   # DDIM steps for the sample grids (DDIM's default)
     out_dir: str | None = "runs/ddpm"  # where the loss log, grids and checkpoint go (None: write nothing)
@@ -85,6 +87,12 @@ class TrainConfig:
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.grad_accum must divide batch_size={self.batch_size} into equal "
                              f"micro-batches, got {self.grad_accum}")
+        if self.keep_last is not None and (isinstance(self.keep_last, bool) or not isinstance(self.keep_last, int)
+                                           or self.keep_last < 1):
+            raise ValueError(f"TrainConfig.keep_last must be None or an int >= 1, got {self.keep_last!r}")
+        if not isinstance(self.milestones, tuple) or not all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.milestones):
+            raise ValueError(f"TrainConfig.milestones must be a tuple of steps >= 1, got {self.milestones!r}")
         if self.logger not in LOGGERS:
             raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.precision not in PRECISIONS:
@@ -223,7 +231,8 @@ class Trainer:
                     stats.append(self._stats)
                     bar.update(1)
                     done = self.step == steps
-                    every = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                    every = ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
+                             or self.step in cfg.milestones)
                     save = out is not None and (done or every)
                     if done or save or self.step % cfg.log_every == 0:
                         rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
@@ -236,6 +245,8 @@ class Trainer:
                         log.grid(self.step, self.save_samples(out / "samples" / f"step_{self.step:07d}.png"))
                     if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
+                        if self.rank == 0:  # numbered copies: the milestones and the last keep_last
+                            keep_numbered(out / CHECKPOINT_NAME, self.step, cfg.keep_last, cfg.milestones)
         finally:
             bar.close()
             if log is not None:

@@ -154,6 +154,8 @@ def bad_input(tmp):
         "config with --resume": (("train", "--out", run, "--resume", "--steps", "3", "--config",
                                   tmp / "wrong_type.json"),
                                  "--config: " + str(run / "checkpoint.pt") + " holds the run's configuration"),
+        "keep none": (shapes + ("--keep-last", "0"), "--keep-last: TrainConfig.keep_last must be None or an int >= 1"),
+        "milestone 0": (shapes + ("--milestones", "0,10"), "--milestones: expected comma-separated steps >= 1"),
         "zero micro-batches": (shapes + ("--grad-accum", "0"), "--grad-accum: TrainConfig.grad_accum must be > 0"),
         "micro-batches not dividing the batch": (shapes + ("--grad-accum", "3"),
                                                  "--grad-accum: TrainConfig.grad_accum must divide batch_size=2"),

@@ -177,6 +177,22 @@ def test_precision_picks_the_autocast_dtype_and_refuses_bf16_without_it(monkeypa
         TrainConfig(precision="fp8")
 
 
+def test_keep_last_and_milestones_keep_numbered_checkpoints(tmp_path, images):
+    """checkpoint.pt is the latest; checkpoint-<step>.pt the last keep_last and every milestone, each the run at
+    that step (a milestone off the checkpoint_every grid is saved too); resuming from a kept one works."""
+    trainer = make_trainer(tmp_path, steps=7, checkpoint_every=2, keep_last=2, milestones=(3, 4))
+    trainer.fit(images)
+    kept = {p.name: read_checkpoint(p)["step"] for p in tmp_path.glob("checkpoint*.pt")}
+    assert kept == {"checkpoint.pt": 7, "checkpoint-0000006.pt": 6, "checkpoint-0000007.pt": 7,
+                    "checkpoint-0000003.pt": 3, "checkpoint-0000004.pt": 4}
+    again = Trainer.load(tmp_path / "checkpoint-0000004.pt", device="cpu", steps=7, out_dir=str(tmp_path / "again"))
+    assert_same_state(trainer, again.fit(images))  # the kept step-4 state continues to the same run
+    with pytest.raises(ValueError, match="TrainConfig.keep_last must be None or an int >= 1, got 0"):
+        TrainConfig(keep_last=0)
+    with pytest.raises(ValueError, match="TrainConfig.milestones must be a tuple of steps >= 1"):
+        TrainConfig(milestones=(0, 5))
+
+
 def test_fit_leaves_the_callers_rng_alone(images):
     trainer = make_trainer(None, steps=2)
     torch.manual_seed(7)
