@@ -20,7 +20,7 @@ from .recipes import RECIPES, Recipe
 from .summary import model_summary
 from .unet import PRESETS, UNet, UNetConfig, unet_from_preset
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the release's version, read by pyproject.toml (tool.setuptools.dynamic)
 
 __all__ = [
     "MultiHeadSelfAttention2d",

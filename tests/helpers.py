@@ -5,7 +5,11 @@ Fixtures live in conftest.py; plain objects and functions live here, because two
 """
 import math
 import os
-
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
 from types import SimpleNamespace
 
 import torch
@@ -89,3 +93,38 @@ def check_moments(x, tol_mean, tol_sd, mu=MU, s=S):
     n = x.numel()
     assert abs(x.mean().item() - mu) < tol_mean + 4 * s / math.sqrt(n)
     assert abs(x.std().item() - s) < tol_sd + 4 * s / math.sqrt(2 * n)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_ok(*cmd, **kwargs) -> str:
+    """Run a command; its stdout, or an assertion error with its output."""
+    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kwargs)
+    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout}\n{done.stderr}"
+    return done.stdout
+
+
+def package_source(tmp: Path) -> Path:
+    """A copy of what ddpm_lib's build reads (the package, pyproject.toml, README.md): builds write nothing into
+    the checkout."""
+    src = tmp / "src"
+    shutil.copytree(REPO / "ddpm_lib", src / "ddpm_lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    return src
+
+
+def venv_reusing_this_one(env: Path, leave_out: tuple[str, ...], pip: bool = False) -> tuple[Path, Path]:
+    """A fresh venv at `env` that sees this environment's installed packages after its own, less the
+    distributions whose names start with `leave_out`; returns (its python, its site-packages)."""
+    run_ok(sys.executable, "-m", "venv", *(() if pip else ("--without-pip",)), env)
+    python = env / "bin" / "python"
+    site = Path(run_ok(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])").strip())
+    view = env / "reused-site-packages"  # this environment's site-packages, less what the venv has of its own
+    view.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        if not entry.name.lower().replace("-", "_").startswith(leave_out):
+            (view / entry.name).symlink_to(entry)
+    (site / "zz-reused.pth").write_text(f"{view}\n")  # after the venv's own packages
+    return python, site

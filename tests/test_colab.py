@@ -34,7 +34,6 @@ import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import time
 import zipfile
@@ -44,13 +43,14 @@ import nbformat
 import pytest
 import torch
 
+from helpers import REPO, package_source, run_ok, venv_reusing_this_one
+
 from ddpm_lib.checkpoint import read_checkpoint
 from ddpm_lib.data import make_shapes
 from ddpm_lib.cifar10 import write_cifar10_format
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
 STANDIN = Path(__file__).resolve().parent / "colab"  # google.colab's stand-in, the startup and audit files
 WHEELS = Path(sys.prefix) / "colab-wheels"            # `make setup`: ipywidgets 7.7.1 and its pins
 REUSED_NOT = ("ipywidgets", "widgetsnbextension", "jupyterlab_widgets", "ddpm_lib", "__editable__")
@@ -60,19 +60,10 @@ CHECKPOINT = re.compile(r"notebook 05's checkpoint: preset (\S+), [^,]+, step (\
 RESUMING = re.compile(r"resuming (\S+) at step (\d+)")
 
 
-def _run(*cmd, **kwargs):
-    done = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=False, **kwargs)
-    assert done.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{done.stdout}\n{done.stderr}"
-
-
 def _build_wheel(tmp: Path) -> Path:
-    """ddpm_lib's wheel from a copy of the checkout's package files (the build writes nothing into the checkout)."""
-    src = tmp / "src"
-    shutil.copytree(REPO / "ddpm_lib", src / "ddpm_lib", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(REPO / name, src / name)
-    _run(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index", src,
-         "-w", tmp / "dist")
+    """ddpm_lib's wheel from a copy of the checkout's package files."""
+    run_ok(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+           package_source(tmp), "-w", tmp / "dist")
     (wheel,) = (tmp / "dist").glob("ddpm_lib-*.whl")
     return wheel
 
@@ -80,20 +71,11 @@ def _build_wheel(tmp: Path) -> Path:
 def _make_environment(tmp: Path) -> Path:
     """A venv with Colab's widgets, google.colab's stand-in and the audit hook; .venv's other packages reused."""
     env = tmp / "env"
-    _run(sys.executable, "-m", "venv", "--without-pip", env)
-    python = env / "bin" / "python"
-    site = Path(subprocess.check_output([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                        text=True).strip())
-    view = env / "reused-site-packages"  # .venv's site-packages, less what the runtime must have of its own
-    view.mkdir()
-    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
-        if not entry.name.lower().replace("-", "_").startswith(REUSED_NOT):
-            (view / entry.name).symlink_to(entry)
+    python, site = venv_reusing_this_one(env, REUSED_NOT)
     shutil.copytree(STANDIN / "google", site / "google")
     shutil.copy(STANDIN / "audit_open.py", site / "colab_audit_open.py")
     (site / "00-colab-audit.pth").write_text("import colab_audit_open\n")  # first in every process
-    (site / "zz-reused.pth").write_text(f"{view}\n")                     # after the venv's own packages
-    _run(python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *sorted(WHEELS.glob("*.whl")))
+    run_ok(python, "-m", "pip", "install", "-q", "--no-index", "--no-deps", *sorted(WHEELS.glob("*.whl")))
     startup = tmp / "ipython" / "profile_default" / "startup"
     startup.mkdir(parents=True)
     shutil.copy(STANDIN / "startup.py", startup / "00-google-colab.py")
