@@ -28,7 +28,8 @@ KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_he
          "image_size": "--image-size", "prediction": "--prediction"}  # UNetConfig field -> the flag that sets it
 # TrainConfig fields a flag may set, also when resuming
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
-                   "cond_drop_prob", "precision", "grad_accum", "logger", "keep_last", "milestones")
+                   "cond_drop_prob", "precision", "grad_accum", "logger", "keep_last", "milestones",
+                   "checkpoint_activations")
 OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                  "prediction", "loss_weighting", "snr_gamma")  # what --recipe fills in where no flag is given
@@ -79,6 +80,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--precision", choices=PRECISIONS, help="autocast dtype: auto (bf16 on Ampere and later, fp16 with "
                    "a GradScaler before, fp32 off CUDA), fp32, bf16 or fp16 (default auto)")
+    p.add_argument("--checkpoint-activations", action="store_const", const=True, help="recompute the res blocks' "
+                   "activations in the backward pass (torch.utils.checkpoint): less memory, about a third more compute")
     p.add_argument("--grad-accum", type=integer, metavar="K", help="micro-batches per optimizer step: the same "
                    "gradient as one --batch-size batch in 1/K of the activation memory (default 1)")
     p.add_argument("--device", type=device_arg, help="cpu, cuda, mps (default: the best available)")

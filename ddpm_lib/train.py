@@ -54,6 +54,7 @@ class TrainConfig:
     grad_accum: int = 1              # micro-batches per optimizer step, each batch_size / (ranks x grad_accum)
                                      # images: the gradient of one batch of batch_size, in less memory
     channels_last: bool = True       # CUDA only: NHWC memory format for the convolutions
+    checkpoint_activations: bool = False  # recompute the res blocks' activations in the backward: less memory
     compile: bool = False            # torch.compile the model
     log_every: int = 100             # read losses back to the host, log them and update the bar
     logger: str = "jsonl"            # out_dir/loss.jsonl; "tensorboard": also event files (ddpm_lib.train_log)
@@ -115,6 +116,7 @@ class Trainer:
                              f"{self.world_size} ranks x grad_accum={config.grad_accum} micro-batches")
         cuda = self.device.type == "cuda"
         self.model = model.to(self.device)
+        self.model.checkpointing = config.checkpoint_activations  # only where gradients are computed
         if cuda and config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.schedule = (schedule if schedule is not None else NoiseSchedule.paper()).to(self.device)

@@ -299,3 +299,28 @@ def test_tiny_overfits_one_batch():
         opt.step()
     print(f"overfit: loss {start:.3f} -> {loss.item():.4f} in {time.time() - t0:.1f}s")
     assert start > 0.8 and loss.item() < 0.1 * start
+
+
+def test_activation_checkpointing_recomputes_the_res_blocks_for_the_same_gradients():
+    """UNet.checkpointing (TrainConfig.checkpoint_activations): every res block runs again in the backward pass,
+    and the loss and the gradients are those without it, dropout included (its RNG state is replayed)."""
+    from ddpm_lib.train import TrainConfig, Trainer
+
+    x, t = inputs(batch=2, size=16)
+    results = {}
+    for on in (False, True):
+        torch.manual_seed(0)
+        model = perturbed(unet_from_preset("tiny", dropout=0.1)).train()
+        model.checkpointing = on
+        calls = []
+        model.down[0].res[0].register_forward_pre_hook(lambda *_, c=calls: c.append(1))  # the recompute may stop early
+        torch.manual_seed(1)  # dropout's masks
+        loss = model(x, t).square().mean()
+        loss.backward()
+        results[on] = loss.detach(), [p.grad for p in model.parameters()], len(calls)
+    assert results[False][2] == 1 and results[True][2] == 2  # recomputed once in the backward
+    assert torch.equal(results[True][0], results[False][0])
+    for g_on, g_off in zip(results[True][1], results[False][1]):
+        assert torch.equal(g_on, g_off)  # the same operations in the same order
+    trainer = Trainer(unet_from_preset("tiny"), None, TrainConfig(checkpoint_activations=True, out_dir=None))
+    assert trainer.model.checkpointing and not unet_from_preset("tiny").checkpointing
