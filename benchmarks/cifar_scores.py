@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm_lib.metrics import frechet_distance
+from ddpm_lib.metrics import frechet_distance, inception_score
 from ddpm_lib.utils import to_model_range
 
 
@@ -130,21 +130,12 @@ def kid(real: torch.Tensor, fake: torch.Tensor, subsets: int = 50, size: int = 5
     return _mean_std(values)
 
 
-def inception_score_form(probs: torch.Tensor, splits: int = 10) -> tuple:
-    """exp E_x KL(p(y|x) || p(y)) per split of the samples: (mean, std) over the splits."""
-    scores = []
-    for part in probs.chunk(splits):
-        p_y = part.mean(0, keepdim=True)
-        scores.append((part * (part.clamp_min(1e-12).log() - p_y.clamp_min(1e-12).log())).sum(1).mean().exp().item())
-    return _mean_std(scores)
-
-
 def score(fake_feats: torch.Tensor, fake_probs: torch.Tensor, real_feats: torch.Tensor, seed: int = 0) -> dict:
     """FID (with the std of 10 bootstrap resamples of the samples), KID and the IS-form score of one set of samples."""
     g = torch.Generator().manual_seed(seed)
     boot = [frechet_distance(real_feats, fake_feats[torch.randint(0, len(fake_feats), (len(fake_feats),),
                                                                    generator=g)]) for _ in range(10)]
     kid_mean, kid_std = kid(real_feats, fake_feats, seed=seed)
-    is_mean, is_std = inception_score_form(fake_probs)
+    is_mean, is_std = inception_score(fake_probs)  # the classifier's classes in place of Inception's
     return {"fid": frechet_distance(real_feats, fake_feats), "fid_std": _mean_std(boot)[1],
             "kid": kid_mean, "kid_std": kid_std, "is": is_mean, "is_std": is_std, "n": len(fake_feats)}

@@ -259,7 +259,7 @@ def benchmark(args) -> None:
     summary = {"measured_on": measured_on, "minutes": args.minutes, "budgets": BUDGETS, "n": args.n,
                "sampler_steps": args.steps, "classifier_test_accuracy": kept["test_accuracy"],
                "classifier_epochs": kept["epochs"], "wall_minutes": round((time.perf_counter() - start) / 60, 1),
-               "quick": args.quick, "results": results}
+               "quick": args.quick, "note": args.note, "results": results}
     (out / "recipes.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_pictures(summary, out, args.work)
     write_table(out)
@@ -346,9 +346,11 @@ def write_table(out: Path) -> None:
     quick = " --quick" if summary["quick"] else ""
     command = (f"python benchmarks/recipes.py{quick} --minutes {summary['minutes']:g} --n {summary['n']} "
                f"--steps {summary['sampler_steps']}")
+    note = f" {summary['note']}" if summary.get("note") else ""
     text = [f"# Training recipes side by side: real CIFAR-10, equal CPU budgets{quick}",
             "", f"Measured on {summary['measured_on']}; the whole run took {summary['wall_minutes']} minutes "
-            f"(`{command}`, nothing else running).", "",
+            f"(`{command}`).{note} Budgets are each run's own CPU time, so the steps a budget buys do not depend on "
+            "what else runs on the machine; the wall time does.", "",
             f"Each run: {minutes[-1]:g} minutes of one core's CPU time (two runs at a time on the two cores), the tiny "
             f"network, scored at {', '.join(f'{m:g}' for m in minutes)} CPU-minutes from the EMA weights kept then. "
             f"{summary['n']:,} samples per score, {summary['sampler_steps']} sampler steps, against the 10,000 test "
@@ -372,6 +374,8 @@ def main() -> None:
     parser.add_argument("--n", type=int, help="samples per score (default 1,000; --quick 256)")
     parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ / DDIM steps per sample")
     parser.add_argument("--out", type=Path, help="results folder (default docs/recipes; --quick: docs/recipes/quick)")
+    parser.add_argument("--note", help="a sentence on the conditions of the run (what else ran), kept in recipes.json "
+                        "and printed under the table; with `table`, replaces the stored one")
     args = parser.parse_args()
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
     args.n = args.n or (256 if args.quick else 1000)
@@ -380,7 +384,13 @@ def main() -> None:
     if args.minutes <= 0 or args.n < 20 or args.steps < 1:
         parser.error("--minutes must be > 0, --n >= 20 and --steps >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    write_table(args.out) if args.what == "table" else benchmark(args)
+    if args.what == "table":
+        if args.note is not None:
+            path = args.out / "recipes.json"
+            path.write_text(json.dumps({**json.loads(path.read_text()), "note": args.note}, indent=1) + "\n")
+        write_table(args.out)
+    else:
+        benchmark(args)
 
 
 if __name__ == "__main__":

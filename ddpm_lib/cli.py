@@ -146,7 +146,8 @@ def _fid(args) -> None:
     guided = f"_cfg{args.guidance:g}" if args.guidance != 1 else ""
     path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{steps}{guided}_n{args.n}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}  ({path})")
+    inception = f"  IS {result['is_mean']:.2f} +- {result['is_std']:.2f}" if result["is_mean"] is not None else ""
+    print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}{inception}  ({path})")
 
 
 def _export(args) -> None:

@@ -1,4 +1,4 @@
-"""FID and KID, computed the way papers compute them.
+"""FID, KID and the Inception Score, computed the way papers compute them.
 
 Protocol (Ho et al. 2020, Sec. 4): 50,000 samples against the 50,000 CIFAR-10 training images, features from
 the pool3 layer (2048-d) of the TensorFlow Inception network that the original FID code used. Here that network
@@ -71,15 +71,18 @@ def beyond_the_noise(counts, base_counts, n: int, names) -> list:
     return apart
 
 
-def inception_extractor(weights_path=None) -> nn.Module:
-    """The standard FID network: TF Inception v3 pool3 (2048-d) via torchmetrics / torch-fidelity.
+def inception_extractor(weights_path=None, output: str = "2048") -> nn.Module:
+    """The standard FID network: TF Inception v3 via torchmetrics / torch-fidelity. output "2048": its pool3
+    features (FID, KID); "logits_unbiased": its 1008 class logits (the Inception Score).
 
     Takes uint8 (N,3,H,W). Downloads the weights once into torch's hub cache; offline -> FileNotFoundError.
     """
     from torchmetrics.image.fid import NoTrainInceptionV3
 
+    if output not in ("2048", "logits_unbiased"):
+        raise ValueError(f"output: expected '2048' or 'logits_unbiased', got {output!r}")
     try:  # antialias=False: the TF1 bilinear resize of the original FID code (torchmetrics defaults to antialias)
-        return NoTrainInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=weights_path,
+        return NoTrainInceptionV3("inception-v3-compat", [output], feature_extractor_weights_path=weights_path,
                                   antialias=False)
     except OSError as err:  # urllib's URLError/HTTPError and socket errors are OSErrors
         target = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
@@ -203,6 +206,22 @@ def fid_kid(real_images, fake_images, feature_extractor=None, real_key=None, cac
     return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
 
+def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float]:
+    """The Inception Score exp E_x KL(p(y|x) || p(y)) (Salimans et al. 2016) of class probabilities (N, K), in
+    each of `splits` consecutive parts of the samples: (mean, std) over the parts, as the original code and
+    torch-fidelity compute it (the paper reports 9.46 on CIFAR-10 with Inception's classes)."""
+    if not (torch.is_tensor(probs) and probs.dim() == 2 and len(probs) >= splits >= 1):
+        raise ValueError(f"probs must be (N, K) with N >= splits={splits}, got "
+                         f"{tuple(probs.shape) if torch.is_tensor(probs) else type(probs).__name__}")
+    scores = []
+    for part in (probs.double()[i * len(probs) // splits:(i + 1) * len(probs) // splits] for i in range(splits)):
+        p_y = part.mean(0, keepdim=True)                                           # p(y) of this part
+        kl = torch.special.xlogy(part, part) - torch.special.xlogy(part, p_y)     # 0 log 0 = 0
+        scores.append(kl.sum(1).mean().exp().item())
+    mean = sum(scores) / splits
+    return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / splits)
+
+
 def load_reference(ref="cifar10", data_root="data", size=32):
     """(uint8 images (N,3,size,size), cache key): "cifar10" = its training split, else an image folder."""
     from ddpm_lib import data
@@ -217,9 +236,11 @@ def load_reference(ref="cifar10", data_root="data", size=32):
 
 def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",
                         batch_size=256, device=None, seed=0, guidance_scale=1.0, feature_extractor=None,
-                        cache_dir=None, progress=True) -> dict:
+                        cache_dir=None, progress=True, classifier=None) -> dict:
     """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
-    protocol). A class-conditional model samples balanced labels (i % num_classes) with `guidance_scale`."""
+    protocol), and its Inception Score from `classifier` (uint8 images -> class logits; default Inception's, when
+    the features are Inception's too; None with another feature_extractor: no IS). A class-conditional model
+    samples balanced labels (i % num_classes) with `guidance_scale`."""
     from .checkpoint import load_model
     from .utils import default_device
 
@@ -234,12 +255,19 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
                          f"unconditional (use guidance_scale=1)")
     y = None if num_classes is None else torch.arange(n) % num_classes          # balanced labels
     extractor = feature_extractor if feature_extractor is not None else inception_extractor()
+    if classifier is None and feature_extractor is None:
+        classifier = inception_extractor(output="logits_unbiased")
     real, key = load_reference(ref, data_root, size=model.config.image_size)
     fake = generate_images(model, schedule, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
                            y=y, guidance_scale=guidance_scale, device=device, progress=progress)
     scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
                      device=device, seed=seed, progress=progress)
-    return {**scores, "n": n, "sampler": sampler, "steps": steps, "guidance_scale": guidance_scale, "ref": ref}
+    is_mean = is_std = None
+    if classifier is not None:
+        logits = extract_features(fake, classifier, batch_size, device, progress)
+        is_mean, is_std = inception_score(logits.double().softmax(1), splits=min(10, n))
+    return {**scores, "is_mean": is_mean, "is_std": is_std, "n": n, "sampler": sampler, "steps": steps,
+            "guidance_scale": guidance_scale, "ref": ref}
 
 
 @torch.no_grad()

@@ -306,6 +306,7 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
     expected = metrics.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
                                            feature_extractor=ChannelMeans(), progress=False)
     assert result["guidance_scale"] == 2 and result["fid"] == expected["fid"] and f"FID {result['fid']:.3f}" in out
+    assert result["is_mean"] == expected["is_mean"] and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
 
 
 # Without --steps a sampler runs its default, capped at the checkpoint's T = 20: DDIM's 50 would not fit.

@@ -404,3 +404,35 @@ def test_inception_extractor_matches_torch_fidelity(monkeypatch, tmp_path):
     for extractor in (ours, antialiased):
         metrics.cached_features(images, extractor, "shapes", cache_dir=tmp_path)
     assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_inception_score_is_torch_fidelitys_and_has_its_closed_forms():
+    """Against torch-fidelity's own computation from logits (unshuffled, 10 splits), and at the two ends: every
+    class with certainty scores K, a p(y|x) equal to p(y) scores 1."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    logits = torch.randn(500, 1008, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    mean, std = metrics.inception_score(logits.softmax(1))
+    expected = isc_features_to_metric(logits, splits=10, shuffle=False)
+    assert mean == pytest.approx(expected["inception_score_mean"], rel=1e-12)
+    assert std == pytest.approx(expected["inception_score_std"], rel=1e-9)
+    confident = torch.eye(10, dtype=torch.float64).repeat(20, 1)
+    assert metrics.inception_score(confident) == pytest.approx((10, 0), abs=1e-9)
+    assert metrics.inception_score(torch.full((200, 10), 0.1))[0] == pytest.approx(1, rel=1e-6)
+    one_class = torch.eye(10, dtype=torch.float64)[torch.zeros(200, dtype=torch.long)]
+    assert metrics.inception_score(one_class)[0] == pytest.approx(1, rel=1e-12)  # certain, but of one class
+    with pytest.raises(ValueError, match="N >= splits=10"):
+        metrics.inception_score(confident[:5])
+
+
+def test_evaluate_checkpoint_scores_is_with_a_classifier(checkpoint, folder, tiny, tmp_path):
+    """classifier= gives the Inception Score of the same samples; with another feature extractor and no
+    classifier there is none."""
+    kw = dict(n=12, sampler="ddim", steps=2, ref=str(folder), batch_size=8, device="cpu", seed=1,
+              feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
+    assert metrics.evaluate_checkpoint(checkpoint, **kw)["is_mean"] is None
+    result = metrics.evaluate_checkpoint(checkpoint, classifier=ConvFeatures(), **kw)
+    model, schedule = tiny
+    fake = generate_images(model, schedule, 12, sampler="ddim", steps=2, batch_size=8, seed=1)
+    probs = metrics.extract_features(fake, ConvFeatures(), batch_size=8).double().softmax(1)
+    assert (result["is_mean"], result["is_std"]) == pytest.approx(metrics.inception_score(probs), rel=1e-9)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from cifar_scores import SmallCNN, embed, inception_score_form, kid, score  # noqa: E402
+from cifar_scores import SmallCNN, embed, kid, score  # noqa: E402
 
 
 def test_kid_is_torchmetrics_unbiased_polynomial_mmd_on_each_subset():
@@ -22,15 +22,6 @@ def test_kid_is_torchmetrics_unbiased_polynomial_mmd_on_each_subset():
     assert mean == pytest.approx(expected, rel=1e-12)
     same, _ = kid(real, real.clone(), subsets=20, size=100)
     assert abs(same) < 0.1 * mean  # unbiased: near 0 for one distribution, far below the shifted pair's
-
-
-def test_inception_score_form_ends():
-    confident = torch.eye(10, dtype=torch.float64).repeat(20, 1)  # every class, each sample certain: IS = 10
-    assert inception_score_form(confident)[0] == pytest.approx(10, rel=1e-9)
-    unsure = torch.full((200, 10), 0.1, dtype=torch.float64)      # p(y|x) = p(y): IS = 1
-    assert inception_score_form(unsure)[0] == pytest.approx(1, rel=1e-9)
-    one_class = torch.eye(10, dtype=torch.float64)[torch.zeros(200, dtype=torch.long)]  # certain but one class: 1
-    assert inception_score_form(one_class)[0] == pytest.approx(1, rel=1e-9)
 
 
 def test_score_of_the_reference_itself_is_near_zero_and_of_a_shift_is_its_square():
