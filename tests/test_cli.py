@@ -304,7 +304,7 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
     assert rc == 0, err
     result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
     expected = metrics.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
-                                           feature_extractor=ChannelMeans(), progress=False)
+                                           feature_extractor=ChannelMeans(), classifier=ChannelMeans(), progress=False)
     assert result["guidance_scale"] == 2 and result["fid"] == expected["fid"] and f"FID {result['fid']:.3f}" in out
     assert result["is_mean"] == expected["is_mean"] and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
 
