@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--out", required=True, help="folder for DDPMPipeline.from_pretrained")
     p.add_argument("--no-ema", action="store_true", help="export the raw weights instead of the EMA")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", help="also upload the folder, with a model card (README.md), "
+                   "to this Hugging Face Hub model repository (huggingface_hub's upload_folder; your token)")
     p.set_defaults(run=_export)
     return parser
 
@@ -158,9 +160,21 @@ def _export(args) -> None:
         import diffusers  # noqa: F401
     except ImportError:
         raise ValueError("export needs diffusers: pip install diffusers") from None
+    if args.push_to_hub is not None:  # checked before anything is written
+        from .hub import check_repo_id
+
+        check_repo_id(args.push_to_hub)
     model, schedule = load_model(args.ckpt, ema=not args.no_ema, device="cpu")
     out = save_diffusers_pipeline(model, schedule, args.out)
     print(f"wrote {out} (DDPMPipeline.from_pretrained({str(out)!r}))", file=sys.stderr)
+    if args.push_to_hub is not None:
+        from .checkpoint import read_checkpoint, resolve_checkpoint
+        from .hub import model_card, push_to_hub
+
+        ckpt_path = resolve_checkpoint(args.ckpt)
+        (out / "README.md").write_text(model_card(read_checkpoint(ckpt_path), ckpt_path, args.push_to_hub,
+                                                  ema=not args.no_ema))
+        print(f"uploaded to {push_to_hub(out, args.push_to_hub)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

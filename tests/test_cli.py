@@ -125,6 +125,8 @@ def bad_input(tmp):
                                                    "--guidance: the checkpoint's network is unconditional"),
         "class out of range": (sample + (cond, "--class", "3"), "--class: expected labels in [0, 3); got [3]"),
         "negative guidance": (sample + (cond, "--guidance", "-1"), "--guidance: expected a number >= 0"),
+        "push to a bad repository id": (("export", "--ckpt", run, "--out", tmp / "pipe", "--push-to-hub", "a b"),
+                                        "--push-to-hub 'a b': not a Hub repository id"),
         "export of a network diffusers cannot express": (("export", "--ckpt", run, "--out", tmp / "pipe"),
                                                          "time_mlp_dim=0"),
         "missing data folder": (train + ("--data", tmp / "no_such_folder", "--steps", "1"), "no_such_folder"),
@@ -528,6 +530,29 @@ def test_export_writes_a_diffusers_pipeline_of_the_ema_weights(run):
     assert (other - expected).abs().max() / scale > 1e-3  # the EMA differs from the raw weights: it is the EMA
     images = pipe(batch_size=1, num_inference_steps=2, generator=g, output_type="pt").images
     assert images.shape == (1, 3, 32, 32) and torch.isfinite(images).all()
+
+
+@pytest.mark.slow
+def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
+    """Up to the upload: the pipeline folder and its card (network, objective, schedule, recipe, steps, data, the
+    evaluations fid wrote, how to load it); offline (HF_HUB_OFFLINE), the upload is one line and the folder stays."""
+    pytest.importorskip("diffusers")
+    scores = {"fid": 123.4, "kid_mean": 0.1, "kid_std": 0.01, "is_mean": 2.5, "is_std": 0.1, "n": 100,
+              "sampler": "ddim", "steps": 20, "guidance_scale": 1.0, "ref": "cifar10"}  # as fid writes them
+    (run / "checkpoint_fid_ddim20_n100.json").write_text(json.dumps(scores))
+    out = run.parent / "hub-pipeline"
+    rc, _, err = finish(cli("export", "--ckpt", run, "--out", out, "--push-to-hub", "someone/ddpm-shapes",
+                            cwd=run.parent))
+    assert_one_line_error((rc, "", err.splitlines()[-1] + "\n"), "--push-to-hub someone/ddpm-shapes: the upload "
+                                                                  "failed")
+    assert f"{out} is kept" in err and (out / "model_index.json").is_file()
+    card = (out / "README.md").read_text()
+    for text in ("library_name: diffusers", "# someone/ddpm-shapes", "channels (3, 16, 32)", "| predicts | eps",
+                 "`epsilon`", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05", "2 of 2 steps",
+                 "| data | shapes, 16 images at 32x32", "| 100 | ddim | 20 | 123.40 |", "2.50 ± 0.10",
+                 'DDPMPipeline.from_pretrained("someone/ddpm-shapes")'):
+        assert text in card, text
+    (run / "checkpoint_fid_ddim20_n100.json").unlink()
 
 
 @pytest.mark.slow
