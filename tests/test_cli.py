@@ -254,7 +254,7 @@ def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
                  "--out", str(tmp_path / "a"), *base]) == 0
     config, ckpt = json.loads((tmp_path / "a" / "config.json").read_text()), read_checkpoint(tmp_path / "a")
     as_json = lambda values: json.loads(json.dumps(values))  # noqa: E731  (tuples as lists)
-    assert config["training"] == ckpt["train_config"] and config["data"] == as_json(ckpt["data"])
+    assert config["training"] == as_json(ckpt["train_config"]) and config["data"] == as_json(ckpt["data"])
     assert config["network"] == as_json(ckpt["unet_config"])
     assert config["schedule"] == {"kind": "cosine", "steps": 50, "s": 0.008}
     assert main(["train", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"), *base]) == 0
@@ -546,9 +546,10 @@ def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
     assert_one_line_error((rc, "", err.splitlines()[-1] + "\n"), "--push-to-hub someone/ddpm-shapes: the upload "
                                                                   "failed")
     assert f"{out} is kept" in err and (out / "model_index.json").is_file()
-    card = (out / "README.md").read_text()
+    card, ckpt = (out / "README.md").read_text(), read_checkpoint(run)
+    steps = f"{ckpt['step']:,} of {ckpt['train_config']['steps']:,} steps"  # the module's run, resumed by now
     for text in ("library_name: diffusers", "# someone/ddpm-shapes", "channels (3, 16, 32)", "| predicts | eps",
-                 "`epsilon`", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05", "2 of 2 steps",
+                 "`epsilon`", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05", steps,
                  "| data | shapes, 16 images at 32x32", "| 100 | ddim | 20 | 123.40 |", "2.50 ± 0.10",
                  'DDPMPipeline.from_pretrained("someone/ddpm-shapes")'):
         assert text in card, text
