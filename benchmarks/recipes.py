@@ -16,7 +16,9 @@ Budgets are CPU time of the training process (time.process_time), one torch thre
 time on the two cores, so a run's budget does not depend on what runs beside it. Each run keeps its EMA weights
 at every budget in BUDGETS (fractions of --minutes), so one 10-minute run serves every budget. Samples: DPM-Solver++
 (2M) for ddpm_lib's runs and for the peer's network too (its betas and v-output converted by NoiseSchedule), and
-the peer's own DDIM; scored by benchmarks/cifar_scores.py against the test split.
+the peer's own DDIM; scored by benchmarks/cifar_scores.py against the test split. An interrupted benchmark goes
+on where it stopped: each trained run and each score is kept under runs/recipes (trained.json, scores_<budget>.json)
+with the settings that made it, and used again only by a run with the same settings.
 """
 from __future__ import annotations
 
@@ -135,8 +137,29 @@ def _schedule(run: Run):
     return NoiseSchedule.paper() if run.schedule == "linear" else NoiseSchedule.cosine()
 
 
+def _cached(path: Path, settings: dict, compute):
+    """What a run with these settings stored at `path` (an interrupted benchmark goes on from there), else
+    compute() stored there with them."""
+    settings = json.loads(json.dumps(settings))  # as stored: tuples as lists
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored["settings"] == settings:
+            return stored["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"settings": settings, "result": result}, indent=1) + "\n")
+    return result
+
+
 def train(run: Run, minutes: float, work: Path) -> dict:
-    """Train `run` for BUDGETS x minutes of this process's CPU time; keep its EMA weights at each budget."""
+    """`run` trained for BUDGETS x minutes of its process's CPU time, its EMA weights kept at each budget (or
+    what an interrupted benchmark kept of it)."""
+    result = _cached(work / _tag(run) / "trained.json", {"run": asdict(run), "minutes": minutes,
+                                                         "budgets": BUDGETS}, lambda: _train(run, minutes, work))
+    return {**result, "kept": {float(f): kept for f, kept in result["kept"].items()}}  # JSON keys are strings
+
+
+def _train(run: Run, minutes: float, work: Path) -> dict:
     torch.set_num_threads(1)
     images, _ = load_split("train")
     trainer = (_Peer if run.peer else _Ours)(run)
@@ -169,6 +192,13 @@ class _PeerAsModel(torch.nn.Module):
 
 
 def sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Path, work: Path) -> dict:
+    """The scores of `result`'s EMA weights at `fraction` of the budget (or what an interrupted benchmark scored)."""
+    settings = {"run": result["run"], "kept": result["kept"][fraction], "n": n, "steps": steps}
+    return _cached(work / _tag(Run(**result["run"])) / f"scores_{fraction:g}.json", settings,
+                   lambda: _sample_and_score(result, fraction, n, steps, out, work))
+
+
+def _sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Path, work: Path) -> dict:
     from cifar_scores import embed, load_classifier, score
 
     from ddpm_lib.samplers import generate_images
