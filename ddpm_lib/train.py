@@ -181,7 +181,8 @@ class Trainer:
         K, losses = cfg.grad_accum, []
         quarter = quarter_of(t, self.schedule.steps)
         sums = torch.zeros(QUARTERS, device=self.device)  # this step's loss summed by quarter of t, for the log
-        for k, rows in enumerate(torch.arange(b, device=self.device).chunk(K)):  # K equal micro-batches
+        for k in range(K):  # K equal micro-batches, as views of the batch (b divides by K: TrainConfig checks)
+            rows = slice(k * b // K, (k + 1) * b // K)
             net = self.net if y is None else partial(self.net, y=y[rows])
             last = k == K - 1
             with (self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()):
@@ -196,9 +197,8 @@ class Trainer:
             sums.index_add_(0, quarter[rows], per_example.detach().float())
         loss = torch.stack(losses).mean() if K > 1 else losses[0]
         self.scaler.unscale_(self.optimizer)
-        grads = [p.grad for p in self._params if p.grad is not None]
-        norm = (torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip) if cfg.grad_clip
-                else torch.nn.utils.get_total_norm(grads))  # before clipping
+        norm = (torch.nn.utils.clip_grad_norm_(self._params, cfg.grad_clip) if cfg.grad_clip  # before clipping
+                else torch.nn.utils.get_total_norm([p.grad for p in self._params if p.grad is not None]))
         self.scaler.step(self.optimizer)  # skipped when fp16 gradients overflowed
         self.scaler.update()
         decay = self.ema_decay_at(self.step)
