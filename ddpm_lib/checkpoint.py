@@ -22,6 +22,7 @@ from .unet import UNet, UNetConfig
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
 CHECKPOINT_VERSION = 4  # 3: the schedule records its kind and parameters; 4: "data" is a DataInfo (or None)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
+BEST_NAME = "checkpoint-best.pt"   # beside it with TrainConfig.keep_best: the run at its evaluation of lowest FID
 CONFIG_NAME = "config.json"        # beside it: the run's configuration, human-readable (Trainer.run_config)
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule", "data")
 

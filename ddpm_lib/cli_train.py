@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from .cli_args import beta, ch_list, device_arg, integer, levels, number, positive_int, probability, step_list
-from .recipes import RECIPES
+from .recipes import RECIPES, SCHEDULES
 from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
 from .train import TrainConfig
@@ -29,10 +29,10 @@ KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_he
 # TrainConfig fields a flag may set, also when resuming
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
                    "cond_drop_prob", "precision", "grad_accum", "logger", "keep_last", "milestones",
-                   "checkpoint_activations")
+                   "checkpoint_activations", "eval_every", "eval_n", "keep_best")
 OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
-                 "prediction", "loss_weighting", "snr_gamma")  # what --recipe fills in where no flag is given
+                 "prediction", "schedule", "loss_weighting", "snr_gamma")  # what --recipe fills where no flag is given
 
 
 def _preset(text: str) -> str:
@@ -105,12 +105,19 @@ def add_train_parser(sub) -> None:
                    "OUT/checkpoint-<step>.pt (default: only the latest, OUT/checkpoint.pt)")
     p.add_argument("--milestones", type=step_list, metavar="S,S,...", help="steps whose checkpoint is kept for good "
                    "as OUT/checkpoint-<step>.pt (saved at those steps whatever --checkpoint-every)")
+    p.add_argument("--eval-every", type=integer, metavar="N", help="evaluate the EMA model every N steps into "
+                   "OUT/eval.jsonl: FID and KID of --eval-n DPM-Solver++ samples (20 steps) against Inception "
+                   "features of the training images (cached), and the loss on held-out images at fixed t and noise "
+                   "(CIFAR-10's test split, other shapes; a folder: its first images) (default 0: never)")
+    p.add_argument("--eval-n", type=integer, metavar="K", help=f"samples per evaluation (default {TrainConfig.eval_n})")
+    p.add_argument("--keep-best", action="store_const", const=True, help="also keep OUT/checkpoint-best.pt, the run "
+                   "at its evaluation of lowest FID (needs --eval-every)")
     p.add_argument("--n-images", type=positive_int, help="shapes: how many to make; else keep the first N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
     g.add_argument("--timesteps", type=positive_int, metavar="T",
                    help=f"diffusion steps T (default {PAPER_SCHEDULE.steps})")
-    g.add_argument("--schedule", choices=("linear", "cosine"), help="beta schedule (default linear)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the recipe's, else linear)")
     g.add_argument("--beta-min", type=beta, metavar="B", help=f"beta_1 of the linear schedule "
                                                                f"(default {PAPER_SCHEDULE.beta_min})")
     g.add_argument("--beta-max", type=beta, metavar="B", help=f"beta_T of the linear schedule "
@@ -269,8 +276,9 @@ def _fit(args, device: torch.device) -> None:
         args.recipe = config_file.training.get("recipe")
     if args.recipe is not None and not resuming:  # the recipe's fields where no flag set them
         recipe = RECIPES[args.recipe]
+        betas_given = args.beta_min is not None or args.beta_max is not None  # they ask for the linear schedule
         for name in RECIPE_FIELDS:
-            if getattr(args, name) is None:
+            if getattr(args, name) is None and not (name == "schedule" and betas_given):
                 setattr(args, name, getattr(recipe, name))
     extra = _layer_config(args, config_file, explicit) if config_file is not None else {}
     if args.steps is None and args.recipe is not None:  # resuming a recipe's run: its steps
@@ -320,6 +328,16 @@ def _fit(args, device: torch.device) -> None:
     except ImportError as e:
         raise ValueError(f"--logger: {e}") from None
 
+    extractor = None  # FID's Inception network, loaded before any data (offline without its weights: one line)
+    if train_config.eval_every:
+        from .metrics import inception_extractor
+
+        try:
+            with rank_zero_first():  # one download
+                extractor = inception_extractor()
+        except FileNotFoundError as e:
+            raise ValueError(f"--eval-every: {e}") from None
+
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
         loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else
                   load_dataset(args.data, root=args.data_root, n=args.n_images, seed=seed, size=size))
@@ -338,9 +356,34 @@ def _fit(args, device: torch.device) -> None:
         model = UNet(replace(config, num_classes=len(loaded.info.class_names)) if class_cond else config)
         trainer = Trainer(model, schedule, train_config, device=device)
     trainer.data_info = loaded.info  # resumed: the record itself
+    if train_config.eval_every:
+        trainer.evaluator = _evaluator(args, loaded, size, seed, train_config.eval_every, extractor)
     trainer.fit(loaded.images, loaded.labels if class_cond else None)
     if trainer.rank == 0:
         print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
+
+
+def _evaluator(args, loaded, size: int, seed: int, every: int, extractor):
+    """The Evaluator of --eval-every: `extractor`'s features of the training images, the loss on held-out ones (the
+    test split of CIFAR-10 or the shapes; a folder has none: its first images, and the log says so)."""
+    from .data import load_dataset
+    from .evaluation import Evaluator
+    from .runtime import rank_zero_first
+
+    info = loaded.info
+    if info.name in ("cifar10", "shapes"):
+        with rank_zero_first():
+            held = load_dataset(info.name, root=args.data_root, n=256, seed=info.seed or seed, size=size, split="test")
+        held_out, labels, name = held.images, held.labels, f"{info.name} test split"
+    else:
+        held_out, labels = loaded.images, loaded.labels
+        name = f"{info.name}: training images (a folder has no test split)"
+    evaluator = Evaluator(loaded.images, held_out, extractor, reference_key=f"{info.name}-{info.split}-{size}",
+                          held_out_labels=labels, held_out_name=name, seed=seed)
+    print(f"evaluating every {every} steps: FID/KID with {evaluator.extractor_name} features against "
+          f"{len(loaded.images):,} training images; loss on {len(evaluator.held_out)} images of the {name}",
+          file=sys.stderr)
+    return evaluator
 
 
 def train(args) -> None:

@@ -8,6 +8,7 @@ step). So resuming needs only the step, and K ranks see the noise one process wo
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 import json
 import math
 import time
@@ -22,8 +23,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import (CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights, read_checkpoint,
-                         keep_numbered, remove_stale_temp_files, write_atomically, write_checkpoint)
+from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights,
+                         read_checkpoint, keep_numbered, remove_stale_temp_files, write_atomically, write_checkpoint)
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
@@ -62,6 +63,9 @@ class TrainConfig:
     checkpoint_every: int = 10_000   # save out_dir/checkpoint.pt every this many steps (0: only at the end)
     keep_last: int | None = None     # also keep the last N checkpoints as checkpoint-<step>.pt (None: only the latest)
     milestones: tuple[int, ...] = ()  # steps whose checkpoint is kept for good as checkpoint-<step>.pt
+    eval_every: int = 0              # evaluate the EMA model (Trainer.evaluator) every this many steps (0: never)
+    eval_n: int = 1000               # samples per evaluation, scored by FID and KID (at least 2)
+    keep_best: bool = False          # keep checkpoint-best.pt: the run at its evaluation of lowest FID
     sample_n: int = 64               # images in each sample grid
     sample_steps: int = DDIM_STEPS   # DDIM steps for the sample grids (DDIM's default)
     out_dir: str | None = "runs/ddpm"  # where the loss log, grids and checkpoint go (None: write nothing)
@@ -69,7 +73,7 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("lr", "batch_size", "steps", "log_every", "sample_n", "sample_steps", "grad_accum")
-        non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every")
+        non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every", "eval_every", "eval_n")
         for name in positive + non_negative:
             value = getattr(self, name)
             kind = float if name in ("lr", "grad_clip") else int
@@ -94,6 +98,12 @@ class TrainConfig:
         if not isinstance(self.milestones, tuple) or not all(
                 isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in self.milestones):
             raise ValueError(f"TrainConfig.milestones must be a tuple of steps >= 1, got {self.milestones!r}")
+        if self.eval_every and self.eval_n < 2:
+            raise ValueError(f"TrainConfig.eval_n must be >= 2 with eval_every={self.eval_every} (FID needs two "
+                             f"samples), got {self.eval_n!r}")
+        if self.keep_best is not False and (self.keep_best is not True or not self.eval_every):
+            raise ValueError(f"TrainConfig.keep_best needs eval_every > 0 (the best is the evaluation of lowest FID), "
+                             f"got keep_best={self.keep_best!r} with eval_every={self.eval_every!r}")
         if self.logger not in LOGGERS:
             raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.precision not in PRECISIONS:
@@ -123,6 +133,11 @@ class Trainer:
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, loss) read back every log_every steps
         self.data_info: DataInfo | None = None      # what the training data is (a loader's); saved as ckpt["data"]
+        # with config.eval_every, called on rank 0: (model, schedule, n, weighting, snr_gamma) -> a dict with "fid"
+        # and "eval_s" (ddpm_lib.evaluation.Evaluator)
+        self.evaluator: Callable[..., dict] | None = None
+        self.best: dict | None = None  # the evaluation of lowest FID so far, {"step", "fid"} (saved, resumed)
+        self.eval_seconds = 0.0        # time spent evaluating over the whole run (saved, resumed)
 
         enable_tf32(self.device)
         self.amp_dtype = precision_dtype(config.precision, self.device)
@@ -216,6 +231,9 @@ class Trainer:
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         check_int(steps, "steps")  # the total to reach
+        if cfg.eval_every and self.evaluator is None:
+            raise ValueError(f"TrainConfig.eval_every={cfg.eval_every} needs Trainer.evaluator (a "
+                             f"ddpm_lib.evaluation.Evaluator)")
         batches = self._batches(images, labels)
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:
@@ -245,6 +263,15 @@ class Trainer:
                         pending, stats, clock, since = [], [], time.perf_counter(), self.step
                     if out is not None and log is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
                         log.grid(self.step, self.save_samples(out / "samples" / f"step_{self.step:07d}.png"))
+                    best = False
+                    if cfg.eval_every and self.step % cfg.eval_every == 0:
+                        result = self.evaluate()
+                        clock += result["eval_s"]  # images/s counts training time only
+                        best = cfg.keep_best and result["best_step"] == self.step
+                        if log is not None:
+                            log.evaluation(result)
+                    if out is not None and best:
+                        self.save(out / BEST_NAME)
                     if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
                         if self.rank == 0:  # numbered copies: the milestones and the last keep_last
@@ -254,6 +281,24 @@ class Trainer:
             if log is not None:
                 log.close()
         return self
+
+    def evaluate(self) -> dict:
+        """The evaluator's result for the EMA model at this step (computed on rank 0, given to every rank), with
+        the step, the run's evaluation time so far and whether it is the best (lowest FID) so far."""
+        cfg, result = self.config, None
+        if self.evaluator is None:
+            raise ValueError("Trainer.evaluator: expected an evaluator (ddpm_lib.evaluation.Evaluator), got None")
+        if self.rank == 0:
+            result = self.evaluator(self.ema, self.schedule, cfg.eval_n, cfg.loss_weighting, cfg.snr_gamma)
+        if self.world_size > 1:
+            box = [result]
+            dist.broadcast_object_list(box, src=0)
+            result = box[0]
+        assert result is not None
+        self.eval_seconds += result["eval_s"]
+        if self.best is None or result["fid"] < self.best["fid"]:
+            self.best = {"step": self.step, "fid": result["fid"]}
+        return {"step": self.step, **result, "eval_s_total": self.eval_seconds, "best_step": self.best["step"]}
 
     def run_config(self) -> dict:
         """The run as its folder's config.json holds it: the network (UNetConfig), the schedule
@@ -338,6 +383,7 @@ class Trainer:
                 "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
                 "amp_dtype": precision_name(self.amp_dtype),
                 "data": None if self.data_info is None else self.data_info.to_dict(),
+                "evaluation": {"best": self.best, "seconds": self.eval_seconds},
             }, path)
         if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
             dist.barrier()
@@ -361,6 +407,8 @@ class Trainer:
         if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
             trainer.scaler.load_state_dict(ckpt["scaler"])
         trainer.step, trainer.data_info = ckpt["step"], data_info_of(ckpt, path)
+        evaluation = ckpt.get("evaluation", {})  # written by every save; empty in a checkpoint made otherwise
+        trainer.best, trainer.eval_seconds = evaluation.get("best"), evaluation.get("seconds", 0.0)
         saved, now = ckpt.get("amp_dtype", "float32"), precision_name(trainer.amp_dtype)
         if saved != now and trainer.rank == 0:  # one line, also under DDP
             warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "

@@ -5,6 +5,8 @@ torch.utils.tensorboard, the `tensorboard` extra) hold, at every read-back of th
 the loss of each step, the loss by quarter of t, the learning rate, the gradient norm before clipping and the EMA
 decay of each step, the images per second since the last read-back, and the EMA sample grids. On resume both are
 cut back to the checkpoint's step: the lines and events that an interrupted run wrote after it are dropped.
+With evaluations (TrainConfig.eval_every), eval.jsonl holds one line per evaluation (Trainer.evaluate's result:
+FID, KID, validation loss, the extractor, seconds spent), and the event files hold them under eval/.
 """
 from __future__ import annotations
 
@@ -41,17 +43,24 @@ class TrainLog:
     def __init__(self, out: Path, step: int, logger: str):
         check_logger(logger)
         out.mkdir(parents=True, exist_ok=True)
-        path = out / "loss.jsonl"
-        if path.exists():  # drop the lines past `step`: written after the checkpoint we resume
-            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-            path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= step))
-        self._jsonl = path.open("a")
+        self._out, self._step = out, step
+        self._jsonl = self._cut(out / "loss.jsonl").open("a")
+        self._cut(out / "eval.jsonl")
+        self._eval = None  # eval.jsonl, opened at the first evaluation
         self._events = None
         if logger == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard drops this run's earlier events from step + 1 on, those past the checkpoint
             self._events = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+
+    def _cut(self, path: Path) -> Path:
+        """Drop the lines of the jsonl file `path` past the step this log starts at (written after the checkpoint
+        that is resumed)."""
+        if path.exists():
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= self._step))
+        return path
 
     def steps(self, logged: list[tuple[int, float]], stats: list[dict] | None = None) -> None:
         """The loss of each (step, loss) in `logged`; with events, also each step's `stats` (lr, grad_norm,
@@ -81,7 +90,22 @@ class TrainLog:
         self._events.add_image("samples", make_grid((x0.float().cpu() + 1) / 2, nrow=nrow).clamp(0, 1), step)
         self._events.flush()
 
+    def evaluation(self, result: dict) -> None:
+        """One evaluation (Trainer.evaluate's dict, with its "step") as a line of eval.jsonl; with events, its
+        FID, KID, validation loss and seconds under eval/."""
+        if self._eval is None:
+            self._eval = (self._out / "eval.jsonl").open("a")
+        self._eval.write(json.dumps(result) + "\n")
+        self._eval.flush()
+        if self._events is not None:
+            for name in ("fid", "kid", "val_loss", "eval_s"):  # those the evaluator gives
+                if name in result:
+                    self._events.add_scalar(f"eval/{name}", result[name], result["step"])
+            self._events.flush()
+
     def close(self) -> None:
         self._jsonl.close()
+        if self._eval is not None:
+            self._eval.close()
         if self._events is not None:
             self._events.close()

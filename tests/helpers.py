@@ -42,6 +42,13 @@ def write_image_folder(folder, images):
     return folder
 
 
+class ChannelMeans(nn.Module):
+    """A stand-in for Inception (whose weights would be downloaded): uint8 (N,3,H,W) -> (N, 3) channel means."""
+
+    def forward(self, images):
+        return images.float().mean(dim=(2, 3))
+
+
 class Payload:
     """A pickle that runs `touch pwned` when loaded by an unsafe unpickler: loaders must refuse it."""
 

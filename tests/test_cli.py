@@ -13,7 +13,7 @@ import numpy
 import pytest
 import torch
 import torchvision.datasets as tvd
-from helpers import MICRO, Payload, write_image_folder, perturbed
+from helpers import MICRO, ChannelMeans, Payload, write_image_folder, perturbed
 from PIL import Image
 
 from ddpm_lib.checkpoint import load_model, read_checkpoint
@@ -156,6 +156,10 @@ def bad_input(tmp):
         "config with --resume": (("train", "--out", run, "--resume", "--steps", "3", "--config",
                                   tmp / "wrong_type.json"),
                                  "--config: " + str(run / "checkpoint.pt") + " holds the run's configuration"),
+        "evaluation without samples": (shapes + ("--eval-every", "2", "--eval-n", "0"),
+                                       "--eval-n: TrainConfig.eval_n must be >= 2 with eval_every=2"),
+        "keep best without evaluation": (shapes + ("--keep-best",),
+                                         "--keep-best: TrainConfig.keep_best needs eval_every > 0"),
         "keep none": (shapes + ("--keep-last", "0"), "--keep-last: TrainConfig.keep_last must be None or an int >= 1"),
         "milestone 0": (shapes + ("--milestones", "0,10"), "--milestones: expected comma-separated steps >= 1"),
         "zero micro-batches": (shapes + ("--grad-accum", "0"), "--grad-accum: TrainConfig.grad_accum must be > 0"),
@@ -280,13 +284,6 @@ def test_a_hand_written_config_sets_what_it_names(tmp_path, one_thread):
     training = ckpt["train_config"]
     assert (training["lr"], training["grad_clip"], training["flip"], training["steps"]) == (1e-3, 0.5, False, 2)
     assert training["warmup_steps"] == TrainConfig.warmup_steps  # what the file leaves out: the defaults
-
-
-class ChannelMeans(torch.nn.Module):
-    """A stand-in for Inception (whose weights would be downloaded): uint8 (N,3,H,W) -> (N, 3) channel means."""
-
-    def forward(self, images):
-        return images.float().mean(dim=(2, 3))
 
 
 @pytest.fixture(scope="module")
@@ -445,9 +442,24 @@ def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, on
     assert (config["steps"], config["batch_size"], config["loss_weighting"], config["snr_gamma"]) == (
         2, 4, "min-snr", 3.0)  # the flags'
     assert ckpt["data"]["name"] == quick.data and ckpt["data"]["size"] == quick.image_size
+    assert NoiseSchedule.from_state_dict(ckpt["schedule"]).kind == quick.schedule == "cosine"  # the recipe's
     rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "3", "--resume", "--device", "cpu",
                "--no-progress", "--prediction", "v", "--loss-weighting", "min-snr"])  # the same: accepted
     assert rc == 0 and torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 3
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ((), NoiseSchedule.cosine()),                                         # quick-win's own
+    (("--schedule", "linear"), NoiseSchedule.paper()),                     # a flag overrides it
+    (("--beta-max", "0.01"), NoiseSchedule.linear(1000, 1e-4, 0.01)),     # betas ask for the linear schedule
+])
+def test_a_recipes_schedule_gives_way_to_the_schedule_flags(tmp_path, capsys, one_thread, flags, expected):
+    rc = main(["train", "--recipe", "quick-win", "--steps", "1", "--batch-size", "4", "--n-images", "4",
+               *flags, "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress", "--sample-every", "0"])
+    assert rc == 0, capsys.readouterr().err
+    schedule = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["schedule"]
+    assert schedule["kind"] == expected.kind and schedule["params"] == expected.params
+    assert torch.equal(schedule["betas"], expected.state_dict()["betas"])
 
 
 def assert_same_run(a, b):
