@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.recipes import QUICK_CIFAR10, QUICK_WIN, RECIPES, Recipe
+from ddpm_lib.recipes import QUICK_CIFAR10, QUICK_WIN, RECIPES
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
 from ddpm_lib.unet import PRESETS
 
