@@ -363,7 +363,8 @@ def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
                           ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"seed: {seed.num_heads}"),
                           ("--ch-list", "seed: " + ",".join(map(str, seed.ch_list))),
                           ("--attention-layer", "seed: " + ",".join(map(str, seed.attention_layer))),
-                          ("--temb-dim D", f"seed: {seed.temb_dim}"), ("--schedule", "default linear")]:
+                          ("--temb-dim D", f"seed: {seed.temb_dim}"),
+                          ("--schedule", "default: the recipe's, else linear")]:
         assert flag in text and default in text.split(flag, 1)[1][:150], (flag, default)
     rc, out, _ = processes["sample help"]
     assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_steps}" in " ".join(out.split())
