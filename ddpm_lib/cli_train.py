@@ -367,13 +367,14 @@ def _evaluator(args, loaded, size: int, seed: int, every: int, extractor):
     """The Evaluator of --eval-every: `extractor`'s features of the training images, the loss on held-out ones (the
     test split of CIFAR-10 or the shapes; a folder has none: its first images, and the log says so)."""
     from .data import load_dataset
-    from .evaluation import Evaluator
+    from .evaluation import VAL_IMAGES, Evaluator
     from .runtime import rank_zero_first
 
     info = loaded.info
     if info.name in ("cifar10", "shapes"):
         with rank_zero_first():
-            held = load_dataset(info.name, root=args.data_root, n=256, seed=info.seed or seed, size=size, split="test")
+            held = load_dataset(info.name, root=args.data_root, n=VAL_IMAGES, seed=info.seed or seed, size=size,
+                                split="test")
         held_out, labels, name = held.images, held.labels, f"{info.name} test split"
     else:
         held_out, labels = loaded.images, loaded.labels

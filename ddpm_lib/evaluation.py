@@ -17,6 +17,8 @@ from .samplers import generate_images
 from .schedule import diffusion_loss
 from .utils import check_int, to_model_range
 
+VAL_IMAGES = 256  # held-out images the validation loss is taken on (at most)
+
 
 class Evaluator:
     """Evaluates a Trainer's EMA model: FID and KID of `n` samples against `reference` (uint8 (N, 3, H, W), the
@@ -27,7 +29,7 @@ class Evaluator:
 
     def __init__(self, reference, held_out, feature_extractor=None, reference_key: str = "train",
                  held_out_labels=None, held_out_name: str = "held-out images", sampler: str = "dpm-solver",
-                 steps: int = 20, loss_n: int = 256, seed: int = 0, cache_dir=None, batch_size: int = 256):
+                 steps: int = 20, loss_n: int = VAL_IMAGES, seed: int = 0, cache_dir=None, batch_size: int = 256):
         _check_images("reference", reference)
         _check_images("held_out", held_out, minimum=1)
         check_int(loss_n, "loss_n"), check_int(steps, "steps"), check_int(batch_size, "batch_size")
@@ -55,6 +57,7 @@ class Evaluator:
             net = partial(model, y=y.to(device))
         was_training = model.training
         try:
+            model.eval()  # no dropout: the same loss at every evaluation
             loss = diffusion_loss(net, schedule.to(device), x0, t=t, noise=noise, prediction=model.config.prediction,
                                   weighting=weighting, snr_gamma=snr_gamma)
         finally:

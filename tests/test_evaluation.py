@@ -63,6 +63,8 @@ def test_an_evaluation_is_fid_kid_of_seeded_samples_and_the_loss_at_fixed_t_and_
     inline = (((target - out) ** 2).mean((1, 2, 3)) * weight).mean()
     assert_close(torch.tensor(first["val_loss"]), inline.float(), reduction=x0[0].numel(),
                  why="the mean of 3x16x16 squared errors per image, float32 against float64")
+    model.train()  # dropout 0.1 in MICRO: the validation loss is taken without it, and the mode comes back
+    assert ev.validation_loss(model, schedule, weighting) == first["val_loss"] and model.training
 
 
 def test_evaluator_checks_its_images(sets):
