@@ -25,7 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def one_setting(preset: str, batch: int, steps: int, device: str, on: bool) -> dict:
-    from ddpm_lib.train import TrainConfig, Trainer
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
     from ddpm_lib.unet import unet_from_preset
 
     torch.manual_seed(0)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import torch
 
-from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import unet_from_preset
 from machine import machine
 

@@ -255,7 +255,8 @@ def cifar10_run(args, sizes, device):
     from torchvision.utils import save_image
 
     from ddpm_lib import generate_images
-    from ddpm_lib.train import Trainer, TrainConfig
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
     from ddpm_lib.unet import unet_from_preset
 
     out, start = Path(args.out), time.perf_counter()

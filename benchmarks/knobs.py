@@ -36,7 +36,8 @@ from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.shapes import shape_score
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import PRESETS, UNet
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "knobs"

@@ -24,7 +24,8 @@ from machine import machine
 from ddpm_lib.utils import default_device
 from ddpm_lib.interop import diffusers_config
 from ddpm_lib.recipes import FAST
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import PRESETS, unet_from_preset
 
 # google/ddpm-cifar10-32's UNet2DModel: the paper's network in diffusers (35,746,307 parameters).

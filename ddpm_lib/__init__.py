@@ -15,7 +15,8 @@ from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
 from .shapes import shape_score
 from .cifar10 import write_cifar10_format
 from .runtime import autocast_dtype
-from .train import TrainConfig, Trainer
+from .train import Trainer
+from .train_config import TrainConfig
 from .recipes import RECIPES, Recipe
 from .summary import model_summary
 from .unet import PRESETS, UNet, UNetConfig, unet_from_preset

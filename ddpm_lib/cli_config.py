@@ -16,7 +16,7 @@ from pathlib import Path
 from .checkpoint import CONFIG_NAME
 from .data import DataInfo
 from .schedule import NoiseSchedule
-from .train import TrainConfig
+from .train_config import TrainConfig
 from .unet import UNetConfig
 
 SECTIONS = ("network", "schedule", "training", "data")

@@ -16,7 +16,7 @@ from .cli_args import beta, ch_list, device_arg, integer, levels, number, positi
 from .recipes import RECIPES, SCHEDULES
 from .runtime import PRECISIONS, precision_dtype
 from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
-from .train import TrainConfig
+from .train_config import TrainConfig
 from .train_log import LOGGERS, check_logger
 from .cli_config import RunConfig, read_config
 from .unet import PRESETS, UNetConfig

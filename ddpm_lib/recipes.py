@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from .schedule import NoiseSchedule
-from .train import TrainConfig
+from .train_config import TrainConfig
 from .unet import PRESETS, UNetConfig
 from .utils import check_int, check_prediction
 

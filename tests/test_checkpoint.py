@@ -10,7 +10,8 @@ from ddpm_lib.checkpoint import (data_info_of, load_model, read_checkpoint, remo
                                  resolve_checkpoint, write_checkpoint)
 from ddpm_lib.data import CIFAR10_CLASSES, DataInfo
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet
 
 

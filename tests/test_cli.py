@@ -24,7 +24,8 @@ from ddpm_lib.nb.session import NotebookSetup, load_training_images
 from ddpm_lib.recipes import RECIPES
 from ddpm_lib.samplers import SAMPLERS, generate_images
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import PRESETS, UNet, UNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

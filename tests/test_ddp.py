@@ -14,7 +14,8 @@ from helpers import MICRO
 
 from ddpm_lib.data import make_shapes
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet
 
 

@@ -16,7 +16,8 @@ from ddpm_lib.metrics import fid_kid
 from ddpm_lib.samplers import generate_images
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.tolerance import assert_close
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet
 from ddpm_lib.utils import to_model_range
 

@@ -241,7 +241,8 @@ def tiny():
 
 @pytest.fixture
 def checkpoint(tiny, tmp_path):
-    from ddpm_lib.train import TrainConfig, Trainer
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
 
     model, schedule = tiny
     return Trainer(model, schedule, TrainConfig(out_dir=None, progress=False)).save(tmp_path / "ckpt.pt")
@@ -297,7 +298,8 @@ def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance
     from dataclasses import replace
 
     import ddpm_lib.checkpoint
-    from ddpm_lib.train import TrainConfig, Trainer
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
     from ddpm_lib.unet import UNet
 
     model, schedule = tiny

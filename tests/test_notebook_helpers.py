@@ -15,7 +15,8 @@ from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
 from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.cifar10 import write_cifar10_format
-from ddpm_lib.train import TrainConfig, Trainer
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import PRESETS, UNet
 
 

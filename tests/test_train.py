@@ -22,7 +22,8 @@ from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule, diffusion_loss
 from ddpm_lib.tolerance import assert_close
 from ddpm_lib.runtime import autocast_dtype, precision_dtype
-from ddpm_lib.train import Trainer, TrainConfig
+from ddpm_lib.train import Trainer
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet, unet_from_preset
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from test_train import make_trainer
 
-from ddpm_lib.train import TrainConfig
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.train_log import QUARTERS, check_logger, quarter_of
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")

@@ -304,7 +304,8 @@ def test_tiny_overfits_one_batch():
 def test_activation_checkpointing_recomputes_the_res_blocks_for_the_same_gradients():
     """UNet.checkpointing (TrainConfig.checkpoint_activations): every res block runs again in the backward pass,
     and the loss and the gradients are those without it, dropout included (its RNG state is replayed)."""
-    from ddpm_lib.train import TrainConfig, Trainer
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
 
     x, t = inputs(batch=2, size=16)
     results = {}

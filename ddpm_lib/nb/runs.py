@@ -16,7 +16,8 @@ from ..checkpoint import data_info_of, load_model, read_checkpoint
 from ..data import CIFAR10_CLASSES, DataInfo
 from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
-from ..train import TrainConfig, Trainer
+from ..train import Trainer
+from ..train_config import TrainConfig
 from ..unet import PRESETS, UNet, unet_from_preset
 from .session import NotebookSetup, load_training_images
 
