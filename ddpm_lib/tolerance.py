@@ -54,21 +54,27 @@ def tolerance(reduction: int = 1, dtype: torch.dtype = torch.float32,
 
 
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, reduction: int = 1, layers: int = 1,
-                 why: str | None = None) -> None:
+                 why: str | None = None, growth: float = 1.0) -> None:
     """torch.testing.assert_close with the tolerance of `reduction` summed terms through `layers` matmuls or
     convolutions, in `expected`'s dtype and on its device.
 
     why: one line saying what the longer reduction is (shown when the check fails).
+    growth: how much the computation after the roundings can grow a relative error (>= 1; for an iterated
+    map such as an ODE solver, measured by nudging its input by a rounding: `relative_growth`); the bound is
+    multiplied by it.
     """
+    if isinstance(growth, bool) or not isinstance(growth, (int, float)) or not 1.0 <= growth < float("inf"):
+        raise ValueError(f"growth: expected a finite number >= 1 (the growth of a relative error), got {growth!r}")
     expected = torch.as_tensor(expected)
     actual = torch.as_tensor(actual, device=expected.device)
     default_rtol, default_atol = _torch_defaults(expected.dtype)
-    bound = tolerance(reduction, expected.dtype, expected.device, layers)
+    bound = growth * tolerance(reduction, expected.dtype, expected.device, layers)
     scale = max(1.0, expected.abs().max().item()) if expected.numel() else 1.0
     rtol, atol = max(default_rtol, bound), max(default_atol, bound * scale)
 
     def message(default: str) -> str:
-        allowed = f"{reduction} summed terms in {expected.dtype} (rtol {rtol:.2g}, atol {atol:.2g})"
+        grown = f", grown {growth:.3g}x" if growth > 1 else ""
+        allowed = f"{reduction} summed terms in {expected.dtype}{grown} (rtol {rtol:.2g}, atol {atol:.2g})"
         return f"{default}\nTolerance: {allowed}" + (f": {why}" if why else "")
 
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol, msg=message)
@@ -78,3 +84,15 @@ def _torch_defaults(dtype: torch.dtype) -> tuple[float, float]:
     """torch.testing.assert_close's own (rtol, atol) for `dtype`."""
     return {torch.float16: (1e-3, 1e-5), torch.bfloat16: (1.6e-2, 1e-5), torch.float32: (1.3e-6, 1e-5),
             torch.float64: (1e-7, 1e-7)}.get(dtype, (0.0, 0.0))
+
+
+def relative_growth(f, x: torch.Tensor) -> float:
+    """How much `f` grows a relative error of its input, measured: the normwise relative change of f(x) when x
+    moves by a few roundings (x (1 + 4u)), over that of x; at least 1. A deterministic f (an ODE solver from a
+    fixed x_T) is what it is for: its own roundings at every step grow at most this much on the way out."""
+    u = torch.finfo(x.dtype).eps / 2
+    nudged = x * (1 + 4 * u)
+    y, y_nudged = f(x), f(nudged)
+    moved_in = ((nudged - x).abs().max() / x.abs().max().clamp_min(1.0)).item()
+    moved_out = ((y_nudged - y).abs().max() / y.abs().max().clamp_min(1.0)).item()
+    return max(1.0, moved_out / moved_in) if moved_in > 0 else 1.0

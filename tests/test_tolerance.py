@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.tolerance import assert_close, tolerance
+from ddpm_lib.tolerance import assert_close, relative_growth, tolerance
 
 C, HW = 128, 256  # notebook 02's level-2 feature map: 128 channels, 16x16 pixels
 ATTENTION_TERMS = C + HW  # q k^T sums C products, A v sums HW
@@ -119,6 +119,27 @@ def test_no_reduction_keeps_torchs_defaults():
     with pytest.raises(AssertionError):
         assert_close(expected + 3e-5, expected)  # beyond torch's float32 atol 1e-5 + rtol 1.3e-6
     assert_close(expected + 3e-5, expected, reduction=1000)  # 1,000 terms: 2 * 1000 * 2^-24 = 1.2e-4
+
+
+def test_growth_multiplies_the_bound():
+    expected = torch.ones(10)  # allowed: atol + rtol * 1, each growth * 2 * 2^-24 here
+    with pytest.raises(AssertionError, match="grown 300x"):
+        assert_close(expected + 1e-4, expected, growth=300)  # 2 * 300 * 1.19e-7 = 7.2e-5 < 1e-4
+    assert_close(expected + 1e-4, expected, growth=600)  # 1.4e-4
+
+
+@pytest.mark.parametrize("bad", [0.5, 0, float("nan"), float("inf"), True, "2"])
+def test_a_bad_growth_is_refused(bad):
+    with pytest.raises(ValueError, match="growth"):
+        assert_close(torch.ones(2), torch.ones(2), growth=bad)
+
+
+def test_relative_growth_of_a_cancellation_is_its_condition_number():
+    x = torch.ones(3)
+    # f(x) = 1000 (x - 0.999) at x = 1: a relative change d of x moves f by 1000 d (f(1) = 1)
+    assert relative_growth(lambda v: 1000 * (v - 0.999), x) == pytest.approx(1000, rel=1e-3)
+    assert relative_growth(lambda v: 4 * v, x) == 1.0  # scaling (exactly, by a power of 2) keeps relative errors
+    assert relative_growth(torch.round, x) == 1.0  # an error that vanishes is not grown (at least 1)
 
 
 def test_the_bound_is_higham_gamma_n_twice():
