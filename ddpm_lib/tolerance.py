@@ -89,7 +89,8 @@ def _torch_defaults(dtype: torch.dtype) -> tuple[float, float]:
 def relative_growth(f, x: torch.Tensor) -> float:
     """How much `f` grows a relative error of its input, measured: the normwise relative change of f(x) when x
     moves by a few roundings (x (1 + 4u)), over that of x; at least 1. A deterministic f (an ODE solver from a
-    fixed x_T) is what it is for: its own roundings at every step grow at most this much on the way out."""
+    fixed x_T) is what it is for: a rounding at a later step has fewer steps left to grow, so about this much
+    at most."""
     u = torch.finfo(x.dtype).eps / 2
     nudged = x * (1 + 4 * u)
     y, y_nudged = f(x), f(nudged)
