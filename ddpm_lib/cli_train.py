@@ -280,6 +280,7 @@ def _fit(args, device: torch.device) -> None:
         for name in RECIPE_FIELDS:
             if getattr(args, name) is None and not (name == "schedule" and betas_given):
                 setattr(args, name, getattr(recipe, name))
+        args.class_cond = args.class_cond or recipe.class_cond
     extra = _layer_config(args, config_file, explicit) if config_file is not None else {}
     if args.steps is None and args.recipe is not None:  # resuming a recipe's run: its steps
         args.steps = RECIPES[args.recipe].steps

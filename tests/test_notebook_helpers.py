@@ -14,6 +14,7 @@ from ddpm_lib.nb import runs, session
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
 from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.schedule import NoiseSchedule
+from ddpm_lib.shipped import load_shipped_model
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig
@@ -301,34 +302,100 @@ def no_official_weights(*args, **kwargs):
     raise FileNotFoundError("could not download the DDPM CIFAR-10 weights (offline)")
 
 
-def test_find_model_prefers_notebook_05s_newest_checkpoint(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # never reached
+def write_run_of(folder, data_info, seed=0, num_classes=None):
+    """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do), and a
+    class-conditional network with num_classes."""
+    config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
+                         log_every=1, progress=False)
+    torch.manual_seed(seed)
+    trainer = Trainer(UNet(dataclasses.replace(MICRO, num_classes=num_classes)), NoiseSchedule.linear(10), config,
+                      device="cpu")
+    trainer.data_info = data_info
+    images = make_shapes(4, size=16, seed=seed)[0]
+    return trainer.fit(images, torch.arange(4) % num_classes if num_classes else None)
+
+
+CIFAR10_INFO = DataInfo("cifar10", 4, 16, "train", class_names=CIFAR10_CLASSES)
+
+
+def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(runs, "load_shipped_model", pytest.fail)  # never reached: the reader has a model
     setup = make_setup(tmp_path, smoke=True)
-    old = write_run(setup.runs / "05_training" / "seed-smoke", seed=1)
-    new = write_run(setup.runs / "05_training" / "tiny-smoke", seed=2)
-    write_run(setup.runs / "05_training" / "tiny", seed=3)  # a real-size run: not for smoke mode
-    os.utime(setup.runs / "05_training" / "seed-smoke" / "checkpoint.pt", (1, 1))
+    folder = setup.runs / "05_training"
+    old = write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=1)
+    new = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=2)
+    shapes = DataInfo("shapes", 4, 16, "train", seed=2, class_names=SHAPE_KINDS)
+    write_run_of(runs.training_run(setup, "tiny"), shapes, seed=3)  # the newest, but shapes: not shown
+    write_run_of(folder / "tiny-cifar10", CIFAR10_INFO, seed=4)  # a real-size run: not for smoke mode
+    os.utime(folder / "seed-cifar10-smoke" / "checkpoint.pt", (1, 1))
     model, schedule, description = runs.find_model(setup)
-    assert description.startswith("notebook 05's checkpoint: preset tiny, data not recorded, step 2, EMA weights")
-    assert str(setup.runs / "05_training" / "tiny-smoke" / "checkpoint.pt") in description
+    assert description.startswith("your model from notebook 05: preset tiny, CIFAR-10, step 2, EMA weights")
+    assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
     assert not model.training and schedule.steps == 10
     assert_same_weights(model, new.ema)
-    raw, _, description = runs.find_model(setup, ema=False)
+    raw, _, description = runs.find_model(setup, "own", ema=False)
     assert_same_weights(raw, new.model)
     assert "raw weights" in description
-    picked, _, description = runs.find_model(setup, preset="seed")  # a preset picks its own run
+    assert runs.own_checkpoints(setup) == [folder / "tiny-cifar10-smoke" / "checkpoint.pt",
+                                           folder / "seed-cifar10-smoke" / "checkpoint.pt"]
+    picked, _, _ = runs.find_model(setup, str(folder / "seed-cifar10-smoke"))  # a run folder by path
     assert_same_weights(picked, old.ema)
+    assert capsys.readouterr().out == ""  # nothing to explain when the reader's own model is shown
 
 
-def test_find_model_smoke_mode_skips_the_hub_and_reuses_its_brief_model(tmp_path, monkeypatch, one_thread):
-    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # never downloads in smoke mode
-    monkeypatch.setattr(runs, "_train_brief", pytest.fail)  # a brief model is there already: no training
+def test_find_model_class_cond_takes_only_class_conditional_runs(tmp_path, monkeypatch, one_thread):
     setup = make_setup(tmp_path, smoke=True)
-    brief = write_run(setup.runs / "brief" / "tiny-smoke")
-    write_run(setup.runs / "05_training" / "tiny-smoke")
-    model, _, description = runs.find_model(setup, preset="ddpm-cifar10")  # no 05 run of that preset
-    assert description.startswith("tiny network trained briefly by find_model")
-    assert_same_weights(model, brief.ema)
+    cond = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=1, num_classes=10)
+    write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=2)  # newer, unconditional
+    model, _, description = runs.find_model(setup, class_cond=True)
+    assert_same_weights(model, cond.ema)
+    assert "class-conditional" in description
+    _, _, description = runs.find_model(setup)
+    assert "preset seed" in description  # without class_cond the newest of all
+    with pytest.raises(ValueError, match="is unconditional; this notebook needs a class-conditional model"):
+        runs.find_model(setup, str(runs.training_run(setup, "seed", data="cifar10")), class_cond=True)
+
+
+def test_find_model_falls_back_to_the_shipped_model_and_says_why(tmp_path, monkeypatch, capsys, one_thread):
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # the shipped model comes first
+    setup = make_setup(tmp_path, smoke=False)
+    write_run_of(setup.runs / "05_training" / "tiny-cifar10-smoke", CIFAR10_INFO)  # a smoke run: not real sizes
+    model, schedule, description = runs.find_model(setup, class_cond=True)
+    assert "no class-conditional CIFAR-10 checkpoint from notebook 05 under" in capsys.readouterr().out
+    shipped, shipped_schedule, card = load_shipped_model(device="cpu")
+    assert_same_weights(model, shipped)
+    assert description.startswith(f"the shipped CPU model: recipe {card['recipe']}, CIFAR-10, class-conditional, "
+                                  f"step {card['step']}")
+    assert model.config.num_classes == 10 and schedule.kind == shipped_schedule.kind == "cosine"
+    with pytest.raises(FileNotFoundError, match="model='own': no CIFAR-10 checkpoint from notebook 05"):
+        runs.find_model(setup, "own")
+    with pytest.raises(ValueError, match="ema=False: the shipped and official models"):
+        runs.find_model(setup, "shipped", ema=False)
+
+
+def test_find_model_official_weights_come_last(tmp_path, monkeypatch, capsys, one_thread):
+    official = UNet(MICRO)
+    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", lambda: official)
+    setup = make_setup(tmp_path, smoke=False)
+    model, schedule, description = runs.find_model(setup, "official")
+    assert model is official and not model.training
+    assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+    # an install without its weights
+    monkeypatch.setattr(runs, "load_shipped_model", lambda device: load_shipped_model(tmp_path / "missing.pt"))
+    model, _, description = runs.find_model(setup)
+    assert model is official and "the shipped CPU model is unavailable" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="the official DDPM CIFAR-10 weights are unconditional"):
+        runs.find_model(setup, "official", class_cond=True)
+    with pytest.raises(ValueError, match="smoke mode never downloads"):
+        runs.find_model(make_setup(tmp_path, smoke=True), "official")
+
+
+def test_find_model_rejects_an_unknown_choice(tmp_path):
+    with pytest.raises(ValueError, match="model: expected one of .'auto', 'own', 'shipped', 'official'. or a "
+                                         "checkpoint file or run folder, got 'best'"):
+        runs.find_model(make_setup(tmp_path), "best")
+    with pytest.raises(ValueError, match="preset: expected one of"):
+        runs.training_run(make_setup(tmp_path), "huge")
 
 
 def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path):
@@ -344,93 +411,10 @@ def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path)
     for preset in PRESETS:  # the folder's name gives its preset back, "ddpm-cifar10" too
         for data in (None, "cifar10"):
             assert runs._preset_of(runs.training_run(make_setup(tmp_path), preset, data=data)) == preset
-
-
-def write_run_of(folder, data_info, seed=0):
-    """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do)."""
-    trainer = write_run(folder, seed=seed)
-    trainer.data_info = data_info
-    trainer.save()
-    return trainer
-
-
-def test_find_model_data_cifar10_takes_only_runs_that_recorded_cifar10(tmp_path, monkeypatch, one_thread):
-    setup = make_setup(tmp_path, smoke=True)
-    folder = setup.runs / "05_training"
-    cifar10 = DataInfo("cifar10", 4, 16, "train", class_names=CIFAR10_CLASSES)
-    cifar = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), cifar10, seed=1)
-    shapes = DataInfo("shapes", 4, 16, "train", seed=2, class_names=SHAPE_KINDS)
-    write_run_of(runs.training_run(setup, "tiny"), shapes, seed=2)  # the newest
-    os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt", (1, 1))
-    _, _, description = runs.find_model(setup)
-    assert description.startswith("notebook 05's checkpoint: preset tiny, shapes, step 2")
-    model, _, description = runs.find_model(setup, data="cifar10")
-    assert_same_weights(model, cifar.ema)
-    assert description.startswith("notebook 05's checkpoint: preset tiny, CIFAR-10, step 2")
-    assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
-    _, _, description = runs.find_model(setup, preset="tiny", data="cifar10")
-    assert "tiny-cifar10-smoke" in description
     jpeg = DataInfo("/data/cifar10-jpeg/train", 4, 32, None, class_names=CIFAR10_CLASSES)  # CIFAR-10's JPEG copy
-    assert runs.is_cifar10(jpeg) and runs.is_cifar10(cifar10)
-    assert not runs.is_cifar10(None) and not runs.is_cifar10(shapes)
-    with pytest.raises(ValueError, match="data: expected None .any. or 'cifar10'"):
-        runs.find_model(setup, data="shapes")
-    os.utime(folder / "tiny-cifar10-smoke" / "checkpoint.pt")  # the CIFAR-10 side run is now the newest (as in 05)
-    _, _, description = runs.find_model(setup)
-    assert description.startswith("notebook 05's checkpoint: preset tiny, shapes")  # the main run comes first
-
-
-def test_find_model_on_a_drive_without_05s_checkpoint_says_so(env, tmp_path, monkeypatch, capsys, one_thread):
-    (tmp_path / "MyDrive").mkdir()
-    env.setenv("DDPM_SMOKE", "1")
-    setup = session.setup_notebook(use_drive=True, drive_root=tmp_path)
-    write_run(setup.runs / "brief" / "tiny-smoke")
-    capsys.readouterr()
-    _, _, description = runs.find_model(setup, data="cifar10")
-    out = capsys.readouterr().out
-    drive = tmp_path / "MyDrive" / "ddpm_lib"
-    assert f"no CIFAR-10 smoke checkpoint from notebook 05 on Google Drive ({drive}) yet" in out
-    assert "using the tiny network trained briefly before" in out
-    assert description.startswith("tiny network trained briefly by find_model")
-
-
-def test_find_model_rejects_an_unknown_preset(tmp_path):
-    with pytest.raises(ValueError, match="preset: expected one of"):
-        runs.find_model(make_setup(tmp_path), preset="huge")
-    with pytest.raises(ValueError, match="preset: expected one of"):
-        runs.training_run(make_setup(tmp_path), "huge")
-
-
-def test_find_model_official_weights_come_second(tmp_path, monkeypatch, capsys, one_thread):
-    official = UNet(MICRO)
-    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", lambda: official)
-    setup = make_setup(tmp_path, smoke=False)
-    write_run(setup.runs / "05_training" / "tiny-smoke")  # a smoke run: not for real sizes
-    model, schedule, description = runs.find_model(setup)
-    assert model is official and not model.training
-    assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
-    assert "no checkpoint from notebook 05 under" in capsys.readouterr().out  # says what it shows instead
-
-
-def test_find_model_offline_uses_the_brief_model(tmp_path, monkeypatch, capsys, one_thread):
-    monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", no_official_weights)
-    monkeypatch.setattr(runs, "_train_brief", lambda setup, folder: write_run(folder))
-    setup = make_setup(tmp_path, smoke=False)
-    _, _, description = runs.find_model(setup)
-    assert description.startswith("tiny network trained briefly by find_model")
-    assert "official weights unavailable (FileNotFoundError" in capsys.readouterr().out
-    assert (setup.runs / "brief" / "tiny" / "checkpoint.pt").is_file()
-
-
-@pytest.mark.slow
-def test_find_model_trains_the_tiny_network_on_the_fixture(tmp_path, one_thread):
-    images, _ = make_shapes(16, seed=0)
-    write_cifar10_format(tmp_path / "data", images, torch.arange(16) % 10)
-    setup = make_setup(tmp_path, smoke=True)
-    model, schedule, description = runs.find_model(setup)
-    assert "CIFAR-10, step 30" in description and schedule.steps == 100  # it records its data
-    x_t = torch.randn(2, 3, 32, 32)
-    assert model(x_t, torch.tensor([0, 99])).shape == x_t.shape
+    assert runs.is_cifar10(jpeg) and runs.is_cifar10(CIFAR10_INFO)
+    assert not runs.is_cifar10(None) and not runs.is_cifar10(DataInfo("shapes", 4, 16, "train", seed=2,
+                                                                      class_names=SHAPE_KINDS))
 
 
 def test_training_data_of_names_the_quick_win_shapes_and_keeps_other_sizes():

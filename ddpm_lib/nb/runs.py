@@ -1,28 +1,26 @@
-"""Which model a notebook shows: notebook 05's run folders, and `find_model`'s fallbacks when 05 has not run.
+"""Which model a notebook shows: notebook 05's run folders, the shipped CPU model, the official weights.
 
 In Colab every notebook is its own runtime: with use_drive, notebook 05's checkpoints live on Google Drive,
-where the next notebook's runtime finds them. Notebooks 06-08 show a model from `find_model(setup)`: notebook
-05's checkpoint, else the official DDPM weights, else a tiny network trained briefly here; the description it
-returns says which.
+where the next notebook's runtime finds them. Notebooks 06-08 show the model `find_model(setup, MODEL)` picks:
+with MODEL = "auto" the reader's own CIFAR-10 model from 05, else the CPU-trained CIFAR-10 model that ships
+with the package, else the official DDPM weights; the description it returns says which.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from .. import interop
-from ..checkpoint import data_info_of, load_model, read_checkpoint
+from ..checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
 from ..data import CIFAR10_CLASSES, DataInfo
 from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
-from ..train import Trainer
-from ..train_config import TrainConfig
-from ..unet import PRESETS, UNet, unet_from_preset
-from .session import NotebookSetup, load_training_images
+from ..shipped import SHIPPED_MODEL, load_shipped_model
+from ..unet import PRESETS, UNet
+from .session import NotebookSetup
 
 TRAINING_RUNS = "05_training"   # notebook 05 writes runs/05_training/<preset>[-cifar10][-smoke]/checkpoint.pt
-BRIEF_RUNS = "brief"            # find_model's own briefly trained tiny model: runs/brief/tiny[-smoke]/
+MODEL_CHOICES = ("auto", "own", "shipped", "official")  # find_model's model= (or a checkpoint file or run folder)
+
 
 def training_data_of(model: UNet) -> dict:
     """load_training_images' data= and size= for what `model` learned: at QUICK_WIN's image size it is notebook
@@ -53,69 +51,83 @@ def _preset_of(folder: Path) -> str:
     return name if name in PRESETS else name.removesuffix("-cifar10")
 
 
-def _describe(path: Path, ema: bool, origin: str) -> str:
+def _describe(path: Path, ema: bool) -> str:
     ckpt = read_checkpoint(path)
     info = data_info_of(ckpt, path)
     data = "CIFAR-10" if is_cifar10(info) else (info.name if info is not None else "data not recorded")
-    return (f"{origin}: preset {_preset_of(path.parent)}, {data}, step {ckpt['step']}, "
+    cond = ", class-conditional" if ckpt["unet_config"].get("num_classes") is not None else ""
+    return (f"preset {_preset_of(path.parent)}, {data}{cond}, step {ckpt['step']}, "
             f"{'EMA' if ema else 'raw'} weights ({path})")
 
 
-def _train_brief(setup: NotebookSetup, folder: Path) -> None:
-    """The tiny network, a few hundred steps (30 in smoke mode): enough for every later cell to run."""
-    T = 100 if setup.smoke else 1000
-    schedule = NoiseSchedule.paper(T)  # the paper's betas, scaled by 1000 / T for the smoke run's T = 100
-    loaded = load_training_images(setup, n=None if setup.smoke else 10_000)
-    config = TrainConfig(steps=30 if setup.smoke else 500, batch_size=8 if setup.smoke else 64, lr=5e-4,
-                         warmup_steps=10, seed=setup.seed, out_dir=str(folder), sample_every=0, progress=False)
-    torch.manual_seed(setup.seed)  # the initial weights
-    trainer = Trainer(unet_from_preset("tiny"), schedule, config, device=setup.device)
-    trainer.data_info = loaded.info
-    trainer.fit(loaded.images)
+def own_checkpoints(setup: NotebookSetup, class_cond: bool = False) -> list[Path]:
+    """Notebook 05's CIFAR-10 checkpoints under setup.runs (Drive with use_drive) in this mode (smoke runs only in
+    smoke mode), class-conditional ones only with class_cond; newest first."""
+    found = []
+    for p in (setup.runs / TRAINING_RUNS).glob("*/checkpoint.pt"):
+        if not p.is_file() or p.parent.name.endswith("-smoke") != setup.smoke:
+            continue
+        ckpt = read_checkpoint(p)
+        if is_cifar10(data_info_of(ckpt, p)) and (not class_cond or ckpt["unet_config"].get("num_classes")):
+            found.append(p)
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def find_model(setup: NotebookSetup, preset: str | None = None, ema: bool = True,
-               data: str | None = None) -> tuple[UNet, NoiseSchedule, str]:
-    """(model in eval mode on setup.device, its schedule, a description: path, preset and step of a checkpoint).
+def _shipped(setup: NotebookSetup) -> tuple[UNet, NoiseSchedule, str]:
+    model, schedule, card = load_shipped_model(device=setup.device)
+    minutes = f", {card['train_minutes']:.0f} min on {card['machine']}" if "train_minutes" in card else ""
+    return model, schedule, (f"the shipped CPU model: recipe {card.get('recipe')}, CIFAR-10, class-conditional, "
+                             f"step {card.get('step')}{minutes}, EMA weights ({SHIPPED_MODEL.name})")
 
-    In this order: notebook 05's newest checkpoint under setup.runs (Drive with use_drive; of `preset` if
-    given; smoke runs only in smoke mode; data=None: its main runs first, training_run(setup, preset);
-    data="cifar10": only checkpoints whose recorded data is CIFAR-10);
-    the official DDPM CIFAR-10 weights (google/ddpm-cifar10-32, downloaded; never in smoke mode); a tiny
-    network trained briefly here and kept under setup.runs/brief/. Without a checkpoint of 05 it prints why
-    and what it shows instead. ema=False gives the raw weights of a checkpoint instead of their moving average.
+
+def _official(class_cond: bool) -> tuple[UNet, NoiseSchedule, str]:
+    if class_cond:
+        raise ValueError("model='official': the official DDPM CIFAR-10 weights are unconditional; this notebook needs "
+                         "a class-conditional model ('own' from notebook 05 with labels, or 'shipped')")
+    model = interop.load_ddpm_cifar10().eval()
+    return model, NoiseSchedule.linear(1000), f"the official DDPM CIFAR-10 weights ({interop.REPO_ID})"
+
+
+def find_model(setup: NotebookSetup, model: str = "auto", *, class_cond: bool = False,
+               ema: bool = True) -> tuple[UNet, NoiseSchedule, str]:
+    """(UNet in eval mode on setup.device, its schedule, a description of which model it is), by `model`:
+
+    "own"       your model from notebook 05: its newest CIFAR-10 checkpoint (own_checkpoints; on Drive in Colab);
+    "shipped"   the CPU-trained class-conditional CIFAR-10 model that ships with the package (ddpm_lib.shipped);
+    "official"  the official DDPM CIFAR-10 weights (google/ddpm-cifar10-32, downloaded; never in smoke mode);
+    "auto"      the first of these that is there, in that order; it prints which, and why not the ones before;
+    a path      a checkpoint file or run folder.
+    class_cond: only class-conditional models (notebook 08's guidance). ema=False: a checkpoint's raw weights.
     """
-    if preset is not None and preset not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    if data not in (None, "cifar10"):
-        raise ValueError(f"data: expected None (any) or 'cifar10', got {data!r}")
-    candidates = [p for p in (setup.runs / TRAINING_RUNS).glob("*/checkpoint.pt")  # this mode's runs only
-                  if p.is_file() and p.parent.name.endswith("-smoke") == setup.smoke
-                  and (preset is None or _preset_of(p.parent) == preset)]
-    candidates = [p for p in candidates if data is None or is_cifar10(data_info_of(read_checkpoint(p), p))]
-    main = [p for p in candidates if p.parent == training_run(setup, _preset_of(p.parent))]
-    if data is None and main:  # 05's main run (on a CPU the quick win) before its side runs (the CIFAR-10 one)
-        candidates = main
-    if candidates:
-        found = max(candidates, key=lambda p: p.stat().st_mtime)
-        model, schedule = load_model(found, ema=ema, device=setup.device)
-        return model, schedule, _describe(found, ema, "notebook 05's checkpoint")
-    which = " ".join(filter(None, [preset, "CIFAR-10" if data else None, "smoke" if setup.smoke else None]))
-    where = f"on Google Drive ({setup.drive}) yet" if setup.drive is not None else f"under {setup.runs / TRAINING_RUNS}"
-    reason = f"no {which + ' ' if which else ''}checkpoint from notebook 05 {where}"
-    if not setup.smoke:
+    if model not in MODEL_CHOICES and not Path(model).expanduser().exists():
+        raise ValueError(f"model: expected one of {MODEL_CHOICES} or a checkpoint file or run folder, got {model!r}")
+    if model not in MODEL_CHOICES:
+        path = resolve_checkpoint(model)
+        found, schedule = load_model(path, ema=ema, device=setup.device)
+        if class_cond and found.config.num_classes is None:
+            raise ValueError(f"model: {path} is unconditional; this notebook needs a class-conditional model")
+        return found, schedule, "checkpoint " + _describe(path, ema)
+    if model in ("auto", "own"):
+        own = own_checkpoints(setup, class_cond)
+        if own:
+            found, schedule = load_model(own[0], ema=ema, device=setup.device)
+            return found, schedule, "your model from notebook 05: " + _describe(own[0], ema)
+        where = f"on Google Drive ({setup.drive})" if setup.drive is not None else f"under {setup.runs / TRAINING_RUNS}"
+        reason = (f"no {'class-conditional ' if class_cond else ''}CIFAR-10 {'smoke ' if setup.smoke else ''}"
+                  f"checkpoint from notebook 05 {where}")
+        if model == "own":
+            raise FileNotFoundError(f"model='own': {reason}; run notebook 05 first, or choose 'shipped'")
+        print(f"{reason}: showing the shipped CPU model")
+    if not ema:
+        raise ValueError("ema=False: the shipped and official models have only their EMA weights")
+    if model in ("auto", "shipped"):
         try:
-            model = interop.load_ddpm_cifar10().to(setup.device).eval()
-            description = f"official DDPM CIFAR-10 weights ({interop.REPO_ID})"
-            print(f"{reason}: showing the {description} instead")
-            return model, NoiseSchedule.linear(1000).to(setup.device), description
-        except (FileNotFoundError, ImportError, OSError) as err:
-            reason += f"; official weights unavailable ({type(err).__name__}: {str(err).splitlines()[0]})"
-    brief = setup.runs / BRIEF_RUNS / ("tiny-smoke" if setup.smoke else "tiny") / "checkpoint.pt"
-    if brief.is_file():
-        print(f"{reason}: using the tiny network trained briefly before ({brief.parent})")
-    else:
-        print(f"{reason}: training the tiny network briefly into {brief.parent} (run notebook 05 for a real model)")
-        _train_brief(setup, brief.parent)
-    model, schedule = load_model(brief, ema=ema, device=setup.device)
-    return model, schedule, _describe(brief, ema, "tiny network trained briefly by find_model")
+            return _shipped(setup)
+        except (FileNotFoundError, ValueError) as err:
+            if model == "shipped" or setup.smoke:
+                raise
+            print(f"the shipped CPU model is unavailable ({err}): trying the official weights")
+    if setup.smoke:
+        raise ValueError("model='official': smoke mode never downloads; choose 'own' or 'shipped'")
+    found, schedule, description = _official(class_cond)
+    return found.to(setup.device), schedule.to(setup.device), description
