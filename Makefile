@@ -59,9 +59,13 @@ data/cifar10-jpeg:
 	tar xzf $(CIFAR10_JPEG_DIR)test.tar.gz -C $@.tmp
 	mv $@.tmp $@
 
+# DOCS_MODEL: the model notebooks 06-08 show (their MODEL = "auto" reads it from DDPM_MODEL): the CPU model that
+# ships with the package, or own, official, or a checkpoint file / run folder (a GPU run's: make docs DOCS_MODEL=PATH).
+DOCS_MODEL ?= shipped
+
 docs: setup $(DOCS_DATA)
 	mkdir -p docs/notebooks
-	DDPM_SMOKE=0 $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
+	DDPM_SMOKE=0 DDPM_MODEL=$(DOCS_MODEL) $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
 		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/0*.ipynb
 
 # ruff (lint and import order, over the code and the notebooks) and mypy over the core; settings in pyproject.toml.

@@ -450,6 +450,17 @@ def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, on
     assert rc == 0 and torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
+def test_a_class_conditional_recipe_conditions_on_the_datas_labels(tmp_path, capsys, one_thread):
+    """--recipe cifar10-cond trains on the labels without --class-cond (here the shapes' kinds: --data overrides)."""
+    rc = main(["train", "--recipe", "cifar10-cond", "--data", "shapes", "--n-images", "8", "--steps", "1",
+               "--batch-size", "4", "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress",
+               "--sample-every", "0"])
+    assert rc == 0, capsys.readouterr().err
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["unet_config"]["num_classes"] == len(ckpt["data"]["class_names"]) > 1
+    assert ckpt["train_config"]["recipe"] == "cifar10-cond"
+
+
 @pytest.mark.parametrize("flags, expected", [
     ((), NoiseSchedule.cosine()),                                         # quick-win's own
     (("--schedule", "linear"), NoiseSchedule.paper()),                     # a flag overrides it

@@ -28,7 +28,7 @@ def test_a_bad_recipe_field_is_one_clear_error(field, value, message):
 
 
 def test_every_recipe_is_recorded_by_its_name():
-    assert set(RECIPES) == {"quick-win", "quick-cifar10", "fast", "seed", "paper"}
+    assert set(RECIPES) == {"quick-win", "quick-cifar10", "cifar10-cond", "fast", "seed", "paper"}
     assert all(recipe.name == name and recipe.train.recipe == name for name, recipe in RECIPES.items())
 
 
@@ -73,6 +73,14 @@ def test_quick_cifar10_is_the_recipe_benchmarks_winner():
     assert _objective(QUICK_CIFAR10) == best
     assert (QUICK_CIFAR10.preset, QUICK_CIFAR10.batch_size, QUICK_CIFAR10.lr, QUICK_CIFAR10.ema_decay) == (
         "tiny", QUICK_WIN.batch_size, QUICK_WIN.lr, QUICK_WIN.ema_decay)
+
+
+def test_the_shipped_cpu_model_trains_the_benchmarks_winner_with_labels():
+    """cifar10-cond: quick-cifar10's network and objective (the recipe benchmark's winner), class-conditional; the
+    only recipe that conditions on labels."""
+    cond = RECIPES["cifar10-cond"]
+    assert _objective(cond) == _objective(QUICK_CIFAR10) and cond.preset == QUICK_CIFAR10.preset
+    assert [name for name, recipe in RECIPES.items() if recipe.class_cond] == ["cifar10-cond"]
 
 
 def test_the_quick_win_is_what_its_benchmark_measured():
