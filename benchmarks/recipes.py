@@ -37,7 +37,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-DOCS = ROOT / "docs" / "recipes"   # the table, the pictures, recipes.json and the classifier (kept: 1.3 MB)
+DOCS = ROOT / "docs" / "recipes"   # the table, the pictures and recipes.json
 WORK = ROOT / "runs" / "recipes"   # the runs' EMA weights at each budget and the test features (not committed)
 DATA = ROOT / "data" / "cifar10-jpeg"
 BUDGETS = (0.25, 0.5, 1.0)   # fractions of --minutes at which every run keeps its EMA weights
@@ -191,16 +191,17 @@ class _PeerAsModel(torch.nn.Module):
         return self.unet(x_t, t)
 
 
-def sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Path, work: Path) -> dict:
+def sample_and_score(result: dict, fraction: float, n: int, steps: int, work: Path) -> dict:
     """The scores of `result`'s EMA weights at `fraction` of the budget (or what an interrupted benchmark scored)."""
     settings = {"run": result["run"], "kept": result["kept"][fraction], "n": n, "steps": steps}
     return _cached(work / _tag(Run(**result["run"])) / f"scores_{fraction:g}.json", settings,
-                   lambda: _sample_and_score(result, fraction, n, steps, out, work))
+                   lambda: _sample_and_score(result, fraction, n, steps, work))
 
 
-def _sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Path, work: Path) -> dict:
-    from cifar_scores import embed, load_classifier, score
+def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: Path) -> dict:
+    from cifar_scores import score
 
+    from ddpm_lib.classifier import features_and_probabilities, load_cifar10_classifier
     from ddpm_lib.samplers import generate_images
     from ddpm_lib.schedule import NoiseSchedule
     from ddpm_lib.unet import unet_from_preset
@@ -209,7 +210,7 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Pa
     torch.set_num_threads(1)
     run, kept = Run(**result["run"]), result["kept"][fraction]
     state = torch.load(work / kept["path"], weights_only=True)
-    classifier = load_classifier(torch.load(out / "classifier.pt", weights_only=True))
+    classifier = load_cifar10_classifier("cpu")
     real = torch.load(work / "test_features.pt", weights_only=True)
     samples = {}
     if run.peer:
@@ -231,7 +232,7 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, out: Pa
         samples["DPM-Solver++"] = generate_images(model, _schedule(run), n, sampler="dpm-solver", steps=steps, seed=0)
     scored = {}
     for sampler, images in samples.items():
-        feats, probs = embed(classifier, images)
+        feats, probs = features_and_probabilities(classifier, images)
         scored[sampler] = score(feats, probs, real)
         torch.save(images[:64].clone(), (work / kept["path"]).with_name(f"samples_{fraction:g}_{sampler[:3]}.pt"))
     return {"tag": _tag(run), "fraction": fraction, "scores": scored}
@@ -250,7 +251,7 @@ def _stage(runs, args, results: dict) -> None:
         jobs = [(r, f) for r in trained for f in BUDGETS]
         k = len(jobs)
         scored = list(pool.map(sample_and_score, [r for r, _ in jobs], [f for _, f in jobs], [args.n] * k,
-                               [args.steps] * k, [args.out] * k, [args.work] * k))
+                               [args.steps] * k, [args.work] * k))
     for r in trained:
         results[_tag(Run(**r["run"]))] = {**r, "scores": {}}
     for s in scored:
@@ -265,18 +266,21 @@ def _fid_at(results: dict, run: Run, fraction: float) -> float:
 
 
 def benchmark(args) -> None:
-    from cifar_scores import embed, load_classifier, train_classifier
     from machine import machine
+
+    from ddpm_lib.classifier import CLASSIFIER_WEIGHTS, features_and_probabilities, load_cifar10_classifier
+    from ddpm_lib.shipped import read_card
 
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     args.work.mkdir(parents=True, exist_ok=True)
     start, measured_on = time.perf_counter(), machine()
-    train_split, test_split = load_split("train"), load_split("test")
-    kept = train_classifier(train_split, test_split, out / "classifier.pt", epochs=1 if args.quick else 5)
-    print(f"classifier: test accuracy {kept['test_accuracy']:.3f}", flush=True)
-    torch.save(embed(load_classifier(kept), test_split[0])[0], args.work / "test_features.pt")
-    del train_split, test_split
+    card = read_card(CLASSIFIER_WEIGHTS)
+    print(f"classifier: test accuracy {card['test_accuracy']:.3f}", flush=True)
+    test_images = load_split("test")[0]
+    torch.save(features_and_probabilities(load_cifar10_classifier("cpu"), test_images)[0],
+               args.work / "test_features.pt")
+    del test_images
     results: dict = {}
     first = [r for r in STAGE_1 if not (args.quick and r.seed)]
     _stage(first, args, results)
@@ -287,8 +291,8 @@ def benchmark(args) -> None:
     if not args.quick and _fid_at(results, cosine, 1.0) < _fid_at(results, best, 1.0):
         _stage([replace(cosine, seed=1)], args, results)
     summary = {"measured_on": measured_on, "minutes": args.minutes, "budgets": BUDGETS, "n": args.n,
-               "sampler_steps": args.steps, "classifier_test_accuracy": kept["test_accuracy"],
-               "classifier_epochs": kept["epochs"], "wall_minutes": round((time.perf_counter() - start) / 60, 1),
+               "sampler_steps": args.steps, "classifier_test_accuracy": card["test_accuracy"],
+               "classifier_epochs": card["epochs"], "wall_minutes": round((time.perf_counter() - start) / 60, 1),
                "quick": args.quick, "note": args.note, "results": results}
     (out / "recipes.json").write_text(json.dumps(summary, indent=1) + "\n")
     write_pictures(summary, out, args.work)
@@ -384,8 +388,8 @@ def write_table(out: Path) -> None:
             f"Each run: {minutes[-1]:g} minutes of one core's CPU time (two runs at a time on the two cores), the tiny "
             f"network, scored at {', '.join(f'{m:g}' for m in minutes)} CPU-minutes from the EMA weights kept then. "
             f"{summary['n']:,} samples per score, {summary['sampler_steps']} sampler steps, against the 10,000 test "
-            f"images, in the features of a small CIFAR-10 classifier trained here once "
-            f"({summary['classifier_epochs']} epochs; test accuracy {summary['classifier_test_accuracy']:.1%}). "
+            f"images, in the features of the small CIFAR-10 classifier that ships with ddpm_lib (ddpm_lib.classifier; "
+            f"{summary['classifier_epochs']} epochs; test accuracy {summary['classifier_test_accuracy']:.1%}). "
             "FID and KID: lower is better; the IS-form score: higher is better. One seed: ± the bootstrap (FID) "
             "or subset (KID) or split (IS) spread; two seeds: their mean and range.", "", *lines, "",
             "![FID against CPU-minutes](fid_minutes.png)", "",

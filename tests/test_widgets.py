@@ -11,7 +11,8 @@ from ddpm_lib.attention import MultiHeadSelfAttention2d  # noqa: E402
 from ddpm_lib.data import make_shapes  # noqa: E402
 from ddpm_lib.schedule import NoiseSchedule  # noqa: E402
 from ddpm_lib.nb.render import (  # noqa: E402
-    forward_sample, render_attention, render_guided_samples, render_noising, render_training, render_trajectory)
+    forward_sample, render_attention, render_guided_samples, render_noising, render_training, render_trajectory,
+    training_progress)
 from ddpm_lib.nb.widgets import (  # noqa: E402
     TrainingMonitor, attention_viewer, guidance_viewer, noising_explorer, show_widget, trajectory_scrubber)
 
@@ -195,22 +196,51 @@ def test_trajectory_scrubber_shows_render_trajectory_for_its_controls():
 # ----------------------------------------------------------------------------- training
 
 
-def test_render_training_follows_losses_and_grid(images):
+def test_render_training_follows_losses_grid_name_progress_and_reference(images):
     losses = list(np.exp(-np.linspace(0, 3, 200)) + 0.05)
     a = render_training(losses[:100])
     assert differ(a, render_training(losses)) and differ(a, render_training(losses[:100], grid=images))
+    with_grid = render_training(losses, grid=images)
+    assert differ(with_grid, render_training(losses, grid=images, reference=images.flip(0)))  # the row under it
+    assert differ(a, render_training(losses[:100], loss_name="L_simple"))                     # the curve's name
+    assert differ(a, render_training(losses[:100], progress="trained from step 0 to step 100 of 200 in 5 s"))
     with pytest.raises(ValueError, match="losses must"):
         render_training(np.ones((3, 2)))
     with pytest.raises(ValueError, match="grid must"):
         render_training(losses, grid=torch.zeros(3, 8, 8))
+    with pytest.raises(ValueError, match="reference images go under a grid"):
+        render_training(losses, reference=images)
 
 
-def test_training_monitor_updates_its_image_in_place(images):
-    monitor = TrainingMonitor()
-    empty = monitor.image.value
-    assert empty == render_training([])
-    monitor.update([1.0, 0.5, 0.25], grid=images)
-    assert monitor.image.value == render_training([1.0, 0.5, 0.25], images) != empty
+def test_training_progress_says_what_this_run_trained_and_never_0_s_for_nothing():
+    assert training_progress(0, 2200, 2200, 612.4) == "trained from step 0 to step 2,200 of 2,200 in 612 s"
+    assert training_progress(2000, 2200, 2200, 61.0) == "trained from step 2,000 to step 2,200 of 2,200 in 61 s"
+    assert training_progress(2200, 2200, 2200, 0.0) == "already at step 2,200 of 2,200: nothing to train"
+    assert training_progress(300, 300, 2200, 0.0) == "at step 300 of 2,200: training"
+
+
+def test_training_monitor_redraws_one_display_in_place_which_stays_as_its_still(images, monkeypatch):
+    """Every picture goes to one display id (the first shown, the rest updates of it): what a saved notebook
+    keeps is the last state, a PNG, with no widget."""
+    import IPython.display
+    shown = []
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda *objs, **kw: shown.append((objs, kw.get("display_id"), kw.get("update", False))))
+    monitor = TrainingMonitor(start_step=100, total=300, loss_name="x0 loss, min-SNR-5", reference=images)
+    assert monitor.png == render_training([], progress="at step 100 of 300: training")
+    monitor.update([1.0, 0.5], images, step=100)
+    monitor.update([1.0, 0.5, 0.25], images, step=300, seconds=12.3)
+    assert monitor.progress == "trained from step 100 to step 300 of 300 in 12 s"
+    assert monitor.png == render_training([1.0, 0.5, 0.25], images, "x0 loss, min-SNR-5", monitor.progress, images)
+    assert [update for _, _, update in shown] == [False, True, True]
+    assert {display_id for _, display_id, _ in shown} == {monitor.display_id}
+    for (image,), _, _ in shown:
+        assert isinstance(image, IPython.display.Image) and image.format == "png"
+    assert shown[-1][0][0].data == monitor.png
+    finished = TrainingMonitor(start_step=300, total=300)
+    finished.update([1.0, 0.5, 0.25], images, step=300)
+    assert finished.progress == "already at step 300 of 300: nothing to train"
+    assert finished.display_id != monitor.display_id
 
 
 # ----------------------------------------------------------------------------- every widget

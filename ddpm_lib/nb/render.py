@@ -164,35 +164,61 @@ def render_trajectory(trajectories: dict, step: int, index: int = 0) -> bytes:
 
 # ----------------------------------------------------------------------------- training
 
-def render_training(losses, grid=None) -> bytes:
-    """Loss per step (log y, raw and a moving average) and, if given, a grid of samples (N, 3, H, W)."""
+def training_progress(start_step: int, step: int, total: int, seconds: float) -> str:
+    """One line on what a run of a training cell did: the steps it trained, from where to where, and the seconds
+    they took; "already at step N: nothing to train" when it started at its last step (a finished run resumed)."""
+    if step == start_step:
+        return (f"already at step {step:,} of {total:,}: nothing to train" if step >= total
+                else f"at step {step:,} of {total:,}: training")
+    return f"trained from step {start_step:,} to step {step:,} of {total:,} in {seconds:.0f} s"
+
+
+def render_training(losses, grid=None, loss_name: str = "loss", progress: str | None = None,
+                    reference=None) -> bytes:
+    """Loss per step (log y, raw and a moving average; `loss_name` says which loss it is), if given a grid of
+    samples (N, 3, H, W) with, under it, a row of `reference` images (the training data, for comparison), and
+    `progress` (a line such as `training_progress` writes) as the title."""
     losses = np.asarray(torch.as_tensor(losses, dtype=torch.float64).cpu())
     if losses.ndim != 1:
         raise ValueError(f"losses must be a 1-D sequence of per-step losses; got shape {losses.shape}")
-    fig = Figure(figsize=(9 if grid is not None else 5, 3.2))
-    axes = np.atleast_1d(fig.subplots(1, 2 if grid is not None else 1,
-                                      gridspec_kw={"width_ratios": [1.4, 1]} if grid is not None else None))
-    ax = axes[0]
+    if reference is not None and grid is None:
+        raise ValueError("reference images go under a grid of samples: pass grid too")
+    fig = Figure(figsize=(9 if grid is not None else 5, 3.6 if reference is not None else 3.2))
+    if grid is None:
+        ax = fig.subplots()
+    else:
+        spec = fig.add_gridspec(2, 2, width_ratios=[1.4, 1], height_ratios=[4, 1 if reference is not None else 0.01])
+        ax = fig.add_subplot(spec[:, 0])
     if len(losses):
         steps = np.arange(1, len(losses) + 1)
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, label="loss")
+        ax.plot(steps, losses, color="tab:blue", alpha=0.3, label=loss_name)
         ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"mean of {window}")
         ax.set_yscale("log")
         ax.legend(loc="upper right", fontsize=8)
-        ax.set_title(f"step {len(losses)}: loss {smooth[-1]:.4f}")
+        ax.set_title(f"{loss_name} {smooth[-1]:.4f} at step {len(losses):,}", fontsize=9)
     else:
-        ax.set_title("no steps yet")
+        ax.set_title("no steps yet", fontsize=9)
     ax.set_xlabel("step")
     if grid is not None:
         from torchvision.utils import make_grid
 
         g = as_images(grid, "grid")
-        axes[1].imshow(_hwc(make_grid(g, nrow=int(np.ceil(len(g) ** 0.5)), pad_value=1.0)), cmap="gray")
-        axes[1].set_title(f"{len(g)} samples")
-        axes[1].set_axis_off()
-    fig.subplots_adjust(left=0.1, right=0.98, bottom=0.16, top=0.9, wspace=0.1)
+        cols = int(np.ceil(len(g) ** 0.5))
+        top = fig.add_subplot(spec[0, 1])
+        top.imshow(_hwc(make_grid(g, nrow=cols, pad_value=1.0)), cmap="gray")
+        top.set_title(f"{len(g)} samples", fontsize=9)
+        top.set_axis_off()
+        if reference is not None:
+            ref = as_images(reference, "reference")[:cols]
+            bottom = fig.add_subplot(spec[1, 1])
+            bottom.imshow(_hwc(make_grid(ref, nrow=cols, pad_value=1.0)), cmap="gray")
+            bottom.set_title("training images", fontsize=9)
+            bottom.set_axis_off()
+    if progress:
+        fig.suptitle(progress, fontsize=10)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.14, top=0.82 if progress else 0.9, wspace=0.1, hspace=0.3)
     return _png(fig)
 
 

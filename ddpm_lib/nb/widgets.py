@@ -6,12 +6,13 @@ common to ipywidgets 7.7 (Colab) and 8 (JupyterLab 4), to it. A widget keeps its
 (name -> control) and its picture in `.image`, so a test can set `controls["t"].value` and read the image.
 Sliders update on release (continuous_update=False): one render per move, not one per pixel dragged.
 Notebooks show a widget with `show_widget`, which puts a static copy of its first picture above it, so a
-saved or GitHub-rendered notebook still shows a picture where the live widget is gone.
+saved or GitHub-rendered notebook still shows a picture where the live widget is gone. `TrainingMonitor` needs no
+widget: its picture is redrawn in place through a display id, so the saved notebook keeps its last state.
 """
 import torch
 
 from .render import (as_images, render_attention, render_guided_samples, render_noising,
-                     render_trajectory, render_training)
+                     render_trajectory, render_training, training_progress)
 from ..schedule import NoiseSchedule
 from ..shapes import SHAPE_KINDS
 
@@ -149,17 +150,37 @@ def trajectory_scrubber(trajectories: dict):
 # ----------------------------------------------------------------------------- training monitor
 
 class TrainingMonitor:
-    """A live view for a training loop: `display(monitor.widget)`, then `monitor.update(losses, grid)`."""
+    """The live view of a training loop, which is its own still: one PNG (`render_training`: the loss curve, the
+    latest samples over a row of training images, and the progress line of `training_progress`) shown through an
+    IPython display id and redrawn in place by `update`. What a saved notebook keeps is the last picture drawn,
+    so the run's final state stays without a widget kernel, however the cell ended (done, stopped, interrupted).
 
-    def __init__(self):
-        import ipywidgets as widgets
+    monitor = TrainingMonitor(start_step=trainer.step, total=steps, loss_name=..., reference=images[:8])
+    monitor.update(losses, grid, step=trainer.step, seconds=seconds_trained_so_far)
+    """
 
-        self.image = widgets.Image(value=render_training([]), format="png")
-        self.widget = self.image
+    def __init__(self, start_step: int, total: int, loss_name: str = "loss", reference=None):
+        from uuid import uuid4
 
-    def update(self, losses, grid=None) -> None:
-        """Redraw in place with the losses so far and (optionally) the latest sample grid."""
-        self.image.value = render_training(losses, grid)
+        self.start_step, self.total, self.loss_name, self.reference = start_step, total, loss_name, reference
+        self.display_id = uuid4().hex
+        self.progress = training_progress(start_step, start_step, total, 0.0)
+        self.png = render_training([], progress=self.progress)
+        self._show(update=False)
+
+    def update(self, losses, grid=None, step: int | None = None, seconds: float = 0.0) -> None:
+        """Redraw in place with the losses so far, the latest sample grid (with the reference row under it) and the
+        progress from start_step to `step` (default: start_step) in `seconds` of training."""
+        step = self.start_step if step is None else step
+        self.progress = training_progress(self.start_step, step, self.total, seconds)
+        self.png = render_training(losses, grid, self.loss_name, self.progress,
+                                   self.reference if grid is not None else None)
+        self._show(update=True)
+
+    def _show(self, update: bool) -> None:
+        from IPython.display import Image, display
+
+        display(Image(data=self.png, format="png"), display_id=self.display_id, update=update)
 
 
 # ----------------------------------------------------------------------------- guidance viewer
