@@ -49,8 +49,9 @@ def parse_scales(text: str) -> list[float]:
 
 def load_generator(ckpt: str, device) -> tuple:
     """(EMA UNet, schedule, what it is: checkpoint, step, recipe, training minutes, class names) of a checkpoint
-    file or run folder, or of "shipped": the package's model."""
-    from ddpm_lib.checkpoint import CONFIG_NAME, data_info_of, load_model, read_checkpoint, resolve_checkpoint
+    file or run folder, or of "shipped": the package's model. Only the shipped model's card records its training
+    minutes (a checkpoint does not: None)."""
+    from ddpm_lib.checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
     from ddpm_lib.shipped import SHIPPED_MODEL, load_shipped_model
 
     if ckpt == "shipped":
@@ -58,11 +59,9 @@ def load_generator(ckpt: str, device) -> tuple:
         path, minutes = SHIPPED_MODEL, card.get("train_minutes")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
-        path = resolve_checkpoint(ckpt)
+        path, minutes = resolve_checkpoint(ckpt), None
         model, schedule = load_model(path, device=device)
         state = read_checkpoint(path)
-        config = path.parent / CONFIG_NAME  # written when the run started: its age at the checkpoint's last write
-        minutes = round((path.stat().st_mtime - config.stat().st_mtime) / 60, 1) if config.is_file() else None
     if model.config.num_classes != 10:
         raise ValueError(f"--ckpt {ckpt}: expected a class-conditional CIFAR-10 model (10 classes), got one with "
                          f"num_classes={model.config.num_classes}")

@@ -7,7 +7,7 @@ predictors are the posterior-weighted averages of these over the components of c
 (eps_u): what a perfectly trained network would output, so samplers can be run on it with no training.
 GaussianClasses.model(schedule) is that predictor called like a class-conditional network, model(x_t, t, y);
 ddpm_lib.guidance.guided(model, y, s) makes of it the guided model of (x_t, t) that a sampler takes.
-(The shape classifier of notebook 08 is ddpm_lib.shapes.shape_kind; its viewer, ddpm_lib.nb.widgets.guidance_viewer.)
+(Notebook 08's CIFAR-10 samples are scored by ddpm_lib.classifier; its viewer is ddpm_lib.nb.widgets.guidance_viewer.)
 """
 from __future__ import annotations
 
