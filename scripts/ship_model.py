@@ -2,9 +2,9 @@
 
     python scripts/ship_model.py runs/cifar10-cond --machine "Intel Xeon, 2 cores" --command "python -m ..."
 
-The card records the step, the recipe, the training minutes (the run folder's config.json, written at the start,
-to its checkpoint's last write: wall time of an uninterrupted run), the machine and the command, and the sha256
-that ddpm_lib.shipped checks on every read.
+The card records the step, the recipe, the training minutes (the wall time from the run folder's config.json,
+written when a run starts or resumes, to its checkpoint's last write, plus --earlier-minutes for the pieces
+before a resume), the machine and the command, and the sha256 that ddpm_lib.shipped checks on every read.
 """
 import argparse
 import json
@@ -24,12 +24,14 @@ def main() -> None:
     p.add_argument("--out", default=str(SHIPPED_MODEL), help="the shipped file (default: the package's)")
     p.add_argument("--command", required=True, help="the command that trained it, for the card")
     p.add_argument("--machine", default=None, help="the machine that trained it (default: this one)")
+    p.add_argument("--earlier-minutes", type=float, default=0.0, help="wall minutes of the run's pieces before its "
+                   "last resume (config.json is rewritten when a run resumes)")
     args = p.parse_args()
     ckpt = resolve_checkpoint(args.run)
     config = ckpt.parent / CONFIG_NAME
     card = {"what": "EMA weights (float16) of a class-conditional CIFAR-10 UNet, trained on a CPU",
             "command": args.command, "machine": args.machine or machine(),
-            "train_minutes": round((ckpt.stat().st_mtime - config.stat().st_mtime) / 60, 1)}
+            "train_minutes": round(args.earlier_minutes + (ckpt.stat().st_mtime - config.stat().st_mtime) / 60, 1)}
     out = ship_model(ckpt, args.out, card)
     print(json.dumps(json.loads(out.with_suffix(".json").read_text()), indent=1))
     print(f"{out}: {out.stat().st_size / 2**20:.2f} MiB")
