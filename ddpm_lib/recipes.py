@@ -98,4 +98,5 @@ FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 
               warmup_steps=500, ema_decay=0.999, prediction="x0", schedule="cosine", loss_weighting="min-snr",
               name="fast")
 
-RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS, PAPER_CIFAR10)})
+RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS,
+                                                PAPER_CIFAR10)})
