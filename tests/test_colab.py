@@ -56,7 +56,8 @@ WHEELS = Path(sys.prefix) / "colab-wheels"            # `make setup`: ipywidgets
 REUSED_NOT = ("ipywidgets", "widgetsnbextension", "jupyterlab_widgets", "ddpm_lib", "__editable__")
 DRIVE_FOLDER = "ddpm_lib"                             # setup_notebook's default drive_folder
 CELL_TIMEOUT = 900                                    # seconds a cell may take (two shared CPU cores)
-CHECKPOINT = re.compile(r"notebook 05's checkpoint: preset (\S+), [^,]+, step (\d+), \w+ weights \((\S+)\)")
+CHECKPOINT = re.compile(r"your model from notebook 05: preset (\S+), [^,]+(?:, class-conditional)?, "
+                        r"step (\d+), \w+ weights \((\S+)\)")
 RESUMING = re.compile(r"resuming (\S+) at step (\d+)")
 
 
@@ -272,10 +273,12 @@ def test_a_later_notebook_shows_notebook_05s_checkpoint_from_the_drive(emulation
     assert not emulation.strays(runtime, opened)
 
 
-def test_notebook_08_keeps_its_own_model_on_the_drive(emulation, notebook_05):
-    """Notebook 08 trains a class-conditional model of its own (05's is unconditional): onto the Drive."""
+def test_notebook_08_guides_the_shipped_model_when_05s_are_unconditional(emulation, notebook_05):
+    """Notebook 08 needs a class-conditional model; 05's are not, so it says so and shows the shipped one (and
+    trains nothing)."""
     _, text, runtime, opened = emulation.run("08_guidance.ipynb")
-    assert list((emulation.folder / "runs").glob("08_guidance/*/checkpoint.pt")), text[-3000:]
-    assert "a copy on Drive" in text
+    assert "no class-conditional CIFAR-10 smoke checkpoint from notebook 05 on Google Drive" in text, text[-3000:]
+    assert "the shipped CPU model: recipe cifar10-cond" in text
+    assert not list((emulation.folder / "runs").glob("08_guidance/*/checkpoint.pt"))
     assert not emulation.strays(runtime, opened)
     print(f"wall time per notebook run (s): {emulation.seconds}")
