@@ -57,7 +57,7 @@ REUSED_NOT = ("ipywidgets", "widgetsnbextension", "jupyterlab_widgets", "ddpm_li
 DRIVE_FOLDER = "ddpm_lib"                             # setup_notebook's default drive_folder
 CELL_TIMEOUT = 900                                    # seconds a cell may take (two shared CPU cores)
 CHECKPOINT = re.compile(r"your model from notebook 05: preset (\S+), [^,]+(?:, class-conditional)?, "
-                        r"step (\d+), \w+ weights \((\S+)\)")
+                        r"step (\d+), \w+ weights \(([^\s)]+)\)")
 RESUMING = re.compile(r"resuming (\S+) at step (\d+)")
 
 
