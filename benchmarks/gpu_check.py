@@ -8,7 +8,8 @@ Sections, each in its own process and time box; a failing one is recorded with i
   fp16_gradscaler   the T4 path forced (TrainConfig.precision='fp16', GradScaler): finite loss, speed,
                     against diffusers' fp16 + GradScaler step
   sampling          images/s of 20 DPM-Solver++ steps in bf16 at a large batch; the time projected for 50,000
-  cifar10_run       a ~4-minute run of ddpm-cifar10 on CIFAR-10 (--data): loss curve and EMA sample grids (PNGs)
+  cifar10_run       a ~4-minute run of the `fast` recipe on CIFAR-10 (--data): loss curve, EMA sample grids (PNGs)
+                    and its EMA weights in float16 with their card (fast_ema_fp16.pt, for make docs DOCS_MODEL=)
   nbval             (--nbval) each notebook under `pytest --nbval-lax` in smoke mode: pass/fail and time
 cifar10_run and nbval run side by side. Writes OUT/results.json, OUT/results.md (every result next to its
 target from the issue, pass/fail, the card, torch version, date) and OUT/*.png.

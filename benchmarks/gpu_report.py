@@ -63,9 +63,12 @@ def run_details(r):
     lines = [f"{r['model']} (torch.compile) on {r['images']:,} images ({r['data']}; {r['load_seconds']:.0f} s to "
              f"load): first step with compilation {r['first_step_seconds']:.0f} s, then {r['steps']:,} steps in "
              f"{r['train_seconds']:.0f} s ({fmt(r['images_per_s'], 'img/s')}); loss "
-             f"{fmt(r['final_loss'], 'loss')} at the end. EMA samples, DPM-Solver++ {r['solver_steps']} steps, "
+             f"{fmt(r['final_loss'], 'loss')} ({r['loss']}) at the end. EMA samples, DPM-Solver++ "
+             f"{r['solver_steps']} steps, "
              "the same x_T in every grid:", ""]
     lines += [f"![loss curve]({r['loss_curve']})", ""] if r.get("loss_curve") else []
+    lines += [f"Its EMA weights in float16, with their card: `{r['weights']}` (not committed; `make docs "
+              f"DOCS_MODEL=<that file>` executes notebooks 05-08 with them).", ""] if r.get("weights") else []
     return lines + ["| " + " | ".join(f"step {g['step']:,}" for g in r["grids"]) + " |",
                     "|" + "---|" * len(r["grids"]),
                     "| " + " | ".join(f"![EMA samples at step {g['step']}]({g['file']})" for g in r["grids"]) + " |"]

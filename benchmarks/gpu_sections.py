@@ -3,7 +3,8 @@
   train_throughput  training images/s of the paper's network (ddpm_lib eager and compiled, diffusers, lucidrains)
   fp16_gradscaler   the T4 path forced (TrainConfig.precision='fp16': GradScaler) against diffusers' fp16 step
   sampling          images/s of DPM-Solver++ in bf16 at a large batch; the time projected for 50,000
-  cifar10_run       a short run of ddpm-cifar10 on CIFAR-10: loss curve and EMA sample grids (PNGs)
+  cifar10_run       a short run of the `fast` recipe (Colab's) on CIFAR-10: loss curve, EMA sample grids (PNGs) and
+                    its EMA weights in float16 with their card (ddpm_lib.shipped), for `make docs DOCS_MODEL=PATH`
 (nbval, the fifth, is in gpu_nbval.py.) Each takes (args, sizes, device) and returns a dict with "checks"
 (the rows of the summary table); save_partial keeps what a section has measured should its time box end it.
 """
@@ -234,7 +235,7 @@ def load_images(data, sizes, scratch):
     return load_image_folder(data).images
 
 
-def save_loss_curve(history, path, title):
+def save_loss_curve(history, path, title, loss_name):
     """PNG of the loss per step (log scale) and its moving average; history: [(step, loss), ...]."""
     from matplotlib.figure import Figure
 
@@ -245,31 +246,35 @@ def save_loss_curve(history, path, title):
     ax = fig.add_subplot()
     ax.plot(steps, loss, alpha=0.3, lw=0.7, label="loss per step")
     ax.plot(steps[k - 1:], smooth, lw=1.5, label=f"moving average ({k})")
-    ax.set(xlabel="step", ylabel="mean((eps - eps_theta)^2)", yscale="log", title=title)
+    ax.set(xlabel="step", ylabel=loss_name, yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
 
 def cifar10_run(args, sizes, device):
+    from dataclasses import replace
+
     from torchvision.utils import save_image
 
     from ddpm_lib import generate_images
+    from ddpm_lib.shipped import ship_model
     from ddpm_lib.train import Trainer
-    from ddpm_lib.train_config import TrainConfig
-    from ddpm_lib.unet import unet_from_preset
+    from ddpm_lib.unet import PRESETS, UNet
 
     out, start = Path(args.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         images = load_images(args.data, sizes, scratch)
     load_s = time.perf_counter() - start
-    config = TrainConfig(batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
-    preset = tp.TOY_PRESET if sizes.toy else "ddpm-cifar10"
-    trainer = Trainer(unet_from_preset(preset), None, config, device=device)
+    # the `fast` recipe (notebook 05's GPU default): its network (the toy preset in a dry run), objective and schedule
+    network = replace(PRESETS[tp.TOY_PRESET], prediction=FAST.prediction) if sizes.toy else FAST.network
+    config = replace(FAST.train, batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
+    trainer = Trainer(UNet(network), FAST.noise_schedule(), config, device=device)
     start = time.perf_counter()
     trainer.fit(images, steps=1)  # compilation, the data set onto the device
     tp.sync(device)
     first_step_s, train_s, grids = time.perf_counter() - start, 0.0, []  # grids: {"step", "file"} per PNG
+    logged = f"{network.prediction} loss, {config.loss_weighting} weights"  # what Trainer.history holds
 
     def grid():
         x = generate_images(trainer.ema, trainer.schedule, sizes.grid_n, sampler="dpm-solver",
@@ -281,12 +286,13 @@ def cifar10_run(args, sizes, device):
     def result():
         losses = [loss for _, loss in trainer.history]
         last, finite = statistics.fmean(losses[-100:]), all(math.isfinite(v) for v in losses)
-        return {"model": preset, "data": str(args.data or ("shapes" if sizes.toy else "cifar10")),
+        return {"model": f"recipe {FAST.name}, preset {tp.TOY_PRESET if sizes.toy else FAST.preset}",
+                "data": str(args.data or ("shapes" if sizes.toy else "cifar10")),
                 "images": len(images), "load_seconds": load_s, "first_step_seconds": first_step_s,
-                "steps": trainer.step,
+                "steps": trainer.step, "loss": logged,
                 "train_seconds": train_s, "images_per_s": (trainer.step - 1) * sizes.batch / max(train_s, 1e-9),
                 "final_loss": last if finite else None, "grids": grids, "solver_steps": sizes.solver_steps,
-                "checks": [check(f"{trainer.step:,} steps in {train_s:.0f} s: loss (mean of the last 100)",
+                "checks": [check(f"{trainer.step:,} steps in {train_s:.0f} s: {logged} (mean of the last 100)",
                                  last if finite else None, "loss", "finite", finite)]}
 
     while train_s < args.train_seconds and time.monotonic() < args.deadline - FINISH_S:
@@ -300,5 +306,10 @@ def cifar10_run(args, sizes, device):
         save_partial(args, result())
     if trainer.step not in sizes.grid_steps:
         grid()
-    save_loss_curve(trainer.history, out / "loss_curve.png", f"{preset} on {len(images):,} images")
-    return dict(result(), loss_curve="loss_curve.png")
+    save_loss_curve(trainer.history, out / "loss_curve.png", f"recipe {FAST.name} on {len(images):,} images", logged)
+    with tempfile.TemporaryDirectory() as scratch:  # the EMA weights in float16 and their card: a few tens of MB
+        trainer.save(Path(scratch) / "checkpoint.pt")
+        card = {"command": "benchmarks/gpu_check.py (cifar10_run)", "train_minutes": round(train_s / 60, 2),
+                "machine": torch.cuda.get_device_name(device) if device.type == "cuda" else str(device)}
+        weights = ship_model(Path(scratch) / "checkpoint.pt", out / "fast_ema_fp16.pt", card)
+    return dict(result(), loss_curve="loss_curve.png", weights=weights.name)

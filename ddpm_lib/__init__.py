@@ -7,7 +7,8 @@ from .checkpoint import load_model, read_checkpoint, resolve_checkpoint
 from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, DeviceBatches, ImageSet, load_cifar10, load_dataset,
                    load_image_folder, make_shapes, reload_dataset)
 from .utils import default_device
-from .metrics import evaluate_checkpoint, fid_kid, frechet_distance, nearest_neighbours
+from .evaluation import evaluate_checkpoint
+from .metrics import fid_kid, frechet_distance, nearest_neighbours
 from .interop import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
 from .guidance import guided
 from .samplers import SAMPLERS, Trajectory, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images

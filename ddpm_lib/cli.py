@@ -133,7 +133,7 @@ def _sample(args) -> None:
 
 def _fid(args) -> None:
     from .checkpoint import read_checkpoint, resolve_checkpoint
-    from .metrics import evaluate_checkpoint
+    from .evaluation import evaluate_checkpoint
     from .schedule import NoiseSchedule
 
     ckpt_path = resolve_checkpoint(args.ckpt)

@@ -170,6 +170,8 @@ def _network(args, base: UNetConfig | None = None):
     its flags."""
     given = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
     start, origin = (PRESETS[args.preset], f"--preset {args.preset}") if args.preset else (base, "--config's network")
+    if start is None:
+        raise ValueError("--preset: a new run needs a network (--preset, --recipe, or a --config that has one)")
     try:
         return replace(start, **given)
     except ValueError as e:
@@ -342,7 +344,7 @@ def _fit(args, device: torch.device) -> None:
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
         loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else
                   load_dataset(args.data, root=args.data_root, n=args.n_images, seed=seed, size=size))
-    if class_cond and loaded.labels is None:
+    if class_cond and (loaded.labels is None or loaded.info.class_names is None):
         raise ValueError(f"--class-cond: {loaded.info.name} has no classes (an image folder needs its images in "
                          f"class sub-folders, none directly in it)")
     if resuming:
@@ -354,7 +356,8 @@ def _fit(args, device: torch.device) -> None:
             print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
     else:
         torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
-        model = UNet(replace(config, num_classes=len(loaded.info.class_names)) if class_cond else config)
+        classes = loaded.info.class_names
+        model = UNet(replace(config, num_classes=len(classes)) if class_cond and classes else config)
         trainer = Trainer(model, schedule, train_config, device=device)
     trainer.data_info = loaded.info  # resumed: the record itself
     if train_config.eval_every:

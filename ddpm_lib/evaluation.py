@@ -1,4 +1,6 @@
-"""Evaluation while training (TrainConfig.eval_every): numbers that are comparable from one evaluation to the next.
+"""Evaluating a model, with the formulas of ddpm_lib.metrics: a checkpoint by the paper's protocol
+(`evaluate_checkpoint`, what `python -m ddpm_lib fid` runs), and evaluation while training (TrainConfig.eval_every),
+whose numbers are comparable from one evaluation to the next.
 
 At every evaluation the EMA model draws `eval_n` samples with a few-step sampler from the same seed, scored by FID
 and KID against the features of the training images (extracted once and cached, `metrics.cached_features`), and
@@ -9,11 +11,12 @@ from __future__ import annotations
 
 import time
 from functools import partial
+from pathlib import Path
 
 import torch
 
-from .metrics import _check_images, _extractor_name, fid_kid, inception_extractor
-from .samplers import generate_images
+from .metrics import check_images, extract_features, extractor_name, fid_kid, inception_extractor, inception_score
+from .samplers import generate_images, resolve_steps
 from .schedule import diffusion_loss
 from .utils import check_int, to_model_range
 
@@ -30,15 +33,15 @@ class Evaluator:
     def __init__(self, reference, held_out, feature_extractor=None, reference_key: str = "train",
                  held_out_labels=None, held_out_name: str = "held-out images", sampler: str = "dpm-solver",
                  steps: int = 20, loss_n: int = VAL_IMAGES, seed: int = 0, cache_dir=None, batch_size: int = 256):
-        _check_images("reference", reference)
-        _check_images("held_out", held_out, minimum=1)
+        check_images("reference", reference)
+        check_images("held_out", held_out, minimum=1)
         check_int(loss_n, "loss_n"), check_int(steps, "steps"), check_int(batch_size, "batch_size")
         self.reference, self.reference_key = reference, reference_key
         self.held_out = held_out[:loss_n]
         self.held_out_labels = None if held_out_labels is None else held_out_labels[:loss_n]
         self.held_out_name = held_out_name
         self.extractor = feature_extractor if feature_extractor is not None else inception_extractor()
-        self.extractor_name = _extractor_name(self.extractor)
+        self.extractor_name = extractor_name(self.extractor)
         self.sampler, self.steps, self.seed = sampler, steps, seed
         self.cache_dir, self.batch_size = cache_dir, batch_size
 
@@ -78,3 +81,51 @@ class Evaluator:
         return {"fid": scores["fid"], "kid": scores["kid_mean"], "kid_std": scores["kid_std"], "val_loss": val_loss,
                 "val_on": f"{len(self.held_out)} of the {self.held_out_name}", "n": n, "sampler": self.sampler,
                 "steps": self.steps, "extractor": self.extractor_name, "eval_s": time.perf_counter() - start}
+
+
+def load_reference(ref="cifar10", data_root="data", size=32):
+    """(uint8 images (N,3,size,size), cache key): "cifar10" = its training split, else an image folder."""
+    from . import data
+
+    if ref == "cifar10":
+        return data.load_cifar10(data_root, train=True)[0], "cifar10-train"
+    folder = Path(ref)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"ref must be 'cifar10' or an image folder, got {ref!r} (no such directory)")
+    return data.load_image_folder(folder, size=size).images, f"folder-{folder.resolve().name}"
+
+
+def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",
+                        batch_size=256, device=None, seed=0, guidance_scale=1.0, feature_extractor=None,
+                        cache_dir=None, progress=True, classifier=None) -> dict:
+    """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
+    protocol), and its Inception Score from `classifier` (uint8 images -> class logits; default Inception's, when
+    the features are Inception's too; None with another feature_extractor: no IS). A class-conditional model
+    samples balanced labels (i % num_classes) with `guidance_scale`."""
+    from .checkpoint import load_model
+    from .utils import default_device
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
+        raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
+    device = torch.device(device) if device is not None else default_device()
+    model, schedule = load_model(ckpt, ema=True, device=device)
+    steps = resolve_steps(sampler, steps, schedule.steps)                       # fail before any sampling
+    num_classes = getattr(model.config, "num_classes", None)
+    if num_classes is None and guidance_scale != 1:
+        raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; {ckpt} is "
+                         f"unconditional (use guidance_scale=1)")
+    y = None if num_classes is None else torch.arange(n) % num_classes          # balanced labels
+    extractor = feature_extractor if feature_extractor is not None else inception_extractor()
+    if classifier is None and feature_extractor is None:
+        classifier = inception_extractor(output="logits_unbiased")
+    real, key = load_reference(ref, data_root, size=model.config.image_size)
+    fake = generate_images(model, schedule, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
+                           y=y, guidance_scale=guidance_scale, device=device, progress=progress)
+    scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
+                     device=device, seed=seed, progress=progress)
+    is_mean = is_std = None
+    if classifier is not None:
+        logits = extract_features(fake, classifier, batch_size, device, progress)
+        is_mean, is_std = inception_score(logits.double().softmax(1), splits=min(10, n))
+    return {**scores, "is_mean": is_mean, "is_std": is_std, "n": n, "sampler": sampler, "steps": steps,
+            "guidance_scale": guidance_scale, "ref": ref}

@@ -128,7 +128,8 @@ def unet_from_diffusers(model_or_state_dict, prediction_type: str = "epsilon") -
     config = _config_from_diffusers(config) if config is not None else PRESETS["ddpm-cifar10"]
     config = replace(config, prediction=ours[prediction_type])
     state = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
-    renamed, thirds = {}, {}
+    renamed: dict[str, torch.Tensor] = {}
+    thirds: dict[str, dict[int, torch.Tensor]] = {}  # q, k, v of one attention block
     for key, value in state.items():
         name, third = _ours(key)
         if third is None:

@@ -4,7 +4,8 @@ Protocol (Ho et al. 2020, Sec. 4): 50,000 samples against the 50,000 CIFAR-10 tr
 the pool3 layer (2048-d) of the TensorFlow Inception network that the original FID code used. Here that network
 is torch-fidelity's port (through torchmetrics), with its TF1-style bilinear resize to 299x299.
 See docs/fid.md for why other choices give other numbers. Memorisation (does a sample copy a training image?):
-`nearest_neighbours` of the samples in the training set.
+`nearest_neighbours` of the samples in the training set. Formulas only: ddpm_lib.evaluation samples a model and
+scores it with them.
 """
 import hashlib
 import math
@@ -16,7 +17,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .samplers import generate_images, resolve_steps
 from .utils import cache_dir as default_cache, check_int, to_model_range
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's name for the TF Inception weights
@@ -92,11 +92,13 @@ def inception_extractor(weights_path=None, output: str = "2048") -> nn.Module:
             f"{target} (or pass its path as inception_extractor(weights_path=...))") from err
 
 
-def _extractor_name(extractor) -> str:
+def extractor_name(extractor) -> str:
+    """What a feature extractor is called in results and cache keys: its `name`, else its class name."""
     return str(getattr(extractor, "name", type(extractor).__name__))
 
 
-def _check_images(name, images, minimum=2):
+def check_images(name, images, minimum=2):
+    """A ValueError unless `images` is a uint8 (N, 3, H, W) tensor with N >= minimum."""
     if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3):
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
         raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W), got {got}")
@@ -107,7 +109,7 @@ def _check_images(name, images, minimum=2):
 @torch.no_grad()
 def extract_features(images, extractor, batch_size=256, device=None, progress=False) -> torch.Tensor:
     """Features float32 (N, D) on the CPU of uint8 images (N,3,H,W), batched on `device` (default: extractor's)."""
-    _check_images("images", images, minimum=1)
+    check_images("images", images, minimum=1)
     if device is None:
         device = next(extractor.parameters(), torch.empty(0)).device
     extractor = extractor.to(device).eval()
@@ -148,8 +150,8 @@ def _fingerprint(images, extractor) -> str:
 
 def cached_features(images, extractor, key, cache_dir=None, batch_size=256, device=None, progress=False):
     """extract_features, stored on disk as cache_dir/{key}-n{N}-{extractor name}-{digest}.pt and reused."""
-    _check_images("images", images)
-    name = f"{key}-n{len(images)}-{_extractor_name(extractor)}-{_fingerprint(images, extractor)}.pt"
+    check_images("images", images)
+    name = f"{key}-n{len(images)}-{extractor_name(extractor)}-{_fingerprint(images, extractor)}.pt"
     path = (Path(cache_dir) if cache_dir is not None else default_cache("fid")) / name
     if path.exists():
         return torch.load(path, weights_only=True)["features"]
@@ -183,8 +185,8 @@ def fid_kid(real_images, fake_images, feature_extractor=None, real_key=None, cac
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    _check_images("real_images", real_images)
-    _check_images("fake_images", fake_images)
+    check_images("real_images", real_images)
+    check_images("fake_images", fake_images)
     extractor = feature_extractor if feature_extractor is not None else inception_extractor()
     if real_key is None:
         real = extract_features(real_images, extractor, batch_size, device, progress)
@@ -222,54 +224,6 @@ def inception_score(probs: torch.Tensor, splits: int = 10) -> tuple[float, float
     return mean, math.sqrt(sum((s - mean) ** 2 for s in scores) / splits)
 
 
-def load_reference(ref="cifar10", data_root="data", size=32):
-    """(uint8 images (N,3,size,size), cache key): "cifar10" = its training split, else an image folder."""
-    from ddpm_lib import data
-
-    if ref == "cifar10":
-        return data.load_cifar10(data_root, train=True)[0], "cifar10-train"
-    folder = Path(ref)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"ref must be 'cifar10' or an image folder, got {ref!r} (no such directory)")
-    return data.load_image_folder(folder, size=size).images, f"folder-{folder.resolve().name}"
-
-
-def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",
-                        batch_size=256, device=None, seed=0, guidance_scale=1.0, feature_extractor=None,
-                        cache_dir=None, progress=True, classifier=None) -> dict:
-    """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
-    protocol), and its Inception Score from `classifier` (uint8 images -> class logits; default Inception's, when
-    the features are Inception's too; None with another feature_extractor: no IS). A class-conditional model
-    samples balanced labels (i % num_classes) with `guidance_scale`."""
-    from .checkpoint import load_model
-    from .utils import default_device
-
-    if isinstance(n, bool) or not isinstance(n, int) or n < 2:
-        raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
-    device = torch.device(device) if device is not None else default_device()
-    model, schedule = load_model(ckpt, ema=True, device=device)
-    steps = resolve_steps(sampler, steps, schedule.steps)                       # fail before any sampling
-    num_classes = getattr(model.config, "num_classes", None)
-    if num_classes is None and guidance_scale != 1:
-        raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; {ckpt} is "
-                         f"unconditional (use guidance_scale=1)")
-    y = None if num_classes is None else torch.arange(n) % num_classes          # balanced labels
-    extractor = feature_extractor if feature_extractor is not None else inception_extractor()
-    if classifier is None and feature_extractor is None:
-        classifier = inception_extractor(output="logits_unbiased")
-    real, key = load_reference(ref, data_root, size=model.config.image_size)
-    fake = generate_images(model, schedule, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
-                           y=y, guidance_scale=guidance_scale, device=device, progress=progress)
-    scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
-                     device=device, seed=seed, progress=progress)
-    is_mean = is_std = None
-    if classifier is not None:
-        logits = extract_features(fake, classifier, batch_size, device, progress)
-        is_mean, is_std = inception_score(logits.double().softmax(1), splits=min(10, n))
-    return {**scores, "is_mean": is_mean, "is_std": is_std, "n": n, "sampler": sampler, "steps": steps,
-            "guidance_scale": guidance_scale, "ref": ref}
-
-
 @torch.no_grad()
 def nearest_neighbours(samples, train_images, k=1, space="pixel", feature_extractor=None, batch_size=1024,
                        device=None) -> tuple:
@@ -280,8 +234,8 @@ def nearest_neighbours(samples, train_images, k=1, space="pixel", feature_extrac
     Inception pool3). Both sets go through torch.cdist on `device` in blocks of batch_size x batch_size; the
     ranking uses cdist's matrix-product form, the returned distances are recomputed exactly in float64.
     """
-    _check_images("samples", samples, minimum=1)
-    _check_images("train_images", train_images, minimum=1)
+    check_images("samples", samples, minimum=1)
+    check_images("train_images", train_images, minimum=1)
     if space not in ("pixel", "features"):
         raise ValueError(f"space must be 'pixel' or 'features', got {space!r}")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(train_images):
@@ -300,12 +254,12 @@ def nearest_neighbours(samples, train_images, k=1, space="pixel", feature_extrac
     distances, indices = [], []
     for i in range(0, len(a), batch_size):
         query = a[i:i + batch_size].to(device)
-        best_d, best_i = None, None                                                 # (q, k) running best
+        best_d = query.new_empty((len(query), 0))                                   # (q, k) running best
+        best_i = torch.empty((len(query), 0), dtype=torch.long, device=device)
         for j in range(0, len(b), batch_size):
             d = torch.cdist(query, b[j:j + batch_size])                             # (q, batch)
             idx = torch.arange(j, j + d.shape[1], device=device).expand_as(d)
-            if best_d is not None:
-                d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
+            d, idx = torch.cat([best_d, d], 1), torch.cat([best_i, idx], 1)
             best_d, pos = d.topk(min(k, d.shape[1]), dim=1, largest=False)
             best_i = idx.gather(1, pos)
         exact = (query.double()[:, None, :] - b[best_i].double()).norm(dim=-1)    # (q, k)

@@ -66,13 +66,13 @@ class Recipe:
 
 
 # The CPU quick win: the tiny preset on 16x16 procedural shapes, which a learner recognises after a few CPU minutes
-# (291 s, 23% of the samples pass all four shape rules, in docs/knobs/quick_win.md); 10x the paper's learning rate
-# (a small network tolerates it), an EMA over the last few hundred steps.
+# (its minutes and share of shape-like samples: docs/knobs/quick_win.md); 10x the paper's learning rate (a small
+# network tolerates it), an EMA over the last few hundred steps.
 QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
                    prediction="x0", schedule="cosine", loss_weighting="min-snr", name="quick-win")
 # The quick win's settings on real CIFAR-10 at 32x32: what a few CPU minutes make of photographs. Its objective is
-# the recipe benchmark's winner (docs/recipes/recipes.md): x0-prediction, min-SNR-5 and the cosine schedule reached
-# the paper objective's FID after 10 CPU-minutes in 3.9.
+# the recipe benchmark's winner (docs/recipes/recipes.md): x0-prediction, min-SNR-5 and the cosine schedule reach
+# the paper objective's FID in a fraction of its CPU time.
 QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
                        prediction="x0", schedule="cosine", loss_weighting="min-snr", name="quick-cifar10")
 # The CPU's CIFAR-10 model, shown by notebooks 06-08: quick-cifar10's network and objective, conditioned on the ten
@@ -98,5 +98,5 @@ FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 
               warmup_steps=500, ema_decay=0.999, prediction="x0", schedule="cosine", loss_weighting="min-snr",
               name="fast")
 
-RECIPES = MappingProxyType({r.name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS,
-                                                PAPER_CIFAR10)})
+RECIPES = MappingProxyType({name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS,
+                                               PAPER_CIFAR10) if (name := r.name) is not None})

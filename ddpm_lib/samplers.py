@@ -25,11 +25,9 @@ from tqdm.auto import tqdm
 
 from .guidance import guided
 from .schedule import NoiseSchedule, prediction_of
-from .timesteps import check_solver_steps, ddim_timesteps, dpm_solver_timesteps
+from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_solver_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
 
-DDIM_STEPS = 50        # DDIM's default number of model evaluations
-DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # callback(t, x_t, x0_pred), once per step
 
 

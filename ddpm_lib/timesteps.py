@@ -8,6 +8,9 @@ import torch
 from .schedule import NoiseSchedule
 from .utils import check_int
 
+DDIM_STEPS = 50        # DDIM's default number of model evaluations
+DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
+
 
 def check_solver_steps(steps, T: int) -> int:
     """steps itself when it is a number of model evaluations a sampler can make on T timesteps: [1, T]."""

@@ -5,8 +5,8 @@ import math
 from dataclasses import dataclass
 
 from .runtime import PRECISIONS
-from .samplers import DDIM_STEPS
 from .schedule import LOSS_WEIGHTINGS
+from .timesteps import DDIM_STEPS
 from .train_log import LOGGERS
 
 

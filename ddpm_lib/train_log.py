@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import IO
 
 import torch
 
@@ -46,7 +47,7 @@ class TrainLog:
         self._out, self._step = out, step
         self._jsonl = self._cut(out / "loss.jsonl").open("a")
         self._cut(out / "eval.jsonl")
-        self._eval = None  # eval.jsonl, opened at the first evaluation
+        self._eval: IO[str] | None = None  # eval.jsonl, opened at the first evaluation
         self._events = None
         if logger == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter

@@ -294,16 +294,16 @@ def ref(files):
 
 
 def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files, ref, capsys, monkeypatch, one_thread):
-    from ddpm_lib import metrics
+    from ddpm_lib import evaluation
 
     monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
-    monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
     rc = main(["fid", "--ckpt", str(files / "cond"), "--n", "6", "--steps", "2", "--ref", str(ref),
                "--guidance", "2", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
-    expected = metrics.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
+    expected = evaluation.evaluate_checkpoint(files / "cond", n=6, steps=2, ref=ref, guidance_scale=2, device="cpu",
                                            feature_extractor=ChannelMeans(), classifier=ChannelMeans(), progress=False)
     assert result["guidance_scale"] == 2 and result["fid"] == expected["fid"] and f"FID {result['fid']:.3f}" in out
     assert result["is_mean"] == expected["is_mean"] and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
@@ -315,10 +315,10 @@ DEFAULT_STEPS_AT_T20 = {"ddpm": 20, "ddim": 20, "dpm-solver": 20}
 
 @pytest.mark.parametrize("sampler", DEFAULT_STEPS_AT_T20)
 def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, capsys, monkeypatch, one_thread):
-    from ddpm_lib import metrics
+    from ddpm_lib import evaluation
 
     monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
-    monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
     steps, grid = DEFAULT_STEPS_AT_T20[sampler], files / f"grid_{sampler}.png"
     rc = main(["sample", "--ckpt", str(files / "t20"), "--sampler", sampler, "--n", "2", "--out", str(grid),
                "--device", "cpu"])
@@ -334,7 +334,7 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
     _, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "t20" / f"checkpoint_fid_{sampler}{steps}_n4.json").read_text())
-    scores = metrics.evaluate_checkpoint(files / "t20", n=4, sampler=sampler, steps=steps, ref=ref, device="cpu",
+    scores = evaluation.evaluate_checkpoint(files / "t20", n=4, sampler=sampler, steps=steps, ref=ref, device="cpu",
                                          feature_extractor=ChannelMeans(), progress=False)
     assert result["steps"] == steps and result["fid"] == scores["fid"]
 

@@ -23,6 +23,9 @@ import gpu_check  # noqa: E402  (scripts beside throughput.py, not a package)
 import gpu_report  # noqa: E402
 import gpu_sections  # noqa: E402
 
+from ddpm_lib.recipes import FAST  # noqa: E402
+from ddpm_lib.shipped import load_shipped_model  # noqa: E402
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
@@ -74,6 +77,12 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     for name in ["loss_curve.png"] + [g["file"] for g in run_["grids"]]:
         with Image.open(out / name) as im:
             assert im.format == "PNG"
+    # its EMA weights in float16 with their card: they load as the shipped model does, with the recipe's objective
+    model, schedule, card = load_shipped_model(out / run_["weights"], device="cpu")
+    assert (card["recipe"], card["step"], model.config.prediction) == ("fast", run_["steps"], FAST.prediction)
+    assert schedule.kind == FAST.schedule and card["train_minutes"] == round(run_["train_seconds"] / 60, 2)
+    assert all(v.dtype == torch.float16 for v in torch.load(out / run_["weights"])["ema"].values()
+               if v.is_floating_point())
 
     # The markdown table: every check of every section, with its value and target, and the pictures it shows.
     md = (out / "results.md").read_text()

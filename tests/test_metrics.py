@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from helpers import write_image_folder
 from torch import nn
 
-from ddpm_lib import metrics
+from ddpm_lib import evaluation, metrics
 from ddpm_lib.data import make_shapes
 from ddpm_lib.samplers import generate_images
 
@@ -259,7 +259,7 @@ def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
 
     kw = dict(n=12, sampler="dpm-solver", steps=3, ref=str(folder), batch_size=8, device="cpu", seed=3,
               feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
-    result = metrics.evaluate_checkpoint(checkpoint, **kw)
+    result = evaluation.evaluate_checkpoint(checkpoint, **kw)
     assert {k: result[k] for k in ("n", "sampler", "steps", "guidance_scale", "ref")} == dict(
         n=12, sampler="dpm-solver", steps=3, guidance_scale=1.0, ref=str(folder))
     assert len(list((tmp_path / "cache").glob("folder-ref-n24-test-conv-*.pt"))) == 1
@@ -281,16 +281,16 @@ def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypa
         return make_shapes(16, size=16, seed=2)[0], torch.zeros(16, dtype=torch.long)
 
     monkeypatch.setattr(ddpm_lib.data, "load_cifar10", fake_cifar10)
-    result = metrics.evaluate_checkpoint(checkpoint, n=8, steps=2, data_root="somewhere", batch_size=8, device="cpu",
+    result = evaluation.evaluate_checkpoint(checkpoint, n=8, steps=2, data_root="somewhere", batch_size=8, device="cpu",
                                          feature_extractor=ConvFeatures(), cache_dir=tmp_path, progress=False)
     assert calls == [("somewhere", True)] and result["ref"] == "cifar10"  # the paper's reference: training split
     assert len(list(tmp_path.glob("cifar10-train-n16-*.pt"))) == 1
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
-        metrics.evaluate_checkpoint(tmp_path / "missing.pt", feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(tmp_path / "missing.pt", feature_extractor=ConvFeatures())
     with pytest.raises(ValueError, match="n must be an int >= 2"):
-        metrics.evaluate_checkpoint(checkpoint, n=1, feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(checkpoint, n=1, feature_extractor=ConvFeatures())
     with pytest.raises(FileNotFoundError, match="ref must be 'cifar10' or an image folder"):
-        metrics.evaluate_checkpoint(checkpoint, n=4, ref=str(tmp_path / "nope"), feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(checkpoint, n=4, ref=str(tmp_path / "nope"), feature_extractor=ConvFeatures())
 
 
 def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance(tiny, folder, tmp_path,
@@ -313,7 +313,7 @@ def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance
         return loaded, loaded_schedule
 
     monkeypatch.setattr(ddpm_lib.checkpoint, "load_model", recording_load_model)
-    result = metrics.evaluate_checkpoint(ckpt, n=7, steps=2, ref=str(folder), batch_size=4, device="cpu",
+    result = evaluation.evaluate_checkpoint(ckpt, n=7, steps=2, ref=str(folder), batch_size=4, device="cpu",
                                          guidance_scale=2.0, feature_extractor=ConvFeatures(),
                                          cache_dir=tmp_path / "cache", progress=False)
     # labels i % 3, each batch's rows twice (conditional, then -1) in one call per step
@@ -323,9 +323,10 @@ def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance
 
 def test_evaluate_checkpoint_refuses_guidance_without_classes(checkpoint):
     with pytest.raises(ValueError, match="guidance_scale=3.0 needs a class-conditional model"):
-        metrics.evaluate_checkpoint(checkpoint, n=4, guidance_scale=3.0, device="cpu", feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(checkpoint, n=4, guidance_scale=3.0, device="cpu",
+                                       feature_extractor=ConvFeatures())
     with pytest.raises(ValueError, match="sampler must be one of"):
-        metrics.evaluate_checkpoint(checkpoint, n=4, sampler="euler", device="cpu", feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(checkpoint, n=4, sampler="euler", device="cpu", feature_extractor=ConvFeatures())
 
 
 # ---- nearest neighbours ------------------------------------------------------------------------
@@ -432,8 +433,8 @@ def test_evaluate_checkpoint_scores_is_with_a_classifier(checkpoint, folder, tin
     classifier there is none."""
     kw = dict(n=12, sampler="ddim", steps=2, ref=str(folder), batch_size=8, device="cpu", seed=1,
               feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
-    assert metrics.evaluate_checkpoint(checkpoint, **kw)["is_mean"] is None
-    result = metrics.evaluate_checkpoint(checkpoint, classifier=ConvFeatures(), **kw)
+    assert evaluation.evaluate_checkpoint(checkpoint, **kw)["is_mean"] is None
+    result = evaluation.evaluate_checkpoint(checkpoint, classifier=ConvFeatures(), **kw)
     model, schedule = tiny
     fake = generate_images(model, schedule, 12, sampler="ddim", steps=2, batch_size=8, seed=1)
     probs = metrics.extract_features(fake, ConvFeatures(), batch_size=8).double().softmax(1)

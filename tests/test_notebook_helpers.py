@@ -14,7 +14,7 @@ from ddpm_lib.nb import runs, session
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
 from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.schedule import NoiseSchedule
-from ddpm_lib.shipped import load_shipped_model
+from ddpm_lib.shipped import load_shipped_model, ship_model
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig
@@ -381,13 +381,28 @@ def test_find_model_official_weights_come_last(tmp_path, monkeypatch, capsys, on
     assert model is official and not model.training
     assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
     # an install without its weights
-    monkeypatch.setattr(runs, "load_shipped_model", lambda device: load_shipped_model(tmp_path / "missing.pt"))
+    monkeypatch.setattr(runs, "load_shipped_model", lambda path, device: load_shipped_model(tmp_path / "missing.pt"))
     model, _, description = runs.find_model(setup)
     assert model is official and "the shipped CPU model is unavailable" in capsys.readouterr().out
     with pytest.raises(ValueError, match="the official DDPM CIFAR-10 weights are unconditional"):
         runs.find_model(setup, "official", class_cond=True)
     with pytest.raises(ValueError, match="smoke mode never downloads"):
         runs.find_model(make_setup(tmp_path, smoke=True), "official")
+
+
+def test_find_model_takes_weights_in_the_shipped_form_by_path(tmp_path, one_thread):
+    """The GPU check's float16 EMA weights (ship_model's form, a card beside them), as `make docs DOCS_MODEL=PATH`
+    passes them to notebooks 06-08."""
+    setup = make_setup(tmp_path, smoke=True)
+    run = write_run_of(tmp_path / "gpu-run", CIFAR10_INFO, seed=5)
+    weights = ship_model(tmp_path / "gpu-run", tmp_path / "fast_ema_fp16.pt", {"machine": "a test", "train_minutes": 1})
+    model, schedule, description = runs.find_model(setup, str(weights))
+    assert description == f"float16 EMA weights: recipe None, step 2, 1 min on a test ({weights})"
+    for ours, theirs in zip(model.state_dict().values(), run.ema.state_dict().values()):
+        assert torch.equal(ours, theirs.half().float())  # float16 rounding is all that differs
+    assert schedule.steps == 10 and not model.training
+    with pytest.raises(ValueError, match="fast_ema_fp16.pt is unconditional; this notebook needs a class-cond"):
+        runs.find_model(setup, str(weights), class_cond=True)
 
 
 def test_find_model_rejects_an_unknown_choice(tmp_path):

@@ -69,7 +69,8 @@ def test_ipywidgets_7_is_allowed_for_colab():
 
 
 def test_the_core_needs_only_torch_numpy_tqdm_and_the_image_readers():
-    """The notebooks', the metrics' and diffusers' packages are extras (DESIGN.md: the core imports torch only)."""
+    """The notebooks', the metrics' and diffusers' packages are extras (CONTRIBUTING.md:
+    the core imports torch, numpy and tqdm only)."""
     assert {_name(d) for d in _pyproject()["dependencies"]} == {"torch", "torchvision", "numpy", "tqdm", "pillow"}
     assert {"matplotlib", "ipywidgets"} <= {_name(d) for d in _extra("nb")}
     assert {"torchmetrics", "torch-fidelity"} <= {_name(d) for d in _extra("metrics")}

@@ -246,7 +246,7 @@ def test_ddim_reproduces_gaussian_data(prediction):
     schedule = NoiseSchedule.linear()
     x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=50, generator=gen(5))
     # DDIM's first-order steps shrink the spread even with a perfect model: sd 0.226 at 50 steps
-    # (measured, 20,000 samples), as DESIGN.md reports; the mean is unbiased.
+    # (measured, 20,000 samples); the mean is unbiased.
     check_moments(x, 0.0, 0.03)
     x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=500, generator=gen(5))
     check_moments(x, 0.0, 0.005)

@@ -33,8 +33,8 @@ def as_images(images, name: str) -> torch.Tensor:
 
 def _hwc(x: torch.Tensor) -> np.ndarray:
     """(C, H, W) in [-1, 1] -> (H, W, C) in [0, 1] for imshow (values outside are clipped)."""
-    x = ((x.float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
-    return x[..., 0] if x.shape[-1] == 1 else x
+    hwc = ((x.float() + 1) / 2).clamp(0, 1).permute(1, 2, 0).numpy()
+    return hwc[..., 0] if hwc.shape[-1] == 1 else hwc
 
 
 def _check_index(value, size: int, name: str) -> int:

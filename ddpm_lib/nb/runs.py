@@ -14,7 +14,7 @@ from ..checkpoint import data_info_of, load_model, read_checkpoint, resolve_chec
 from ..data import CIFAR10_CLASSES, DataInfo
 from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
-from ..shipped import SHIPPED_MODEL, load_shipped_model
+from ..shipped import SHIPPED_MODEL, card_path, load_shipped_model
 from ..unet import PRESETS, UNet
 from .session import NotebookSetup
 
@@ -73,11 +73,16 @@ def own_checkpoints(setup: NotebookSetup, class_cond: bool = False) -> list[Path
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _shipped(setup: NotebookSetup) -> tuple[UNet, NoiseSchedule, str]:
-    model, schedule, card = load_shipped_model(device=setup.device)
+def _shipped(setup: NotebookSetup, path: Path = SHIPPED_MODEL) -> tuple[UNet, NoiseSchedule, str]:
+    """A model in ship_model's form (float16 EMA weights and a card): the package's own CPU model by default."""
+    model, schedule, card = load_shipped_model(path, device=setup.device)
     minutes = f", {card['train_minutes']:.0f} min on {card['machine']}" if "train_minutes" in card else ""
-    return model, schedule, (f"the shipped CPU model: recipe {card.get('recipe')}, CIFAR-10, class-conditional, "
-                             f"step {card.get('step')}{minutes}, EMA weights ({SHIPPED_MODEL.name})")
+    cond = ", class-conditional" if model.config.num_classes is not None else ""
+    if path == SHIPPED_MODEL:
+        return model, schedule, (f"the shipped CPU model: recipe {card.get('recipe')}, CIFAR-10{cond}, step "
+                                 f"{card.get('step')}{minutes}, EMA weights ({path.name})")
+    return model, schedule, (f"float16 EMA weights: recipe {card.get('recipe')}{cond}, step {card.get('step')}"
+                             f"{minutes} ({path})")
 
 
 def _official(class_cond: bool) -> tuple[UNet, NoiseSchedule, str]:
@@ -96,11 +101,17 @@ def find_model(setup: NotebookSetup, model: str = "auto", *, class_cond: bool = 
     "shipped"   the CPU-trained class-conditional CIFAR-10 model that ships with the package (ddpm_lib.shipped);
     "official"  the official DDPM CIFAR-10 weights (google/ddpm-cifar10-32, downloaded; never in smoke mode);
     "auto"      the first of these that is there, in that order; it prints which, and why not the ones before;
-    a path      a checkpoint file or run folder.
+    a path      a checkpoint file or run folder, or weights that `ddpm_lib.shipped.ship_model` wrote (their card
+                beside them), such as the GPU check's.
     class_cond: only class-conditional models (notebook 08's guidance). ema=False: a checkpoint's raw weights.
     """
     if model not in MODEL_CHOICES and not Path(model).expanduser().exists():
         raise ValueError(f"model: expected one of {MODEL_CHOICES} or a checkpoint file or run folder, got {model!r}")
+    if model not in MODEL_CHOICES and card_path(Path(model).expanduser()).is_file():
+        found, schedule, description = _shipped(setup, Path(model).expanduser())
+        if class_cond and found.config.num_classes is None:
+            raise ValueError(f"model: {model} is unconditional; this notebook needs a class-conditional model")
+        return found, schedule, description
     if model not in MODEL_CHOICES:
         path = resolve_checkpoint(model)
         found, schedule = load_model(path, ema=ema, device=setup.device)

@@ -169,7 +169,8 @@ def load_training_images(setup: NotebookSetup, n: int | None = None, data: str |
     if data != "shapes":
         try:
             loaded, where = _load_cifar10(setup, n, size, split)
-            print(f"data: CIFAR-10 {split} ({where}), {len(loaded.images):,} images at {size}x{size}")
+            n_loaded = len(loaded.images)
+            print(f"data: CIFAR-10 {split} ({where}), {n_loaded:,} image{'s' * (n_loaded != 1)} at {size}x{size}")
             return loaded
         except (FileNotFoundError, ValueError) as e:
             if setup.smoke or data == "cifar10":
