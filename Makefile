@@ -74,9 +74,12 @@ lint: setup
 	$(PY) -m mypy
 
 # The lint, then unit, oracle and end-to-end tests, every notebook under nbval, the Colab emulation and the
-# browser test.
+# browser test, in TEST_WORKERS processes side by side (pytest-xdist: a test module, a notebook's cells and the
+# scopes conftest.py shares run in one process, in order). TEST_WORKERS=0: one process.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 test: setup lint
-	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider
+	$(PY) -m pytest tests notebooks --nbval-lax -p no:cacheprovider $(XDIST)
 
 # Every notebook under nbval once per MKL code path (MKL_CBWR) that this CPU has: COMPATIBLE always, AVX2 and
 # AVX512 where /proc/cpuinfo lists avx2 / avx512f. MKL picks its kernels by CPU; the notebooks' asserts must
@@ -86,7 +89,7 @@ MKL_PATHS := COMPATIBLE $(if $(shell grep -qw avx2 /proc/cpuinfo 2>/dev/null && 
 
 test-mkl: setup
 	set -e; for path in $(MKL_PATHS); do echo "== MKL_CBWR=$$path"; \
-		MKL_CBWR=$$path $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider -q; done
+		MKL_CBWR=$$path $(PY) -m pytest notebooks --nbval-lax -p no:cacheprovider -q $(XDIST); done
 
 # The library's tests alone, without notebooks and browser.
 test-fast: setup

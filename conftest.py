@@ -12,6 +12,7 @@ import shutil
 import tempfile
 
 import matplotlib
+import pytest
 
 FIXTURE_TRAIN = 5000  # training images in the fixture (data_batch_1..5)
 FIXTURE_TEST = 1000  # test images in the fixture (test_batch)
@@ -37,6 +38,10 @@ def _write_fixture(root):
 
 def pytest_configure(config):
     matplotlib.use("Agg")  # this process never opens windows; kernels keep their inline backend
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # test processes side by side (make test): one intra-op thread each
+        import torch
+
+        torch.set_num_threads(1)
     if not _runs_notebooks(config):
         return
     if hasattr(config.option, "nbval_current_env") and not config.option.nbval_kernel_name:
@@ -58,3 +63,23 @@ def pytest_unconfigure(config):
     tmp = getattr(config, "_ddpm_nbval_tmp", None)
     if tmp is not None:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+# Tests that must not run side by side under pytest-xdist (make test): notebook 05 trains the model that 06-08 show
+# (find_model), so they run in one process, in order; the two tests that start a JupyterLab server run one after
+# the other. Every other test module, and every other notebook's cells, is a unit of its own (--dist loadscope).
+SHARED_SCOPES = {"notebooks/05_training.ipynb": "notebooks 05-08", "notebooks/06_sampling.ipynb": "notebooks 05-08",
+                 "notebooks/07_evaluation.ipynb": "notebooks 05-08", "notebooks/08_guidance.ipynb": "notebooks 05-08",
+                 "tests/test_browser.py": "JupyterLab servers", "tests/test_packaging.py": "JupyterLab servers"}
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """xdist's LoadScopeScheduling, with SHARED_SCOPES: a scope's tests go to one process, in collection order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class Scheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return SHARED_SCOPES.get(nodeid.split("::", 1)[0]) or super()._split_scope(nodeid)
+
+    return Scheduling(config, log)

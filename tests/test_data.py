@@ -12,9 +12,7 @@ import torchvision.datasets.cifar as tv_cifar
 from helpers import Payload
 from PIL import Image
 
-import ddpm_lib
 import ddpm_lib.data as data
-import ddpm_lib.cifar10
 from ddpm_lib.data import (CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, DeviceBatches, load_cifar10, load_dataset,
                            load_image_folder, make_shapes, reload_dataset)
 from ddpm_lib.cifar10 import write_cifar10_format
@@ -133,11 +131,6 @@ def test_batch_file_cannot_run_code(cifar_root, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="data_batch_2.*refusing to load"):
         load_cifar10(root, download=False, verify_md5=False)
     assert not (tmp_path / "pwned").exists()
-
-
-def test_the_writer_lives_in_testing_only():
-    assert ddpm_lib.cifar10.write_cifar10_format is ddpm_lib.write_cifar10_format
-    assert not hasattr(data, "write_cifar10_format")  # no re-export kept for compatibility
 
 
 # ----------------------------------------------------------------------------- image folders

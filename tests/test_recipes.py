@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from ddpm_lib.recipes import QUICK_CIFAR10, QUICK_WIN, RECIPES
-from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
-from ddpm_lib.unet import PRESETS
+from ddpm_lib.schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
+from ddpm_lib.unet import PRESETS, UNet
+
+from helpers import MICRO
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -49,9 +51,23 @@ def test_a_shorter_linear_schedule_keeps_the_papers_end_point():
     assert replace(QUICK_WIN, schedule="cosine").noise_schedule(100).kind == "cosine"
 
 
-def test_the_papers_recipe_is_the_papers_objective():
+def test_the_papers_recipe_trains_l_simple():
+    """What the paper recipe's network, schedule and weighting train is Eq. 14 written out with the paper's betas
+    (1e-4 to 0.02 over T = 1000): the mean of (eps - eps_theta(x_t, t))^2, every t weighed alike (float64)."""
     paper = RECIPES["paper"]
-    assert (paper.prediction, paper.loss_weighting, paper.schedule) == ("eps", "uniform", "linear")  # Eq. 14
+    torch.manual_seed(0)
+    net = UNet(replace(MICRO, prediction=paper.prediction, image_size=8)).double().eval()
+    g = torch.Generator().manual_seed(1)
+    x0 = torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 250, 500, 998, 999])
+    abar = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64), 0)[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps                                     # Eq. 4
+    with torch.no_grad():
+        inline = ((eps - net(x_t, t)) ** 2).mean()                                       # Eq. 14
+        loss = diffusion_loss(net, paper.noise_schedule(), x0, t=t, noise=eps, weighting=paper.loss_weighting,
+                              snr_gamma=paper.snr_gamma)
+    torch.testing.assert_close(loss, inline)
 
 
 def _objective(recipe) -> tuple:

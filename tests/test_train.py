@@ -67,7 +67,6 @@ def test_config_validates_fields():
     assert (paper.lr, paper.warmup_steps, paper.batch_size, paper.grad_clip, paper.ema_decay, paper.flip) == (
         2e-4, 5000, 128, 1.0, 0.9999, True)
     assert paper.loss_weighting == "uniform" and UNet(MICRO).config.prediction == "eps"  # L_simple (Eq. 14)
-    assert not hasattr(paper, "timesteps")  # the schedule is the one source of truth
 
 
 def test_default_schedule_is_the_papers():
