@@ -139,3 +139,34 @@ def test_conftest_fixture_is_cifar10_format(tmp_path):
     assert train.shape == (conftest.FIXTURE_TRAIN, 3, 32, 32) and train.dtype == torch.uint8
     assert test.shape == (conftest.FIXTURE_TEST, 3, 32, 32)
     assert set(train_labels.tolist()) == set(range(10))
+
+
+# ----------------------------------------------------------------------------- what the reader sees stays true
+
+@pytest.mark.parametrize("name", SERIES)
+def test_the_executed_copy_is_this_notebook_run(name):
+    """docs/notebooks/<name> (make docs) has the notebook's cells, source for source, and every code cell has run:
+    a change to a notebook without executing it again fails here."""
+    copy = nbformat.read(str(ROOT / "docs" / "notebooks" / name), as_version=nbformat.NO_CONVERT)
+    ours = [(c.cell_type, c.source) for c in load(name).cells]
+    theirs = [(c.cell_type, c.source) for c in copy.cells]
+    differ = [i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b]
+    assert len(ours) == len(theirs) and not differ, (
+        f"docs/notebooks/{name} differs from notebooks/{name} in cells {differ or 'count'}: run `make docs`")
+    unrun = [i for i, c in enumerate(copy.cells) if c.cell_type == "code" and c.execution_count is None
+             and "google.colab" not in c.source]  # the Colab install cell does nothing outside Colab
+    assert not unrun, f"docs/notebooks/{name}: code cells {unrun} were never executed"
+
+
+PICTURE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)\)|<img [^>]*src=\"([^\"]+)\"")
+
+
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_picture_a_page_shows_exists(page):
+    path = ROOT / page
+    pictures = [a or b for a, b in PICTURE.findall(path.read_text())]
+    missing = [p for p in pictures if not p.startswith("http") and not (path.parent / p).is_file()]
+    assert not missing, f"{page} shows pictures that are not in the repository: {missing}"
