@@ -1,5 +1,6 @@
-"""The project's front door stays consistent: pyproject, environment.yml, Makefile, CI and README; and the
-Makefile's commands work: `make lab` starts JupyterLab (as root too), `make docs` output is never collected."""
+"""The project's front door stays consistent: pyproject, environment.yml, Makefile, CI and README; the
+Makefile's commands work: `make lab` starts JupyterLab (as root too), `make docs` output is never collected; and
+the package's modules import one another without a cycle or a private name."""
 import importlib.metadata
 import json
 import os
@@ -192,3 +193,49 @@ def test_gpu_wheels_resolves_what_the_packages_need_without_the_pytorch_stack():
     assert {"nbval", "ipykernel", "jupyter-client", "nbformat", "torch-fidelity"} <= set(pins)
     assert not {"torch", "torchvision", "numpy", "scipy", "pillow"} & set(pins)
     assert all(pins[name] == importlib.metadata.version(name) for name in pins)
+
+
+# ----------------------------------------------------------------------------- the package's rooms
+
+def _package_imports() -> dict:
+    """{module: {(module it imports from at the top level, names)}} for every module of ddpm_lib, from the source."""
+    import ast
+
+    modules = {}
+    for path in sorted((ROOT / "ddpm_lib").rglob("*.py")):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        package = parts[:-1]  # what a relative import starts from (a package's __init__ too)
+        name = ".".join(parts if path.name != "__init__.py" else parts[:-1])
+        edges = set()
+        for node in ast.parse(path.read_text()).body:  # the top level: what importing the module imports
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = package[:len(package) - node.level + 1]
+                target = ".".join(base + ((node.module,) if node.module else ()))
+                edges.add((target, tuple(a.name for a in node.names)))
+        modules[name] = edges
+    return modules
+
+
+def test_the_modules_import_one_another_without_a_cycle():
+    """Small parts to whole: following the top-level imports between ddpm_lib's modules never comes back."""
+    imports = _package_imports()
+    graph = {m: {t if t in imports else t.rsplit(".", 1)[0] for t, _ in edges} | {f"{t}.{n}" for t, names in edges
+                                                                                for n in names if f"{t}.{n}" in imports}
+             for m, edges in imports.items()}
+    for start in graph:
+        if start == "ddpm_lib":  # the package re-exports its modules; they never import it back at the top level
+            continue
+        seen, todo = set(), [t for t in graph[start] if t != "ddpm_lib"]
+        while todo:
+            module = todo.pop()
+            assert module != start, f"{start} imports itself back through its imports"
+            if module not in seen and module in graph:
+                seen.add(module)
+                todo += [t for t in graph[module] if t != "ddpm_lib"]
+
+
+def test_no_module_imports_another_ones_private_names():
+    """A helper that two modules need is public (CONTRIBUTING): no `from .x import _y`."""
+    private = {(module, target, name) for module, edges in _package_imports().items() for target, names in edges
+               for name in names if name.startswith("_") and not name.startswith("__")}
+    assert not private, f"private names imported across modules: {sorted(private)}"
