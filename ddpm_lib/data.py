@@ -111,6 +111,12 @@ def _class_labels(folder, files):
         return None, None
     classes = [f.relative_to(folder).parts[0] for f in files]
     names = tuple(sorted(set(classes)))
+    empty = sorted(d.name for d in folder.iterdir()
+                   if d.is_dir() and not d.name.startswith(".") and d.name not in names)
+    if empty:  # as torchvision's ImageFolder refuses it: a class the data would silently lack
+        which = f"folder {empty[0]} holds" if len(empty) == 1 else f"folders {', '.join(empty)} hold"
+        raise ValueError(f"{folder}: class {which} no images ({', '.join(IMAGE_EXTENSIONS)}); add their images or "
+                         f"move them out of the folder")
     index = {name: i for i, name in enumerate(names)}
     return torch.tensor([index[c] for c in classes], dtype=torch.int64), names
 

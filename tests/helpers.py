@@ -36,7 +36,7 @@ def write_image_folder(folder, images):
     """Save uint8 images (N, 3, H, W) as PNG files 000.png, 001.png, ... in a new folder; returns the folder."""
     from PIL import Image
 
-    folder.mkdir()
+    folder.mkdir(parents=True)
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"{i:03d}.png")
     return folder

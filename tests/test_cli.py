@@ -87,6 +87,8 @@ def files(tmp_path_factory):
     torch.save({"format": "ddpm_lib.checkpoint", "model": Payload()}, tmp / "evil.pt")
     (tmp / "empty_root").mkdir()
     write_image_folder(tmp / "flat", make_shapes(2, size=16, seed=0)[0])  # images, no class sub-folders
+    write_image_folder(tmp / "classes" / "cat", make_shapes(2, size=16, seed=1)[0])
+    (tmp / "classes" / "dog").mkdir()  # a class folder without images
     configs = {"unknown_key": {"training": {"lrr": 1e-3}}, "wrong_type": {"training": {"lr": "fast"}},
                "unknown_section": {"optimizer": {}}, "bad_list": {"network": {"ch_list": "3,32"}},
                "bad_schedule": {"schedule": {"kind": "sigmoid"}}, "bad_network": {"network": {"temb_dim": 7}}}
@@ -137,6 +139,8 @@ def bad_input(tmp):
         "classes of a folder without class sub-folders": (train + ("--data", tmp / "flat", "--class-cond", "--steps",
                                                                    "1"), "--class-cond: " + str(tmp / "flat")
                                                           + " has no classes"),
+        "a class folder without images": (train + ("--data", tmp / "classes", "--steps", "1"),
+                                          "class folder dog holds no images"),
         "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
                            "unknown preset 'huge'"),
         "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),

@@ -226,6 +226,17 @@ def test_image_folder_labels_survive_the_cache(tmp_path, monkeypatch):
     assert torch.equal(images[0], first.images[2])  # the green image (dog, third in turn), now first
 
 
+def test_a_class_folder_without_images_is_refused_as_torchvision_refuses_it(tmp_path):
+    class_folder(tmp_path)
+    (tmp_path / "emu").mkdir()
+    (tmp_path / "emu" / "notes.txt").write_text("no pictures here")
+    (tmp_path / ".thumbnails").mkdir()  # hidden: not a class
+    with pytest.raises(FileNotFoundError, match="emu"):
+        tvd.ImageFolder(tmp_path)  # the oracle: it refuses an empty class too
+    with pytest.raises(ValueError, match=r"class folder emu holds no images \(.png"):
+        load_image_folder(tmp_path, size=8)
+
+
 def test_image_folder_with_an_image_outside_class_subfolders_has_no_classes(tmp_path):
     save(tmp_path / "cat" / "a.png", np.zeros((8, 8, 3)))
     save(tmp_path / "loose.png", np.zeros((8, 8, 3)))
