@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -101,6 +102,11 @@ def check_moments(x, tol_mean, tol_sd, mu=MU, s=S):
     assert abs(x.mean().item() - mu) < tol_mean + 4 * s / math.sqrt(n)
     assert abs(x.std().item() - s) < tol_sd + 4 * s / math.sqrt(2 * n)
 
+
+# For the local servers the tests start (JupyterLab): urllib's global opener keeps the proxies of the environment
+# of its first use, and a test that sets an unreachable proxy (test_cli's OFFLINE) may have been first in this
+# process; localhost never goes through a proxy.
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import LOCAL
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = Path("notebooks") / "01_noise_schedule.ipynb"
@@ -91,7 +92,7 @@ def _start_lab(root, env, log, tmp):
         if proc.poll() is not None:
             raise RuntimeError(f"jupyter lab exited with {proc.returncode}:\n{Path(log.name).read_text()}")
         try:
-            with urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=2):
+            with LOCAL.open(f"{url}/api/status?token={token}", timeout=2):
                 return proc, url, token
         except OSError:
             time.sleep(0.5)
@@ -105,7 +106,7 @@ def _stop_lab(proc, url, token):
     if proc.poll() is None:
         try:
             req = urllib.request.Request(f"{url}/api/shutdown?token={token}", method="POST")
-            urllib.request.urlopen(req, timeout=5).close()
+            LOCAL.open(req, timeout=5).close()
             proc.wait(timeout=20)
         except (OSError, subprocess.TimeoutExpired):
             pass

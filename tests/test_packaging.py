@@ -12,11 +12,11 @@ import subprocess
 import sys
 import time
 import tomllib
-import urllib.request
 from pathlib import Path
 
 import nbformat
 import pytest
+from helpers import LOCAL
 
 yaml = pytest.importorskip("yaml")
 
@@ -139,7 +139,7 @@ def test_make_lab_starts_jupyterlab_as_this_user_root_included(tmp_path):
         deadline, answer = time.monotonic() + 240, None  # a start, not a speed: other tests share the cores
         while answer is None and lab.poll() is None and time.monotonic() < deadline:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=5) as r:
+                with LOCAL.open(f"http://127.0.0.1:{port}/api", timeout=5) as r:
                     answer = json.load(r)
             except OSError:
                 time.sleep(1)
