@@ -260,16 +260,17 @@ def cifar10_run(args, sizes, device):
     from ddpm_lib import generate_images
     from ddpm_lib.shipped import ship_model
     from ddpm_lib.train import Trainer
-    from ddpm_lib.unet import PRESETS, UNet
+    from ddpm_lib.unet import UNet
 
     out, start = Path(args.out), time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         images = load_images(args.data, sizes, scratch)
     load_s = time.perf_counter() - start
     # the `fast` recipe (notebook 05's GPU default): its network (the toy preset in a dry run), objective and schedule
-    network = replace(PRESETS[tp.TOY_PRESET], prediction=FAST.prediction) if sizes.toy else FAST.network
-    config = replace(FAST.train, batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
-    trainer = Trainer(UNet(network), FAST.noise_schedule(), config, device=device)
+    recipe = replace(FAST, preset=tp.TOY_PRESET) if sizes.toy else FAST
+    network = recipe.network
+    config = replace(recipe.train, batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
+    trainer = Trainer(UNet(network), recipe.noise_schedule(), config, device=device)
     start = time.perf_counter()
     trainer.fit(images, steps=1)  # compilation, the data set onto the device
     tp.sync(device)
@@ -286,7 +287,7 @@ def cifar10_run(args, sizes, device):
     def result():
         losses = [loss for _, loss in trainer.history]
         last, finite = statistics.fmean(losses[-100:]), all(math.isfinite(v) for v in losses)
-        return {"model": f"recipe {FAST.name}, preset {tp.TOY_PRESET if sizes.toy else FAST.preset}",
+        return {"model": f"recipe {recipe.name}, preset {recipe.preset}",
                 "data": str(args.data or ("shapes" if sizes.toy else "cifar10")),
                 "images": len(images), "load_seconds": load_s, "first_step_seconds": first_step_s,
                 "steps": trainer.step, "loss": logged,
@@ -306,7 +307,7 @@ def cifar10_run(args, sizes, device):
         save_partial(args, result())
     if trainer.step not in sizes.grid_steps:
         grid()
-    save_loss_curve(trainer.history, out / "loss_curve.png", f"recipe {FAST.name} on {len(images):,} images", logged)
+    save_loss_curve(trainer.history, out / "loss_curve.png", f"recipe {recipe.name} on {len(images):,} images", logged)
     with tempfile.TemporaryDirectory() as scratch:  # the EMA weights in float16 and their card: a few tens of MB
         trainer.save(Path(scratch) / "checkpoint.pt")
         card = {"command": "benchmarks/gpu_check.py (cifar10_run)", "train_minutes": round(train_s / 60, 2),

@@ -292,6 +292,15 @@ def test_a_hand_written_config_sets_what_it_names(tmp_path, one_thread):
     assert training["warmup_steps"] == TrainConfig.warmup_steps  # what the file leaves out: the defaults
 
 
+def channel_means_fid(fake, ref) -> float:
+    """The oracle of `fid` with ChannelMeans as its features: the Frechet distance (scipy's sqrtm, float64) between
+    Gaussians fitted to the channel means of `fake` (uint8) and of the reference folder's images (at 16x16)."""
+    real = load_image_folder(ref, size=16).images
+    (mu_f, cov_f), (mu_r, cov_r) = [(f.mean(0), numpy.cov(f, rowvar=False))
+                                    for f in (ChannelMeans()(x).double().numpy() for x in (fake, real))]
+    return ((mu_f - mu_r) ** 2).sum() + numpy.trace(cov_f + cov_r - 2 * scipy.linalg.sqrtm(cov_f @ cov_r).real)
+
+
 @pytest.fixture(scope="module")
 def ref(files):
     """A folder of 6 reference images for `fid --ref`."""
@@ -308,17 +317,13 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
     out, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
-    # the oracle: the Frechet distance (scipy's sqrtm) between Gaussians fitted to the features of the reference
-    # and of 6 samples guided at s = 2 towards balanced labels 0, 1, 2, 0, 1, 2 (seed 0, DDIM 2 steps)
+    # 6 samples guided at s = 2 towards balanced labels 0, 1, 2, 0, 1, 2 (seed 0, DDIM 2 steps)
     model, schedule = load_model(files / "cond", device="cpu")
     fake = generate_images(model, schedule, 6, steps=2, y=torch.arange(6) % 3, guidance_scale=2, device="cpu")
-    real = load_image_folder(ref, size=16).images
-    (mu_f, cov_f), (mu_r, cov_r) = [(f.mean(0), numpy.cov(f, rowvar=False))
-                                    for f in (ChannelMeans()(x).double().numpy() for x in (fake, real))]
-    frechet = ((mu_f - mu_r) ** 2).sum() + numpy.trace(cov_f + cov_r - 2 * scipy.linalg.sqrtm(cov_f @ cov_r).real)
     assert result["guidance_scale"] == 2 and f"FID {result['fid']:.3f}" in out
-    assert result["fid"] == pytest.approx(frechet, rel=1e-6, abs=1e-9)  # float64 throughout: two eigen-solvers
-    assert result["is_mean"] is not None and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
+    assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)  # float64: 2 solvers
+    # the IS of 6 samples in min(10, 6) = 6 splits: one sample each, whose p(y|x) is its own p(y), KL 0, IS 1
+    assert result["is_mean"] == pytest.approx(1.0) and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
 
 
 # Without --steps a sampler runs its default, capped at the checkpoint's T = 20: DDIM's 50 would not fit.
@@ -346,7 +351,9 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
     _, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "t20" / f"checkpoint_fid_{sampler}{steps}_n4.json").read_text())
-    assert (result["sampler"], result["steps"], result["n"]) == (sampler, steps, 4) and result["fid"] >= 0
+    assert (result["sampler"], result["steps"], result["n"]) == (sampler, steps, 4)
+    fake = generate_images(model, schedule, 4, sampler=sampler, steps=steps, device="cpu")  # fid's samples: seed 0
+    assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)
 
 
 @pytest.fixture(scope="module")
