@@ -9,10 +9,11 @@ from .data import (CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, DeviceBatches, ImageS
 from .utils import default_device
 from .evaluation import evaluate_checkpoint
 from .metrics import fid_kid, frechet_distance, nearest_neighbours
-from .interop import load_ddpm_cifar10, unet_from_diffusers, unet_to_diffusers
+from .interop import load_ddpm_cifar10, objective_from_diffusers, unet_from_diffusers, unet_to_diffusers
 from .guidance import guided
 from .samplers import SAMPLERS, Trajectory, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
-from .schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
+from .objective import Denoiser, Objective, diffusion_loss
+from .schedule import NoiseSchedule, cosine_betas, linear_betas
 from .shapes import shape_score
 from .cifar10 import write_cifar10_format
 from .runtime import autocast_dtype
@@ -30,9 +31,9 @@ __all__ = [
     "load_image_folder", "make_shapes", "reload_dataset", "shape_score", "write_cifar10_format",
     "default_device",
     "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
-    "load_ddpm_cifar10", "unet_from_diffusers", "unet_to_diffusers",
+    "load_ddpm_cifar10", "objective_from_diffusers", "unet_from_diffusers", "unet_to_diffusers",
     "SAMPLERS", "Trajectory", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images", "guided",
-    "NoiseSchedule", "cosine_betas", "diffusion_loss", "linear_betas",
+    "Denoiser", "Objective", "diffusion_loss", "NoiseSchedule", "cosine_betas", "linear_betas",
     "load_model", "read_checkpoint", "resolve_checkpoint",
     "TrainConfig", "Trainer", "autocast_dtype", "RECIPES", "Recipe",
     "PRESETS", "UNet", "UNetConfig", "model_summary", "unet_from_preset",

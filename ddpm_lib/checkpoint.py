@@ -1,9 +1,9 @@
 """One-file checkpoints: atomic write, safe read (torch.load weights_only=True), load_model, run folders.
 
 A checkpoint is a dict of tensors and plain values (no pickled objects): "format", "version", "step",
-"model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule" (betas, kind, parameters),
-"amp_dtype",
-"data" (a DataInfo's to_dict(), or None: not recorded). A run folder holds it as folder/checkpoint.pt.
+"model", "ema", "optimizer", "scaler", "train_config", "unet_config", "objective" (an Objective's to_dict()),
+"schedule" (betas, kind, parameters), "amp_dtype", "data" (a DataInfo's to_dict(), or None: not recorded).
+A run folder holds it as folder/checkpoint.pt.
 """
 from __future__ import annotations
 
@@ -16,15 +16,18 @@ import torch
 
 from .utils import default_device
 from .data import DataInfo
+from .objective import Denoiser, Objective
 from .schedule import NoiseSchedule
 from .unet import UNet, UNetConfig
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
-CHECKPOINT_VERSION = 4  # 3: the schedule records its kind and parameters; 4: "data" is a DataInfo (or None)
+CHECKPOINT_VERSION = 5  # 4: "data" is a DataInfo (or None); 5: "objective" holds what the network predicts and the
+                        # loss weighting (before: UNetConfig.prediction and TrainConfig's weighting fields)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
 BEST_NAME = "checkpoint-best.pt"   # beside it with TrainConfig.keep_best: the run at its evaluation of lowest FID
 CONFIG_NAME = "config.json"        # beside it: the run's configuration, human-readable (Trainer.run_config)
-REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "schedule", "data")
+REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "objective", "schedule",
+                 "data")
 
 
 def resolve_checkpoint(path) -> Path:
@@ -166,10 +169,25 @@ def load_weights(module: torch.nn.Module, state: dict, path) -> None:
                          f"({str(e).strip().splitlines()[0]})") from None
 
 
-def load_model(path, ema: bool = True, device=None) -> tuple[UNet, NoiseSchedule]:
-    """The (EMA by default) UNet of a checkpoint file or run folder in eval mode, and its schedule, on `device`."""
+def objective_of(ckpt: dict, path) -> Objective:
+    """The Objective of a checkpoint's (or shipped file's) "objective" entry; a ValueError naming the entry."""
+    try:
+        return Objective.from_dict(ckpt["objective"])
+    except ValueError as e:
+        raise ValueError(f"{path}: checkpoint entry 'objective' is not a valid Objective ({e})") from None
+
+
+def denoiser_of(ckpt: dict, weights: dict, path, device) -> Denoiser:
+    """The Denoiser of a checkpoint's records (UNetConfig, schedule, objective) with `weights`, in eval mode."""
+    model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
+    load_weights(model, weights, path)
+    schedule = NoiseSchedule.from_state_dict(ckpt["schedule"])
+    return Denoiser(model.eval(), schedule, objective_of(ckpt, path)).to(device)
+
+
+def load_model(path, ema: bool = True, device=None) -> Denoiser:
+    """The denoiser of a checkpoint file or run folder: its UNet (EMA weights by default) in eval mode, its schedule
+    and its objective, on `device`."""
     ckpt = read_checkpoint(path)
     device = torch.device(device) if device is not None else default_device()
-    model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
-    load_weights(model, ckpt["ema" if ema else "model"], path)
-    return model.to(device).eval(), NoiseSchedule.from_state_dict(ckpt["schedule"]).to(device)
+    return denoiser_of(ckpt, ckpt["ema" if ema else "model"], path, device)

@@ -115,14 +115,14 @@ def _sample(args) -> None:
     from .samplers import generate_images
 
     device = args.device if args.device is not None else default_device()
-    model, schedule = load_model(args.ckpt, ema=not args.no_ema, device=device)
-    K = model.config.num_classes
+    denoiser = load_model(args.ckpt, ema=not args.no_ema, device=device)
+    K = denoiser.net.config.num_classes
     _check_guidance(args, K)
-    steps = _sampler_steps(args, schedule.steps)
+    steps = _sampler_steps(args, denoiser.schedule.steps)
     y = None  # labels (n,): --class K for all, else the classes in turn
     if K is not None:
         y = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K
-    images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=steps,
+    images = generate_images(denoiser, args.n, sampler=args.sampler, steps=steps,
                              batch_size=args.batch_size, seed=args.seed, y=y, guidance_scale=args.guidance,
                              device=device, progress=True)  # uint8 (n, 3, H, W)
     out = Path(args.out)
@@ -164,8 +164,7 @@ def _export(args) -> None:
         from .hub import check_repo_id
 
         check_repo_id(args.push_to_hub)
-    model, schedule = load_model(args.ckpt, ema=not args.no_ema, device="cpu")
-    out = save_diffusers_pipeline(model, schedule, args.out)
+    out = save_diffusers_pipeline(load_model(args.ckpt, ema=not args.no_ema, device="cpu"), args.out)
     print(f"wrote {out} (DDPMPipeline.from_pretrained({str(out)!r}))", file=sys.stderr)
     if args.push_to_hub is not None:
         from .checkpoint import read_checkpoint, resolve_checkpoint

@@ -1,7 +1,8 @@
 """train --config FILE: a run folder's config.json (Trainer.run_config) or a hand-written file, checked key by key.
 
-Every section is optional: "network" (UNetConfig fields), "schedule" (NoiseSchedule.config: its kind and
-parameters), "training" (TrainConfig fields) and "data" (a DataInfo: the images to reload). An unknown section or
+Every section is optional: "network" (UNetConfig fields), "objective" (Objective fields), "schedule"
+(NoiseSchedule.config: its kind and parameters), "training" (TrainConfig fields) and "data" (a DataInfo: the images
+to reload). An unknown section or
 key, or a value of the wrong type, is a ValueError naming it ("training.lr: expected a number, got 'fast'"),
 raised before anything is read or trained.
 """
@@ -15,16 +16,18 @@ from pathlib import Path
 
 from .checkpoint import CONFIG_NAME
 from .data import DataInfo
+from .objective import Objective
 from .schedule import NoiseSchedule
 from .train_config import TrainConfig
 from .unet import UNetConfig
 
-SECTIONS = ("network", "schedule", "training", "data")
+SECTIONS = ("network", "objective", "schedule", "training", "data")
 
 
 @dataclass(frozen=True)
 class RunConfig:
     network: dict | None              # UNetConfig fields, type-checked (lists made tuples); None: not given
+    objective: dict | None            # Objective fields, type-checked; None: not given
     schedule: NoiseSchedule | None    # the schedule it describes; None: not given
     training: dict                    # TrainConfig fields, type-checked; {} when not given
     data: DataInfo | None             # the images to reload; None: not given
@@ -103,6 +106,12 @@ def read_config(path) -> RunConfig:
         network = check_fields(UNetConfig, values["network"], "network") if "network" in values else None
         if network is not None:
             UNetConfig(**network)  # the network's own checks, before any work
+        objective = check_fields(Objective, values["objective"], "objective") if "objective" in values else None
+        if objective is not None:
+            try:
+                Objective(**objective)
+            except ValueError as e:
+                raise ValueError(f"objective.{str(e).removeprefix('Objective.')}") from None
         schedule = None
         if values.get("schedule") is not None:
             try:
@@ -115,4 +124,4 @@ def read_config(path) -> RunConfig:
             data = DataInfo(**check_fields(DataInfo, values["data"], "data"))
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    return RunConfig(network, schedule, training, data)
+    return RunConfig(network, objective, schedule, training, data)

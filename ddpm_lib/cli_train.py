@@ -15,24 +15,25 @@ import torch
 from .cli_args import beta, ch_list, device_arg, integer, levels, number, positive_int, probability, step_list
 from .recipes import RECIPES, SCHEDULES
 from .runtime import PRECISIONS, precision_dtype
-from .schedule import LOSS_WEIGHTINGS, PAPER_SCHEDULE, NoiseSchedule
+from .objective import PREDICTIONS, WEIGHTINGS, Objective
+from .schedule import PAPER_SCHEDULE, NoiseSchedule
 from .train_config import TrainConfig
 from .train_log import LOGGERS, check_logger
 from .cli_config import RunConfig, read_config
 from .unet import PRESETS, UNetConfig
-from .utils import PREDICTIONS
 
 SEED_NET = PRESETS["seed"]                                  # the seed's network: the knobs' documented defaults
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
          "temb_dim": "--temb-dim", "dropout": "--dropout",
-         "image_size": "--image-size", "prediction": "--prediction"}  # UNetConfig field -> the flag that sets it
+         "image_size": "--image-size"}  # UNetConfig field -> the flag that sets it
 # TrainConfig fields a flag may set, also when resuming
 TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every", "sample_every", "checkpoint_every",
                    "cond_drop_prob", "precision", "grad_accum", "logger", "keep_last", "milestones",
                    "checkpoint_activations", "eval_every", "eval_n", "keep_best")
-OBJECTIVE = {"loss_weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}  # TrainConfig fields of a new run only
+# Objective field -> the flag that sets it (a new run only)
+OBJECTIVE = {"prediction": "--prediction", "weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}
 RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
-                 "prediction", "schedule", "loss_weighting", "snr_gamma")  # what --recipe fills where no flag is given
+                 "schedule")  # what --recipe fills where no flag is given, with its objective's fields
 
 
 def _preset(text: str) -> str:
@@ -63,7 +64,8 @@ def add_train_parser(sub) -> None:
     p.add_argument("--recipe", type=_recipe, help=f"a named recipe ({', '.join(RECIPES)}): its preset, data, image "
                    f"size, steps and training settings; flags given override its fields (ddpm_lib.recipes)")
     p.add_argument("--config", metavar="FILE", help="start from a config.json (a run folder's, or hand-written): its "
-                   "network, schedule, training and data; flags given override it, and it overrides --recipe")
+                   "network, objective, schedule, training and data; flags given override it, and it overrides "
+                   "--recipe")
     p.add_argument("--preset", type=_preset, help=f"UNet preset: {', '.join(PRESETS)} (a new run needs it or --recipe)")
     p.add_argument("--image-size", type=positive_int, help="training resolution; data is resized to it (default: "
                                                            "the preset's, 32)")
@@ -136,9 +138,9 @@ def add_train_parser(sub) -> None:
     g = p.add_argument_group("the objective: what the network predicts and how the loss weighs each t")
     g.add_argument("--prediction", choices=PREDICTIONS, help="eps (the paper), x0, or v = sqrt(alpha_bar) eps - "
                    "sqrt(1 - alpha_bar) x0 (default: the recipe's, else eps)")
-    g.add_argument("--loss-weighting", choices=LOSS_WEIGHTINGS, help="uniform (with eps the paper's L_simple) or "
-                   "min-snr (min-SNR-gamma, Hang et al. 2023) (default: the recipe's, else uniform)")
-    g.add_argument("--snr-gamma", type=number, help=f"gamma of min-snr (default {TrainConfig.snr_gamma})")
+    g.add_argument("--loss-weighting", dest="weighting", choices=WEIGHTINGS, help="uniform (with eps the paper's "
+                   "L_simple) or min-snr (min-SNR-gamma, Hang et al. 2023) (default: the recipe's, else uniform)")
+    g.add_argument("--snr-gamma", type=number, help=f"gamma of min-snr (default {Objective.snr_gamma})")
     g = p.add_argument_group("class conditioning (classifier-free guidance)")
     g.add_argument("--class-cond", action="store_true", help="condition on the data's labels: CIFAR-10 classes, "
                    "shape kinds, or a folder's class sub-folders")
@@ -198,6 +200,10 @@ def _layer_config(args, config: RunConfig, explicit: set) -> dict:
             if name in config.network and name not in explicit and args.preset is None:
                 setattr(args, name, config.network[name])
         args.class_cond = args.class_cond or config.network.get("num_classes") is not None
+    if config.objective is not None:
+        for name in OBJECTIVE:
+            if name in config.objective and name not in explicit:
+                setattr(args, name, config.objective[name])
     if config.data is not None and "data" not in explicit:
         args.data = None  # the config's images, by their record (not a recipe's data by name)
     schedule = config.schedule
@@ -220,6 +226,16 @@ def _train_config(**values) -> TrainConfig:
         raise _flag_error(e, values) from None
 
 
+def _objective(args) -> Objective:
+    """The Objective of --prediction, --loss-weighting and --snr-gamma (Objective's defaults where left out)."""
+    given = {name: getattr(args, name) for name in OBJECTIVE if getattr(args, name) is not None}
+    try:
+        return Objective(**given)
+    except ValueError as e:
+        field = next((name for name in given if f"Objective.{name} " in str(e)), None)
+        raise ValueError(f"{OBJECTIVE[field]}: {e}" if field else str(e)) from None
+
+
 def _data_id(data: str) -> str:
     """What --data names: cifar10 or shapes, else the folder's absolute path."""
     return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
@@ -228,14 +244,15 @@ def _data_id(data: str) -> str:
 def _resume_conflicts(args, ckpt: dict, data, path: Path) -> list:
     """The flags given that disagree with the checkpoint being resumed and its DataInfo `data` (None: not
     recorded); flags left out never do."""
-    from .checkpoint import config_from_dict
+    from .checkpoint import config_from_dict, objective_of
     from .unet import UNetConfig
 
     net, train_config = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
+    objective = objective_of(ckpt, path)
     sched = NoiseSchedule.from_state_dict(ckpt["schedule"])
     stored = {"--seed": train_config["seed"], "--batch-size": train_config["batch_size"],
               "--recipe": train_config.get("recipe"),
-              **{flag: train_config.get(name, getattr(TrainConfig, name)) for name, flag in OBJECTIVE.items()},
+              **{flag: getattr(objective, name) for name, flag in OBJECTIVE.items()},
               "--timesteps": sched.steps, "--schedule": sched.kind,
               "--beta-min": sched.params.get("beta_min", f"none ({sched.kind} schedule)"),
               "--beta-max": sched.params.get("beta_max", f"none ({sched.kind} schedule)"),
@@ -282,6 +299,9 @@ def _fit(args, device: torch.device) -> None:
         for name in RECIPE_FIELDS:
             if getattr(args, name) is None and not (name == "schedule" and betas_given):
                 setattr(args, name, getattr(recipe, name))
+        for name in OBJECTIVE:
+            if getattr(args, name) is None:
+                setattr(args, name, getattr(recipe.objective, name))
         args.class_cond = args.class_cond or recipe.class_cond
     extra = _layer_config(args, config_file, explicit) if config_file is not None else {}
     if args.steps is None and args.recipe is not None:  # resuming a recipe's run: its steps
@@ -316,8 +336,8 @@ def _fit(args, device: torch.device) -> None:
         seed = args.seed if args.seed is not None else TrainConfig.seed
         base = UNetConfig(**network) if network is not None else None
         config, schedule, class_cond = _network(args, base), _schedule(args, config_file), args.class_cond
-        given = {name: getattr(args, name) for name in ("batch_size", "recipe", *OBJECTIVE) if getattr(args, name)
-                 is not None}
+        objective = _objective(args)
+        given = {name: getattr(args, name) for name in ("batch_size", "recipe") if getattr(args, name) is not None}
         train_config = _train_config(seed=seed, **extra, **given, **overrides)
         size = config.image_size
     if "cond_drop_prob" in explicit and not class_cond:
@@ -358,7 +378,7 @@ def _fit(args, device: torch.device) -> None:
         torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
         classes = loaded.info.class_names
         model = UNet(replace(config, num_classes=len(classes)) if class_cond and classes else config)
-        trainer = Trainer(model, schedule, train_config, device=device)
+        trainer = Trainer(model, schedule, train_config, objective, device=device)
     trainer.data_info = loaded.info  # resumed: the record itself
     if train_config.eval_every:
         trainer.evaluator = _evaluator(args, loaded, size, seed, train_config.eval_every, extractor)

@@ -17,7 +17,7 @@ import torch
 
 from .metrics import check_images, extract_features, extractor_name, fid_kid, inception_extractor, inception_score
 from .samplers import generate_images, resolve_steps
-from .schedule import diffusion_loss
+from .objective import Denoiser, diffusion_loss
 from .utils import check_int, to_model_range
 
 VAL_IMAGES = 256  # held-out images the validation loss is taken on (at most)
@@ -46,9 +46,10 @@ class Evaluator:
         self.cache_dir, self.batch_size = cache_dir, batch_size
 
     @torch.no_grad()
-    def validation_loss(self, model, schedule, weighting: str = "uniform", snr_gamma: float = 5.0) -> float:
-        """The mean loss of `model` (its prediction, this weighting) on the held-out images, t_i = i T / m for
+    def validation_loss(self, denoiser: Denoiser) -> float:
+        """The mean loss of the denoiser's network (under its objective) on the held-out images, t_i = i T / m for
         image i of m, and the noise of `seed`: the same inputs at every evaluation."""
+        model, schedule = denoiser.net, denoiser.schedule
         device = next(model.parameters()).device
         m = len(self.held_out)
         x0 = to_model_range(self.held_out).to(device)
@@ -61,23 +62,22 @@ class Evaluator:
         was_training = model.training
         try:
             model.eval()  # no dropout: the same loss at every evaluation
-            loss = diffusion_loss(net, schedule.to(device), x0, t=t, noise=noise, prediction=model.config.prediction,
-                                  weighting=weighting, snr_gamma=snr_gamma)
+            loss = diffusion_loss(net, schedule.to(device), x0, denoiser.objective, t=t, noise=noise)
         finally:
             model.train(was_training)
         return loss.item()
 
-    def __call__(self, model, schedule, n: int, weighting: str = "uniform", snr_gamma: float = 5.0) -> dict:
-        """FID, KID and the validation loss of `model` (the EMA), with the seconds they took."""
+    def __call__(self, denoiser: Denoiser, n: int) -> dict:
+        """FID, KID and the validation loss of the denoiser (the EMA network's), with the seconds they took."""
         check_int(n, "n", 2)
         start = time.perf_counter()
-        K = model.config.num_classes
-        samples = generate_images(model, schedule, n, sampler=self.sampler, steps=self.steps, seed=self.seed,
+        K = denoiser.net.config.num_classes
+        samples = generate_images(denoiser, n, sampler=self.sampler, steps=self.steps, seed=self.seed,
                                   batch_size=self.batch_size, y=None if K is None else torch.arange(n) % K)
-        device = next(model.parameters()).device
+        device = next(denoiser.net.parameters()).device
         scores = fid_kid(self.reference, samples, self.extractor, real_key=self.reference_key,
                          cache_dir=self.cache_dir, batch_size=self.batch_size, device=device, seed=self.seed)
-        val_loss = self.validation_loss(model, schedule, weighting, snr_gamma)
+        val_loss = self.validation_loss(denoiser)
         return {"fid": scores["fid"], "kid": scores["kid_mean"], "kid_std": scores["kid_std"], "val_loss": val_loss,
                 "val_on": f"{len(self.held_out)} of the {self.held_out_name}", "n": n, "sampler": self.sampler,
                 "steps": self.steps, "extractor": self.extractor_name, "eval_s": time.perf_counter() - start}
@@ -108,9 +108,9 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
     if isinstance(n, bool) or not isinstance(n, int) or n < 2:
         raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
     device = torch.device(device) if device is not None else default_device()
-    model, schedule = load_model(ckpt, ema=True, device=device)
-    steps = resolve_steps(sampler, steps, schedule.steps)                       # fail before any sampling
-    num_classes = getattr(model.config, "num_classes", None)
+    denoiser = load_model(ckpt, ema=True, device=device)
+    steps = resolve_steps(sampler, steps, denoiser.schedule.steps)              # fail before any sampling
+    num_classes = denoiser.net.config.num_classes
     if num_classes is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; {ckpt} is "
                          f"unconditional (use guidance_scale=1)")
@@ -118,8 +118,8 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
     extractor = feature_extractor if feature_extractor is not None else inception_extractor()
     if classifier is None and feature_extractor is None:
         classifier = inception_extractor(output="logits_unbiased")
-    real, key = load_reference(ref, data_root, size=model.config.image_size)
-    fake = generate_images(model, schedule, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
+    real, key = load_reference(ref, data_root, size=denoiser.net.config.image_size)
+    fake = generate_images(denoiser, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
                            y=y, guidance_scale=guidance_scale, device=device, progress=progress)
     scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
                      device=device, seed=seed, progress=progress)

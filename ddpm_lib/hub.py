@@ -26,7 +26,7 @@ def _evaluations(ckpt_path: Path) -> list[dict]:
 
 def model_card(ckpt: dict, ckpt_path: Path, repo_id: str, ema: bool = True) -> str:
     """The README.md of the pipeline folder for the Hub: metadata header, what the model is, how to load it."""
-    unet, train, schedule = ckpt["unet_config"], ckpt["train_config"], ckpt["schedule"]
+    unet, train, schedule, objective = ckpt["unet_config"], ckpt["train_config"], ckpt["schedule"], ckpt["objective"]
     data = ckpt.get("data") or {}
     images = f", {data['n']:,} images at {data['size']}x{data['size']}" if data else ""
     params = ", ".join(f"{k}={v:g}" for k, v in schedule["params"].items() if k != "steps")
@@ -40,10 +40,10 @@ def model_card(ckpt: dict, ckpt_path: Path, repo_id: str, ema: bool = True) -> s
              f"| network | U-Net, channels {tuple(unet['ch_list'])}, attention at levels "
              f"{tuple(unet['attention_layer'])}, {unet['num_res_blocks']} res blocks per level, "
              f"{unet['image_size']}x{unet['image_size']} images |",
-             f"| predicts | {unet['prediction']} (diffusers' prediction_type "
-             f"`{PREDICTION_TYPES[unet['prediction']]}`) |",
+             f"| predicts | {objective['prediction']} (diffusers' prediction_type "
+             f"`{PREDICTION_TYPES[objective['prediction']]}`) |",
              f"| schedule | {schedule['kind']}, T = {len(schedule['betas'])}{', ' + params if params else ''} |",
-             f"| recipe | {train.get('recipe') or 'by hand'}; loss weighting {train['loss_weighting']}, "
+             f"| recipe | {train.get('recipe') or 'by hand'}; loss weighting {objective['weighting']}, "
              f"batch {train['batch_size']}, lr {train['lr']:g}, EMA decay {train['ema_decay']:g} |",
              f"| trained | {ckpt['step']:,} of {train['steps']:,} steps |",
              f"| data | {data.get('name', 'not recorded')}{images} |", ""]

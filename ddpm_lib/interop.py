@@ -6,12 +6,12 @@ FID of about 12, where the paper's EMA weights give 3.17.
 """
 import os
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from .utils import cache_dir as default_cache, check_prediction
+from .utils import cache_dir as default_cache
+from .objective import Denoiser, Objective
 from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet, UNetConfig, attention_channels
 
@@ -112,21 +112,25 @@ def _config_from_diffusers(config) -> UNetConfig:
                       resample_with_conv=True, image_size=size)
 
 
-def unet_from_diffusers(model_or_state_dict, prediction_type: str = "epsilon") -> UNet:
-    """A diffusers UNet2DModel -> the UNet of the same layout (its config read); a bare state dict -> "ddpm-cifar10".
-
-    q, k, v (Linear layers there) become the stacked 1x1 conv `qkv`; the output Linear becomes the 1x1 `proj_out`.
-    prediction_type: what the network outputs, as its pipeline's scheduler says (diffusers keeps it there, not in
-    the UNet): "epsilon", "sample" or "v_prediction" (UNetConfig.prediction "eps", "x0", "v").
-    The result is a trainable copy in float32.
-    """
+def objective_from_diffusers(prediction_type: str = "epsilon") -> Objective:
+    """The Objective of a diffusers scheduler's prediction_type ("epsilon", "sample" or "v_prediction"; diffusers
+    keeps what the network outputs there, not in the UNet): eps, x0 or v."""
     ours = {v: k for k, v in PREDICTION_TYPES.items()}
     if prediction_type not in ours:
         raise ValueError(f"prediction_type must be one of {tuple(ours)} (diffusers' names), got {prediction_type!r}")
+    return Objective(prediction=ours[prediction_type])
+
+
+def unet_from_diffusers(model_or_state_dict) -> UNet:
+    """A diffusers UNet2DModel -> the UNet of the same layout (its config read); a bare state dict -> "ddpm-cifar10".
+
+    q, k, v (Linear layers there) become the stacked 1x1 conv `qkv`; the output Linear becomes the 1x1 `proj_out`.
+    What the output means is the scheduler's prediction_type (objective_from_diffusers).
+    The result is a trainable copy in float32.
+    """
     config = getattr(model_or_state_dict, "config", None)
     layout = "its config's layout" if config is not None else "the google/ddpm-cifar10-32 layout"
     config = _config_from_diffusers(config) if config is not None else PRESETS["ddpm-cifar10"]
-    config = replace(config, prediction=ours[prediction_type])
     state = model_or_state_dict.state_dict() if hasattr(model_or_state_dict, "state_dict") else model_or_state_dict
     renamed: dict[str, torch.Tensor] = {}
     thirds: dict[str, dict[int, torch.Tensor]] = {}  # q, k, v of one attention block
@@ -210,15 +214,15 @@ def load_ddpm_cifar10(cache_dir: str | os.PathLike | None = None) -> UNet:
     return unet_from_diffusers(state)
 
 
-def scheduler_config(schedule: NoiseSchedule, prediction: str = "eps") -> dict:
-    """DDPMScheduler arguments for `schedule` and a network predicting `prediction`: diffusers' names for linear and
-    cosine betas, else the betas themselves.
+def scheduler_config(schedule: NoiseSchedule, objective: Objective | None = None) -> dict:
+    """DDPMScheduler arguments for `schedule` and a network trained for `objective` (default: eps): diffusers' names
+    for linear and cosine betas, else the betas themselves.
 
     variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
     variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
     """
     config = dict(num_train_timesteps=schedule.steps, variance_type="fixed_large", clip_sample=True,
-                  clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[check_prediction(prediction)])
+                  clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[(objective or Objective()).prediction])
     if schedule.kind == "linear":
         return {**config, "beta_schedule": "linear", "beta_start": schedule.params["beta_min"],
                 "beta_end": schedule.params["beta_max"]}
@@ -227,14 +231,15 @@ def scheduler_config(schedule: NoiseSchedule, prediction: str = "eps") -> dict:
     return {**config, "trained_betas": schedule.state_dict()["betas"].tolist()}
 
 
-def save_diffusers_pipeline(unet: UNet, schedule: NoiseSchedule, out_dir) -> Path:
-    """Write a diffusers DDPMPipeline folder (safetensors weights) that DDPMPipeline.from_pretrained(out_dir) loads."""
+def save_diffusers_pipeline(denoiser: Denoiser, out_dir) -> Path:
+    """Write a diffusers DDPMPipeline folder (safetensors weights) of a UNet's denoiser (its network, schedule and
+    prediction type) that DDPMPipeline.from_pretrained(out_dir) loads."""
     from diffusers import DDPMPipeline, DDPMScheduler
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {str(out_dir)!r} is a file; expected a folder for the pipeline")
-    scheduler = DDPMScheduler(**scheduler_config(schedule, unet.config.prediction))
-    pipeline = DDPMPipeline(unet=unet_to_diffusers(unet).eval(), scheduler=scheduler)
+    scheduler = DDPMScheduler(**scheduler_config(denoiser.schedule, denoiser.objective))
+    pipeline = DDPMPipeline(unet=unet_to_diffusers(denoiser.net).eval(), scheduler=scheduler)
     pipeline.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

@@ -3,8 +3,7 @@ coarse-to-fine continuations of a shared x_t (Fig. 7) and interpolation in x_t (
 
 All three are `ddpm_sample` (Algorithm 2, sigma_t^2 = beta_t, the predicted x0 clipped to [-1, 1] as the
 official code does); Figs. 7 and 8 start it part-way, at some t < T-1, from an x_t made with q(x_t | x0)
-(`ddpm_sample(..., x_T=x_t, t_start=t)`). The model is called as `model(x_t, t)`; what it predicts (eps, x0 or v)
-comes from its config, as in every sampler.
+(`ddpm_sample(..., x_T=x_t, t_start=t)`). Each takes a denoiser (ddpm_lib.objective.Denoiser), as every sampler does.
 Every function is deterministic in its `generator` and runs on its inputs' device (x0's; the schedule's for
 progressive_generation) unless `device` is given.
 """
@@ -12,9 +11,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from .objective import Denoiser
 from .samplers import ddpm_sample
-from .schedule import NoiseSchedule
 from .timesteps import ddim_timesteps
+from .unet import UNetConfig
 from .utils import check_int, check_timestep, randn
 
 
@@ -26,7 +26,7 @@ def _check_images(x0: torch.Tensor, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int = 8, *,
+def progressive_generation(denoiser: Denoiser, n: int, n_frames: int = 8, *,
                            image_shape: Optional[tuple] = None, generator: Optional[torch.Generator] = None,
                            device=None):
     """Fig. 6: the predicted x0 along n ancestral chains from x_T ~ N(0, I), at n_frames timesteps.
@@ -34,27 +34,28 @@ def progressive_generation(model, schedule: NoiseSchedule, n: int, n_frames: int
     Returns (frames (n_frames, n, C, H, W) on the sampling device, timesteps): frames[i] is the model's x0 at
     timesteps[i], evenly spaced from T-1 down to 0; the last frame is the sample itself. The frames are the
     x0_pred that `ddpm_sample` passes its callback at those timesteps (only they are kept). image_shape (C, H, W)
-    defaults to the model's config (ch_list[0], image_size, image_size); device to the schedule's.
+    defaults to the network's config (ch_list[0], image_size, image_size); device to the schedule's.
     """
     check_int(n, "n")
-    timesteps = ddim_timesteps(schedule.steps, check_int(n_frames, "n_frames"))
+    timesteps = ddim_timesteps(denoiser.schedule.steps, check_int(n_frames, "n_frames"))
     if image_shape is None:
-        if not hasattr(getattr(model, "config", None), "image_size"):
-            raise ValueError("image_shape (C, H, W) is needed for a model without a UNetConfig")
-        image_shape = (model.config.ch_list[0], model.config.image_size, model.config.image_size)
-    device = torch.device(device) if device is not None else schedule.device
+        config = getattr(denoiser.net, "config", None)
+        if not isinstance(config, UNetConfig):
+            raise ValueError("image_shape (C, H, W) is needed for a network without a UNetConfig")
+        image_shape = (config.ch_list[0], config.image_size, config.image_size)
+    device = torch.device(device) if device is not None else denoiser.schedule.device
     frames: dict = {}                                                  # timestep -> x0_pred (n, C, H, W)
 
     def keep(t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
         if t in timesteps:
             frames[t] = x0_pred
 
-    ddpm_sample(model, schedule, (n,) + tuple(image_shape), generator=generator, device=device, callback=keep)
+    ddpm_sample(denoiser, (n,) + tuple(image_shape), generator=generator, device=device, callback=keep)
     return torch.stack([frames[t] for t in timesteps]), timesteps      # (n_frames, n, C, H, W)
 
 
 @torch.no_grad()
-def coarse_to_fine(model, schedule: NoiseSchedule, x0: torch.Tensor, ts: Optional[Sequence[int]] = None,
+def coarse_to_fine(denoiser: Denoiser, x0: torch.Tensor, ts: Optional[Sequence[int]] = None,
                    n_continuations: int = 4, *, generator: Optional[torch.Generator] = None, device=None) -> dict:
     """Fig. 7: x_t = q_sample(x0, t, eps) of each source image, then n_continuations ancestral samples from it.
 
@@ -64,26 +65,26 @@ def coarse_to_fine(model, schedule: NoiseSchedule, x0: torch.Tensor, ts: Optiona
     Returns {"t": ts, "x_t": (len(ts), B, C, H, W), "samples": (len(ts), n_continuations, B, C, H, W)}.
     """
     x0 = _check_images(x0, "x0")
-    T = schedule.steps
+    T = denoiser.schedule.steps
     ts = [T - 1, 3 * T // 4, T // 2, T // 4] if ts is None else [check_timestep(t, T, "ts entry") for t in ts]
     if not ts:
         raise ValueError("ts must name at least one timestep")
     k = check_int(n_continuations, "n_continuations")
     x0 = x0.to(device) if device is not None else x0
-    schedule = schedule.to(x0.device)
+    schedule = denoiser.schedule.to(x0.device)
     eps = randn(x0.shape, generator, x0.device, x0.dtype)
     x_ts, samples = [], []
     for t in ts:
         x_t = schedule.q_sample(x0, torch.full((len(x0),), t, device=x0.device), eps)                # Eq. 4
         x_T = x_t.repeat(k, 1, 1, 1)                                                                # (k B, C, H, W)
-        x = ddpm_sample(model, schedule, x_T.shape, generator=generator, x_T=x_T, t_start=t)
+        x = ddpm_sample(denoiser, x_T.shape, generator=generator, x_T=x_T, t_start=t)
         x_ts.append(x_t)
         samples.append(x.reshape((k,) + tuple(x0.shape)))                                          # (k, B, C, H, W)
     return {"t": ts, "x_t": torch.stack(x_ts), "samples": torch.stack(samples)}
 
 
 @torch.no_grad()
-def interpolate(model, schedule: NoiseSchedule, x0_a: torch.Tensor, x0_b: torch.Tensor, t: int,
+def interpolate(denoiser: Denoiser, x0_a: torch.Tensor, x0_b: torch.Tensor, t: int,
                 lambdas: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0), *,
                 generator: Optional[torch.Generator] = None, device=None) -> dict:
     """Fig. 8: decode x_t(lambda) = (1 - lambda) x_t + lambda x'_t with ancestral sampling from t.
@@ -98,7 +99,7 @@ def interpolate(model, schedule: NoiseSchedule, x0_a: torch.Tensor, x0_b: torch.
     x0_a, x0_b = _check_images(x0_a, "x0_a"), _check_images(x0_b, "x0_b")
     if x0_a.shape != x0_b.shape:
         raise ValueError(f"x0_a and x0_b must have the same shape, got {tuple(x0_a.shape)} and {tuple(x0_b.shape)}")
-    check_timestep(t, schedule.steps, "t")
+    check_timestep(t, denoiser.schedule.steps, "t")
     lambdas = [float(lam) for lam in lambdas]
     if not lambdas:
         raise ValueError("lambdas must hold at least one value")
@@ -108,11 +109,11 @@ def interpolate(model, schedule: NoiseSchedule, x0_a: torch.Tensor, x0_b: torch.
         generator = torch.Generator().manual_seed(int(torch.randint(2 ** 62, ())))
     eps = randn(x0_a.shape, generator, device, x0_a.dtype)
     t_batch = torch.full((len(x0_a),), t, device=device)
-    schedule = schedule.to(device)
+    schedule = denoiser.schedule.to(device)
     x_a, x_b = schedule.q_sample(x0_a, t_batch, eps), schedule.q_sample(x0_b, t_batch, eps)   # Eq. 4
     x_t = torch.stack([(1 - lam) * x_a + lam * x_b for lam in lambdas])                        # (L, B, C, H, W)
     state, samples = generator.get_state(), []
     for x_t_lam in x_t:
         generator.set_state(state)                                   # the same z sequence for every lambda
-        samples.append(ddpm_sample(model, schedule, x_t_lam.shape, generator=generator, x_T=x_t_lam, t_start=t))
+        samples.append(ddpm_sample(denoiser, x_t_lam.shape, generator=generator, x_T=x_t_lam, t_start=t))
     return {"lambdas": lambdas, "x_t": x_t, "samples": torch.stack(samples)}

@@ -11,12 +11,15 @@ import math
 from dataclasses import dataclass, replace
 from types import MappingProxyType
 
+from .objective import Objective
 from .schedule import NoiseSchedule
 from .train_config import TrainConfig
 from .unet import PRESETS, UNetConfig
-from .utils import check_int, check_prediction
+from .utils import check_int
 
 SCHEDULES = ("linear", "cosine")  # Recipe.schedule: the paper's linear betas, or Nichol & Dhariwal's cosine, T = 1000
+# the recipe benchmark's winning objective on the tiny network (docs/recipes/recipes.md): x0-prediction, min-SNR-5
+X0_MIN_SNR = Objective(prediction="x0", weighting="min-snr", snr_gamma=5.0)
 
 
 @dataclass(frozen=True)
@@ -29,10 +32,9 @@ class Recipe:
     lr: float                                   # TrainConfig.lr: Adam's learning rate
     warmup_steps: int                           # TrainConfig.warmup_steps: linear learning-rate warm-up
     ema_decay: float = TrainConfig.ema_decay    # TrainConfig.ema_decay (with the EMA warm-up)
-    prediction: str = "eps"                     # UNetConfig.prediction: eps (the paper), x0 or v
+    objective: Objective = Objective()          # what the network predicts and the loss weighting (the paper's: eps,
+                                                # uniform, L_simple)
     schedule: str = "linear"                    # the noise schedule (SCHEDULES): the paper's linear betas or cosine
-    loss_weighting: str = TrainConfig.loss_weighting  # TrainConfig.loss_weighting: uniform (L_simple) or min-snr
-    snr_gamma: float = TrainConfig.snr_gamma    # TrainConfig.snr_gamma, with min-snr
     class_cond: bool = False                    # condition on the data's labels, dropped at cond_drop_prob (guidance)
     name: str | None = None                     # its name in RECIPES, recorded as TrainConfig.recipe (None: ad hoc)
 
@@ -42,7 +44,8 @@ class Recipe:
         if self.data not in ("cifar10", "shapes"):
             raise ValueError(f"Recipe.data: expected 'cifar10' or 'shapes', got {self.data!r}")
         check_int(self.image_size, "Recipe.image_size", 8)
-        check_prediction(self.prediction)
+        if not isinstance(self.objective, Objective):
+            raise ValueError(f"Recipe.objective: expected an Objective, got {self.objective!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"Recipe.schedule: expected one of {SCHEDULES}, got {self.schedule!r}")
         _ = self.train  # TrainConfig checks the fields it sets
@@ -51,13 +54,12 @@ class Recipe:
     def train(self) -> TrainConfig:
         """The TrainConfig of this recipe (TrainConfig's defaults elsewhere); `dataclasses.replace` sets the rest."""
         return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-                           ema_decay=self.ema_decay, loss_weighting=self.loss_weighting, snr_gamma=self.snr_gamma,
-                           recipe=self.name)
+                           ema_decay=self.ema_decay, recipe=self.name)
 
     @property
     def network(self) -> UNetConfig:
-        """The UNetConfig it trains: its preset at its image size, predicting its target."""
-        return replace(PRESETS[self.preset], image_size=self.image_size, prediction=self.prediction)
+        """The UNetConfig it trains: its preset at its image size."""
+        return replace(PRESETS[self.preset], image_size=self.image_size)
 
     def noise_schedule(self, steps: int = 1000) -> NoiseSchedule:
         """Its noise schedule with T = `steps`: the paper's linear betas (scaled by 1000 / T, NoiseSchedule.paper)
@@ -69,18 +71,18 @@ class Recipe:
 # (its minutes and share of shape-like samples: docs/knobs/quick_win.md); 10x the paper's learning rate (a small
 # network tolerates it), an EMA over the last few hundred steps.
 QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
-                   prediction="x0", schedule="cosine", loss_weighting="min-snr", name="quick-win")
+                   objective=X0_MIN_SNR, schedule="cosine", name="quick-win")
 # The quick win's settings on real CIFAR-10 at 32x32: what a few CPU minutes make of photographs. Its objective is
 # the recipe benchmark's winner (docs/recipes/recipes.md): x0-prediction, min-SNR-5 and the cosine schedule reach
 # the paper objective's FID in a fraction of its CPU time.
 QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
-                       prediction="x0", schedule="cosine", loss_weighting="min-snr", name="quick-cifar10")
+                       objective=X0_MIN_SNR, schedule="cosine", name="quick-cifar10")
 # The CPU's CIFAR-10 model, shown by notebooks 06-08: quick-cifar10's network and objective, conditioned on the ten
 # classes (a label dropped 10% of the time, so one network is also the unconditional model classifier-free guidance
 # needs), trained 5,000 steps at batch 64 (6.4 epochs, 14 times quick-cifar10's images) with an EMA over the last
 # ~1,000 steps.
 CIFAR10_COND = Recipe("tiny", "cifar10", 32, steps=5000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.999,
-                      prediction="x0", schedule="cosine", loss_weighting="min-snr", class_cond=True,
+                      objective=X0_MIN_SNR, schedule="cosine", class_cond=True,
                       name="cifar10-cond")
 # The seed project's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
 SEED_3_EPOCHS = Recipe("seed", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
@@ -95,7 +97,7 @@ PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=
 # width 64 (4e-4 and 1e-3); not measured at this size. An EMA over about the last 1,000 steps. The objective is the
 # recipe benchmark's winner on the tiny network (QUICK_CIFAR10's), carried over: not measured at this size either.
 FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 128), batch_size=128, lr=5e-4,
-              warmup_steps=500, ema_decay=0.999, prediction="x0", schedule="cosine", loss_weighting="min-snr",
+              warmup_steps=500, ema_decay=0.999, objective=X0_MIN_SNR, schedule="cosine",
               name="fast")
 
 RECIPES = MappingProxyType({name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS,

@@ -1,10 +1,10 @@
 """Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022), one registry.
 
-Each takes the network as `model(x_t, t)`, with x_t float (B, C, H, W) and t int64 (B,), draws x_T ~ N(0, I)
-and returns x0. What the output is (eps, x0 or v) the sampler reads from `model.config.prediction` (a plain
-function of (x_t, t) predicts eps) and converts through the schedule (`NoiseSchedule.x0_from`). Labels never
-reach a sampler: a class-conditional network is wrapped first, `guided(model, y, s)` (ddpm_lib.guidance,
-classifier-free guidance), and that is such a model of (x_t, t).
+Each takes a denoiser (ddpm_lib.objective.Denoiser: a network with its schedule and objective), called as
+`denoiser(x_t, t) -> (x0, eps)` with x_t float (B, C, H, W) and t int64 (B,); it draws x_T ~ N(0, I) on the
+denoiser's schedule and returns x0. What the network predicts is the denoiser's business: no sampler converts.
+Labels never reach a sampler: a class-conditional denoiser is wrapped first, `guided(denoiser, y, s)`
+(ddpm_lib.guidance, classifier-free guidance), and that is a denoiser of (x_t, t) too.
 Common keyword arguments:
   generator      torch.Generator for every random draw (x_T first, then the per-step noise);
                  a CPU generator gives the same numbers on every device
@@ -24,7 +24,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .guidance import guided
-from .schedule import NoiseSchedule, prediction_of
+from .objective import Denoiser
+from .schedule import NoiseSchedule
+from .unet import UNetConfig
 from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_solver_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
 
@@ -39,7 +41,7 @@ def _check_shape(shape) -> tuple:
 
 
 def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
-    """The schedule on the sampling device and x_T ~ N(0, I)  (Algorithm 2, line 1)."""
+    """The denoiser's schedule on the sampling device and x_T ~ N(0, I)  (Algorithm 2, line 1)."""
     shape = _check_shape(shape)
     if x_T is not None and tuple(x_T.shape) != shape:
         raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
@@ -48,12 +50,15 @@ def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
     return schedule.to(device), x
 
 
-def _denoise(model, prediction: str, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
-    """The x0 that the model's output at (x_t, t) implies (for eps: Eq. 4 solved for x0; `NoiseSchedule.x0_from`),
-    clipped to [-1, 1] if asked, and t as (B,)."""
+def _denoise(denoiser, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
+    """The denoiser's (x0, eps) at (x_t, t) and t as (B,). With clipping, x0 is clipped to [-1, 1] and eps
+    recomputed from it by Eq. 4 (as improved-diffusion does), so that the two still agree."""
     t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0 = schedule.x0_from(model(x_t, t_batch).to(x_t.dtype), x_t, t_batch, prediction)
-    return (x0.clamp(-1, 1) if clip_denoised else x0), t_batch
+    x0, eps = denoiser(x_t, t_batch)
+    if clip_denoised:
+        x0 = x0.clamp(-1, 1)
+        eps = schedule.predict_eps(x_t, t_batch, x0)
+    return x0, eps, t_batch
 
 
 class Trajectory:
@@ -62,7 +67,7 @@ class Trajectory:
     t[i], x0_pred[i] the model's x0 there, and x_t[S] the sample x0.
 
         trajectory = Trajectory()
-        x0 = ddim_sample(model, schedule, shape, callback=trajectory)
+        x0 = ddim_sample(denoiser, shape, callback=trajectory)
         steps = trajectory.result(x0)
     """
 
@@ -90,7 +95,7 @@ def _cpu_coefficients(schedule: NoiseSchedule):
 
 
 @torch.no_grad()
-def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *,
+def ddpm_sample(denoiser, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                 callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                 x_T: Optional[torch.Tensor] = None, t_start: Optional[int] = None) -> torch.Tensor:
@@ -105,15 +110,15 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
     """
     if variance not in ("beta", "posterior"):
         raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
-    t_start = check_timestep(schedule.steps - 1 if t_start is None else t_start, schedule.steps, "t_start")
-    if t_start < schedule.steps - 1 and x_T is None:
+    T = denoiser.schedule.steps
+    t_start = check_timestep(T - 1 if t_start is None else t_start, T, "t_start")
+    if t_start < T - 1 and x_T is None:
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
-                         f"t_start = T-1 = {schedule.steps - 1})")
-    schedule, x = _start(schedule, shape, generator, device, x_T)
-    prediction = prediction_of(model)  # eps, x0 or v
+                         f"t_start = T-1 = {T - 1})")
+    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
     log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
-        x0, t_batch = _denoise(model, prediction, schedule, x, t, clip_denoised)
+        x0, _, t_batch = _denoise(denoiser, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
@@ -126,7 +131,7 @@ def ddpm_sample(model, schedule: NoiseSchedule, shape, variance: str = "beta", *
 
 
 @torch.no_grad()
-def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
+def ddim_sample(denoiser, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                 callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                 x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -137,17 +142,15 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, 
     """
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    timesteps = ddim_timesteps(schedule.steps, steps)
-    schedule, x = _start(schedule, shape, generator, device, x_T)
-    prediction = prediction_of(model)  # eps, x0 or v
-    abar, sqrt_abar, sqrt_1m_abar = _cpu_coefficients(schedule)
+    timesteps = ddim_timesteps(denoiser.schedule.steps, steps)
+    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
+    abar, _, _ = _cpu_coefficients(schedule)
     abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
     steps_ = tqdm(zip(timesteps, abars[:-1], abars[1:]), total=len(timesteps), disable=not progress, desc="DDIM")
     for t, abar_t, abar_next in steps_:
-        x0, _ = _denoise(model, prediction, schedule, x, t, clip_denoised)
+        x0, eps, _ = _denoise(denoiser, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
-        eps = (x - sqrt_abar[t] * x0) / sqrt_1m_abar[t]                                  # Eq. 12, eps of this x0
         sigma = eta * math.sqrt((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next))      # Eq. 16
         x = math.sqrt(abar_next) * x0 + math.sqrt(max(1 - abar_next - sigma ** 2, 0.0)) * eps   # Eq. 12
         if eta > 0:
@@ -156,7 +159,7 @@ def ddim_sample(model, schedule: NoiseSchedule, shape, steps: int = DDIM_STEPS, 
 
 
 @torch.no_grad()
-def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SOLVER_STEPS, *,
+def dpm_solver_sample(denoiser, shape, steps: int = DPM_SOLVER_STEPS, *,
                       generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                       callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                       x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -168,9 +171,8 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
     (diffusers' final_sigmas_type="zero"). One model call per timestep: exactly `steps`.
     The step sizes use lambda of the rounded timesteps the model sees (diffusers keeps the unrounded ones).
     """
-    timesteps = dpm_solver_timesteps(schedule, steps)
-    schedule, x = _start(schedule, shape, generator, device, x_T)
-    prediction = prediction_of(model)  # eps, x0 or v
+    timesteps = dpm_solver_timesteps(denoiser.schedule, steps)
+    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
     _, alpha, sigma = _cpu_coefficients(schedule)
     # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
     points = [(alpha[t], sigma[t], math.log(alpha[t] / sigma[t])) for t in timesteps] + [(1.0, 0.0, math.inf)]
@@ -178,7 +180,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
     steps_ = tqdm(zip(timesteps, points[:-1], points[1:]), total=len(timesteps), disable=not progress,
                   desc="DPM-Solver++")
     for t, (_, sigma_t, lam_t), (alpha_next, sigma_next, lam_next) in steps_:
-        D, _ = _denoise(model, prediction, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
+        D, _, _ = _denoise(denoiser, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
         if callback is not None:
             callback(t, x, D)
         h = lam_next - lam_t
@@ -195,7 +197,7 @@ def dpm_solver_sample(model, schedule: NoiseSchedule, shape, steps: int = DPM_SO
 class Sampler(NamedTuple):
     """A registry entry: the sampling function and how many model evaluations it makes by default."""
 
-    fn: Callable                  # fn(model, schedule, shape, [steps,] *, generator, device, callback, ...)
+    fn: Callable                  # fn(denoiser, shape, [steps,] *, generator, device, callback, ...)
     default_steps: Optional[int]  # steps when none are asked for; None = all T (ddpm takes no `steps`)
 
 
@@ -219,42 +221,45 @@ def resolve_steps(sampler: str, steps: Optional[int], T: int) -> int:
     return steps
 
 
-def _model_device(model) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
-
-
-def generate_images(model, schedule: NoiseSchedule, n: int, *, sampler: str = "ddim", steps: Optional[int] = None,
+def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", steps: Optional[int] = None,
                     batch_size: int = 256, seed: int = 0, y=None, guidance_scale: float = 1.0, device=None,
                     progress: bool = False) -> torch.Tensor:
-    """n samples as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed, batch_size, device).
+    """n samples of a UNet's denoiser as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed,
+    batch_size, device).
 
     sampler: a name in SAMPLERS; steps: its model evaluations (None: its default; "ddpm" always runs all T).
     y: labels (n,) for a class-conditional model, sampled with classifier-free guidance of scale guidance_scale
-    (`guided`; both checked before any sampling): the one place labels enter sampling. The model is moved to
+    (`guided`; both checked before any sampling): the one place labels enter sampling. The network is moved to
     `device` (default: where it is) and put in eval mode for sampling; its train/eval mode is restored afterwards.
     """
-    steps = resolve_steps(sampler, steps, schedule.steps)
+    config = getattr(getattr(denoiser, "net", None), "config", None)
+    if not isinstance(denoiser, Denoiser) or not isinstance(denoiser.net, torch.nn.Module) or not isinstance(
+            config, UNetConfig):
+        raise ValueError(f"denoiser: expected a Denoiser of a network with a UNetConfig (it gives the image size), "
+                         f"got {denoiser!r}")
+    steps = resolve_steps(sampler, steps, denoiser.schedule.steps)
     check_int(n, "n"), check_int(batch_size, "batch_size")
     entry = SAMPLERS[sampler]
-    guide = None if y is None and guidance_scale == 1 else guided(model, y, guidance_scale)
+    guide = None if y is None and guidance_scale == 1 else guided(denoiser, y, guidance_scale)
     if guide is not None and len(guide.y) != n:
         raise ValueError(f"y must hold one label per image, n={n}, got {len(guide.y)}")
-    device = torch.device(device) if device is not None else _model_device(model)
-    C, size = model.config.ch_list[0], model.config.image_size  # image channels and side, from the config
+    net = denoiser.net
+    device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
+    C, size = config.ch_list[0], config.image_size  # image channels and side, from the config
     kwargs = {} if entry.default_steps is None else {"steps": steps}
     generator = torch.Generator(device=device).manual_seed(seed)
     images = torch.empty((n, C, size, size), dtype=torch.uint8)
-    was_training = model.training
+    was_training = net.training
     try:
-        model, schedule = model.to(device).eval(), schedule.to(device)
+        net.eval()
+        denoiser = denoiser.to(device)
         with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
-                net = model if guide is None else guide.rows(start, stop)       # a model of (x_t, t)
-                x0 = entry.fn(net, schedule, (stop - start, C, size, size), generator=generator, device=device,
-                              **kwargs)
+                rows = denoiser if guide is None else guide.rows(start, stop).to(device)  # a denoiser of (x_t, t)
+                x0 = entry.fn(rows, (stop - start, C, size, size), generator=generator, device=device, **kwargs)
                 images[start:stop] = to_uint8(x0).cpu()
                 bar.update(stop - start)
     finally:
-        model.train(was_training)
+        net.train(was_training)
     return images

@@ -1,9 +1,7 @@
-"""Beta schedules, the forward process q and its posterior (Ho et al. 2020, Sec. 2), and Algorithm 1.
+"""Beta schedules, the forward process q and its posterior (Ho et al. 2020, Sec. 2), and Eq. 4 solved for x0 or eps.
 
-What a network predicts is one of utils.PREDICTIONS: eps (the paper), x0, or
-v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 (Salimans & Ho 2022). The schedule holds the one set of conversions
-between them (`x0_from`, `eps_from`, `target`) and the loss weights of each t (`loss_weight`: uniform, the paper's
-L_simple, or min-SNR-gamma, Hang et al. 2023).
+What a network predicts and how its loss weighs each t live in ddpm_lib.objective, which reads its coefficients
+from here.
 
 Index 0 of every tensor here is the paper's t = 1; `t` is an int64 tensor in [0, T-1].
 Coefficients are computed in float64 and stored as float32 (a float64 copy stays on the CPU
@@ -15,7 +13,7 @@ from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 
-from .utils import check_int, check_prediction, randn
+from .utils import check_int
 
 
 class LinearBetas(NamedTuple):
@@ -29,12 +27,7 @@ class LinearBetas(NamedTuple):
 # The paper's schedule (Ho et al. 2020, Sec. 4): T = 1000 linear betas from 1e-4 to 0.02. The one place it is written.
 PAPER_SCHEDULE = LinearBetas(steps=1000, beta_min=1e-4, beta_max=0.02)
 SCHEDULE_KINDS = ("linear", "cosine", "custom")  # what a NoiseSchedule records of how its betas were made
-LOSS_WEIGHTINGS = ("uniform", "min-snr")         # how the loss weighs each t (TrainConfig.loss_weighting)
 
-
-def prediction_of(model) -> str:
-    """What `model`'s output is: its config's `prediction`; "eps" for a plain function of (x_t, t)."""
-    return check_prediction(getattr(getattr(model, "config", None), "prediction", "eps"))
 
 _COEFFICIENTS = (
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
@@ -237,90 +230,16 @@ class NoiseSchedule:
         return (self._extract("sqrt_alphas_cumprod", t, x0) * eps
                 - self._extract("sqrt_one_minus_alphas_cumprod", t, x0) * x0)
 
-    def x0_from(self, output: torch.Tensor, x_t: torch.Tensor, t, prediction: str) -> torch.Tensor:
-        """The x0 a network's output implies: eps by Eq. 4 solved for x0; v by x0 = sqrt(alpha_bar) x_t - sqrt(1 -
-        alpha_bar) v (x_t and v are a rotation of x0 and eps by the angle phi_t, Salimans & Ho 2022)."""
-        if check_prediction(prediction) == "eps":
-            return self.predict_x0(x_t, t, output)
-        if prediction == "x0":
-            return output
-        return (self._extract("sqrt_alphas_cumprod", t, x_t) * x_t
-                - self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * output)
-
-    def eps_from(self, output: torch.Tensor, x_t: torch.Tensor, t, prediction: str) -> torch.Tensor:
-        """The eps a network's output implies: x0 by Eq. 4 solved for eps; v by eps = sqrt(1 - alpha_bar) x_t +
-        sqrt(alpha_bar) v (the same rotation)."""
-        if check_prediction(prediction) == "eps":
-            return output
-        if prediction == "x0":
-            return self.predict_eps(x_t, t, output)
-        return (self._extract("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
-                + self._extract("sqrt_alphas_cumprod", t, x_t) * output)
-
-    def target(self, prediction: str, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-        """What a network of this prediction should output for x_t = q_sample(x0, t, eps): eps, x0 or v."""
-        if check_prediction(prediction) == "v":
-            return self.velocity(x0, t, eps)
-        return eps if prediction == "eps" else x0
-
-    def loss_weight(self, t, prediction: str, weighting: str = "uniform", snr_gamma: float = 5.0) -> torch.Tensor:
-        """The weight (B,) of each t's squared error in the loss of a `prediction` network, on t's device.
-
-        "uniform": 1 (with eps, the paper's L_simple, Eq. 14). "min-snr" (Hang et al. 2023): every target's error
-        is a multiple of x0's, ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1)
-        ||x0 - x0_hat||^2, and min-SNR-gamma weighs x0's error by min(SNR, gamma): so the weight is
-        min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v. It caps
-        the weight of the nearly clean t (large SNR), which otherwise dominate the x0 and v losses.
-        """
-        check_prediction(prediction)
-        if weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
-        t = self._check_t(t)
-        if weighting == "uniform":
-            return torch.ones(t.shape, device=t.device)
-        if isinstance(snr_gamma, bool) or not isinstance(snr_gamma, (int, float)) or not snr_gamma > 0:
-            raise ValueError(f"snr_gamma must be a number > 0, got {snr_gamma!r}")
-        abar = self._f64["alphas_cumprod"][t.cpu()]
-        snr = abar / (1 - abar)                                            # float64: near t = 0 SNR is about 1e4
-        per_x0 = snr.clamp(max=snr_gamma)                                  # min(SNR, gamma)
-        weight = {"eps": per_x0 / snr, "x0": per_x0, "v": per_x0 / (snr + 1)}[prediction]
-        return weight.float().to(t.device)
-
-    def snr(self, t) -> torch.Tensor:
-        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), on t's device (float32)."""
+    def snr(self, t, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t) in `dtype`, on t's device."""
         t = self._check_t(t)
         abar = self._f64["alphas_cumprod"][t.cpu()]                     # float64: 1 - alpha_bar is tiny near t = 0
-        return (abar / (1 - abar)).float().to(t.device)
+        return (abar / (1 - abar)).to(t.device, dtype)
 
+    def sqrt_alpha_bar(self, t, x: torch.Tensor) -> torch.Tensor:
+        """sqrt(alpha_bar_t) in x's dtype and device, shaped to broadcast against x."""
+        return self._extract("sqrt_alphas_cumprod", t, x)
 
-def diffusion_loss(model, schedule: NoiseSchedule, x0: torch.Tensor, generator: Optional[torch.Generator] = None,
-                   reduction: str = "mean", t: Optional[torch.Tensor] = None, noise: Optional[torch.Tensor] = None,
-                   prediction: Optional[str] = None, weighting: str = "uniform",
-                   snr_gamma: float = 5.0) -> torch.Tensor:
-    """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = w_t ||target - model(x_t, t)||^2.
-
-    The target is what the model predicts (`prediction`, default `prediction_of(model)`: eps, the paper's, or x0
-    or v; pass it for a wrapped network, e.g. under DDP or with labels bound), w_t its
-    `loss_weight` (uniform: the paper's L_simple with eps; "min-snr": min-SNR-gamma with `snr_gamma`).
-    reduction="mean" averages over everything; "none" returns the per-example loss (B,), weighted.
-    `t` and `noise` fix the random draws (both default to draws from `generator`).
-    """
-    if reduction not in ("mean", "none"):
-        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
-    if x0.ndim < 1 or x0.shape[0] == 0:
-        raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
-    prediction = prediction_of(model) if prediction is None else check_prediction(prediction)
-    B = x0.shape[0]
-    if t is None:                                                                         # Algorithm 1, line 3
-        gen_device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, schedule.steps, (B,), generator=generator, device=gen_device).to(x0.device)
-    elif t.shape != (B,):
-        raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
-    weight = schedule.loss_weight(t, prediction, weighting, snr_gamma)                   # checked before the model
-    if noise is None:                                                                     # Algorithm 1, line 4
-        noise = randn(x0.shape, generator, x0.device, x0.dtype)
-    x_t = schedule.q_sample(x0, t, noise)
-    target = schedule.target(prediction, x0, t, noise)
-    err = (target - model(x_t, t).to(noise.dtype)) ** 2                                   # Algorithm 1, line 5
-    per_example = err.reshape(B, -1).mean(1) * weight.to(err.dtype)                     # uniform: w_t = 1
-    return per_example.mean() if reduction == "mean" else per_example
+    def sqrt_one_minus_alpha_bar(self, t, x: torch.Tensor) -> torch.Tensor:
+        """sqrt(1 - alpha_bar_t) in x's dtype and device, shaped to broadcast against x."""
+        return self._extract("sqrt_one_minus_alphas_cumprod", t, x)

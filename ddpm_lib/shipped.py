@@ -3,7 +3,7 @@
 The card says what the file holds and how it was made (command, recipe, steps, training minutes, machine) and
 its sha256, which every read checks: a truncated download or a git-lfs pointer fails with one clear line.
 `SHIPPED_MODEL` is the CPU's CIFAR-10 model (the `cifar10-cond` recipe's run): its EMA weights in float16 with
-the records that rebuild it (UNetConfig, the schedule's state, DataInfo, TrainConfig), read offline by
+the records that rebuild it (UNetConfig, Objective, the schedule's state, DataInfo, TrainConfig), read offline by
 `load_shipped_model`; notebooks 06-08 show it when the reader has no model of their own (ddpm_lib.nb.find_model).
 """
 from __future__ import annotations
@@ -14,15 +14,14 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import config_from_dict, load_weights, read_checkpoint, write_atomically
-from .schedule import NoiseSchedule
-from .unet import UNet, UNetConfig
+from .checkpoint import denoiser_of, read_checkpoint, write_atomically
+from .objective import Denoiser
 from .utils import default_device
 
 WEIGHTS = Path(__file__).parent / "weights"      # the package's folder of shipped weights
 SHIPPED_MODEL = WEIGHTS / "cifar10_cond.pt"        # the CPU-trained class-conditional CIFAR-10 model
 SHIPPED_FORMAT = "ddpm_lib.shipped"
-SHIPPED_KEYS = ("unet_config", "schedule", "data", "train_config", "step", "ema")
+SHIPPED_KEYS = ("unet_config", "objective", "schedule", "data", "train_config", "step", "ema")
 
 
 def sha256_of(path) -> str:
@@ -63,13 +62,16 @@ def ship_model(checkpoint, out=SHIPPED_MODEL, card: dict | None = None) -> Path:
     return Path(out)
 
 
-def load_shipped_model(path=SHIPPED_MODEL, device=None) -> tuple[UNet, NoiseSchedule, dict]:
-    """(UNet in eval mode with the shipped EMA weights in float32, its NoiseSchedule, its card) on `device`."""
+def load_shipped_model(path=SHIPPED_MODEL, device=None) -> tuple[Denoiser, dict]:
+    """(the denoiser of the shipped EMA weights in float32, its UNet in eval mode, on `device`; its card)."""
     card = read_card(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("format") != SHIPPED_FORMAT:
         raise ValueError(f"{path} is not a shipped ddpm_lib model (no format={SHIPPED_FORMAT!r} entry)")
+    missing = [k for k in SHIPPED_KEYS if k not in state]
+    if missing:
+        raise ValueError(f"{path} is a shipped ddpm_lib model without {', '.join(missing)} (written by another "
+                         f"ddpm_lib: ship its checkpoint again with ship_model)")
     device = torch.device(device) if device is not None else default_device()
-    model = UNet(config_from_dict(UNetConfig, state["unet_config"], path))
-    load_weights(model, {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}, path)
-    return model.to(device).eval(), NoiseSchedule.from_state_dict(state["schedule"]).to(device), card
+    weights = {k: v.float() if v.is_floating_point() else v for k, v in state["ema"].items()}
+    return denoiser_of(state, weights, path, device), card

@@ -1,5 +1,5 @@
-"""Training: Algorithm 1 with the paper's CIFAR-10 recipe (or another prediction and weighting), EMA, mixed
-precision (ddpm_lib.runtime), resume, DDP.
+"""Training: Algorithm 1 with the paper's CIFAR-10 recipe (or another objective), EMA, mixed precision
+(ddpm_lib.runtime), resume, DDP.
 
 Every random draw of step k comes from seeds mixed from (seed, k, rank): the data order and flips
 (DeviceBatches), t, eps and label drops (one generator per step), dropout (the global RNG, reseeded every
@@ -24,12 +24,14 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights,
-                         read_checkpoint, keep_numbered, remove_stale_temp_files, write_atomically, write_checkpoint)
+                         objective_of, read_checkpoint, keep_numbered, remove_stale_temp_files, write_atomically,
+                         write_checkpoint)
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import ddim_sample
-from .schedule import NoiseSchedule, diffusion_loss
+from .objective import Denoiser, Objective, diffusion_loss
+from .schedule import NoiseSchedule
 from .train_config import TrainConfig
 from .train_log import QUARTERS, TrainLog, check_logger, quarter_of
 from .runtime import enable_tf32, precision_dtype, precision_name, rank_and_world, seed_global_rng
@@ -37,11 +39,15 @@ from .unet import UNet, UNetConfig
 
 
 class Trainer:
-    """Trains a UNet with Algorithm 1 for its config's prediction (eps, x0 or v) and the config's loss weighting;
-    `fit` runs until `config.steps`."""
+    """Trains a UNet with Algorithm 1 for an objective (what it predicts, eps, x0 or v, and the loss weighting;
+    default the paper's); `fit` runs until `config.steps`."""
 
-    def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None, device=None):
+    def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None,
+                 objective: Objective | None = None, device=None):
         self.config = config = config if config is not None else TrainConfig()
+        self.objective = objective if objective is not None else Objective()
+        if not isinstance(self.objective, Objective):
+            raise ValueError(f"objective: expected an Objective, got {type(self.objective).__name__}")
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.rank, self.world_size = rank_and_world()
         if config.batch_size % (self.world_size * config.grad_accum):
@@ -56,8 +62,8 @@ class Trainer:
         self.step = 0
         self.history: list[tuple[int, float]] = []  # (step, loss) read back every log_every steps
         self.data_info: DataInfo | None = None      # what the training data is (a loader's); saved as ckpt["data"]
-        # with config.eval_every, called on rank 0: (model, schedule, n, weighting, snr_gamma) -> a dict with "fid"
-        # and "eval_s" (ddpm_lib.evaluation.Evaluator)
+        # with config.eval_every, called on rank 0: (denoiser, n) -> a dict with "fid" and "eval_s"
+        # (ddpm_lib.evaluation.Evaluator)
         self.evaluator: Callable[..., dict] | None = None
         self.best: dict | None = None  # the evaluation of lowest FID so far, {"step", "fid"} (saved, resumed)
         self.eval_seconds = 0.0        # time spent evaluating over the whole run (saved, resumed)
@@ -125,9 +131,8 @@ class Trainer:
             last = k == K - 1
             with (self._ddp.no_sync() if self._ddp is not None and not last else nullcontext()):
                 with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                    per_example = diffusion_loss(net, self.schedule, x0[rows], t=t[rows], noise=eps[rows],
-                                                 prediction=self.model.config.prediction, reduction="none",
-                                                 weighting=cfg.loss_weighting, snr_gamma=cfg.snr_gamma)
+                    per_example = diffusion_loss(net, self.schedule, x0[rows], self.objective, t=t[rows],
+                                                 noise=eps[rows], reduction="none")
                     loss = per_example.mean()  # Algorithm 1, lines 2-5
                 # the mean over the batch is the mean of the K micro-batch means: each adds 1/K of its gradient
                 self.scaler.scale(loss / K).backward()  # the scaler is a no-op unless fp16
@@ -212,7 +217,7 @@ class Trainer:
         if self.evaluator is None:
             raise ValueError("Trainer.evaluator: expected an evaluator (ddpm_lib.evaluation.Evaluator), got None")
         if self.rank == 0:
-            result = self.evaluator(self.ema, self.schedule, cfg.eval_n, cfg.loss_weighting, cfg.snr_gamma)
+            result = self.evaluator(self.denoiser, cfg.eval_n)
         if self.world_size > 1:
             box = [result]
             dist.broadcast_object_list(box, src=0)
@@ -223,11 +228,17 @@ class Trainer:
             self.best = {"step": self.step, "fid": result["fid"]}
         return {"step": self.step, **result, "eval_s_total": self.eval_seconds, "best_step": self.best["step"]}
 
+    @property
+    def denoiser(self) -> Denoiser:
+        """The EMA network with the run's schedule and objective: what samples and evaluations use."""
+        return Denoiser(self.ema, self.schedule, self.objective)
+
     def run_config(self) -> dict:
-        """The run as its folder's config.json holds it: the network (UNetConfig), the schedule
+        """The run as its folder's config.json holds it: the network (UNetConfig), the objective, the schedule
         (NoiseSchedule.config), the training (TrainConfig) and the data (DataInfo, or None)."""
-        return {"network": asdict(self.model.config), "schedule": self.schedule.config(),
-                "training": asdict(self.config), "data": None if self.data_info is None else self.data_info.to_dict()}
+        return {"network": asdict(self.model.config), "objective": self.objective.to_dict(),
+                "schedule": self.schedule.config(), "training": asdict(self.config),
+                "data": None if self.data_info is None else self.data_info.to_dict()}
 
     def _batches(self, images, labels) -> DeviceBatches:
         """A DeviceBatches of images (and labels) on the device; labels must match the model's num_classes."""
@@ -279,8 +290,8 @@ class Trainer:
         C, size = self.model.config.ch_list[0], self.model.config.image_size  # image channels and side
         n = n or cfg.sample_n
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
-        model = self.ema if K is None else guided(self.ema, torch.arange(n, device=self.device) % K)
-        x0 = ddim_sample(model, self.schedule, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
+        denoiser = self.denoiser if K is None else guided(self.denoiser, torch.arange(n, device=self.device) % K)
+        x0 = ddim_sample(denoiser, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
                          generator=gen, device=self.device)
         from torchvision.utils import save_image  # the PNG grid: torchvision only when one is written
 
@@ -303,6 +314,7 @@ class Trainer:
                 "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
                 "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
+                "objective": self.objective.to_dict(),
                 "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
                 "amp_dtype": precision_name(self.amp_dtype),
                 "data": None if self.data_info is None else self.data_info.to_dict(),
@@ -323,7 +335,8 @@ class Trainer:
         config = replace(config_from_dict(TrainConfig, ckpt["train_config"], path), **overrides)
         model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
         schedule = NoiseSchedule.from_state_dict(ckpt["schedule"])
-        trainer = cls(model, schedule, config, device=device if device is not None else default_device())
+        trainer = cls(model, schedule, config, objective_of(ckpt, path),
+                      device=device if device is not None else default_device())
         load_weights(trainer.model, ckpt["model"], path)
         load_weights(trainer.ema, ckpt["ema"], path)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])

@@ -5,7 +5,6 @@ import math
 from dataclasses import dataclass
 
 from .runtime import PRECISIONS
-from .schedule import LOSS_WEIGHTINGS
 from .timesteps import DDIM_STEPS
 from .train_log import LOGGERS
 
@@ -22,8 +21,6 @@ class TrainConfig:
     flip: bool = True                # random horizontal flips of the training images
     cond_drop_prob: float = 0.1      # class-conditional models only: a label is replaced by -1 (no label) this often
     seed: int = 0                    # seeds data order, noise (t, eps), label drops, dropout and sample grids
-    loss_weighting: str = "uniform"  # weight of each t: "uniform" (with eps the paper's L_simple) or "min-snr"
-    snr_gamma: float = 5.0           # min-SNR-gamma's gamma (Hang et al. 2023), with loss_weighting="min-snr"
     recipe: str | None = None        # the named recipe (ddpm_lib.recipes.RECIPES) the run started from; None: by hand
     precision: str = "auto"          # autocast dtype: auto (bf16 on Ampere+, fp16 + GradScaler before, fp32 off
                                      # CUDA), fp32 (TF32 on Ampere+), bf16 or fp16 (runtime.precision_dtype)
@@ -61,9 +58,6 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1), got {value!r}")
-        if self.loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"TrainConfig.loss_weighting must be one of {LOSS_WEIGHTINGS}, "
-                             f"got {self.loss_weighting!r}")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"TrainConfig.grad_accum must divide batch_size={self.batch_size} into equal "
                              f"micro-batches, got {self.grad_accum}")
@@ -83,6 +77,3 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {self.logger!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        gamma = self.snr_gamma
-        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
-            raise ValueError(f"TrainConfig.snr_gamma must be a number > 0, got {gamma!r}")

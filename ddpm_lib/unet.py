@@ -1,4 +1,6 @@
-"""The noise-prediction network eps_theta(x_t, t): a U-Net with a sinusoidal time embedding and self-attention.
+"""The network of the paper's eps_theta(x_t, t): a U-Net with a sinusoidal time embedding and self-attention.
+
+What its output means (eps, x0 or v) is the objective's (ddpm_lib.objective), not the network's.
 
 Parts to whole: time embedding, ResBlock, resampling, one Level, UNetConfig, UNet, presets.
 The structure follows the DDPM paper's TensorFlow code (diffusion_tf/models/unet.py), which diffusers'
@@ -17,7 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadSelfAttention2d
-from .utils import check_labels, check_prediction
+from .utils import check_labels
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -127,7 +129,6 @@ class UNetConfig:
     resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
     image_size: int = 32             # resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
     num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (-1: no label) added to the time embedding
-    prediction: str = "eps"          # what the output is: "eps" (the paper), "x0" or "v" (schedule.py converts)
 
     @property
     def attention_channels(self) -> tuple:
@@ -149,7 +150,6 @@ class UNetConfig:
         if self.num_heads < 1 or any(c % self.num_heads for c in attn_ch):
             raise ValueError(f"num_heads={self.num_heads} must divide the channels {list(attn_ch)} of the "
                              f"attention levels")
-        check_prediction(self.prediction)
         if self.temb_dim < 4 or self.temb_dim % 2:
             raise ValueError(f"temb_dim must be even and >= 4; got {self.temb_dim}")
         if self.num_res_blocks < 1:
@@ -172,8 +172,8 @@ class UNetConfig:
 
 
 class UNet(nn.Module):
-    """eps_theta(x_t, t, y): (B, C, H, W) float, (B,) int64 timesteps and optional (B,) int64 labels -> predicted
-    noise eps, (B, C, H, W)."""
+    """(B, C, H, W) float x_t, (B,) int64 timesteps and optional (B,) int64 labels -> (B, C, H, W): the paper's
+    eps_theta, or x0 or v under another objective (ddpm_lib.objective)."""
 
     def __init__(self, config: UNetConfig | None = None):
         super().__init__()

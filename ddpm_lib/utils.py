@@ -6,8 +6,6 @@ from typing import Optional
 
 import torch
 
-PREDICTIONS = ("eps", "x0", "v")  # what a network's output is (UNetConfig.prediction; converted in schedule.py)
-
 
 def default_device() -> torch.device:
     """CUDA if present, then Apple MPS, then CPU."""
@@ -67,13 +65,6 @@ def check_int(value, name: str, low: int = 1, high: Optional[int] = None, high_t
 def check_timestep(t, T: int, name: str = "t") -> int:
     """t itself when it is an integer timestep in [0, T-1], else a ValueError naming the argument."""
     return check_int(t, name, 0, T - 1, f"T-1={T - 1}", noun="integer timestep")
-
-
-def check_prediction(prediction) -> str:
-    """prediction itself when it is one of PREDICTIONS, else a ValueError saying what is expected."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
-    return prediction
 
 
 def check_labels(labels, num_classes: Optional[int] = None, n: Optional[int] = None, *, name: str = "y",

@@ -5,8 +5,9 @@ forward process (Eq. 4) each component stays Gaussian: x_t | k ~ N(a mu_k, v_k I
 v_k = a^2 s_k^2 + 1 - a^2, and E[eps | x_t, k] = sqrt(1 - alpha_bar_t) (x_t - a mu_k) / v_k. The ideal noise
 predictors are the posterior-weighted averages of these over the components of class y (eps_c) or of all classes
 (eps_u): what a perfectly trained network would output, so samplers can be run on it with no training.
-GaussianClasses.model(schedule) is that predictor called like a class-conditional network, model(x_t, t, y);
-ddpm_lib.guidance.guided(model, y, s) makes of it the guided model of (x_t, t) that a sampler takes.
+GaussianClasses.denoiser(schedule) is that predictor as the denoiser of a class-conditional network, called as
+denoiser(x_t, t, y); ddpm_lib.guidance.guided(denoiser, y, s) makes of it the guided denoiser of (x_t, t) that a
+sampler takes.
 (Notebook 08's CIFAR-10 samples are scored by ddpm_lib.classifier; its viewer is ddpm_lib.nb.widgets.guidance_viewer.)
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 
 import torch
 
+from ..objective import Denoiser
 from ..schedule import NoiseSchedule
 from ..utils import check_labels
 
@@ -75,9 +77,10 @@ class GaussianClasses:
         eps_k = (1 - alpha_bar.double().to(x_t.device)).sqrt()[:, None, None] * diff / v[:, :, None]  # E[eps | x_t, k]
         return (post[:, :, None] * eps_k).sum(1).to(x_t.dtype)                          # (B, 2)
 
-    def model(self, schedule: NoiseSchedule):
-        """The ideal noise predictor as a sampler's model: model(x (B, 2, 1, 1), t (B,), y=None) -> eps (B, 2, 1, 1)."""
+    def denoiser(self, schedule: NoiseSchedule) -> Denoiser:
+        """The ideal noise predictor, eps(x (B, 2, 1, 1), t (B,), y=None) -> (B, 2, 1, 1), as a denoiser on
+        `schedule` (an eps-prediction objective)."""
         def ideal_eps(x, t, y=None):
             alpha_bar = schedule.alphas_cumprod.to(x.device)[t]
             return self.eps(x.reshape(len(x), 2), alpha_bar, y).reshape(x.shape)   # (B, 2) <-> (B, 2, 1, 1)
-        return ideal_eps
+        return Denoiser(ideal_eps, schedule)

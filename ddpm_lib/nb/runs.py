@@ -12,6 +12,7 @@ from pathlib import Path
 from .. import interop
 from ..checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
 from ..data import CIFAR10_CLASSES, DataInfo
+from ..objective import Denoiser
 from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
 from ..shipped import SHIPPED_MODEL, card_path, load_shipped_model
@@ -73,29 +74,29 @@ def own_checkpoints(setup: NotebookSetup, class_cond: bool = False) -> list[Path
     return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
 
-def _shipped(setup: NotebookSetup, path: Path = SHIPPED_MODEL) -> tuple[UNet, NoiseSchedule, str]:
+def _shipped(setup: NotebookSetup, path: Path = SHIPPED_MODEL) -> tuple[Denoiser, str]:
     """A model in ship_model's form (float16 EMA weights and a card): the package's own CPU model by default."""
-    model, schedule, card = load_shipped_model(path, device=setup.device)
+    denoiser, card = load_shipped_model(path, device=setup.device)
     minutes = f", {card['train_minutes']:.0f} min on {card['machine']}" if "train_minutes" in card else ""
-    cond = ", class-conditional" if model.config.num_classes is not None else ""
+    cond = ", class-conditional" if denoiser.net.config.num_classes is not None else ""
     if path == SHIPPED_MODEL:
-        return model, schedule, (f"the shipped CPU model: recipe {card.get('recipe')}, CIFAR-10{cond}, step "
-                                 f"{card.get('step')}{minutes}, EMA weights ({path.name})")
-    return model, schedule, (f"float16 EMA weights: recipe {card.get('recipe')}{cond}, step {card.get('step')}"
-                             f"{minutes} ({path})")
+        return denoiser, (f"the shipped CPU model: recipe {card.get('recipe')}, CIFAR-10{cond}, step "
+                          f"{card.get('step')}{minutes}, EMA weights ({path.name})")
+    return denoiser, (f"float16 EMA weights: recipe {card.get('recipe')}{cond}, step {card.get('step')}"
+                      f"{minutes} ({path})")
 
 
-def _official(class_cond: bool) -> tuple[UNet, NoiseSchedule, str]:
+def _official(class_cond: bool) -> tuple[Denoiser, str]:
     if class_cond:
         raise ValueError("model='official': the official DDPM CIFAR-10 weights are unconditional; this notebook needs "
                          "a class-conditional model ('own' from notebook 05 with labels, or 'shipped')")
-    model = interop.load_ddpm_cifar10().eval()
-    return model, NoiseSchedule.linear(1000), f"the official DDPM CIFAR-10 weights ({interop.REPO_ID})"
+    denoiser = Denoiser(interop.load_ddpm_cifar10().eval(), NoiseSchedule.linear(1000))  # eps, the paper's
+    return denoiser, f"the official DDPM CIFAR-10 weights ({interop.REPO_ID})"
 
 
 def find_model(setup: NotebookSetup, model: str = "auto", *, class_cond: bool = False,
-               ema: bool = True) -> tuple[UNet, NoiseSchedule, str]:
-    """(UNet in eval mode on setup.device, its schedule, a description of which model it is), by `model`:
+               ema: bool = True) -> tuple[Denoiser, str]:
+    """(the denoiser of a UNet in eval mode on setup.device, a description of which model it is), by `model`:
 
     "own"       your model from notebook 05: its newest CIFAR-10 checkpoint (own_checkpoints; on Drive in Colab);
     "shipped"   the CPU-trained class-conditional CIFAR-10 model that ships with the package (ddpm_lib.shipped);
@@ -108,21 +109,21 @@ def find_model(setup: NotebookSetup, model: str = "auto", *, class_cond: bool = 
     if model not in MODEL_CHOICES and not Path(model).expanduser().exists():
         raise ValueError(f"model: expected one of {MODEL_CHOICES} or a checkpoint file or run folder, got {model!r}")
     if model not in MODEL_CHOICES and card_path(Path(model).expanduser()).is_file():
-        found, schedule, description = _shipped(setup, Path(model).expanduser())
-        if class_cond and found.config.num_classes is None:
+        found, description = _shipped(setup, Path(model).expanduser())
+        if class_cond and found.net.config.num_classes is None:
             raise ValueError(f"model: {model} is unconditional; this notebook needs a class-conditional model")
-        return found, schedule, description
+        return found, description
     if model not in MODEL_CHOICES:
         path = resolve_checkpoint(model)
-        found, schedule = load_model(path, ema=ema, device=setup.device)
-        if class_cond and found.config.num_classes is None:
+        found = load_model(path, ema=ema, device=setup.device)
+        if class_cond and found.net.config.num_classes is None:
             raise ValueError(f"model: {path} is unconditional; this notebook needs a class-conditional model")
-        return found, schedule, "checkpoint " + _describe(path, ema)
+        return found, "checkpoint " + _describe(path, ema)
     if model in ("auto", "own"):
         own = own_checkpoints(setup, class_cond)
         if own:
-            found, schedule = load_model(own[0], ema=ema, device=setup.device)
-            return found, schedule, "your model from notebook 05: " + _describe(own[0], ema)
+            return load_model(own[0], ema=ema, device=setup.device), "your model from notebook 05: " + _describe(
+                own[0], ema)
         where = f"on Google Drive ({setup.drive})" if setup.drive is not None else f"under {setup.runs / TRAINING_RUNS}"
         reason = (f"no {'class-conditional ' if class_cond else ''}CIFAR-10 {'smoke ' if setup.smoke else ''}"
                   f"checkpoint from notebook 05 {where}")
@@ -140,5 +141,5 @@ def find_model(setup: NotebookSetup, model: str = "auto", *, class_cond: bool = 
             print(f"the shipped CPU model is unavailable ({err}): trying the official weights")
     if setup.smoke:
         raise ValueError("model='official': smoke mode never downloads; choose 'own' or 'shipped'")
-    found, schedule, description = _official(class_cond)
-    return found.to(setup.device), schedule.to(setup.device), description
+    found, description = _official(class_cond)
+    return found.to(setup.device), description

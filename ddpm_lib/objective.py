@@ -1,0 +1,155 @@
+"""What the network predicts and how the loss weighs each t: the objective, the denoiser, and Algorithm 1.
+
+A network's output is one of PREDICTIONS: eps (the paper), x0, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
+(Salimans & Ho 2022). `Objective` records which, with the loss weighting of each t (uniform, the paper's L_simple,
+or min-SNR-gamma, Hang et al. 2023); it is saved with the network. This module holds the one set of conversions
+between the three (`Objective.split`, `Objective.target`), the weights (`Objective.weight`) and the loss
+(`diffusion_loss`). `Denoiser` joins a network, its schedule and its objective into the function every sampler,
+the trainer's sample grids, the evaluator and guidance call: (x_t, t) -> (x0, eps), whatever the network predicts
+(EDM's preconditioned denoiser; denoising-diffusion-pytorch's `model_predictions`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import NamedTuple
+
+import torch
+
+from .schedule import NoiseSchedule
+from .utils import randn
+
+PREDICTIONS = ("eps", "x0", "v")      # what a network's output is (Objective.prediction)
+WEIGHTINGS = ("uniform", "min-snr")   # how the loss weighs each t (Objective.weighting)
+
+
+@dataclass(frozen=True)
+class Objective:
+    prediction: str = "eps"     # what the network outputs: "eps" (the paper), "x0" or "v"
+    weighting: str = "uniform"  # the weight of each t's error: "uniform" (with eps the paper's L_simple) or "min-snr"
+    snr_gamma: float = 5.0      # min-SNR-gamma's gamma (Hang et al. 2023), used with weighting="min-snr"
+
+    def __post_init__(self):
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"Objective.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"Objective.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+        gamma = self.snr_gamma
+        if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
+            raise ValueError(f"Objective.snr_gamma must be a number > 0, got {gamma!r}")
+
+    def to_dict(self) -> dict:
+        """The objective as a checkpoint and config.json store it; `from_dict` reads it back."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values) -> "Objective":
+        """The Objective of a `to_dict()`; a ValueError naming an unknown key or a bad value."""
+        if not isinstance(values, dict):
+            raise ValueError(f"objective: expected a dict of {sorted(asdict(cls()))}, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(asdict(cls())))
+        if unknown:
+            raise ValueError(f"objective: {unknown[0]!r} is not a field of Objective (expected "
+                             f"{', '.join(asdict(cls()))})")
+        return cls(**values)
+
+    def split(self, schedule: NoiseSchedule, output: torch.Tensor, x_t: torch.Tensor, t) -> tuple:
+        """(x0, eps) that a network's `output` at (x_t, t) implies. eps: x0 by Eq. 4 solved for x0; x0: eps by
+        Eq. 4 solved for eps; v: x_t and v are a rotation of x0 and eps by the angle phi_t (Salimans & Ho 2022),
+        so x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v and eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
+        if self.prediction == "eps":
+            return schedule.predict_x0(x_t, t, output), output
+        if self.prediction == "x0":
+            return output, schedule.predict_eps(x_t, t, output)
+        a, s = schedule.sqrt_alpha_bar(t, x_t), schedule.sqrt_one_minus_alpha_bar(t, x_t)
+        return a * x_t - s * output, s * x_t + a * output
+
+    def target(self, schedule: NoiseSchedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
+        """What the network should output for x_t = q_sample(x0, t, eps): eps, x0 or v."""
+        if self.prediction == "v":
+            return schedule.velocity(x0, t, eps)
+        return eps if self.prediction == "eps" else x0
+
+    def weight(self, schedule: NoiseSchedule, t) -> torch.Tensor:
+        """The weight (B,) of each t's squared error, float32 on t's device.
+
+        "uniform": 1 (with eps, the paper's L_simple, Eq. 14). "min-snr" (Hang et al. 2023): every target's error
+        is a multiple of x0's, ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1)
+        ||x0 - x0_hat||^2, and min-SNR-gamma weighs x0's error by min(SNR, gamma): so the weight is
+        min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v. It caps
+        the weight of the nearly clean t (large SNR), which otherwise dominate the x0 and v losses.
+        """
+        t = torch.as_tensor(t)
+        if self.weighting == "uniform":
+            return torch.ones(t.shape, device=t.device)
+        snr = schedule.snr(t, dtype=torch.float64)                        # float64: near t = 0 SNR is about 1e4
+        per_x0 = snr.clamp(max=self.snr_gamma)                            # min(SNR, gamma)
+        weight = {"eps": per_x0 / snr, "x0": per_x0, "v": per_x0 / (snr + 1)}[self.prediction]
+        return weight.float()
+
+
+class Denoised(NamedTuple):
+    """What a denoiser returns at (x_t, t): the clean image and the noise its network's output implies."""
+
+    x0: torch.Tensor   # x0_theta(x_t, t)
+    eps: torch.Tensor  # eps_theta(x_t, t)
+
+
+class Denoiser:
+    """A network, its schedule and its objective as one function (x_t, t[, y]) -> Denoised(x0, eps).
+
+    net: a UNet (or any function of (x_t, t), or of (x_t, t, y) with labels) whose output `objective.prediction`
+    names; the denoiser converts it (`Objective.split`) in x_t's dtype. `net` is kept as given: its train/eval
+    mode and device are the caller's (`to` moves both the network and the schedule).
+    """
+
+    def __init__(self, net, schedule: NoiseSchedule, objective: Objective | None = None):
+        if not isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"schedule: expected a NoiseSchedule, got {type(schedule).__name__}")
+        objective = objective if objective is not None else Objective()
+        if not isinstance(objective, Objective):
+            raise ValueError(f"objective: expected an Objective, got {type(objective).__name__}")
+        self.net, self.schedule, self.objective = net, schedule, objective
+
+    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Denoised:
+        output = self.net(x_t, t) if y is None else self.net(x_t, t, y)
+        return Denoised(*self.objective.split(self.schedule, output.to(x_t.dtype), x_t, t))
+
+    def to(self, device) -> "Denoiser":
+        """This denoiser with its network (an nn.Module, moved in place) and schedule on `device`."""
+        net = self.net.to(device) if isinstance(self.net, torch.nn.Module) else self.net
+        return Denoiser(net, self.schedule.to(device), self.objective)
+
+    def __repr__(self) -> str:
+        return f"Denoiser({type(self.net).__name__}, {self.schedule!r}, {self.objective!r})"
+
+
+def diffusion_loss(net, schedule: NoiseSchedule, x0: torch.Tensor, objective: Objective | None = None,
+                   generator: torch.Generator | None = None, reduction: str = "mean", t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None) -> torch.Tensor:
+    """Algorithm 1: t ~ U{0..T-1}, eps ~ N(0, I), loss = w_t ||target - net(x_t, t)||^2.
+
+    The target and w_t are the objective's (default: eps and uniform weights, the paper's L_simple, Eq. 14); `net`
+    is a function of (x_t, t) (bind labels first, e.g. functools.partial(net, y=y)).
+    reduction="mean" averages over everything; "none" returns the per-example loss (B,), weighted.
+    `t` and `noise` fix the random draws (both default to draws from `generator`).
+    """
+    objective = objective if objective is not None else Objective()
+    if reduction not in ("mean", "none"):
+        raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+    if x0.ndim < 1 or x0.shape[0] == 0:
+        raise ValueError(f"x0 must be a non-empty batch (B, ...), got shape {tuple(x0.shape)}")
+    B = x0.shape[0]
+    if t is None:                                                                         # Algorithm 1, line 3
+        gen_device = generator.device if generator is not None else x0.device
+        t = torch.randint(0, schedule.steps, (B,), generator=generator, device=gen_device).to(x0.device)
+    elif t.shape != (B,):
+        raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
+    weight = objective.weight(schedule, t)                                                # checked before the net
+    if noise is None:                                                                     # Algorithm 1, line 4
+        noise = randn(x0.shape, generator, x0.device, x0.dtype)
+    x_t = schedule.q_sample(x0, t, noise)
+    target = objective.target(schedule, x0, t, noise)
+    err = (target - net(x_t, t).to(noise.dtype)) ** 2                                     # Algorithm 1, line 5
+    per_example = err.reshape(B, -1).mean(1) * weight.to(err.dtype)                     # uniform: w_t = 1
+    return per_example.mean() if reduction == "mean" else per_example
