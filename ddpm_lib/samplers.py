@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .guidance import guided
 from .objective import Denoiser
-from .schedule import NoiseSchedule
+from .schedule import VARIANCES, NoiseSchedule
 from .unet import UNetConfig
 from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_solver_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
@@ -108,15 +108,14 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
     q_sample(x0, t_start, eps), Figs. 7-8) and the chain runs t_start, ..., 0 (so do its callbacks), drawing
     one z per step t > 0 as the full chain does from there.
     """
-    if variance not in ("beta", "posterior"):
-        raise ValueError(f"variance must be 'beta' or 'posterior', got {variance!r}")
+    if variance not in VARIANCES:
+        raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
     T = denoiser.schedule.steps
     t_start = check_timestep(T - 1 if t_start is None else t_start, T, "t_start")
     if t_start < T - 1 and x_T is None:
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
                          f"t_start = T-1 = {T - 1})")
     schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
-    log_var = schedule.betas.log() if variance == "beta" else schedule.posterior_log_variance_clipped
     for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
         x0, _, t_batch = _denoise(denoiser, schedule, x, t, clip_denoised)
         if callback is not None:
@@ -124,7 +123,7 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
         if t > 0:                                                                          # Algorithm 2, line 3
             z = randn(x.shape, generator, x.device, x.dtype)
-            x = mean + (0.5 * log_var[t]).exp().to(x.dtype) * z                            # Algorithm 2, line 4
+            x = mean + (0.5 * schedule.reverse_log_variance(t_batch, x, variance)).exp() * z  # Algorithm 2, line 4
         else:
             x = mean
     return x

@@ -33,7 +33,9 @@ _COEFFICIENTS = (
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+    "log_betas_clipped",
 )
+VARIANCES = ("beta", "posterior")  # the reverse process's fixed sigma_t^2 (Sec. 3.2): beta_t or beta_tilde_t
 
 
 def linear_betas(steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
@@ -80,6 +82,7 @@ class NoiseSchedule:
     posterior_log_variance_clipped: torch.Tensor  # log beta_tilde_t, t = 0 taking t = 1's value
     posterior_mean_coef1: torch.Tensor           # coefficient of x0 in mu_tilde (Eq. 7)
     posterior_mean_coef2: torch.Tensor           # coefficient of x_t in mu_tilde (Eq. 7)
+    log_betas_clipped: torch.Tensor              # log beta_t, t = 0 taking log beta_tilde_2 (the official code's)
 
     def __init__(self, betas: Union[torch.Tensor, Sequence[float]], kind: str = "custom",
                  params: Optional[dict] = None):
@@ -110,6 +113,9 @@ class NoiseSchedule:
             "posterior_log_variance_clipped": torch.cat([first, posterior_variance[1:]]).log(),
             "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1 - alphas_cumprod),          # Eq. 7
             "posterior_mean_coef2": (1 - alphas_cumprod_prev) * alphas.sqrt() / (1 - alphas_cumprod),   # Eq. 7
+            # sigma_t^2 = beta_t, except at the paper's t = 1, where the official code takes beta_tilde_2 as it
+            # does for log beta_tilde: the decoder's variance (Eq. 13). Sampling adds no noise there.
+            "log_betas_clipped": torch.cat([first, betas[1:]]).log(),
         }
         self._f64 = f64
         self.kind = kind
@@ -214,6 +220,14 @@ class NoiseSchedule:
         variance = self._extract("posterior_variance", t, x_t).expand(x_t.shape)
         log_variance = self._extract("posterior_log_variance_clipped", t, x_t).expand(x_t.shape)
         return mean, variance, log_variance
+
+    def reverse_log_variance(self, t, x: torch.Tensor, variance: str = "beta") -> torch.Tensor:
+        """log sigma_t^2 of p_theta(x_{t-1} | x_t) (Sec. 3.2): "beta" sigma_t^2 = beta_t (the paper's CIFAR-10
+        choice), "posterior" beta_tilde_t (Eq. 7); each at t = 0 taking t = 1's beta_tilde, as the official code
+        does. In x's dtype and device, shaped to broadcast against x."""
+        if variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
+        return self._extract("log_betas_clipped" if variance == "beta" else "posterior_log_variance_clipped", t, x)
 
     def predict_x0(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
         """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (Eq. 4 solved for x0)."""
