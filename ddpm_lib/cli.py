@@ -1,7 +1,7 @@
-"""python -m ddpm_lib train | sample | fid | export   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP).
+"""python -m ddpm_lib train | sample | fid | nll | export   (torchrun --nproc_per_node=K -m ddpm_lib train ... for DDP).
 
 Every usage or input error is one line `error: ...` on stderr and a non-zero exit (2: usage, 1: input,
-130: interrupted), without a traceback. This module holds the parser, `sample`, `fid`,
+130: interrupted), without a traceback. This module holds the parser, `sample`, `fid`, `nll`,
 `export` and `main`; the `train` command lives in cli_train.py, the argparse types both use in cli_args.py.
 """
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 from .cli_args import arg_type, device_arg, image_file, non_negative_float, positive_int, where
 from .cli_train import add_train_parser
 from .samplers import SAMPLERS, resolve_steps
+from .schedule import VARIANCES
 from .utils import check_labels
 
 STEPS_HELP = "sampler steps (default: " + ", ".join(
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The `python -m ddpm_lib` parser; each sub-command sets `run`, the function main() calls with the args."""
     parser = _Parser(prog="python -m ddpm_lib",
                      description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,export}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,nll,export}")
     add_train_parser(sub)
     ckpt_help = "a checkpoint file written by train, or its run folder"
 
@@ -72,6 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", type=device_arg)
     p.set_defaults(run=_fid)
+
+    p = sub.add_parser("nll", help="the variational bound (Eq. 5) in bits/dim on held-out images")
+    p.add_argument("--ckpt", required=True, help=ckpt_help)
+    p.add_argument("--n", type=positive_int, default=1000, help="images (default 1000; the paper: all 10,000)")
+    p.add_argument("--data", default="cifar10", help="cifar10 or shapes (their test split), or a folder of images "
+                   "(its first N) (default cifar10)")
+    p.add_argument("--data-root", default="data", help="CIFAR-10 root for --data cifar10")
+    p.add_argument("--n-t", type=positive_int, metavar="K", help="KL terms per image, one t drawn per stratum of "
+                   "geometrically spaced strata: an unbiased estimate (default: all T - 1, exact)")
+    p.add_argument("--variance", choices=VARIANCES, default="beta", help="sigma_t^2 of the reverse process: beta "
+                   "(the paper's CIFAR-10 choice) or posterior (beta_tilde) (default beta)")
+    p.add_argument("--no-ema", action="store_true", help="the raw weights instead of the EMA")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="(image, t) rows per network call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_arg)
+    p.set_defaults(run=_nll)
 
     p = sub.add_parser("export", help="write a diffusers DDPMPipeline folder (safetensors) of a checkpoint")
     p.add_argument("--ckpt", required=True, help=ckpt_help)
@@ -150,6 +167,42 @@ def _fid(args) -> None:
     path.write_text(json.dumps(result, indent=2) + "\n")
     inception = f"  IS {result['is_mean']:.2f} +- {result['is_std']:.2f}" if result["is_mean"] is not None else ""
     print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}{inception}  ({path})")
+
+
+def _nll(args) -> None:
+    from .checkpoint import load_model, resolve_checkpoint
+    from .data import load_dataset
+    from .likelihood import variational_bound
+    from .utils import default_device, to_model_range
+
+    ckpt_path = resolve_checkpoint(args.ckpt)
+    device = args.device if args.device is not None else default_device()
+    denoiser = load_model(ckpt_path, ema=not args.no_ema, device=device)  # a clear error before any data is read
+    config, T = denoiser.net.config, denoiser.schedule.steps
+    if args.n_t is not None and args.n_t > T - 1:
+        raise ValueError(f"--n-t {args.n_t}: expected at most T - 1 = {T - 1} KL terms (leave it out for all)")
+    if args.data not in ("cifar10", "shapes") and not Path(args.data).is_dir():
+        raise FileNotFoundError(f"--data {args.data}: no such folder (expected cifar10, shapes or a folder of images)")
+    data = load_dataset(args.data, root=args.data_root, n=args.n, seed=args.seed, size=config.image_size,
+                        split="train" if Path(args.data).is_dir() else "test")
+    y = None if config.num_classes is None else torch.full((len(data.images),), -1)   # p(x): no label
+    result = variational_bound(denoiser, to_model_range(data.images).to(device), variance=args.variance,
+                               n_t=args.n_t, y=y, generator=torch.Generator().manual_seed(args.seed),
+                               batch_size=args.batch_size)
+    n = len(data.images)
+    summary = {name: {"mean": result[name].mean().item(), "sem": result[name].std().item() / math.sqrt(n)
+                      if n > 1 else None} for name in ("total", "prior", "kl", "decoder")}
+    what = data.info.name if Path(args.data).is_dir() else f"{data.info.name} test split"
+    terms = "all T - 1" if result["n_t"] == T - 1 else f"{result['n_t']} strata of the T - 1 (an estimate)"
+    out = {"bits_per_dim": summary, "n": n, "data": what, "kl_terms": terms, "T": T, "variance": args.variance,
+           "unconditional": config.num_classes is not None, "ema": not args.no_ema, "seed": args.seed}
+    path = ckpt_path.with_name(f"{ckpt_path.stem}_nll_n{n}_t{result['n_t']}_{args.variance}.json")
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    cond = "; class-conditional network scored without labels, p(x)" if config.num_classes is not None else ""
+    print(f"NLL bound {summary['total']['mean']:.3f} bits/dim (+- {summary['total']['sem'] or 0:.3f} s.e.) on {n} "
+          f"{what} images, KL terms: {terms} of T = {T}, sigma^2 = {args.variance}{cond}: L_T "
+          f"{summary['prior']['mean']:.4f} + sum L_t-1 {summary['kl']['mean']:.3f} + L_0 "
+          f"{summary['decoder']['mean']:.3f}  ({path})")
 
 
 def _export(args) -> None:

@@ -213,3 +213,61 @@ def test_bad_inputs_are_refused_in_one_line():
         variational_bound(denoiser, torch.zeros(1, 2, 2))
     with pytest.raises(ValueError, match="n_t"):
         variational_bound(denoiser, torch.zeros(1, 1, 2, 2), n_t=0)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """A tiny UNet trained 30 steps on 16x16 shapes with T = 40, and a folder of 6 held-out shapes."""
+    from dataclasses import replace
+
+    from ddpm_lib.data import make_shapes
+    from ddpm_lib.train import Trainer
+    from ddpm_lib.train_config import TrainConfig
+    from ddpm_lib.unet import PRESETS, UNet
+    from helpers import write_image_folder
+
+    out = tmp_path_factory.mktemp("nll")
+    torch.manual_seed(0)
+    trainer = Trainer(UNet(replace(PRESETS["tiny"], image_size=16)), NoiseSchedule.paper(40),
+                      TrainConfig(steps=30, batch_size=8, lr=2e-3, warmup_steps=0, progress=False, sample_every=0,
+                                  out_dir=str(out / "run")), Objective(prediction="x0"), device="cpu")
+    trainer.fit(make_shapes(64, size=16, seed=0)[0])
+    write_image_folder(out / "held", make_shapes(6, size=16, seed=1)[0])
+    return out
+
+
+def test_the_cli_reports_the_bound_and_its_strata_estimate_agrees_with_the_exact_sum(small_run, capsys):
+    import json
+
+    from ddpm_lib.cli import main
+
+    args = ["nll", "--ckpt", str(small_run / "run"), "--data", str(small_run / "held"), "--n", "6", "--device", "cpu"]
+    assert main(args) == 0
+    line = capsys.readouterr().out
+    assert f"on 6 {small_run / 'held'} images, KL terms: all T - 1 of T = 40, sigma^2 = beta" in line
+    exact = json.loads((small_run / "run" / "checkpoint_nll_n6_t39_beta.json").read_text())
+    bpd = exact["bits_per_dim"]
+    assert bpd["total"]["mean"] == pytest.approx(bpd["prior"]["mean"] + bpd["kl"]["mean"] + bpd["decoder"]["mean"])
+    assert bpd["total"]["mean"] > 0
+    estimates = []
+    for seed in range(8):
+        assert main(args + ["--n-t", "4", "--seed", str(seed)]) == 0
+        files = sorted((small_run / "run").glob("checkpoint_nll_n6_t*_beta.json"))
+        estimate = json.loads(next(f for f in files if "_t39_" not in f.name).read_text())
+        assert estimate["kl_terms"].endswith("(an estimate)")
+        estimates.append(estimate["bits_per_dim"]["kl"]["mean"])
+    spread = float(np.std(estimates)) / math.sqrt(len(estimates))
+    # the exact sum has its own noise (one eps per image and t): compare within both errors
+    assert abs(np.mean(estimates) - bpd["kl"]["mean"]) < 5 * (spread + bpd["kl"]["sem"])
+
+
+def test_the_cli_refuses_bad_input_in_one_line_before_any_work(small_run, capsys):
+    from ddpm_lib.cli import main
+
+    run = str(small_run / "run")
+    assert main(["nll", "--ckpt", run, "--n-t", "40"]) == 1
+    assert "--n-t 40: expected at most T - 1 = 39 KL terms" in capsys.readouterr().err
+    assert main(["nll", "--ckpt", run, "--data", str(small_run / "nowhere")]) == 1
+    assert "no such folder" in capsys.readouterr().err
+    assert main(["nll", "--ckpt", str(small_run / "missing")]) == 1
+    assert "checkpoint not found" in capsys.readouterr().err
