@@ -44,13 +44,17 @@ class Objective:
 
     @classmethod
     def from_dict(cls, values) -> "Objective":
-        """The Objective of a `to_dict()`; a ValueError naming an unknown key or a bad value."""
+        """The Objective of a `to_dict()`, every field present (a stored record is complete: a missing field is not
+        silently the paper's); a ValueError naming an unknown or missing key or a bad value."""
+        names = list(asdict(cls()))
         if not isinstance(values, dict):
-            raise ValueError(f"objective: expected a dict of {sorted(asdict(cls()))}, got {type(values).__name__}")
-        unknown = sorted(set(values) - set(asdict(cls())))
+            raise ValueError(f"objective: expected a dict of {names}, got {type(values).__name__}")
+        unknown = sorted(set(values) - set(names))
         if unknown:
-            raise ValueError(f"objective: {unknown[0]!r} is not a field of Objective (expected "
-                             f"{', '.join(asdict(cls()))})")
+            raise ValueError(f"objective: {unknown[0]!r} is not a field of Objective (expected {', '.join(names)})")
+        missing = [name for name in names if name not in values]
+        if missing:
+            raise ValueError(f"objective: {', '.join(missing)} missing (expected {', '.join(names)})")
         return cls(**values)
 
     def split(self, schedule: NoiseSchedule, output: torch.Tensor, x_t: torch.Tensor, t) -> tuple:

@@ -11,11 +11,11 @@ import sys
 import sysconfig
 import urllib.request
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.unet import UNetConfig
 
 # A 158k-parameter UNet on 16x16 images: seconds per training run on two CPU cores.
@@ -67,7 +67,8 @@ def gen(seed=0):
 
 
 def fake_model(x_t, t):
-    """A fixed nonlinear 'network': eps depends on x_t and t; its x0 predictions leave [-1, 1] at large t."""
+    """A fixed nonlinear 'network' predicting eps (Denoiser(fake_model, schedule), the default objective): eps depends
+    on x_t and t; its x0 predictions leave [-1, 1] at large t."""
     return torch.tanh(1.3 * x_t) * 0.9 + 0.1 * torch.cos(t.to(x_t.dtype) / 37.0).view(-1, 1, 1, 1)
 
 
@@ -82,18 +83,24 @@ def gaussian_x0(abar, x_t, mu, s):
 
 
 class IdealEps:
-    """The ideal predictor of x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64): E[eps | x_t], or with
-    prediction="x0" E[x0 | x_t], with "v" E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is
-    linear in eps and x0). Its config says which, as a UNet's does."""
+    """The ideal network for x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64): a plain function of
+    (x_t, t) whose output is E[eps | x_t], or with prediction="x0" E[x0 | x_t], with "v" E[v | x_t] =
+    sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is linear in eps and x0). The network does not know
+    what it predicts (a UNet does not either): `denoiser()` is it on its schedule with the matching objective,
+    Denoiser(net, schedule, Objective(prediction))."""
 
     def __init__(self, schedule, prediction="eps"):
+        self.schedule, self.prediction = schedule, prediction
         self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
-        self.config = SimpleNamespace(prediction=prediction)
 
     def __call__(self, x_t, t):
         abar = self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
         eps, x0 = gaussian_eps(abar, x_t, MU, S), gaussian_x0(abar, x_t, MU, S)
-        return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[self.config.prediction]
+        return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[self.prediction]
+
+    def denoiser(self) -> Denoiser:
+        """This network on its schedule, its output read as `prediction`."""
+        return Denoiser(self, self.schedule, Objective(prediction=self.prediction))
 
 
 def check_moments(x, tol_mean, tol_sd, mu=MU, s=S):

@@ -6,20 +6,24 @@ import torch
 from helpers import MICRO, Payload, perturbed
 
 import ddpm_lib
-from ddpm_lib.checkpoint import (data_info_of, load_model, read_checkpoint, remove_stale_temp_files,
-                                 resolve_checkpoint, write_checkpoint)
+from ddpm_lib.checkpoint import (CHECKPOINT_VERSION, REQUIRED_KEYS, data_info_of, load_model, objective_of,
+                                 read_checkpoint, remove_stale_temp_files, resolve_checkpoint, write_checkpoint)
 from ddpm_lib.data import CIFAR10_CLASSES, DataInfo
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet
 
 
+OBJECTIVE = Objective("v", "min-snr", 2.0)  # not the default: a reader that ignored the entry would show
+
+
 @pytest.fixture
 def run(tmp_path):
-    """A run folder with a step-0 checkpoint whose EMA differs from the raw weights."""
+    """A run folder with a step-0 checkpoint whose EMA differs from the raw weights, of a v-prediction objective."""
     config = TrainConfig(batch_size=2, steps=1, out_dir=str(tmp_path / "run"), progress=False)
-    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, device="cpu")
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, OBJECTIVE, device="cpu")
     perturbed(trainer.ema)
     trainer.save()
     return trainer
@@ -34,16 +38,23 @@ def test_resolve_checkpoint_takes_a_file_or_a_run_folder(tmp_path, run):
         resolve_checkpoint(tmp_path / "missing.pt")
 
 
-def test_load_model_returns_ema_and_schedule(tmp_path, run):
-    model, schedule = load_model(tmp_path / "run", device="cpu")
-    assert not model.training and model.config == run.model.config
+def test_load_model_returns_a_denoiser_of_the_ema_its_schedule_and_objective(tmp_path, run):
+    denoiser = load_model(tmp_path / "run", device="cpu")
+    assert isinstance(denoiser, Denoiser) and denoiser.objective == OBJECTIVE == run.objective
+    model, schedule = denoiser.net, denoiser.schedule
+    assert isinstance(model, UNet) and not model.training and model.config == run.model.config
     torch.testing.assert_close(schedule.betas, run.schedule.betas, rtol=0, atol=0)
+    assert schedule.kind == "linear" and schedule.device == torch.device("cpu")
     for name, x in run.ema.state_dict().items():
         assert torch.equal(model.state_dict()[name], x), name
-    raw, _ = ddpm_lib.load_model(tmp_path / "run" / "checkpoint.pt", ema=False, device="cpu")
+    raw = ddpm_lib.load_model(tmp_path / "run" / "checkpoint.pt", ema=False, device="cpu")
+    assert isinstance(raw, Denoiser) and raw.objective == OBJECTIVE
     for name, x in run.model.state_dict().items():
-        assert torch.equal(raw.state_dict()[name], x), name
-    assert ddpm_lib.read_checkpoint(tmp_path / "run")["step"] == 0
+        assert torch.equal(raw.net.state_dict()[name], x), name
+    ckpt = ddpm_lib.read_checkpoint(tmp_path / "run")
+    assert ckpt["step"] == 0 and ckpt["version"] == CHECKPOINT_VERSION == 5
+    assert ckpt["objective"] == OBJECTIVE.to_dict() and objective_of(ckpt, "run") == OBJECTIVE
+    assert "objective" in REQUIRED_KEYS and "prediction" not in ckpt["unet_config"]
 
 
 def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -94,17 +105,33 @@ def test_bad_checkpoint_files_are_refused(tmp_path, monkeypatch):
     assert not (tmp_path / "pwned").exists()
 
 
-def test_a_checkpoint_without_a_prediction_reads_as_eps(tmp_path, run):
-    """Written before networks recorded what they predict (or by hand without it): eps, the paper's, uniform loss."""
+def test_an_objective_entry_without_all_its_fields_is_refused_not_read_as_the_papers(tmp_path, run):
+    """A version 5 checkpoint written by hand with an incomplete objective: a missing field would silently make
+    an x0 network an eps one, so it is refused, naming the entry and the fields; a complete one reads back."""
     good = read_checkpoint(tmp_path / "run")
-    old = {**good, "unet_config": {k: v for k, v in good["unet_config"].items() if k != "prediction"},
-           "train_config": {k: v for k, v in good["train_config"].items()
-                            if k not in ("loss_weighting", "snr_gamma", "recipe")}}
+    for partial in ({}, {"prediction": "x0"}):
+        torch.save({**good, "objective": partial}, tmp_path / "bare.pt")
+        for load in (load_model, Trainer.load):
+            with pytest.raises(ValueError, match=r"checkpoint entry 'objective' is not a valid Objective \(objective: "
+                                                 r".*missing"):
+                load(tmp_path / "bare.pt", device="cpu")
+    torch.save({**good, "objective": {"prediction": "x0", "weighting": "uniform", "snr_gamma": 5.0}},
+               tmp_path / "x0.pt")
+    assert Trainer.load(tmp_path / "x0.pt", device="cpu").objective == Objective("x0", "uniform", 5.0)
+
+
+def test_a_version_4_checkpoint_is_refused_in_one_line(tmp_path, run):
+    """Before version 5 what a network predicts lived in its UNetConfig and the weighting in its TrainConfig: no
+    reader of that form is kept (the version says which ddpm_lib wrote it)."""
+    good = read_checkpoint(tmp_path / "run")
+    old = {**{k: v for k, v in good.items() if k != "objective"}, "version": 4,
+           "unet_config": {**good["unet_config"], "prediction": "v"},
+           "train_config": {**good["train_config"], "loss_weighting": "min-snr", "snr_gamma": 2.0}}
     torch.save(old, tmp_path / "old.pt")
-    model, _ = load_model(tmp_path / "old.pt", device="cpu")
-    assert model.config.prediction == "eps" and model.config == run.model.config
-    trainer = Trainer.load(tmp_path / "old.pt", device="cpu")
-    assert trainer.config.loss_weighting == "uniform" and trainer.config.recipe is None
+    for load in (load_model, Trainer.load):
+        with pytest.raises(ValueError, match="is a version 4 ddpm_lib checkpoint; this ddpm_lib reads version 5") as e:
+            load(tmp_path / "old.pt", device="cpu")
+        assert str(e.value).count("\n") == 0
 
 
 def test_checkpoint_contents_are_validated(tmp_path, run):
@@ -123,21 +150,26 @@ def test_checkpoint_contents_are_validated(tmp_path, run):
     with pytest.raises(ValueError, match=r"missing ema, schedule"):
         load_model(path)
     refused(r"stored UNetConfig is invalid .*norm_groups", unet_config={**good["unet_config"], "norm_groups": 5})
-    refused(r"stored UNetConfig is invalid .*prediction must be one of", unet_config={**good["unet_config"],
-                                                                                     "prediction": "score"})
+    refused(r"checkpoint entry 'objective' is not a valid Objective \(Objective.prediction must be one of",
+            objective={**good["objective"], "prediction": "score"})
     refused("weights do not fit the stored UNetConfig",
             unet_config={**good["unet_config"], "ch_list": [3, 16, 48]})
     path = tmp_path / "bad_train_config.pt"
     torch.save({**good, "train_config": {**good["train_config"], "lr": -1.0}}, path)
     with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*lr"):
         Trainer.load(path, device="cpu")
-    torch.save({**good, "train_config": {**good["train_config"], "loss_weighting": "snr"}}, path)
-    with pytest.raises(ValueError, match=r"stored TrainConfig is invalid .*loss_weighting must be one of"):
+    torch.save({**good, "objective": {**good["objective"], "weighting": "snr"}}, path)
+    with pytest.raises(ValueError, match=r"checkpoint entry 'objective' is not a valid Objective \(Objective.weighting "
+                                         r"must be one of"):
         Trainer.load(path, device="cpu")
     path = tmp_path / "no_data.pt"
     torch.save({k: v for k, v in good.items() if k != "data"}, path)
     with pytest.raises(ValueError, match=r"missing data"):
         read_checkpoint(path)
+    path = tmp_path / "no_objective.pt"
+    torch.save({k: v for k, v in good.items() if k != "objective"}, path)
+    with pytest.raises(ValueError, match=r"incomplete ddpm_lib checkpoint \(missing objective\)"):
+        load_model(path, device="cpu")
 
 
 def test_the_data_record_round_trips_through_the_checkpoint(tmp_path, run):
@@ -164,3 +196,25 @@ def test_a_data_entry_that_is_no_data_record_is_refused(tmp_path, run, entry, ma
     torch.save({**read_checkpoint(tmp_path / "run"), "data": entry}, path)
     with pytest.raises(ValueError, match=rf"{path}: checkpoint entry 'data' is not a valid DataInfo \(.*{match}"):
         Trainer.load(path, device="cpu")
+
+
+@pytest.mark.parametrize("entry, match", [
+    ({"prediction": "score", "weighting": "uniform", "snr_gamma": 5.0},
+     r"Objective\.prediction must be one of \('eps', 'x0', 'v'\), got 'score'"),
+    ({"prediction": "eps", "weighting": "min_snr", "snr_gamma": 5.0}, r"Objective\.weighting must be one of"),
+    ({"prediction": "x0", "weighting": "min-snr", "snr_gamma": 0.0}, r"Objective\.snr_gamma must be a number > 0"),
+    ({"prediction": "eps", "loss_weighting": "uniform"}, r"'loss_weighting' is not a field of Objective"),
+    ("eps", r"objective: expected a dict of .*got str"),
+    (None, r"objective: expected a dict of .*got NoneType"),
+])
+def test_an_objective_entry_that_is_no_objective_is_refused(tmp_path, run, entry, match):
+    """A bad "objective" entry is one ValueError naming the file and the entry, from every reader."""
+    path = tmp_path / "bad_objective.pt"
+    torch.save({**read_checkpoint(tmp_path / "run"), "objective": entry}, path)
+    for load in (load_model, Trainer.load):
+        with pytest.raises(ValueError, match=rf"{path}: checkpoint entry 'objective' is not a valid Objective "
+                                             rf"\(.*{match}") as caught:
+            load(path, device="cpu")
+        assert str(caught.value).count("\n") == 0
+    with pytest.raises(ValueError, match=r"entry 'objective' is not a valid Objective"):
+        objective_of({"objective": entry}, path)

@@ -13,10 +13,14 @@ from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_
 from helpers import MICRO
 
 from ddpm_lib.data import make_shapes
+from ddpm_lib.objective import Objective
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet
+
+
+OBJECTIVE = Objective("v", "min-snr", 2.0)  # not the default: a resume must restore it on every rank
 
 
 def make_trainer(out_dir, steps, dropout=0.0, grad_accum=1):
@@ -24,7 +28,8 @@ def make_trainer(out_dir, steps, dropout=0.0, grad_accum=1):
     torch.manual_seed(0)
     config = TrainConfig(batch_size=8, steps=steps, warmup_steps=2, log_every=1, sample_every=0,
                          checkpoint_every=0, out_dir=str(out_dir), progress=False, grad_accum=grad_accum)
-    return Trainer(UNet(replace(MICRO, dropout=dropout)), NoiseSchedule.linear(100), config, device="cpu")
+    return Trainer(UNet(replace(MICRO, dropout=dropout)), NoiseSchedule.linear(100), config, OBJECTIVE,
+                   device="cpu")
 
 
 def _count_all_reduces(trainer) -> list:
@@ -45,7 +50,9 @@ def _rank(rank, world_size, tmp):
     try:
         images, _ = make_shapes(40, size=16, seed=1)
         trainer = make_trainer(tmp / "ddp", steps=2).fit(images)  # checkpoint at step 2 (rank 0 writes)
-        trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", steps=4).fit(images)
+        trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", steps=4)
+        assert trainer.objective == OBJECTIVE  # read on every rank from the file rank 0 wrote
+        trainer.fit(images)
         # with dropout: a resumed DDP run continues every rank's dropout stream (nothing stored but the step)
         straight = make_trainer(tmp / "straight", steps=4, dropout=0.1).fit(images)
         make_trainer(tmp / "resumed", steps=2, dropout=0.1).fit(images)
@@ -74,7 +81,8 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
     assert [s for s, _ in rank0["history"]] == [3, 4] and rank0["history"] == rank1["history"]
     for (_, loss_ddp), (_, loss) in zip(rank0["history"], single.history[2:]):
         assert abs(loss_ddp - loss) < 1e-5
-    assert Trainer.load(tmp_path / "ddp" / "checkpoint.pt", device="cpu").step == 4
+    resumed = Trainer.load(tmp_path / "ddp" / "checkpoint.pt", device="cpu")
+    assert resumed.step == 4 and resumed.objective == OBJECTIVE
     plain_calls, accum_calls = rank0["calls"]
     assert plain_calls and accum_calls == plain_calls  # the same all-reduces: none for the first micro-batch
     for name, w in rank0["plain"].items():
@@ -83,17 +91,20 @@ def test_two_gloo_ranks_match_one_process(tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_cli_trains_and_resumes(tmp_path):
-    """torchrun -m ddpm_lib train: 2 gloo ranks, rank 0 writes the checkpoint and log, --resume continues."""
+    """torchrun -m ddpm_lib train: 2 gloo ranks, rank 0 writes the checkpoint and log, --resume continues (the
+    objective the first run's flags set, without repeating them)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ddpm_lib",
             "train", "--preset", "tiny", "--data", "shapes", "--n-images", "16", "--batch-size", "4",
             "--device", "cpu", "--out", str(tmp_path / "run"), "--log-every", "1", "--sample-every", "0",
             "--no-progress"]
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
+    objective = ["--prediction", "v", "--loss-weighting", "min-snr"]
     for steps in ("1", "2"):
-        done = subprocess.run(args + ["--steps", steps] + (["--resume"] if steps == "2" else []), cwd=tmp_path,
+        done = subprocess.run(args + ["--steps", steps] + (["--resume"] if steps == "2" else objective), cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
-    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["objective"] == {"prediction": "v", "weighting": "min-snr", "snr_gamma": 5.0}
     log = (tmp_path / "run" / "loss.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in log] == [1, 2]  # rank 0 alone writes the log

@@ -13,6 +13,7 @@ from ddpm_lib.cli import main
 from ddpm_lib.data import make_shapes
 from ddpm_lib.evaluation import Evaluator
 from ddpm_lib.metrics import fid_kid
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.samplers import generate_images
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.tolerance import assert_close
@@ -36,53 +37,68 @@ def evaluator(sets, tmp_path, **kw):
                      held_out_name="shapes test split", steps=5, **kw)
 
 
-@pytest.mark.parametrize("prediction, weighting", [("eps", "uniform"), ("x0", "min-snr")])
+@pytest.mark.parametrize("prediction, weighting", [("eps", "uniform"), ("x0", "min-snr"), ("v", "min-snr")])
 def test_an_evaluation_is_fid_kid_of_seeded_samples_and_the_loss_at_fixed_t_and_noise(sets, tmp_path, prediction,
                                                                                        weighting):
     torch.manual_seed(0)
-    model = perturbed(UNet(replace(MICRO, prediction=prediction)))
+    model = perturbed(UNet(MICRO))
     schedule = NoiseSchedule.linear(T)
+    denoiser = Denoiser(model, schedule, Objective(prediction, weighting, 5.0))
     ev = evaluator(sets, tmp_path)
-    first, again = ev(model, schedule, 6, weighting), ev(model, schedule, 6, weighting)
+    first, again = ev(denoiser, 6), ev(denoiser, 6)
     assert {k: v for k, v in first.items() if k != "eval_s"} == {k: v for k, v in again.items() if k != "eval_s"}
     assert first["extractor"] == "ChannelMeans" and first["val_on"] == "12 of the shapes test split"
     assert first["eval_s"] > 0 and (first["n"], first["sampler"], first["steps"]) == (6, "dpm-solver", 5)
     # FID and KID: torchmetrics' on the same seeded samples (the cache holds the reference's features)
-    samples = generate_images(model, schedule, 6, sampler="dpm-solver", steps=5, seed=0)
+    samples = generate_images(denoiser, 6, sampler="dpm-solver", steps=5, seed=0)
     direct = fid_kid(sets[0], samples, ChannelMeans())
     assert (first["fid"], first["kid"], first["kid_std"]) == (direct["fid"], direct["kid_mean"], direct["kid_std"])
     # the validation loss, inline: t_i = i T / m, the noise of seed 0, Eq. 4, the target and min-SNR's weight
+    # (min(SNR, 5) on x0's error: / SNR for eps, / (SNR + 1) for v)
     x0 = to_model_range(sets[1])
     t = torch.arange(12) * T // 12
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    abar = schedule.alphas_cumprod.double()[t].view(-1, 1, 1, 1)
+    abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)[t].view(-1, 1, 1, 1)  # float64 from the betas
     x_t = (abar.sqrt() * x0 + (1 - abar).sqrt() * noise).float()
     with torch.no_grad():
         out = model(x_t, t).double()
-    target = noise.double() if prediction == "eps" else x0.double()
-    weight = (abar / (1 - abar)).clamp(max=5).view(-1) if weighting == "min-snr" else torch.ones(12)
+    target = {"eps": noise.double(), "x0": x0.double(),
+              "v": abar.sqrt() * noise.double() - (1 - abar).sqrt() * x0.double()}[prediction]
+    snr = (abar / (1 - abar)).view(-1)
+    weight = (snr.clamp(max=5) / {"eps": snr, "x0": 1, "v": snr + 1}[prediction] if weighting == "min-snr"
+              else torch.ones(12))
     inline = (((target - out) ** 2).mean((1, 2, 3)) * weight).mean()
     assert_close(torch.tensor(first["val_loss"]), inline.float(), reduction=x0[0].numel(),
                  why="the mean of 3x16x16 squared errors per image, float32 against float64")
     model.train()  # dropout 0.1 in MICRO: the validation loss is taken without it, and the mode comes back
-    assert ev.validation_loss(model, schedule, weighting) == first["val_loss"] and model.training
+    assert ev.validation_loss(denoiser) == first["val_loss"] and model.training
+    # the objective decides the loss: the same network read as another prediction scores otherwise
+    other = Denoiser(model, schedule, Objective("x0" if prediction != "x0" else "eps", weighting))
+    assert ev.validation_loss(other) != first["val_loss"]
 
 
 def test_evaluator_checks_its_images(sets):
     with pytest.raises(ValueError, match="reference must be a uint8 tensor"):
         Evaluator(sets[0].float(), sets[1], ChannelMeans())
     with pytest.raises(ValueError, match="n must be an integer >= 2"):
-        Evaluator(*sets, ChannelMeans())(UNet(MICRO), NoiseSchedule.linear(T), 1)
+        Evaluator(*sets, ChannelMeans())(Denoiser(UNet(MICRO), NoiseSchedule.linear(T)), 1)
 
 
 class Scripted:
-    """An evaluator whose FID at each step is given: what keep-best does with it is the subject."""
+    """An evaluator whose FID at each step is given: what keep-best does with it is the subject. It checks that it
+    is given the trainer's denoiser: the EMA network with the run's schedule and objective."""
 
     def __init__(self, fids):
         self.fids, self.trainer = fids, None
 
-    def __call__(self, model, schedule, n, weighting, snr_gamma):
-        return {"fid": self.fids[self.trainer.step], "eval_s": 0.25}
+    def __call__(self, denoiser, n):
+        trainer = self.trainer
+        assert isinstance(denoiser, Denoiser) and denoiser.net is trainer.ema and n == trainer.config.eval_n
+        assert denoiser.schedule is trainer.schedule and denoiser.objective == trainer.objective == OBJECTIVE
+        return {"fid": self.fids[trainer.step], "eval_s": 0.25}
+
+
+OBJECTIVE = Objective("x0", "min-snr", 5.0)  # the keep-best runs' (restored on resume)
 
 
 def run(tmp_path, steps, fids, **kw):
@@ -90,7 +106,7 @@ def run(tmp_path, steps, fids, **kw):
     config = TrainConfig(batch_size=4, steps=steps, warmup_steps=0, log_every=1, sample_every=0, checkpoint_every=0,
                          eval_every=2, eval_n=4, keep_best=True, milestones=(2, 4, 6, 8), out_dir=str(tmp_path),
                          progress=False, **kw)
-    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(T), config, device="cpu")
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(T), config, OBJECTIVE, device="cpu")
     return attach(trainer, fids)
 
 

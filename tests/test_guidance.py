@@ -1,5 +1,6 @@
-"""Classifier-free guidance as a model wrapper: guided(model, y, s) against its two branches computed apart, in
-every sampler, on a real conditional UNet, and on two Gaussian classes whose ideal predictors are known."""
+"""Classifier-free guidance as a denoiser wrapper: guided(denoiser, y, s) against its two branches computed apart,
+for eps, x0 and v networks, in every sampler, on a real conditional UNet, and on two Gaussian classes whose ideal
+predictors are known."""
 import math
 from dataclasses import replace
 from types import SimpleNamespace
@@ -9,16 +10,19 @@ import torch
 
 from helpers import MICRO, check_moments, fake_model, gaussian_eps, gen, perturbed
 
-from ddpm_lib.guidance import guided
+from ddpm_lib.guidance import GuidedDenoiser, guided
+from ddpm_lib.objective import Denoised, Denoiser, Objective
 from ddpm_lib.samplers import SAMPLERS, ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import UNet
 
 SHAPE = (2, 3, 4, 4)
+SCHEDULE = NoiseSchedule.linear(20)    # the fake networks' schedule: timesteps below 20
 
 
 class Labelled:
-    """A label-aware fake network that records the labels of every call."""
+    """A label-aware fake network (its output is eps, or x0 or v under another objective) that records the labels
+    of every call."""
 
     config = SimpleNamespace(num_classes=3)
 
@@ -40,9 +44,31 @@ def test_guided_is_eps_u_plus_s_times_eps_c_minus_eps_u(scale):
     x_t, t = torch.randn(SHAPE, generator=gen(1)), torch.tensor([7, 3])
     eps_c, eps_u = net(x_t, t, y), net(x_t, t, torch.full_like(y, -1))
     net.calls.clear()
-    out = guided(net, y, scale)(x_t, t)
+    out = guided(Denoiser(net, SCHEDULE), y, scale)(x_t, t)
     expected = {0.0: eps_u, 1.0: eps_c}.get(scale, eps_u + scale * (eps_c - eps_u))
-    torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
+    assert isinstance(out, Denoised)
+    torch.testing.assert_close(out.eps, expected, rtol=1e-6, atol=1e-6)
+    rows = {0.0: torch.tensor([-1, -1]), 1.0: y}.get(scale, torch.tensor([2, 0, -1, -1]))
+    assert len(net.calls) == 1 and torch.equal(net.calls[0], rows)
+
+
+@pytest.mark.parametrize("prediction", ["x0", "v"])
+@pytest.mark.parametrize("scale", [0.0, 1.0, 3.0, -0.5])
+def test_guided_x0_and_eps_are_the_mixtures_of_both_branches_whatever_the_network_predicts(prediction, scale):
+    """For a network predicting x0 or v, the guided denoiser's x0 and eps are each x_u + s (x_c - x_u) of the two
+    branches' (x0, eps), which Objective.split makes of the network's outputs by hand here; the mixed pair still
+    satisfies Eq. 4 at x_t (x0 is affine in eps at fixed x_t and the weights sum to 1)."""
+    net, y, objective = Labelled(), torch.tensor([2, 0]), Objective(prediction=prediction)
+    x_t, t = torch.randn(SHAPE, generator=gen(5)), torch.tensor([7, 3])
+    x0_c, eps_c = objective.split(SCHEDULE, net(x_t, t, y), x_t, t)
+    x0_u, eps_u = objective.split(SCHEDULE, net(x_t, t, torch.full_like(y, -1)), x_t, t)
+    net.calls.clear()
+    out = guided(Denoiser(net, SCHEDULE, objective), y, scale)(x_t, t)
+    mix = lambda c, u: {0.0: u, 1.0: c}.get(scale, u + scale * (c - u))          # s = 0, 1: one branch alone
+    assert isinstance(out, Denoised)
+    torch.testing.assert_close(out.x0, mix(x0_c, x0_u), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.eps, mix(eps_c, eps_u), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(SCHEDULE.q_sample(out.x0, t, out.eps), x_t, rtol=1e-5, atol=1e-5)
     rows = {0.0: torch.tensor([-1, -1]), 1.0: y}.get(scale, torch.tensor([2, 0, -1, -1]))
     assert len(net.calls) == 1 and torch.equal(net.calls[0], rows)
 
@@ -50,21 +76,24 @@ def test_guided_is_eps_u_plus_s_times_eps_c_minus_eps_u(scale):
 def test_guided_unet_equals_its_two_branches():
     """A real class-conditional UNet: the batched call of 2B rows gives each branch as a call of its own."""
     model = perturbed(UNet(replace(MICRO, num_classes=3, dropout=0.0)))
+    denoiser = Denoiser(model, NoiseSchedule.linear())
     x_t, t, y = torch.randn(2, 3, 16, 16, generator=gen(2)), torch.tensor([900, 10]), torch.tensor([1, -1])
     with torch.no_grad():
         eps_c, eps_u = model(x_t, t, y), model(x_t, t, torch.full_like(y, -1))
-        torch.testing.assert_close(guided(model, y, 3.0)(x_t, t), eps_u + 3.0 * (eps_c - eps_u))
-        assert torch.equal(guided(model, y, 1.0)(x_t, t), eps_c)
-        assert torch.equal(guided(model, y, 0.0)(x_t, t), eps_u)
-    assert guided(model, y, 2.0).config is model.config                   # what samplers read of the model
+        torch.testing.assert_close(guided(denoiser, y, 3.0)(x_t, t).eps, eps_u + 3.0 * (eps_c - eps_u))
+        assert torch.equal(guided(denoiser, y, 1.0)(x_t, t).eps, eps_c)
+        assert torch.equal(guided(denoiser, y, 0.0)(x_t, t).eps, eps_u)
+    guide = guided(denoiser, y, 2.0)
+    assert guide.schedule is denoiser.schedule                           # what samplers read of the denoiser
+    assert not hasattr(guide, "config")                                  # the network's config is not forwarded
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
 @pytest.mark.parametrize("scale", [0.0, 1.0, 3.5, -0.5])
 def test_sampling_the_guided_model_is_the_formula_by_hand(name, scale):
-    """Every sampler given guided(net, y, s) draws the samples of eps = eps_u + s (eps_c - eps_u) written out by
-    hand with two separate calls, and makes one model call per step (half the hand-written calls)."""
-    schedule, y = NoiseSchedule.linear(20), torch.tensor([2, 0])
+    """Every sampler given guided(denoiser, y, s) draws the samples of eps = eps_u + s (eps_c - eps_u) written out
+    by hand with two separate calls, and makes one model call per step (half the hand-written calls)."""
+    schedule, y = SCHEDULE, torch.tensor([2, 0])
     fn, steps = SAMPLERS[name].fn, {} if name == "ddpm" else {"steps": 7}
     by_hand_net = Labelled()
 
@@ -72,19 +101,19 @@ def test_sampling_the_guided_model_is_the_formula_by_hand(name, scale):
         eps_c, eps_u = by_hand_net(x_t, t, y), by_hand_net(x_t, t, torch.full_like(y, -1))
         return eps_u + scale * (eps_c - eps_u)
 
-    expected = fn(by_hand, schedule, SHAPE, generator=gen(14), **steps)
+    expected = fn(Denoiser(by_hand, schedule), SHAPE, generator=gen(14), **steps)
     net = Labelled()
-    out = fn(guided(net, y, scale), schedule, SHAPE, generator=gen(14), **steps)
+    out = fn(guided(Denoiser(net, schedule), y, scale), SHAPE, generator=gen(14), **steps)
     torch.testing.assert_close(out, expected, rtol=1e-6, atol=1e-6)
     rows = {0.0: torch.tensor([-1, -1]), 1.0: y}.get(scale, torch.tensor([2, 0, -1, -1]))
     assert len(net.calls) == len(by_hand_net.calls) // 2 and all(torch.equal(c, rows) for c in net.calls)
 
 
 def test_rows_guide_a_batch_of_the_labels():
-    net, y = Labelled(), torch.tensor([0, 1, 2, -1, 1])
-    part = guided(net, y, 2.0).rows(1, 3)
+    denoiser, y = Denoiser(Labelled(), SCHEDULE), torch.tensor([0, 1, 2, -1, 1])
+    part = guided(denoiser, y, 2.0).rows(1, 3)
     x_t, t = torch.randn(SHAPE, generator=gen(3)), torch.tensor([5, 5])
-    torch.testing.assert_close(part(x_t, t), guided(net, y[1:3], 2.0)(x_t, t), rtol=0, atol=0)
+    torch.testing.assert_close(part(x_t, t), guided(denoiser, y[1:3], 2.0)(x_t, t), rtol=0, atol=0)
 
 
 # ---- checks, once, where guidance is built ------------------------------------------------------
@@ -104,14 +133,14 @@ def test_rows_guide_a_batch_of_the_labels():
 def test_bad_labels_and_scales_raise_value_error(y, scale, match):
     net = Labelled()
     with pytest.raises(ValueError, match=match):
-        guided(net, y, scale)
+        guided(Denoiser(net, SCHEDULE), y, scale)
     assert net.calls == []
 
 
 def test_labels_may_be_any_integers_and_are_kept_as_int64():
-    net = Labelled()
+    denoiser = Denoiser(Labelled(), SCHEDULE)
     for y in ([2, -1], torch.tensor([2, -1], dtype=torch.int32)):
-        assert guided(net, y, 2.0).y.dtype == torch.int64
+        assert guided(denoiser, y, 2.0).y.dtype == torch.int64
 
 
 def test_a_plain_function_is_guided_with_labels_of_at_least_minus_1():
@@ -119,25 +148,37 @@ def test_a_plain_function_is_guided_with_labels_of_at_least_minus_1():
     def plain(x_t, t, y):
         return fake_model(x_t, t) * (y.to(x_t.dtype) + 2).view(-1, 1, 1, 1)
 
+    denoiser = Denoiser(plain, SCHEDULE)
     x_t, t = torch.randn(SHAPE, generator=gen(4)), torch.tensor([3, 3])
-    torch.testing.assert_close(guided(plain, [7, -1], 1.0)(x_t, t), plain(x_t, t, torch.tensor([7, -1])))
+    torch.testing.assert_close(guided(denoiser, [7, -1], 1.0)(x_t, t).eps, plain(x_t, t, torch.tensor([7, -1])))
     with pytest.raises(ValueError, match=r"y: expected integers >= -1; got \[-2\]"):
-        guided(plain, [0, -2], 2.0)
-    assert getattr(guided(plain, [0, 1], 2.0), "config", None) is None   # what a sampler reads: no config
+        guided(denoiser, [0, -2], 2.0)
+    assert getattr(guided(denoiser, [0, 1], 2.0), "config", None) is None   # no config: samplers read the schedule
 
 
 def test_models_that_cannot_be_guided_raise_value_error():
     unconditional = SimpleNamespace(config=SimpleNamespace(num_classes=None))
-    with pytest.raises(ValueError, match=r"the model is unconditional \(its config.num_classes is None\)"):
-        guided(unconditional, torch.tensor([0, 1]), 2.0)
+    with pytest.raises(ValueError, match=r"the network is unconditional \(its config.num_classes is None\)"):
+        guided(Denoiser(unconditional, SCHEDULE), torch.tensor([0, 1]), 2.0)
     with pytest.raises(ValueError, match="y: this UNet is unconditional"):   # the UNet says so itself, too
         UNet(MICRO)(torch.zeros(1, 3, 16, 16), torch.tensor([0]), torch.tensor([0]))
 
 
+def test_only_a_denoiser_can_be_guided():
+    """guided wraps a Denoiser (the network with its schedule and objective): a bare network, a plain function or
+    an already guided denoiser is refused with a ValueError naming what it got, before any call."""
+    net = Labelled()
+    guide = guided(Denoiser(net, SCHEDULE), torch.tensor([0, 1]), 2.0)
+    for not_a_denoiser, name in ((net, "Labelled"), (fake_model, "function"), (guide, "GuidedDenoiser")):
+        with pytest.raises(ValueError, match=rf"denoiser: expected a Denoiser \(ddpm_lib.objective\), got {name}$"):
+            guided(not_a_denoiser, torch.tensor([0, 1]), 2.0)
+    assert isinstance(guide, GuidedDenoiser) and net.calls == []
+
+
 def test_a_batch_other_than_the_labels_raises_value_error():
-    model = guided(Labelled(), torch.tensor([0, 1, 2]), 2.0)
-    with pytest.raises(ValueError, match="x_t has a batch of 2 rows but the guided model holds 3 labels y"):
-        model(torch.zeros(SHAPE), torch.tensor([4, 4]))
+    guide = guided(Denoiser(Labelled(), SCHEDULE), torch.tensor([0, 1, 2]), 2.0)
+    with pytest.raises(ValueError, match="x_t has a batch of 2 rows but the guided denoiser holds 3 labels y"):
+        guide(torch.zeros(SHAPE), torch.tensor([4, 4]))
 
 
 # ---- two Gaussian classes: the samples follow the classes or their mixture ---------------------
@@ -168,10 +209,11 @@ def test_guidance_scale_1_samples_each_class_and_0_the_mixture():
     schedule = NoiseSchedule.linear()
     y = torch.tensor([0] * 10 + [1] * 10)
     kw = dict(generator=gen(13), clip_denoised=False)
-    x = ddpm_sample(guided(TwoGaussians(schedule), y, 1.0), schedule, (20, 1, 10, 10), **kw)
+    denoiser = Denoiser(TwoGaussians(schedule), schedule)
+    x = ddpm_sample(guided(denoiser, y, 1.0), (20, 1, 10, 10), **kw)
     for label, mu in enumerate(MODES):
         check_moments(x[y == label], 0.0, 0.01, mu=mu, s=SD)              # 1,000 samples per class
-    x = ddpm_sample(guided(TwoGaussians(schedule), y, 0.0), schedule, (20, 1, 10, 10), **kw).flatten()
+    x = ddpm_sample(guided(denoiser, y, 0.0), (20, 1, 10, 10), **kw).flatten()
     share = (x > 0).double().mean().item()                                # the labels are ignored
     assert abs(share - 0.5) < 4 * math.sqrt(0.25 / len(x))
     for mu, side in zip(MODES, (x < 0, x > 0)):

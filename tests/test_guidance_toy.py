@@ -7,6 +7,7 @@ from torch.distributions import Categorical, Independent, MixtureSameFamily, Nor
 
 from ddpm_lib.guidance import guided
 from ddpm_lib.nb.guidance_toy import GaussianClasses
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.samplers import ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 
@@ -67,24 +68,29 @@ def test_ddpm_sampling_with_the_ideal_predictor_draws_p_x0_given_y(toy):
     schedule = NoiseSchedule.linear(200, 1e-4 * 5, 0.02 * 5)
     n = 3000
     y = torch.zeros(n, dtype=torch.long)
-    x0 = ddpm_sample(guided(toy.model(schedule), y), schedule, (n, 2, 1, 1), generator=torch.Generator().manual_seed(3),
+    x0 = ddpm_sample(guided(toy.denoiser(schedule), y), (n, 2, 1, 1), generator=torch.Generator().manual_seed(3),
                      clip_denoised=False).reshape(n, 2)
     torch.testing.assert_close(x0.mean(0), torch.tensor(MEANS[0]), atol=0.03, rtol=0)
     torch.testing.assert_close(x0.std(0), torch.tensor([STDS[0]] * 2), atol=0.03, rtol=0)
-    x0 = ddpm_sample(guided(toy.model(schedule), y, 0.0), schedule, (n, 2, 1, 1),
+    x0 = ddpm_sample(guided(toy.denoiser(schedule), y, 0.0), (n, 2, 1, 1),
                      generator=torch.Generator().manual_seed(4), clip_denoised=False).reshape(n, 2)
     shares = toy.class_probs(x0, torch.ones(n)).argmax(1).bincount(minlength=3).float() / n
     expected = torch.tensor([0.3, 0.3, 0.4])  # the most likely class roughly follows the priors (classes overlap)
     torch.testing.assert_close(shares, expected, atol=0.06, rtol=0)
 
 
-def test_model_takes_sampler_shapes_and_no_label_rows(toy):
+def test_denoiser_takes_sampler_shapes_and_no_label_rows(toy):
+    """toy.denoiser(schedule) is the ideal eps network on the schedule with an eps objective: its eps is toy.eps
+    (row by row, -1: no label) and its x0 is Eq. 4 solved for x0 from that eps."""
     schedule = NoiseSchedule.linear(10, 1e-3, 0.2)
     x = torch.randn(4, 2, 1, 1, generator=torch.Generator().manual_seed(5))
     t = torch.tensor([0, 3, 6, 9])
     y = torch.tensor([0, -1, 2, -1])
-    out = toy.model(schedule)(x, t, y)
-    assert out.shape == (4, 2, 1, 1) and out.dtype == torch.float32
+    denoiser = toy.denoiser(schedule)
+    assert isinstance(denoiser, Denoiser) and denoiser.schedule is schedule and denoiser.objective == Objective("eps")
+    x0, out = denoiser(x, t, y)
+    assert out.shape == x0.shape == (4, 2, 1, 1) and out.dtype == x0.dtype == torch.float32
+    torch.testing.assert_close(x0, schedule.predict_x0(x, t, out))
     alpha_bar = schedule.alphas_cumprod[t]
     torch.testing.assert_close(out[[1, 3]].reshape(2, 2), toy.eps(x[[1, 3]].reshape(2, 2), alpha_bar[[1, 3]]))
     torch.testing.assert_close(out[[0, 2]].reshape(2, 2),

@@ -14,7 +14,10 @@ from torch import nn
 
 from ddpm_lib import evaluation, metrics
 from ddpm_lib.data import make_shapes
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.samplers import generate_images
+
+OBJECTIVE = Objective("v", "min-snr", 2.0)  # the checkpoints' objective: evaluate_checkpoint samples with it
 
 
 class ConvFeatures(nn.Module):
@@ -241,11 +244,12 @@ def tiny():
 
 @pytest.fixture
 def checkpoint(tiny, tmp_path):
+    """The tiny model's checkpoint, of a v-prediction objective (not the default: the samples would show it unread)."""
     from ddpm_lib.train import Trainer
     from ddpm_lib.train_config import TrainConfig
 
     model, schedule = tiny
-    return Trainer(model, schedule, TrainConfig(out_dir=None, progress=False)).save(tmp_path / "ckpt.pt")
+    return Trainer(model, schedule, TrainConfig(out_dir=None, progress=False), OBJECTIVE).save(tmp_path / "ckpt.pt")
 
 
 @pytest.fixture
@@ -263,12 +267,16 @@ def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
     assert {k: result[k] for k in ("n", "sampler", "steps", "guidance_scale", "ref")} == dict(
         n=12, sampler="dpm-solver", steps=3, guidance_scale=1.0, ref=str(folder))
     assert len(list((tmp_path / "cache").glob("folder-ref-n24-test-conv-*.pt"))) == 1
-    # The same numbers by hand: EMA weights (== the model here: no step taken), the same seed and batches.
+    # The same numbers by hand: EMA weights (== the model here: no step taken), the same seed and batches, the
+    # checkpoint's objective.
     model, schedule = tiny
-    fake = generate_images(model, schedule, 12, sampler="dpm-solver", steps=3, batch_size=8, seed=3)
+    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="dpm-solver", steps=3, batch_size=8,
+                           seed=3)
     expected = metrics.fid_kid(load_image_folder(folder, size=16).images, fake, ConvFeatures(), batch_size=8, seed=3)
     assert {k: result[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert result["fid"] > 0
+    as_eps = generate_images(Denoiser(model, schedule), 12, sampler="dpm-solver", steps=3, batch_size=8, seed=3)
+    assert not torch.equal(as_eps, fake)  # read as an eps-predictor, the same network samples other images
 
 
 def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypatch):
@@ -304,13 +312,15 @@ def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance
 
     model, schedule = tiny
     conditional = UNet(replace(model.config, num_classes=3)).eval()
-    ckpt = Trainer(conditional, schedule, TrainConfig(out_dir=None, progress=False)).save(tmp_path / "cond.pt")
+    ckpt = Trainer(conditional, schedule, TrainConfig(out_dir=None, progress=False), OBJECTIVE).save(
+        tmp_path / "cond.pt")
     labels, load_model = [], ddpm_lib.checkpoint.load_model
 
     def recording_load_model(*args, **kwargs):  # the real loader, plus a hook recording the labels of every call
-        loaded, loaded_schedule = load_model(*args, **kwargs)
-        loaded.register_forward_hook(lambda module, inputs, output: labels.append(inputs[2].tolist()))
-        return loaded, loaded_schedule
+        loaded = load_model(*args, **kwargs)
+        assert isinstance(loaded, Denoiser) and loaded.objective == OBJECTIVE
+        loaded.net.register_forward_hook(lambda module, inputs, output: labels.append(inputs[2].tolist()))
+        return loaded
 
     monkeypatch.setattr(ddpm_lib.checkpoint, "load_model", recording_load_model)
     result = evaluation.evaluate_checkpoint(ckpt, n=7, steps=2, ref=str(folder), batch_size=4, device="cpu",
@@ -436,6 +446,6 @@ def test_evaluate_checkpoint_scores_is_with_a_classifier(checkpoint, folder, tin
     assert evaluation.evaluate_checkpoint(checkpoint, **kw)["is_mean"] is None
     result = evaluation.evaluate_checkpoint(checkpoint, classifier=ConvFeatures(), **kw)
     model, schedule = tiny
-    fake = generate_images(model, schedule, 12, sampler="ddim", steps=2, batch_size=8, seed=1)
+    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="ddim", steps=2, batch_size=8, seed=1)
     probs = metrics.extract_features(fake, ConvFeatures(), batch_size=8).double().softmax(1)
     assert (result["is_mean"], result["is_std"]) == pytest.approx(metrics.inception_score(probs), rel=1e-9)

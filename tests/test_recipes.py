@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ddpm_lib.recipes import QUICK_CIFAR10, QUICK_WIN, RECIPES
-from ddpm_lib.schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
+from ddpm_lib.objective import Objective, diffusion_loss
+from ddpm_lib.recipes import QUICK_CIFAR10, QUICK_WIN, RECIPES, X0_MIN_SNR, Recipe
+from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
+from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import PRESETS, UNet
 
 from helpers import MICRO
@@ -19,14 +21,29 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 @pytest.mark.parametrize("field, value, message", [
     ("preset", "huge", "Recipe.preset: expected one of"),
     ("data", "mnist", "Recipe.data: expected 'cifar10' or 'shapes'"),
-    ("prediction", "score", "prediction must be one of"),
+    ("objective", "x0", "Recipe.objective: expected an Objective, got 'x0'"),
+    ("objective", {"prediction": "x0", "weighting": "min-snr", "snr_gamma": 5.0}, "Recipe.objective: expected an "
+                                                                                   "Objective, got {'prediction'"),
     ("schedule", "sigmoid", "Recipe.schedule: expected one of ('linear', 'cosine'), got 'sigmoid'"),
-    ("loss_weighting", "snr", "TrainConfig.loss_weighting"),
-    ("snr_gamma", 0.0, "TrainConfig.snr_gamma"),
+    ("steps", 0, "TrainConfig.steps must be > 0"),
 ])
 def test_a_bad_recipe_field_is_one_clear_error(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         replace(QUICK_WIN, **{field: value})
+
+
+def test_a_recipes_objective_is_one_field():
+    """What the network predicts and the loss weighting are one Objective (checked where it is made), not three
+    fields of the recipe; the quick recipes share the benchmark's winner, x0 with min-SNR-5."""
+    for field, value in [("prediction", "x0"), ("loss_weighting", "min-snr"), ("snr_gamma", 5.0)]:
+        with pytest.raises(TypeError, match=field):
+            replace(QUICK_WIN, **{field: value})
+    with pytest.raises(ValueError, match="Objective.prediction must be one of"):
+        replace(QUICK_WIN, objective=Objective("score"))
+    assert X0_MIN_SNR == Objective("x0", "min-snr", 5.0) and QUICK_WIN.objective == X0_MIN_SNR
+    assert replace(QUICK_WIN, objective=Objective("v")).objective == Objective("v")
+    assert Recipe("tiny", "shapes", 16, steps=1, batch_size=1, lr=1e-3, warmup_steps=0).objective == Objective()
+    assert all(isinstance(recipe.objective, Objective) for recipe in RECIPES.values())
 
 
 def test_every_recipe_is_recorded_by_its_name():
@@ -37,8 +54,9 @@ def test_every_recipe_is_recorded_by_its_name():
 @pytest.mark.parametrize("name", sorted(RECIPES))
 def test_a_recipe_builds_its_network_and_schedule(name):
     recipe = RECIPES[name]
-    assert recipe.network == replace(PRESETS[recipe.preset], image_size=recipe.image_size,
-                                     prediction=recipe.prediction)
+    assert recipe.network == replace(PRESETS[recipe.preset], image_size=recipe.image_size)
+    assert recipe.train == TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+                                       warmup_steps=recipe.warmup_steps, ema_decay=recipe.ema_decay, recipe=name)
     schedule = recipe.noise_schedule()
     betas = (linear_betas(1000, 1e-4, 0.02) if recipe.schedule == "linear" else cosine_betas(1000)).double()
     assert schedule.kind == recipe.schedule and torch.equal(schedule.state_dict()["betas"], betas)
@@ -52,11 +70,12 @@ def test_a_shorter_linear_schedule_keeps_the_papers_end_point():
 
 
 def test_the_papers_recipe_trains_l_simple():
-    """What the paper recipe's network, schedule and weighting train is Eq. 14 written out with the paper's betas
+    """What the paper recipe's network, schedule and objective train is Eq. 14 written out with the paper's betas
     (1e-4 to 0.02 over T = 1000): the mean of (eps - eps_theta(x_t, t))^2, every t weighed alike (float64)."""
     paper = RECIPES["paper"]
+    assert paper.objective == Objective("eps", "uniform")
     torch.manual_seed(0)
-    net = UNet(replace(MICRO, prediction=paper.prediction, image_size=8)).double().eval()
+    net = UNet(replace(MICRO, image_size=8)).double().eval()
     g = torch.Generator().manual_seed(1)
     x0 = torch.rand(6, 3, 8, 8, generator=g, dtype=torch.float64) * 2 - 1
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
@@ -65,13 +84,12 @@ def test_the_papers_recipe_trains_l_simple():
     x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * eps                                     # Eq. 4
     with torch.no_grad():
         inline = ((eps - net(x_t, t)) ** 2).mean()                                       # Eq. 14
-        loss = diffusion_loss(net, paper.noise_schedule(), x0, t=t, noise=eps, weighting=paper.loss_weighting,
-                              snr_gamma=paper.snr_gamma)
+        loss = diffusion_loss(net, paper.noise_schedule(), x0, paper.objective, t=t, noise=eps)
     torch.testing.assert_close(loss, inline)
 
 
 def _objective(recipe) -> tuple:
-    return recipe.prediction, recipe.loss_weighting, recipe.schedule
+    return recipe.objective.prediction, recipe.objective.weighting, recipe.schedule
 
 
 def test_quick_cifar10_is_the_recipe_benchmarks_winner():

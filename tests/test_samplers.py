@@ -1,7 +1,6 @@
 """Samplers against diffusers' schedulers step for step, and against Gaussian data, whose ideal noise
 predictor and probability-flow ODE solution are known in closed form."""
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -10,10 +9,12 @@ from torch import nn
 from helpers import MU, S, IdealEps, check_moments, fake_model, gen
 
 from ddpm_lib.guidance import guided
+from ddpm_lib.objective import Denoiser
 from ddpm_lib.utils import to_uint8
 from ddpm_lib.samplers import (SAMPLERS, Trajectory, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
                                dpm_solver_timesteps, generate_images)
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
+from ddpm_lib.unet import UNetConfig
 
 diffusers = pytest.importorskip("diffusers")
 # diffusers' DPMSolverMultistepScheduler.set_timesteps trips a NumPy 2 deprecation inside diffusers itself
@@ -21,6 +22,17 @@ pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:Depreca
 
 SHAPE = (2, 3, 4, 4)
 GAUSS_SHAPE = (10, 1, 20, 20)          # 4,000 draws of the 1-D Gaussian; a small batch keeps per-step indexing cheap
+
+
+def fake(schedule):
+    """fake_model, an eps-predicting function of (x_t, t), as the denoiser the samplers take."""
+    return Denoiser(fake_model, schedule)
+
+
+def ideal(schedule, prediction="eps"):
+    """The ideal network of the Gaussian data predicting `prediction`, as its denoiser: Denoiser(net, schedule,
+    Objective(prediction)) (IdealEps.denoiser)."""
+    return IdealEps(schedule, prediction).denoiser()
 
 
 def posterior_mean_x0(abar, x_t):
@@ -65,7 +77,7 @@ def test_ddpm_matches_diffusers_ddpm_scheduler(betas, variance, variance_type, a
                                   variance_type=variance_type, clip_sample=True)
     g = gen(1)
     x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)  # same draws, same order: x_T, then one per t > 0
-    ours = ddpm_sample(fake_model, NoiseSchedule(betas), SHAPE, variance, generator=gen(1))
+    ours = ddpm_sample(fake(NoiseSchedule(betas)), SHAPE, variance, generator=gen(1))
     torch.testing.assert_close(ours, x, rtol=0, atol=atol)
     assert ours.abs().max() <= 1
 
@@ -83,7 +95,7 @@ def test_ddim_matches_diffusers_ddim_scheduler(eta):
     for t in ddim_timesteps(1000, 28):
         out = fake_model(x, torch.full((SHAPE[0],), t))
         x = ref.step(out, t, x, eta=eta, use_clipped_model_output=True, generator=g).prev_sample
-    ours = ddim_sample(fake_model, NoiseSchedule(betas), SHAPE, steps=28, eta=eta, generator=gen(2))
+    ours = ddim_sample(fake(NoiseSchedule(betas)), SHAPE, steps=28, eta=eta, generator=gen(2))
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
@@ -100,7 +112,7 @@ def test_ddim_on_uneven_steps_matches_diffusers(steps):
     timesteps = ref.timesteps.tolist()
     assert ddim_timesteps(1000, steps) == timesteps and len(set(b - a for a, b in zip(timesteps[1:], timesteps))) == 2
     x_T = torch.randn(SHAPE, generator=gen(3))
-    ours = ddim_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, x_T=x_T, clip_denoised=False)
+    ours = ddim_sample(fake(NoiseSchedule(betas)), SHAPE, steps, x_T=x_T, clip_denoised=False)
     x = run_diffusers(diffusers_dpm_solver(betas, 1, timesteps), x_T)
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
     ref = diffusers.DDPMScheduler(num_train_timesteps=1000, trained_betas=betas.numpy(), variance_type="fixed_small",
@@ -108,7 +120,7 @@ def test_ddim_on_uneven_steps_matches_diffusers(steps):
     ref.set_timesteps(timesteps=timesteps)
     g = gen(4)
     x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)
-    ours = ddim_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, eta=1.0, generator=gen(4))
+    ours = ddim_sample(fake(NoiseSchedule(betas)), SHAPE, steps, eta=1.0, generator=gen(4))
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
@@ -120,7 +132,7 @@ def test_dpm_solver_matches_diffusers_multistep_scheduler(steps):
     timesteps = dpm_solver_timesteps(NoiseSchedule(betas), steps)
     x_T = torch.randn(SHAPE, generator=gen(3))
     x = run_diffusers(diffusers_dpm_solver(betas, 2, timesteps), x_T)
-    ours = dpm_solver_sample(fake_model, NoiseSchedule(betas), SHAPE, steps, x_T=x_T, clip_denoised=False)
+    ours = dpm_solver_sample(fake(NoiseSchedule(betas)), SHAPE, steps, x_T=x_T, clip_denoised=False)
     torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
 
 
@@ -134,14 +146,14 @@ def test_every_sampler_matches_diffusers_for_any_T(T):
                                   clip_sample=True)
     g = gen(1)
     x = run_diffusers(ref, torch.randn(SHAPE, generator=g), g)
-    torch.testing.assert_close(ddpm_sample(fake_model, schedule, SHAPE, generator=gen(1)), x, rtol=0, atol=1e-4)
+    torch.testing.assert_close(ddpm_sample(fake(schedule), SHAPE, generator=gen(1)), x, rtol=0, atol=1e-4)
     x_T = torch.randn(SHAPE, generator=gen(3))
     for steps in sorted({1, min(T, 7), T}):
         for sample, timesteps, order in ((ddim_sample, ddim_timesteps(T, steps), 1),
                                          (dpm_solver_sample, dpm_solver_timesteps(schedule, steps), 2)):
             assert len(timesteps) == steps and timesteps[0] == T - 1 and timesteps[-1] == (T - 1 if steps == 1 else 0)
             x = run_diffusers(diffusers_dpm_solver(betas, order, timesteps), x_T)
-            ours = sample(fake_model, schedule, SHAPE, steps, x_T=x_T, clip_denoised=False)
+            ours = sample(fake(schedule), SHAPE, steps, x_T=x_T, clip_denoised=False)
             torch.testing.assert_close(ours, x, rtol=1e-5, atol=1e-5 * x.abs().max().item())
 
 
@@ -152,10 +164,10 @@ def test_one_step_samplers_return_the_posterior_mean_of_x0():
         x_T = torch.randn(GAUSS_SHAPE, generator=gen(5), dtype=torch.float64)
         exact = posterior_mean_x0(torch.cumprod(1 - schedule.state_dict()["betas"], 0)[-1], x_T)
         kw = dict(x_T=x_T, clip_denoised=False)
-        outs = [dpm_solver_sample(IdealEps(schedule), schedule, x_T.shape, 1, **kw),
-                ddim_sample(IdealEps(schedule), schedule, x_T.shape, 1, **kw)]
+        denoiser = ideal(schedule)
+        outs = [dpm_solver_sample(denoiser, x_T.shape, 1, **kw), ddim_sample(denoiser, x_T.shape, 1, **kw)]
         if schedule.steps == 1:
-            outs.append(ddpm_sample(IdealEps(schedule), schedule, x_T.shape, generator=gen(6), **kw))
+            outs.append(ddpm_sample(denoiser, x_T.shape, generator=gen(6), **kw))
         for out in outs:
             torch.testing.assert_close(out, exact, rtol=1e-6, atol=1e-6)
 
@@ -216,7 +228,8 @@ def test_dpm_solver_timesteps_match_diffusers_lu_lambdas(betas):
 def test_model_calls_equal_steps(name, steps):
     schedule = NoiseSchedule.cosine()
     calls = []
-    SAMPLERS[name].fn(lambda x, t: calls.append(t) or fake_model(x, t), schedule, SHAPE, steps, generator=gen(0))
+    SAMPLERS[name].fn(Denoiser(lambda x, t: calls.append(t) or fake_model(x, t), schedule), SHAPE, steps,
+                      generator=gen(0))
     assert len(calls) == steps and len({int(t[0]) for t in calls}) == steps
 
 
@@ -230,25 +243,25 @@ def test_registry():
 
 # ---- Gaussian data: the samplers return the data's distribution --------------------------------
 
-PREDICTIONS = ("eps", "x0", "v")  # every sampler reads the model's config.prediction
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs: its denoiser's Objective(prediction) converts it
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 @pytest.mark.parametrize("variance", ["beta", "posterior"])
 def test_ddpm_reproduces_gaussian_data(variance, prediction):
     schedule = NoiseSchedule.linear()
-    x = ddpm_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, variance, generator=gen(4))
+    x = ddpm_sample(ideal(schedule, prediction), GAUSS_SHAPE, variance, generator=gen(4))
     check_moments(x, 0.0, 0.005)         # measured with 20,000 samples: sd 0.251 (beta), 0.247 (posterior)
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddim_reproduces_gaussian_data(prediction):
     schedule = NoiseSchedule.linear()
-    x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=50, generator=gen(5))
+    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, steps=50, generator=gen(5))
     # DDIM's first-order steps shrink the spread even with a perfect model: sd 0.226 at 50 steps
     # (measured, 20,000 samples); the mean is unbiased.
     check_moments(x, 0.0, 0.03)
-    x = ddim_sample(IdealEps(schedule, prediction), schedule, GAUSS_SHAPE, steps=500, generator=gen(5))
+    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, steps=500, generator=gen(5))
     check_moments(x, 0.0, 0.005)
 
 
@@ -258,19 +271,19 @@ def test_every_sampler_with_an_x0_or_v_model_equals_it_with_the_eps_model(predic
     each sampler returns the same samples, to the rounding of the conversions (float64 here)."""
     schedule = NoiseSchedule.linear()
     x_T = torch.randn(GAUSS_SHAPE, generator=gen(8), dtype=torch.float64)
-    for sample in (lambda m: ddpm_sample(m, schedule, GAUSS_SHAPE, x_T=x_T, generator=gen(9)),
-                   lambda m: ddim_sample(m, schedule, GAUSS_SHAPE, 20, eta=0.5, x_T=x_T, generator=gen(9)),
-                   lambda m: dpm_solver_sample(m, schedule, GAUSS_SHAPE, 10, x_T=x_T)):
-        torch.testing.assert_close(sample(IdealEps(schedule, prediction)), sample(IdealEps(schedule)),
+    for sample in (lambda d: ddpm_sample(d, GAUSS_SHAPE, x_T=x_T, generator=gen(9)),
+                   lambda d: ddim_sample(d, GAUSS_SHAPE, 20, eta=0.5, x_T=x_T, generator=gen(9)),
+                   lambda d: dpm_solver_sample(d, GAUSS_SHAPE, 10, x_T=x_T)):
+        torch.testing.assert_close(sample(ideal(schedule, prediction)), sample(ideal(schedule)),
                                    rtol=0, atol=1e-9)
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_dpm_solver_beats_ddim_at_10_steps(prediction):
     schedule = NoiseSchedule.linear()
-    model = IdealEps(schedule, prediction)
-    dpm = dpm_solver_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
-    ddim = ddim_sample(model, schedule, GAUSS_SHAPE, steps=10, generator=gen(6))
+    denoiser = ideal(schedule, prediction)
+    dpm = dpm_solver_sample(denoiser, GAUSS_SHAPE, steps=10, generator=gen(6))
+    ddim = ddim_sample(denoiser, GAUSS_SHAPE, steps=10, generator=gen(6))
     check_moments(dpm, 0.0, 0.01)                                      # measured sd 0.257
     assert abs(dpm.std().item() - S) < abs(ddim.std().item() - S) / 4   # DDIM: sd 0.138
     assert abs(dpm.mean().item() - MU) <= abs(ddim.mean().item() - MU) + 0.002
@@ -280,26 +293,26 @@ def test_deterministic_samplers_converge_to_probability_flow_solution():
     """Per sample, from the same x_T: DPM-Solver++(2M) and DDIM (eta = 0) approach the closed-form
     solution of the probability-flow ODE, DPM-Solver++ much faster (second vs first order)."""
     schedule = NoiseSchedule.linear()
-    model = IdealEps(schedule)
+    denoiser = ideal(schedule)
     x_T = torch.randn(5, 1, 20, 20, generator=gen(7), dtype=torch.float64)
     exact = flow_solution(schedule, x_T)
     err = {}
     for steps in (10, 50, 200):
-        x = dpm_solver_sample(model, schedule, x_T.shape, steps, x_T=x_T, clip_denoised=False)
+        x = dpm_solver_sample(denoiser, x_T.shape, steps, x_T=x_T, clip_denoised=False)
         err[steps] = (x - exact).abs().max().item()
     assert err[10] > err[50] > err[200] and err[200] < 2e-3             # measured 0.026, 0.0026, 0.0005
-    ddim = ddim_sample(model, schedule, x_T.shape, 1000, x_T=x_T, clip_denoised=False)
+    ddim = ddim_sample(denoiser, x_T.shape, 1000, x_T=x_T, clip_denoised=False)
     assert (ddim - exact).abs().max().item() < 1e-2                      # measured 0.0055
-    dpm = dpm_solver_sample(model, schedule, x_T.shape, 200, x_T=x_T, clip_denoised=False)
+    dpm = dpm_solver_sample(denoiser, x_T.shape, 200, x_T=x_T, clip_denoised=False)
     torch.testing.assert_close(dpm, ddim, rtol=0, atol=1e-2)
 
 
 # ---- reproducibility, trajectories, dtypes, devices ------------------------------------------
 
 RUNS = {
-    "ddpm": lambda **kw: ddpm_sample(fake_model, NoiseSchedule.linear(20), SHAPE, **kw),
-    "ddim": lambda **kw: ddim_sample(fake_model, NoiseSchedule.linear(20), SHAPE, steps=7, eta=0.5, **kw),
-    "dpm": lambda **kw: dpm_solver_sample(fake_model, NoiseSchedule.linear(20), SHAPE, steps=7, **kw),
+    "ddpm": lambda **kw: ddpm_sample(fake(NoiseSchedule.linear(20)), SHAPE, **kw),
+    "ddim": lambda **kw: ddim_sample(fake(NoiseSchedule.linear(20)), SHAPE, steps=7, eta=0.5, **kw),
+    "dpm": lambda **kw: dpm_solver_sample(fake(NoiseSchedule.linear(20)), SHAPE, steps=7, **kw),
 }
 
 
@@ -347,13 +360,14 @@ def test_cuda_agrees_with_cpu(name):
 # ---- generate_images ---------------------------------------------------------------------------
 
 class TinyNet(nn.Module):
-    """fake_model as an nn.Module with what generate_images reads (config.image_size, num_classes, ch_list);
-    records (rows, labels) of every call."""
+    """fake_model as an nn.Module with what generate_images reads, a UNetConfig (image_size, num_classes,
+    ch_list); records (rows, labels) of every call."""
 
     def __init__(self, num_classes=None, channels=3):
         super().__init__()
         self.scale = nn.Parameter(torch.ones(()))
-        self.config = SimpleNamespace(image_size=8, num_classes=num_classes, ch_list=(channels, 16))
+        self.config = UNetConfig(ch_list=(channels, 16), attention_layer=(), norm_groups=8, image_size=8,
+                                 num_classes=num_classes)
         self.calls = []
 
     def forward(self, x_t, t, y=None):
@@ -363,37 +377,38 @@ class TinyNet(nn.Module):
 
 def test_generate_images_matches_the_sampler_and_batches_deterministically():
     net, schedule = TinyNet().eval(), NoiseSchedule.linear(10)
-    images = generate_images(net, schedule, 5, sampler="ddim", steps=3, batch_size=8, seed=7)
-    x0 = ddim_sample(net, schedule, (5, 3, 8, 8), steps=3, generator=gen(7))
+    denoiser = Denoiser(net, schedule)
+    images = generate_images(denoiser, 5, sampler="ddim", steps=3, batch_size=8, seed=7)
+    x0 = ddim_sample(denoiser, (5, 3, 8, 8), steps=3, generator=gen(7))
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 8, 8) and images.device.type == "cpu"
     assert torch.equal(images, to_uint8(x0))
-    batched = generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7)
-    assert torch.equal(batched, generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7))
-    assert not torch.equal(batched, generate_images(net, schedule, 5, sampler="dpm-solver", steps=3, batch_size=2))
+    batched = generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7)
+    assert torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7))
+    assert not torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2))
     net.calls.clear()
-    generate_images(net, schedule, 5, sampler="ddpm", batch_size=2)
+    generate_images(denoiser, 5, sampler="ddpm", batch_size=2)
     assert [rows for rows, _ in net.calls] == [2] * 10 + [2] * 10 + [1] * 10   # three batches of all T steps
 
 
 def test_generate_images_takes_its_channels_from_the_config():
-    images = generate_images(TinyNet(channels=1).eval(), NoiseSchedule.linear(10), 3, steps=2)
+    images = generate_images(Denoiser(TinyNet(channels=1).eval(), NoiseSchedule.linear(10)), 3, steps=2)
     assert images.shape == (3, 1, 8, 8)  # a grayscale network draws grayscale images
 
 
 @pytest.mark.parametrize("name", ["ddpm", "ddim", "dpm-solver"])
 def test_generate_images_default_steps_come_from_the_registry(name):
     net, schedule = TinyNet(), NoiseSchedule.linear(60)
-    generate_images(net, schedule, 1, sampler=name)
+    generate_images(Denoiser(net, schedule), 1, sampler=name)
     assert len(net.calls) == (SAMPLERS[name].default_steps or schedule.steps)
     net.calls.clear()
-    generate_images(net, NoiseSchedule.linear(10), 1, sampler=name)     # a default above T: all T steps
+    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 1, sampler=name)     # a default above T: all T steps
     assert len(net.calls) == min(SAMPLERS[name].default_steps or 10, 10)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_generate_images_leaves_the_model_mode_as_it_was(training):
     net = TinyNet().train(training)
-    generate_images(net, NoiseSchedule.linear(10), 2, steps=2)
+    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, steps=2)
     assert net.training is training
 
     def broken(*args):
@@ -401,25 +416,25 @@ def test_generate_images_leaves_the_model_mode_as_it_was(training):
 
     net.forward = broken
     with pytest.raises(RuntimeError, match="out of memory"):
-        generate_images(net, NoiseSchedule.linear(10), 2, steps=2)
+        generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, steps=2)
     assert net.training is training
 
 
 def test_generate_images_passes_labels_per_batch_with_guidance():
     net = TinyNet(num_classes=3)
     y = torch.tensor([0, 1, 2, 0, 1])
-    generate_images(net, NoiseSchedule.linear(10), 5, steps=2, batch_size=3, y=y, guidance_scale=2.0)
+    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 5, steps=2, batch_size=3, y=y, guidance_scale=2.0)
     assert net.calls == [(6, [0, 1, 2, -1, -1, -1])] * 2 + [(4, [0, 1, -1, -1])] * 2
 
 
 @pytest.mark.parametrize("scale", [1.0, 2.0])
 def test_generate_images_with_labels_samples_the_guided_model_batch_by_batch(scale):
-    """y and guidance_scale enter sampling as guided(model, y[batch], s): the same images by hand."""
-    net, schedule = TinyNet(num_classes=3).eval(), NoiseSchedule.linear(10)
+    """y and guidance_scale enter sampling as guided(denoiser, y[batch], s): the same images by hand."""
+    denoiser = Denoiser(TinyNet(num_classes=3).eval(), NoiseSchedule.linear(10))
     y = [0, 1, 2, 0, 1]                                                 # a list is taken too
-    images = generate_images(net, schedule, 5, steps=3, batch_size=3, seed=7, y=y, guidance_scale=scale)
+    images = generate_images(denoiser, 5, steps=3, batch_size=3, seed=7, y=y, guidance_scale=scale)
     g = gen(7)                                                          # one generator through all batches
-    x0 = torch.cat([ddim_sample(guided(net, torch.tensor(y[a:b]), scale), schedule, (b - a, 3, 8, 8), steps=3,
+    x0 = torch.cat([ddim_sample(guided(denoiser, torch.tensor(y[a:b]), scale), (b - a, 3, 8, 8), steps=3,
                                 generator=g) for a, b in ((0, 3), (3, 5))])
     assert torch.equal(images, to_uint8(x0))
 
@@ -431,7 +446,7 @@ def test_generate_images_with_labels_samples_the_guided_model_batch_by_batch(sca
     (dict(n=0), "n must be a positive int"),
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(guidance_scale=3.0), "needs class labels y"),
-    (dict(y=torch.tensor([0, 1])), "the model is unconditional"),
+    (dict(y=torch.tensor([0, 1])), "the network is unconditional"),
     (dict(y=torch.tensor([0, 1, 2]), num_classes=3), "y must hold one label per image, n=2, got 3"),
     (dict(y=torch.tensor([0, 3]), num_classes=3), r"y: expected labels in \[-1, 3\)"),
     (dict(y=torch.tensor([0, 1]), guidance_scale=float("nan"), num_classes=3), "must be a finite number"),
@@ -440,13 +455,23 @@ def test_generate_images_rejects_bad_arguments(kwargs, match):
     kwargs = dict(kwargs)
     net = TinyNet(kwargs.pop("num_classes", None))
     with pytest.raises(ValueError, match=match):
-        generate_images(net, NoiseSchedule.linear(10), **{"n": 2, **kwargs})
+        generate_images(Denoiser(net, NoiseSchedule.linear(10)), **{"n": 2, **kwargs})
     assert net.calls == []                                              # before any sampling
+
+
+def test_generate_images_takes_a_denoiser_of_a_network_with_a_unet_config():
+    """The image shape comes from the network's UNetConfig: a bare network, or a denoiser of a plain function (no
+    config), is refused before any sampling."""
+    net = TinyNet()
+    for not_a_unet_denoiser in (net, Denoiser(fake_model, NoiseSchedule.linear(10))):
+        with pytest.raises(ValueError, match="denoiser: expected a Denoiser of a network with a UNetConfig"):
+            generate_images(not_a_unet_denoiser, 2, steps=2)
+    assert net.calls == []
 
 
 def test_generate_images_takes_keywords_after_n():
     with pytest.raises(TypeError):
-        generate_images(TinyNet(), NoiseSchedule.linear(10), 2, "ddim", 3)
+        generate_images(Denoiser(TinyNet(), NoiseSchedule.linear(10)), 2, "ddim", 3)
 
 
 # ---- ddpm_sample started part-way (t_start) ----------------------------------------------------
@@ -455,8 +480,8 @@ def test_generate_images_takes_keywords_after_n():
 def test_ddpm_from_t_start_T_minus_1_is_the_default_chain(given_x_T):
     schedule = NoiseSchedule.linear(20)
     kw = {"x_T": torch.randn(SHAPE, generator=gen(13))} if given_x_T else {}
-    x, traj = with_trajectory(ddpm_sample, fake_model, schedule, SHAPE, generator=gen(14), **kw)
-    x_19, traj_19 = with_trajectory(ddpm_sample, fake_model, schedule, SHAPE, generator=gen(14), t_start=19, **kw)
+    x, traj = with_trajectory(ddpm_sample, fake(schedule), SHAPE, generator=gen(14), **kw)
+    x_19, traj_19 = with_trajectory(ddpm_sample, fake(schedule), SHAPE, generator=gen(14), t_start=19, **kw)
     assert torch.equal(x, x_19) and traj["t"] == traj_19["t"]
     assert torch.equal(traj["x_t"], traj_19["x_t"]) and torch.equal(traj["x0_pred"], traj_19["x0_pred"])
 
@@ -467,14 +492,13 @@ def test_ddpm_from_t_start_k_is_the_tail_of_the_full_chain(k, variance):
     """From the full chain's state at t = k, with the generator where the chain had it (after x_T and one z
     per step T-1 ... k+1), the last k+1 steps are repeated exactly, trajectory included."""
     schedule, shape = NoiseSchedule.linear(), (3, 1, 4, 4)
-    ideal = IdealEps(schedule)
-    x, full = with_trajectory(ddpm_sample, ideal, schedule, shape, variance, generator=gen(15))
+    denoiser = ideal(schedule)
+    x, full = with_trajectory(ddpm_sample, denoiser, shape, variance, generator=gen(15))
     g = gen(15)
     for _ in range(1 + 999 - k):                                      # x_T, then z at t = 999 ... k+1
         torch.randn(shape, generator=g)
     i = full["t"].index(k)
-    x_k, part = with_trajectory(ddpm_sample, ideal, schedule, shape, variance, generator=g, x_T=full["x_t"][i],
-                                t_start=k)
+    x_k, part = with_trajectory(ddpm_sample, denoiser, shape, variance, generator=g, x_T=full["x_t"][i], t_start=k)
     assert part["t"] == list(range(k, -1, -1)) == full["t"][i:]
     assert torch.equal(x_k, x)
     assert torch.equal(part["x_t"], full["x_t"][i:]) and torch.equal(part["x0_pred"], full["x0_pred"][i:])
@@ -484,23 +508,23 @@ def test_ddpm_from_t_start_k_is_the_tail_of_the_full_chain(k, variance):
 def test_ddpm_rejects_a_t_start_outside_the_schedule(t_start):
     match = r"t_start must be an integer timestep in \[0, T-1=19\], got " + repr(t_start)
     with pytest.raises(ValueError, match=match):
-        ddpm_sample(fake_model, NoiseSchedule.linear(20), SHAPE, x_T=torch.zeros(SHAPE), t_start=t_start)
+        ddpm_sample(fake(NoiseSchedule.linear(20)), SHAPE, x_T=torch.zeros(SHAPE), t_start=t_start)
 
 
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
-    (lambda s: ddpm_sample(fake_model, s, SHAPE, variance="fixed"), "variance must be 'beta' or 'posterior'"),
-    (lambda s: ddpm_sample(fake_model, s, (2, 3, 4)), "shape must be 4-D"),
-    (lambda s: ddim_sample(fake_model, s, (2, 3, 4, 0), steps=5), "shape must be 4-D"),
-    (lambda s: ddim_sample(fake_model, s, SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: ddim_sample(fake_model, s, SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: ddim_sample(fake_model, s, SHAPE, eta=-0.1), "eta must be >= 0"),
-    (lambda s: dpm_solver_sample(fake_model, s, SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: dpm_solver_sample(fake_model, s, SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: ddpm_sample(fake(s), SHAPE, variance="fixed"), "variance must be .*'beta'.*'posterior'"),
+    (lambda s: ddpm_sample(fake(s), (2, 3, 4)), "shape must be 4-D"),
+    (lambda s: ddim_sample(fake(s), (2, 3, 4, 0), steps=5), "shape must be 4-D"),
+    (lambda s: ddim_sample(fake(s), SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: ddim_sample(fake(s), SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: ddim_sample(fake(s), SHAPE, eta=-0.1), "eta must be >= 0"),
+    (lambda s: dpm_solver_sample(fake(s), SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: dpm_solver_sample(fake(s), SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_timesteps(s, 21), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: dpm_solver_sample(fake_model, s, SHAPE, x_T=torch.zeros(1, 3, 4, 4)), "x_T must have shape"),
-    (lambda s: ddpm_sample(fake_model, s, SHAPE, t_start=5), "t_start=5 needs x_T"),
+    (lambda s: dpm_solver_sample(fake(s), SHAPE, x_T=torch.zeros(1, 3, 4, 4)), "x_T must have shape"),
+    (lambda s: ddpm_sample(fake(s), SHAPE, t_start=5), "t_start=5 needs x_T"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):

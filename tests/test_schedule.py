@@ -1,12 +1,13 @@
-"""Beta schedules, q(x_t | x0), its posterior and Algorithm 1, checked against diffusers and against
-the maths done independently (iterating the one-step chain, Bayes' rule on a grid)."""
+"""Beta schedules, q(x_t | x0), its posterior and Eq. 4 solved for x0 or eps, checked against diffusers and against
+the maths done independently (iterating the one-step chain, Bayes' rule on a grid). What a network predicts, the
+loss weights and Algorithm 1 are the objective's: tests/test_objective.py."""
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from ddpm_lib.schedule import NoiseSchedule, cosine_betas, diffusion_loss, linear_betas
+from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
 
 diffusers = pytest.importorskip("diffusers")
 
@@ -118,6 +119,28 @@ def test_predict_x0_inverts_q_sample_and_snr():
     assert schedule.snr(7).shape == ()
 
 
+def test_eq_4_solved_for_eps_the_velocity_and_the_coefficients_objectives_read():
+    """predict_eps inverts q_sample; velocity is Salimans & Ho's v; sqrt_alpha_bar, sqrt_one_minus_alpha_bar and
+    snr are alpha_bar's functions (float64 from the betas), broadcast against x in its dtype."""
+    schedule = NoiseSchedule.linear()
+    g = gen(9)
+    x0 = torch.randn(6, 2, 3, 3, generator=g, dtype=torch.float64)
+    eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
+    t = torch.tensor([0, 1, 10, 500, 998, 999])
+    abar = torch.from_numpy(np.cumprod(1 - np.linspace(1e-4, 0.02, 1000)))[t]
+    x_t = schedule.q_sample(x0, t, eps)
+    torch.testing.assert_close(schedule.predict_eps(x_t, t, x0), eps, rtol=0, atol=1e-9)  # / sqrt(1 - abar): 100
+    a, s = abar.sqrt().view(-1, 1, 1, 1), (1 - abar).sqrt().view(-1, 1, 1, 1)
+    torch.testing.assert_close(schedule.velocity(x0, t, eps), a * eps - s * x0, rtol=0, atol=1e-14)
+    assert schedule.sqrt_alpha_bar(t, x0).shape == schedule.sqrt_one_minus_alpha_bar(t, x0).shape == (6, 1, 1, 1)
+    torch.testing.assert_close(schedule.sqrt_alpha_bar(t, x0), a, rtol=1e-14, atol=0)
+    torch.testing.assert_close(schedule.sqrt_one_minus_alpha_bar(t, x0), s, rtol=1e-14, atol=0)
+    assert schedule.sqrt_alpha_bar(t, x0.float()).dtype == torch.float32
+    snr = schedule.snr(t, dtype=torch.float64)
+    assert snr.dtype == torch.float64 and schedule.snr(t).dtype == torch.float32
+    torch.testing.assert_close(snr, abar / (1 - abar), rtol=1e-12, atol=0)  # 1 - abar near 1e-4 at t = 0: float64
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_dtypes_are_kept(dtype):
     schedule = NoiseSchedule.linear()
@@ -211,141 +234,6 @@ def test_every_coefficient_for_any_T(T, kind):
             assert variance[i].item() == pytest.approx(ref_var, rel=1e-4)
 
 
-# ---- Algorithm 1 -------------------------------------------------------------------------------
-
-class _OracleEps(torch.nn.Module):
-    """Knows that every x0 is the constant c, so it recovers eps exactly from x_t."""
-
-    def __init__(self, schedule, c):
-        super().__init__()
-        self.schedule, self.c, self.seen_t = schedule, c, []
-
-    def forward(self, x_t, t):
-        self.seen_t.append(t)
-        abar = torch.cumprod(1 - self.schedule.state_dict()["betas"], 0)[t].view(-1, 1, 1, 1).float()
-        return (x_t - abar.sqrt() * self.c) / (1 - abar).sqrt()
-
-
-def test_diffusion_loss_algorithm_1():
-    schedule = NoiseSchedule.linear()
-    x0 = torch.full((4096, 1, 2, 2), 0.5)
-    oracle = _OracleEps(schedule, 0.5)
-    assert diffusion_loss(oracle, schedule, x0, generator=gen(5)).item() < 1e-6   # perfect predictor -> 0
-    t = torch.cat(oracle.seen_t)
-    assert t.dtype == torch.long and t.min() >= 0 and t.max() <= 999
-    assert abs(t.double().mean().item() - 499.5) < 5 * 288.7 / math.sqrt(len(t))  # t ~ U{0..T-1}
-    zero = lambda x_t, t: torch.zeros_like(x_t)                       # E||eps||^2 = 1 per element
-    per_example = diffusion_loss(zero, schedule, x0, generator=gen(6), reduction="none")
-    assert per_example.shape == (4096,)
-    assert abs(per_example.mean().item() - 1) < 5 * math.sqrt(2 / x0.numel())
-    assert diffusion_loss(zero, schedule, x0, generator=gen(6)).item() == pytest.approx(per_example.mean().item())
-    assert torch.equal(diffusion_loss(zero, schedule, x0, generator=gen(7), reduction="none"),
-                       diffusion_loss(zero, schedule, x0, generator=gen(7), reduction="none"))
-    noise = torch.ones_like(x0)
-    fixed = diffusion_loss(zero, schedule, x0, t=torch.zeros(4096, dtype=torch.long), noise=noise)
-    assert fixed.item() == 1.0
-
-
-def test_diffusion_loss_backpropagates():
-    schedule = NoiseSchedule.linear(10)
-    model = torch.nn.Conv2d(3, 3, 1)
-    loss = diffusion_loss(lambda x_t, t: model(x_t), schedule, torch.zeros(2, 3, 4, 4), generator=gen(8))
-    loss.backward()
-    assert model.weight.grad is not None and loss.ndim == 0
-
-
-# ---- eps, x0 and v: the conversions and the loss of each ------------------------------------------
-
-class _Predicts:
-    """A function of (x_t, t) whose config says what its output is, as a UNet's does."""
-
-    def __init__(self, fn, prediction):
-        self.fn, self.config = fn, type("Config", (), {"prediction": prediction})()
-
-    def __call__(self, x_t, t):
-        return self.fn(x_t, t)
-
-
-def _abar(schedule, t):
-    """alpha_bar_t in float64 straight from the betas (independent of the schedule's stored coefficients)."""
-    return torch.cumprod(1 - schedule.state_dict()["betas"], 0)[t].view(-1, 1, 1, 1)
-
-
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_each_target_converts_back_to_x0_and_eps(prediction):
-    schedule = NoiseSchedule.cosine(1000)
-    x0, eps = torch.randn(8, 3, 4, 4, generator=gen(1), dtype=torch.float64), torch.randn(8, 3, 4, 4, generator=gen(2),
-                                                                                          dtype=torch.float64)
-    t = torch.tensor([0, 1, 10, 250, 500, 750, 998, 999])
-    x_t = schedule.q_sample(x0, t, eps)
-    out = schedule.target(prediction, x0, t, eps)
-    abar = _abar(schedule, t)
-    want = {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[prediction]  # Salimans & Ho
-    torch.testing.assert_close(out, want, rtol=0, atol=1e-12)
-    # float64 throughout: the round trip is exact to a few ulps times 1 / sqrt(alpha_bar) (about 160 at t = 999)
-    torch.testing.assert_close(schedule.x0_from(out, x_t, t, prediction), x0, rtol=0, atol=1e-10)
-    torch.testing.assert_close(schedule.eps_from(out, x_t, t, prediction), eps, rtol=0, atol=1e-10)
-
-
-def test_min_snr_weights_are_one_weight_on_x0s_error_in_every_space():
-    """w_p ||target_p - out_p||^2 = min(SNR, gamma) ||x0 - x0_from(out_p)||^2 for every prediction p (Hang et al.)."""
-    schedule = NoiseSchedule.linear()
-    t = torch.tensor([0, 3, 40, 200, 600, 999])
-    x0, eps = torch.randn(6, 3, 4, 4, generator=gen(3), dtype=torch.float64), torch.randn(6, 3, 4, 4, generator=gen(4),
-                                                                                          dtype=torch.float64)
-    x_t = schedule.q_sample(x0, t, eps)
-    snr = (_abar(schedule, t) / (1 - _abar(schedule, t))).flatten()
-    for gamma in (1.0, 5.0):
-        for prediction in ("eps", "x0", "v"):
-            out = schedule.target(prediction, x0, t, eps) + 0.1 * torch.randn(x0.shape, generator=gen(5),
-                                                                              dtype=torch.float64)
-            w = schedule.loss_weight(t, prediction, "min-snr", gamma).double()
-            weighted = w * ((schedule.target(prediction, x0, t, eps) - out) ** 2).flatten(1).mean(1)
-            x0_err = ((x0 - schedule.x0_from(out, x_t, t, prediction)) ** 2).flatten(1).mean(1)
-            # the weights are rounded once to float32: relative error 2^-24
-            torch.testing.assert_close(weighted, snr.clamp(max=gamma) * x0_err, rtol=1e-6, atol=0)
-        assert torch.equal(schedule.loss_weight(t, "eps", "uniform"), torch.ones(6))
-
-
-def test_min_snr_eps_weight_is_min_snr_gamma_over_snr_and_caps_the_clean_end():
-    schedule = NoiseSchedule.linear()
-    t = torch.arange(1000)
-    w = schedule.loss_weight(t, "eps", "min-snr", 5.0)
-    snr = schedule.snr(t)
-    torch.testing.assert_close(w, torch.minimum(snr, torch.tensor(5.0)) / snr, rtol=1e-6, atol=0)
-    assert w[0] < 1e-3 and torch.all(w[snr <= 5] == 1)  # t = 0: SNR about 1e4, weight 5e-4; noisy t: weight 1
-
-
-@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
-def test_diffusion_loss_learns_the_target_of_its_models_prediction(prediction):
-    """The ideal predictor of constant data x0 = c scores 0; the loss reads the kind from its config."""
-    schedule = NoiseSchedule.linear()
-    c = 0.5
-    ideal_eps = _OracleEps(schedule, c)
-
-    def ideal(x_t, t):
-        eps = ideal_eps(x_t, t)
-        return schedule.target(prediction, torch.full_like(x_t, c), t, eps)
-
-    x0 = torch.full((512, 1, 2, 2), c)
-    for weighting in ("uniform", "min-snr"):
-        assert diffusion_loss(_Predicts(ideal, prediction), schedule, x0, generator=gen(5), weighting=weighting) < 1e-6
-    wrong = "x0" if prediction != "x0" else "eps"
-    assert diffusion_loss(_Predicts(ideal, wrong), schedule, x0, generator=gen(5)) > 1e-2
-
-
-def test_weighted_loss_is_the_weight_times_the_per_example_error():
-    schedule = NoiseSchedule.linear()
-    x0, t = torch.randn(16, 3, 4, 4, generator=gen(6)), torch.randint(0, 1000, (16,), generator=gen(7))
-    noise = torch.randn(16, 3, 4, 4, generator=gen(8))
-    model = _Predicts(lambda x_t, t: 0.3 * x_t, "v")
-    plain = diffusion_loss(model, schedule, x0, t=t, noise=noise, reduction="none")
-    weighted = diffusion_loss(model, schedule, x0, t=t, noise=noise, reduction="none", weighting="min-snr", snr_gamma=2)
-    torch.testing.assert_close(weighted, plain * schedule.loss_weight(t, "v", "min-snr", 2), rtol=1e-6, atol=0)
-    assert diffusion_loss(model, schedule, x0, t=t, noise=noise, weighting="min-snr", snr_gamma=2) == \
-        pytest.approx(weighted.mean().item(), rel=1e-6)
-
-
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
@@ -366,13 +254,6 @@ def test_weighted_loss_is_the_weight_times_the_per_example_error():
     (lambda: NoiseSchedule.linear(10).q_sample(torch.zeros(2, 3), torch.tensor([0.5, 1.0]), torch.zeros(2, 3)),
      "integer timesteps"),
     (lambda: NoiseSchedule.linear(10).q_sample(torch.zeros(2, 3), 0, torch.zeros(2, 4)), "noise must have"),
-    (lambda: diffusion_loss(None, NoiseSchedule.linear(10), torch.zeros(2, 3), reduction="sum"), "reduction"),
-    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "score"), "prediction must be one"),
-    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "eps", "snr"),
-     "loss weighting must be one of"),
-    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "eps", "min-snr", 0), "snr_gamma"),
-    (lambda: NoiseSchedule.linear(10).loss_weight(torch.zeros(2, dtype=torch.long), "v", "min-snr", -1.0), "snr_gamma"),
-    (lambda: NoiseSchedule.linear(10).x0_from(torch.zeros(1, 3), torch.zeros(1, 3), 0, "epsilon"), "prediction"),
 ])
 def test_bad_input_raises_value_error(call, match):
     with pytest.raises(ValueError, match=match):

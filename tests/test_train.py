@@ -1,6 +1,8 @@
 """Trainer: exact resume, EMA warm-up, precision by device, class-conditional training, non-finite losses,
 and real learning on shapes."""
 import copy
+import dataclasses
+import json
 import math
 import warnings
 from dataclasses import replace
@@ -15,25 +17,31 @@ from torch import nn
 
 import ddpm_lib.runtime
 import ddpm_lib.train
-from ddpm_lib.checkpoint import load_model, read_checkpoint
+from ddpm_lib.checkpoint import CONFIG_NAME, load_model, read_checkpoint
 from ddpm_lib.data import SHAPE_KINDS, DataInfo, DeviceBatches, make_shapes
+from ddpm_lib.guidance import GuidedDenoiser
+from ddpm_lib.objective import Denoiser, Objective, diffusion_loss
 from ddpm_lib.utils import mix_seed
 from ddpm_lib.samplers import ddim_sample
-from ddpm_lib.schedule import NoiseSchedule, diffusion_loss
+from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.tolerance import assert_close
 from ddpm_lib.runtime import autocast_dtype, precision_dtype
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig
-from ddpm_lib.unet import UNet, unet_from_preset
+from ddpm_lib.unet import UNet, UNetConfig, unet_from_preset
 
 
-def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", prediction="eps", **kw):
+def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", prediction="eps", weighting="uniform",
+                 snr_gamma=5.0, **kw):
+    """A MICRO trainer on T = 100 linear betas; prediction, weighting and snr_gamma make its Objective, the rest
+    are TrainConfig fields."""
     torch.manual_seed(0)
     kw = {"warmup_steps": 3, "log_every": 2, "sample_every": 0, "checkpoint_every": 0, **kw}
     config = TrainConfig(batch_size=8, steps=steps, out_dir=None if out_dir is None else str(out_dir),
                          progress=False, **kw)
-    model = UNet(replace(MICRO, dropout=dropout, num_classes=num_classes, prediction=prediction))
-    return Trainer(model, NoiseSchedule.linear(100), config, device=device)
+    model = UNet(replace(MICRO, dropout=dropout, num_classes=num_classes))
+    return Trainer(model, NoiseSchedule.linear(100), config, Objective(prediction, weighting, snr_gamma),
+                   device=device)
 
 
 @pytest.fixture(scope="module")
@@ -59,14 +67,22 @@ def assert_same_state(a, b):
 def test_config_validates_fields():
     for field, bad in [("lr", 0.0), ("batch_size", 0), ("steps", -1), ("grad_clip", -1.0), ("log_every", 0),
                        ("warmup_steps", -5), ("sample_steps", 0), ("ema_decay", 1.0), ("cond_drop_prob", 1.0),
-                       ("cond_drop_prob", -0.1), ("loss_weighting", "min_snr"), ("snr_gamma", 0.0),
-                       ("snr_gamma", -5.0), ("snr_gamma", float("inf")), ("snr_gamma", True)]:
+                       ("cond_drop_prob", -0.1)]:
         with pytest.raises(ValueError, match=field):
             TrainConfig(**{field: bad})
+    for field, bad in [("weighting", "min_snr"), ("snr_gamma", 0.0), ("snr_gamma", -5.0), ("snr_gamma", float("inf")),
+                       ("snr_gamma", True)]:  # the loss weighting is the objective's now
+        with pytest.raises(ValueError, match=f"Objective.{field}"):
+            Objective(**{field: bad})
     paper = TrainConfig()
     assert (paper.lr, paper.warmup_steps, paper.batch_size, paper.grad_clip, paper.ema_decay, paper.flip) == (
         2e-4, 5000, 128, 1.0, 0.9999, True)
-    assert paper.loss_weighting == "uniform" and UNet(MICRO).config.prediction == "eps"  # L_simple (Eq. 14)
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), TrainConfig(out_dir=None, progress=False), device="cpu")
+    assert trainer.objective == Objective("eps", "uniform")  # L_simple (Eq. 14)
+    for cls, gone in [(TrainConfig, "loss_weighting"), (TrainConfig, "snr_gamma"), (UNetConfig, "prediction")]:
+        assert gone not in {f.name for f in dataclasses.fields(cls)}  # one record of the objective, not three
+    with pytest.raises(ValueError, match="objective: expected an Objective, got str"):
+        Trainer(UNet(MICRO), None, TrainConfig(out_dir=None), "eps", device="cpu")
 
 
 def test_default_schedule_is_the_papers():
@@ -82,15 +98,17 @@ def test_resume_is_bit_exact_on_cpu(tmp_path, images, labelled, num_classes, pre
     for a class-conditional model, label drops on), for every prediction target and weighting. No RNG state is
     stored: every draw comes from the step."""
     data = (images, None) if num_classes is None else labelled
-    run = dict(num_classes=num_classes, cond_drop_prob=0.3, prediction=prediction, loss_weighting=weighting,
+    run = dict(num_classes=num_classes, cond_drop_prob=0.3, prediction=prediction, weighting=weighting,
                snr_gamma=2.5)
     straight = make_trainer(tmp_path / "a", steps=6, **run).fit(*data)
     first = make_trainer(tmp_path / "b", steps=3, **run).fit(*data)
-    assert "rng" not in read_checkpoint(tmp_path / "b")
+    objective = Objective(prediction, weighting, 2.5)
+    assert "rng" not in read_checkpoint(tmp_path / "b") and read_checkpoint(tmp_path / "b")["objective"] == {
+        "prediction": prediction, "weighting": weighting, "snr_gamma": 2.5}
     torch.manual_seed(123)  # the global RNG outside the trainer must not matter
     resumed = Trainer.load(tmp_path / "b", device="cpu", steps=6).fit(*data)
-    assert resumed.model.config.prediction == prediction and resumed.config.loss_weighting == weighting
-    assert resumed.config.snr_gamma == 2.5 and resumed.step == straight.step == 6
+    assert resumed.objective == objective and resumed.denoiser.objective == objective  # restored, not the default
+    assert resumed.step == straight.step == 6
     assert_same_state(straight, resumed)
     assert straight.history[3:] == resumed.history
     assert straight.history[:3] == first.history
@@ -103,11 +121,11 @@ def test_resume_is_bit_exact_on_cpu(tmp_path, images, labelled, num_classes, pre
                                                                 ("eps", "uniform", None)])
 def test_the_step_loss_is_diffusion_loss_of_the_models_target_and_weighting(labelled, prediction, weighting,
                                                                            num_classes):
-    """The Trainer's first loss equals diffusion_loss of the model's prediction with the config's weighting and
+    """The Trainer's first loss equals diffusion_loss of the trainer's objective (prediction and weighting) with
     the step's own t and eps (drawn from (seed, step)), also for a class-conditional model (labels bound)."""
     images, labels = labelled
     trainer = make_trainer(None, steps=1, dropout=0.0, num_classes=num_classes, prediction=prediction,
-                           loss_weighting=weighting, snr_gamma=2.0, flip=False, cond_drop_prob=0.0)
+                           weighting=weighting, snr_gamma=2.0, flip=False, cond_drop_prob=0.0)
     model = copy.deepcopy(trainer.model)
     batches = trainer._batches(images, None if num_classes is None else labels)
     x0, y = batches.batch(0), batches.batch_labels(0)
@@ -116,8 +134,7 @@ def test_the_step_loss_is_diffusion_loss_of_the_models_target_and_weighting(labe
     eps = torch.randn(x0.shape, generator=g)
     net = model if y is None else (lambda x_t, t_: model(x_t, t_, y))
     with torch.no_grad():
-        expected = diffusion_loss(net, trainer.schedule, x0, t=t, noise=eps, prediction=prediction,
-                                  weighting=weighting, snr_gamma=2.0)
+        expected = diffusion_loss(net, trainer.schedule, x0, Objective(prediction, weighting, 2.0), t=t, noise=eps)
     loss = trainer.train_step(x0, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)  # the same float32 sums in the same order
 
@@ -249,8 +266,8 @@ def test_ema_follows_the_hand_computed_recurrence(images, warmup):
 
 
 class Toy(nn.Module):
-    """A 1x1 convolution as eps-predictor: 500 steps in a second."""
-    config = SimpleNamespace(num_classes=None, prediction="eps")
+    """A 1x1 convolution as eps-predictor (the trainer's default objective): 500 steps in a second."""
+    config = SimpleNamespace(num_classes=None)
 
     def __init__(self):
         super().__init__()
@@ -397,10 +414,48 @@ def test_labels_must_fit_the_model(images, labelled):
 def test_conditional_sample_grids_use_balanced_labels(tmp_path, labelled, monkeypatch):
     calls = []
     monkeypatch.setattr(ddpm_lib.train, "ddim_sample",
-                        lambda model, *args, **kwargs: calls.append(model) or ddim_sample(model, *args, **kwargs))
-    make_trainer(tmp_path, steps=1, num_classes=3, sample_every=1, sample_n=5, sample_steps=2).fit(*labelled)
-    assert calls[0].y.tolist() == [0, 1, 2, 0, 1] and calls[0].scale == 1  # guided(ema, y): the conditional model
+                        lambda denoiser, *args, **kwargs: calls.append(denoiser) or ddim_sample(denoiser, *args,
+                                                                                                **kwargs))
+    trainer = make_trainer(tmp_path, steps=1, num_classes=3, sample_every=1, sample_n=5, sample_steps=2,
+                           prediction="v")
+    trainer.fit(*labelled)
+    grid = calls[0]  # guided(the EMA's denoiser, y): the conditional model
+    assert isinstance(grid, GuidedDenoiser) and grid.y.tolist() == [0, 1, 2, 0, 1] and grid.scale == 1
+    assert grid.denoiser.net is trainer.ema and grid.denoiser.objective == Objective("v")
     assert (tmp_path / "samples" / "step_0000001.png").is_file()
+
+
+def test_the_trainers_denoiser_is_the_ema_with_the_runs_schedule_and_objective(tmp_path, images, monkeypatch):
+    """trainer.denoiser: what sample grids and evaluations use; an unconditional grid samples it as it is."""
+    calls = []
+    monkeypatch.setattr(ddpm_lib.train, "ddim_sample",
+                        lambda denoiser, *args, **kwargs: calls.append(denoiser) or ddim_sample(denoiser, *args,
+                                                                                                **kwargs))
+    trainer = make_trainer(tmp_path, steps=1, sample_every=1, sample_n=4, sample_steps=2, prediction="x0",
+                           weighting="min-snr", snr_gamma=3.0)
+    denoiser = trainer.denoiser
+    assert isinstance(denoiser, Denoiser) and denoiser.net is trainer.ema and denoiser.schedule is trainer.schedule
+    assert denoiser.objective is trainer.objective == Objective("x0", "min-snr", 3.0)
+    trainer.fit(images)
+    assert len(calls) == 1 and isinstance(calls[0], Denoiser) and calls[0].net is trainer.ema
+    assert calls[0].objective == trainer.objective
+
+
+def test_the_objective_is_in_the_checkpoint_and_in_config_json(tmp_path, images):
+    """The run's objective as Objective.to_dict() in the checkpoint (its own entry; not in the UNetConfig or the
+    TrainConfig) and in config.json's "objective" section, beside the network, schedule, training and data."""
+    trainer = make_trainer(tmp_path, steps=1, prediction="v", weighting="min-snr", snr_gamma=2.0)
+    trainer.fit(images)
+    ckpt = read_checkpoint(tmp_path)
+    assert ckpt["version"] == 5 and ckpt["objective"] == {"prediction": "v", "weighting": "min-snr", "snr_gamma": 2.0}
+    assert "prediction" not in ckpt["unet_config"]
+    assert not {"loss_weighting", "snr_gamma", "prediction"} & set(ckpt["train_config"])
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    assert list(config) == ["network", "objective", "schedule", "training", "data"]
+    assert config == json.loads(json.dumps(trainer.run_config()))  # tuples come back as lists
+    assert Objective.from_dict(config["objective"]) == trainer.objective
+    assert "prediction" not in config["network"] and "loss_weighting" not in config["training"]
+    assert load_model(tmp_path, device="cpu").objective == trainer.objective
 
 
 def test_data_info_travels_with_the_checkpoint(tmp_path, images):
@@ -464,9 +519,10 @@ def test_tiny_preset_learns_shapes(tmp_path):
     start, end = sum(losses[:10]) / 10, sum(losses[-50:]) / 50
     assert end < 0.25 * start, (start, end)
 
-    model, schedule = load_model(tmp_path, device="cpu")
+    denoiser = load_model(tmp_path, device="cpu")
+    assert denoiser.objective == Objective()  # the trainer's default: the paper's
     gen = torch.Generator().manual_seed(1)
-    samples = ddim_sample(model, schedule, (64, 3, size, size), steps=20, generator=gen)
+    samples = ddim_sample(denoiser, (64, 3, size, size), steps=20, generator=gen)
     noise = torch.randn(64, 3, size, size, generator=gen).clamp(-1, 1)
     real = neighbour_difference(make_shapes(512, size=size, seed=99)[0].float() / 127.5 - 1)
     d_samples, d_noise = abs(neighbour_difference(samples) - real), abs(neighbour_difference(noise) - real)
