@@ -32,7 +32,8 @@ SECTIONS = {"train_throughput": "training throughput", "fp16_gradscaler": "fp16 
 FID_SAMPLES = 50_000
 FINISH_S = 20  # the CIFAR-10 run stops training this long before its time box ends: the last grid, the loss curve
 SESSION_S = 30 * 60  # one Colab session of training (notebook 05's MAX_MINUTES on a GPU)
-FAST_ROW = f"fast recipe ({FAST.preset}, {FAST.prediction})"  # its own network: not one of the paper-network contenders
+# its own network: not one of the paper-network contenders
+FAST_ROW = f"fast recipe ({FAST.preset}, {FAST.objective.prediction})"
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ def fp16_gradscaler(args, sizes, device):
 
 
 def sampling(args, sizes, device):
+    from ddpm_lib.objective import Denoiser
     from ddpm_lib.samplers import dpm_solver_sample, dpm_solver_timesteps
     from ddpm_lib.schedule import NoiseSchedule
     from ddpm_lib.unet import unet_from_preset
@@ -193,12 +195,13 @@ def sampling(args, sizes, device):
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     schedule = NoiseSchedule.linear(1000).to(device)
+    denoiser = Denoiser(model, schedule)  # eps, the paper's
     shape = (sizes.sample_batch, 3, 32, 32)
 
     def draw(steps):
         generator = torch.Generator(device).manual_seed(0)
         with tp.autocast(device):
-            return dpm_solver_sample(model, schedule, shape, steps=steps, generator=generator, device=device)
+            return dpm_solver_sample(denoiser, shape, steps=steps, generator=generator, device=device)
 
     draw(2)  # warm-up: kernels, allocator, cuDNN autotuning
     reset_peak(device)
@@ -270,15 +273,15 @@ def cifar10_run(args, sizes, device):
     recipe = replace(FAST, preset=tp.TOY_PRESET) if sizes.toy else FAST
     network = recipe.network
     config = replace(recipe.train, batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
-    trainer = Trainer(UNet(network), recipe.noise_schedule(), config, device=device)
+    trainer = Trainer(UNet(network), recipe.noise_schedule(), config, recipe.objective, device=device)
     start = time.perf_counter()
     trainer.fit(images, steps=1)  # compilation, the data set onto the device
     tp.sync(device)
     first_step_s, train_s, grids = time.perf_counter() - start, 0.0, []  # grids: {"step", "file"} per PNG
-    logged = f"{network.prediction} loss, {config.loss_weighting} weights"  # what Trainer.history holds
+    logged = f"{recipe.objective.prediction} loss, {recipe.objective.weighting} weights"  # what Trainer.history holds
 
     def grid():
-        x = generate_images(trainer.ema, trainer.schedule, sizes.grid_n, sampler="dpm-solver",
+        x = generate_images(trainer.denoiser, sizes.grid_n, sampler="dpm-solver",
                             steps=sizes.solver_steps, batch_size=sizes.grid_n, seed=0, device=device)
         name = f"samples_step_{trainer.step:06d}.png"
         save_image(x.float() / 255, out / name, nrow=math.ceil(math.sqrt(sizes.grid_n)))

@@ -49,26 +49,27 @@ def parse_scales(text: str) -> list[float]:
 
 
 def load_generator(ckpt: str, device) -> tuple:
-    """(EMA UNet, schedule, what it is: checkpoint, step, recipe, training minutes, class names) of a checkpoint
-    file or run folder, or of "shipped": the package's model. Only the shipped model's card records its training
-    minutes (a checkpoint does not: None)."""
+    """(the denoiser of its EMA UNet, what it is: checkpoint, step, recipe, training minutes, class names) of a
+    checkpoint file or run folder, or of "shipped": the package's model. Only the shipped model's card records its
+    training minutes (a checkpoint does not: None)."""
     from ddpm_lib.checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
     from ddpm_lib.shipped import SHIPPED_MODEL, load_shipped_model
 
     if ckpt == "shipped":
-        model, schedule, card = load_shipped_model(device=device)
+        denoiser, card = load_shipped_model(device=device)
         path, minutes = SHIPPED_MODEL, card.get("train_minutes")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         path, minutes = resolve_checkpoint(ckpt), None
-        model, schedule = load_model(path, device=device)
+        denoiser = load_model(path, device=device)
         state = read_checkpoint(path)
-    if model.config.num_classes != 10:
+    num_classes = denoiser.net.config.num_classes
+    if num_classes != 10:
         raise ValueError(f"--ckpt {ckpt}: expected a class-conditional CIFAR-10 model (10 classes), got one with "
-                         f"num_classes={model.config.num_classes}")
+                         f"num_classes={num_classes}")
     info = data_info_of(state, path)
-    return model, schedule, {"checkpoint": ckpt, "step": state["step"], "recipe": state["train_config"].get("recipe"),
-                             "train_minutes": minutes, "class_names": info.class_names if info else None}
+    return denoiser, {"checkpoint": ckpt, "step": state["step"], "recipe": state["train_config"].get("recipe"),
+                      "train_minutes": minutes, "class_names": info.class_names if info else None}
 
 
 def _shown(path: Path) -> str:
@@ -108,7 +109,7 @@ def benchmark(args) -> None:
 
     device = torch.device(args.device) if args.device else default_device()
     start, measured_on = time.perf_counter(), machine(device)
-    model, schedule, about = load_generator(args.ckpt, device)
+    denoiser, about = load_generator(args.ckpt, device)
     test, train = (load_image_folder(args.data / split, size=32) for split in ("test", "train"))
     if about["class_names"] is not None and list(about["class_names"]) != list(test.info.class_names):
         raise ValueError(f"the model's classes {about['class_names']} are not the test folder's "
@@ -123,7 +124,7 @@ def benchmark(args) -> None:
     results, best_images = [], None
     for s in args.scales:
         t0 = time.perf_counter()
-        images = generate_images(model, schedule, args.n, sampler=args.sampler, steps=args.steps,
+        images = generate_images(denoiser, args.n, sampler=args.sampler, steps=args.steps,
                                  batch_size=args.batch_size, seed=args.seed, y=labels, guidance_scale=s, device=device,
                                  progress=args.progress)
         seconds = time.perf_counter() - t0

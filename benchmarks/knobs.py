@@ -32,6 +32,7 @@ from torchvision.utils import make_grid, save_image
 from ddpm_lib.data import make_shapes
 from ddpm_lib.utils import to_model_range, to_uint8
 from ddpm_lib.metrics import share_with_interval
+from ddpm_lib.objective import Objective
 from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.samplers import ddim_sample
 from ddpm_lib.schedule import NoiseSchedule
@@ -65,8 +66,8 @@ class Run:
 
 
 PAPER_OBJECTIVE = Run("paper objective")  # the quick win's settings with eps, L_simple and the paper's betas
-QUICK = Run("quick win", schedule=QUICK_WIN.schedule, prediction=QUICK_WIN.prediction,
-            loss_weighting=QUICK_WIN.loss_weighting)  # notebook 05's CPU default
+QUICK = Run("quick win", schedule=QUICK_WIN.schedule, prediction=QUICK_WIN.objective.prediction,
+            loss_weighting=QUICK_WIN.objective.weighting)  # notebook 05's CPU default
 QUICK_SEEDS, QUICK_SAMPLES = (0, 1), 256  # `quick`: seeds per recipe, samples scored per run
 QUICK_WORKERS = 2  # `quick`: runs at a time, one torch thread each (a small network uses one core best)
 
@@ -96,16 +97,15 @@ def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
     schedule = (NoiseSchedule.cosine(T) if run.schedule == "cosine"
                 else NoiseSchedule.linear(T, run.beta_min, run.beta_max))
     torch.manual_seed(seed)
-    model = UNet(replace(PRESETS[QUICK_WIN.preset], image_size=run.image_size, prediction=run.prediction,
-                         **run.unet))
+    model = UNet(replace(PRESETS[QUICK_WIN.preset], image_size=run.image_size, **run.unet))
     config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
-                         ema_decay=run.ema_decay, loss_weighting=run.loss_weighting, seed=seed, out_dir=None,
-                         progress=False, log_every=25)
-    trainer = Trainer(model, schedule, config, device="cpu")
+                         ema_decay=run.ema_decay, seed=seed, out_dir=None, progress=False, log_every=25)
+    objective = Objective(prediction=run.prediction, weighting=run.loss_weighting)  # min-snr: gamma 5
+    trainer = Trainer(model, schedule, config, objective, device="cpu")
     start = time.perf_counter()
     trainer.fit(make_shapes(5000, size=run.image_size, seed=seed)[0])
     train_s = time.perf_counter() - start
-    x0 = ddim_sample(trainer.ema, trainer.schedule, (n_samples, 3, run.image_size, run.image_size),
+    x0 = ddim_sample(trainer.denoiser, (n_samples, 3, run.image_size, run.image_size),
                      steps=min(run.sample_steps, T), generator=torch.Generator().manual_seed(seed))
     sample_s = time.perf_counter() - start - train_s
     samples = to_uint8(x0)

@@ -15,10 +15,10 @@ GFLOPs against the tiny net's 0.50).
 Budgets are CPU time of the training process (time.process_time), one torch thread per run and two runs at a
 time on the two cores, so a run's budget does not depend on what runs beside it. Each run keeps its EMA weights
 at every budget in BUDGETS (fractions of --minutes), so one 10-minute run serves every budget. Samples: DPM-Solver++
-(2M) for ddpm_lib's runs and for the peer's network too (its betas and v-output converted by NoiseSchedule), and
-the peer's own DDIM; scored by benchmarks/cifar_scores.py against the test split. An interrupted benchmark goes
-on where it stopped: each trained run and each score is kept under runs/recipes (trained.json, scores_<budget>.json)
-with the settings that made it, and used again only by a run with the same settings.
+(2M) for ddpm_lib's runs and for the peer's network too (its betas as a NoiseSchedule, its v-output read by an
+Objective), and the peer's own DDIM; scored by benchmarks/cifar_scores.py against the test split. An interrupted
+benchmark goes on where it stopped: each trained run and each score is kept under runs/recipes (trained.json,
+scores_<budget>.json) with the settings that made it, and used again only by a run with the same settings.
 """
 from __future__ import annotations
 
@@ -84,10 +84,10 @@ class _Ours:
         from ddpm_lib.unet import unet_from_preset
 
         torch.manual_seed(run.seed)
-        model = unet_from_preset("tiny", prediction=run.prediction)
-        config = replace(RECIPES["quick-win"].train, seed=run.seed, loss_weighting=run.weighting, out_dir=None,
-                         sample_every=0, checkpoint_every=0, progress=False)
-        self.trainer = Trainer(model, _schedule(run), config, device="cpu")
+        model = unet_from_preset("tiny")
+        config = replace(RECIPES["quick-win"].train, seed=run.seed, out_dir=None, sample_every=0, checkpoint_every=0,
+                         progress=False)
+        self.trainer = Trainer(model, _schedule(run), config, _objective(run), device="cpu")
 
     @property
     def step(self) -> int:
@@ -129,6 +129,13 @@ class _Peer:
 
     def ema_state(self) -> dict:
         return copy.deepcopy(self.ema.ema_model.state_dict())
+
+
+def _objective(run: Run):
+    """What the run's network predicts and its loss weighting (min-SNR's gamma: 5)."""
+    from ddpm_lib.objective import Objective
+
+    return Objective(prediction=run.prediction, weighting=run.weighting)
 
 
 def _schedule(run: Run):
@@ -179,16 +186,26 @@ def _train(run: Run, minutes: float, work: Path) -> dict:
 # ----------------------------------------------------------------------------- sampling and scoring
 
 class _PeerAsModel(torch.nn.Module):
-    """The peer's Unet as a function of (x_t, t) whose config says it predicts v (ddpm_lib's samplers read that)."""
+    """The peer's Unet as a network of (x_t, t) with a UNetConfig for generate_images to read the image shape from
+    (3 channels, 32x32; none of its other fields describe the peer's network). What it predicts (v) is the
+    objective of its denoiser (_peer_denoiser)."""
 
     def __init__(self, unet):
+        from ddpm_lib.unet import UNetConfig
+
         super().__init__()
         self.unet = unet
-        self.config = type("Config", (), {"prediction": "v", "ch_list": (3,), "image_size": 32,
-                                          "num_classes": None})()
+        self.config = UNetConfig(image_size=32)  # read for the image shape only: 3 channels, 32x32
 
     def forward(self, x_t, t):
         return self.unet(x_t, t)
+
+
+def _peer_denoiser(unet, schedule):
+    """The peer's Unet with its schedule, as ddpm_lib's denoiser of a v-predicting network."""
+    from ddpm_lib.objective import Denoiser, Objective
+
+    return Denoiser(_PeerAsModel(unet), schedule, Objective(prediction="v"))
 
 
 def sample_and_score(result: dict, fraction: float, n: int, steps: int, work: Path) -> dict:
@@ -202,6 +219,7 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: P
     from cifar_scores import score
 
     from ddpm_lib.classifier import features_and_probabilities, load_cifar10_classifier
+    from ddpm_lib.objective import Denoiser
     from ddpm_lib.samplers import generate_images
     from ddpm_lib.schedule import NoiseSchedule
     from ddpm_lib.unet import unet_from_preset
@@ -220,16 +238,17 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: P
         diffusion.load_state_dict(state)
         diffusion.eval()
         schedule = NoiseSchedule(diffusion.betas.double().clamp(1e-12, 0.999))
-        samples["DPM-Solver++"] = generate_images(_PeerAsModel(diffusion.model), schedule, n, sampler="dpm-solver",
+        samples["DPM-Solver++"] = generate_images(_peer_denoiser(diffusion.model, schedule), n, sampler="dpm-solver",
                                                   steps=steps, seed=0)
         torch.manual_seed(0)
         with torch.no_grad():
             ddim = torch.cat([diffusion.sample(batch_size=min(250, n - i)) for i in range(0, n, 250)])
         samples["its DDIM"] = to_uint8(ddim * 2 - 1)
     else:
-        model = unet_from_preset("tiny", prediction=run.prediction)
+        model = unet_from_preset("tiny")
         model.load_state_dict(state)
-        samples["DPM-Solver++"] = generate_images(model, _schedule(run), n, sampler="dpm-solver", steps=steps, seed=0)
+        samples["DPM-Solver++"] = generate_images(Denoiser(model, _schedule(run), _objective(run)), n,
+                                                  sampler="dpm-solver", steps=steps, seed=0)
     scored = {}
     for sampler, images in samples.items():
         feats, probs = features_and_probabilities(classifier, images)

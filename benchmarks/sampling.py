@@ -22,6 +22,7 @@ import torch
 from machine import machine
 
 from ddpm_lib.utils import default_device
+from ddpm_lib.objective import Denoiser
 from ddpm_lib.samplers import SAMPLERS
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, unet_from_preset
@@ -52,27 +53,27 @@ def parse_runs(text, T):
     return runs
 
 
-def sample_once(model, schedule, name, steps, shape, device, amp):
+def sample_once(denoiser, name, steps, shape, device, amp):
     generator = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     entry = SAMPLERS[name]
     kwargs = {} if entry.default_steps is None else {"steps": steps}  # ddpm runs all T steps
     with autocast:
-        return entry.fn(model, schedule, shape, generator=generator, device=device, **kwargs)
+        return entry.fn(denoiser, shape, generator=generator, device=device, **kwargs)
 
 
-def benchmark(model, schedule, runs, batch_size, device, amp, repeats):
+def benchmark(denoiser, runs, batch_size, device, amp, repeats):
     """{(name, steps): [seconds per batch, one per repeat]}, interleaved over runs."""
-    size = model.config.image_size
+    size = denoiser.net.config.image_size
     shape = (batch_size, 3, size, size)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    sample_once(model, schedule, "ddim", 2, shape, device, amp)  # warm-up: kernels, allocator, autotuning
+    sample_once(denoiser, "ddim", 2, shape, device, amp)  # warm-up: kernels, allocator, autotuning
     sync()
     times = {run: [] for run in runs}
     for r in range(repeats):
         for name, steps in runs:
             start = time.perf_counter()
-            sample_once(model, schedule, name, steps, shape, device, amp)
+            sample_once(denoiser, name, steps, shape, device, amp)
             sync()
             times[(name, steps)].append(time.perf_counter() - start)
             print(f"repeat {r + 1}/{repeats}  {name:10s} {steps:5d} steps  {times[(name, steps)][-1]:8.2f} s",
@@ -146,7 +147,8 @@ def main(argv=None):
         model = torch.compile(model)  # attribute access (model.config) falls through to the original
         model.config = model._orig_mod.config
     schedule = NoiseSchedule.linear(args.T).to(device)
-    times = benchmark(model, schedule, runs, args.batch_size, device, args.amp, args.repeats)
+    denoiser = Denoiser(model, schedule)  # random weights read as eps, the paper's
+    times = benchmark(denoiser, runs, args.batch_size, device, args.amp, args.repeats)
     result = table(times, args, device, n_params)
     print(result)
     write_section(args.out, result)

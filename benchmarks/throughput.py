@@ -66,9 +66,8 @@ def fast_recipe_step(device, compile, toy=False):
     optimiser settings (toy: TOY_PRESET instead of its network). Returns the model and the bound train_step."""
     torch.manual_seed(0)
     config = replace(FAST.train, out_dir=None, progress=False, compile=compile)
-    model = unet_from_preset(TOY_PRESET if toy else FAST.preset, image_size=FAST.image_size,
-                             prediction=FAST.prediction)
-    trainer = Trainer(model, None, config, device=device)
+    model = unet_from_preset(TOY_PRESET if toy else FAST.preset, image_size=FAST.image_size)
+    trainer = Trainer(model, None, config, FAST.objective, device=device)
     return trainer.model, trainer.train_step
 
 

@@ -21,7 +21,9 @@ from ddpm_lib.checkpoint import load_model, read_checkpoint
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.cli import main
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, load_image_folder, make_shapes
+from ddpm_lib.hub import model_card
 from ddpm_lib.nb.session import NotebookSetup, load_training_images
+from ddpm_lib.objective import Objective
 from ddpm_lib.recipes import RECIPES
 from ddpm_lib.samplers import SAMPLERS, generate_images
 from ddpm_lib.schedule import NoiseSchedule, linear_betas
@@ -91,7 +93,12 @@ def files(tmp_path_factory):
     (tmp / "classes" / "dog").mkdir()  # a class folder without images
     configs = {"unknown_key": {"training": {"lrr": 1e-3}}, "wrong_type": {"training": {"lr": "fast"}},
                "unknown_section": {"optimizer": {}}, "bad_list": {"network": {"ch_list": "3,32"}},
-               "bad_schedule": {"schedule": {"kind": "sigmoid"}}, "bad_network": {"network": {"temb_dim": 7}}}
+               "bad_schedule": {"schedule": {"kind": "sigmoid"}}, "bad_network": {"network": {"temb_dim": 7}},
+               "unknown_objective_key": {"objective": {"loss": "mse"}},
+               "bad_prediction": {"objective": {"prediction": "z"}},
+               "objective_wrong_type": {"objective": {"snr_gamma": "5"}},
+               "bad_snr_gamma": {"objective": {"weighting": "min-snr", "snr_gamma": 0}},
+               "prediction_in_network": {"network": {"prediction": "v"}}}
     for name, values in configs.items():
         (tmp / f"{name}.json").write_text(json.dumps(values))
     (tmp / "not_json.json").write_text("{network: ")
@@ -151,12 +158,25 @@ def bad_input(tmp):
         "config with a wrong type": (shapes + ("--config", tmp / "wrong_type.json"),
                                      'training.lr: expected a number, got "fast"'),
         "config with an unknown section": (shapes + ("--config", tmp / "unknown_section.json"),
-                                           "optimizer: unknown section; expected network, schedule, training, data"),
+                                           "optimizer: unknown section; expected network, objective, schedule, "
+                                           "training, data"),
         "config with a string for a list": (shapes + ("--config", tmp / "bad_list.json"),
                                             'network.ch_list: expected a list, got "3,32"'),
         "config with an unknown schedule": (shapes + ("--config", tmp / "bad_schedule.json"),
                                             "schedule.kind: expected one of ['cosine', 'custom', 'linear']"),
         "config with an invalid network": (shapes + ("--config", tmp / "bad_network.json"), "temb_dim must be even"),
+        "config with an unknown objective key": (shapes + ("--config", tmp / "unknown_objective_key.json"),
+                                                 "unknown_objective_key.json: objective.loss: unknown key; Objective "
+                                                 "has prediction, weighting, snr_gamma"),
+        "config with an unknown prediction": (shapes + ("--config", tmp / "bad_prediction.json"),
+                                              "bad_prediction.json: objective.prediction must be one of ('eps', "
+                                              "'x0', 'v'), got 'z'"),
+        "config with a string for snr_gamma": (shapes + ("--config", tmp / "objective_wrong_type.json"),
+                                               'objective.snr_gamma: expected a number, got "5"'),
+        "config with an snr_gamma of 0": (shapes + ("--config", tmp / "bad_snr_gamma.json"),
+                                          "bad_snr_gamma.json: objective.snr_gamma must be a number > 0"),
+        "config with the prediction in the network": (shapes + ("--config", tmp / "prediction_in_network.json"),
+                                                       "network.prediction: unknown key; UNetConfig has ch_list, "),
         "config that is not JSON": (shapes + ("--config", tmp / "not_json.json"), "not a readable JSON file"),
         "missing config": (shapes + ("--config", tmp / "nope.json"), "nope.json: file not found"),
         "config with --resume": (("train", "--out", run, "--resume", "--steps", "3", "--config",
@@ -186,7 +206,7 @@ def bad_input(tmp):
         "unknown prediction": (shapes + ("--prediction", "score"), "--prediction: invalid choice: 'score'"),
         "unknown loss weighting": (shapes + ("--loss-weighting", "snr"), "--loss-weighting: invalid choice"),
         "snr gamma of 0": (shapes + ("--loss-weighting", "min-snr", "--snr-gamma", "0"),
-                           "--snr-gamma: TrainConfig.snr_gamma must be a number > 0"),
+                           "--snr-gamma: Objective.snr_gamma must be a number > 0"),
         "unknown recipe": (("train", "--recipe", "fastest", "--out", tmp / "x"), "unknown recipe 'fastest'"),
         "no steps": (("train", "--preset", "tiny", "--data", "shapes", "--out", tmp / "x"),
                      "--steps: expected the total optimizer steps"),
@@ -256,8 +276,8 @@ def test_grad_accum_precision_and_logger_flags_reach_the_run(tmp_path, one_threa
 
 
 def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
-    """Every run folder holds config.json (the resolved network, schedule, training and data, as the checkpoint
-    records them); `train --config` of it trains the same run bit for bit, and flags given override it."""
+    """Every run folder holds config.json (the resolved network, objective, schedule, training and data, as the
+    checkpoint records them); `train --config` of it trains the same run bit for bit, and flags given override it."""
     base = ["--no-progress", "--device", "cpu", "--sample-every", "0"]
     assert main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
                  "--steps", "2", "--batch-size", "4", "--schedule", "cosine", "--timesteps", "50",
@@ -265,12 +285,14 @@ def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
     config, ckpt = json.loads((tmp_path / "a" / "config.json").read_text()), read_checkpoint(tmp_path / "a")
     as_json = lambda values: json.loads(json.dumps(values))  # noqa: E731  (tuples as lists)
     assert config["training"] == as_json(ckpt["train_config"]) and config["data"] == as_json(ckpt["data"])
-    assert config["network"] == as_json(ckpt["unet_config"])
+    assert config["network"] == as_json(ckpt["unet_config"]) and config["objective"] == ckpt["objective"]
+    assert config["objective"] == {"prediction": "eps", "weighting": "uniform", "snr_gamma": 5.0}  # the paper's
     assert config["schedule"] == {"kind": "cosine", "steps": 50, "s": 0.008}
     assert main(["train", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"), *base]) == 0
     again = read_checkpoint(tmp_path / "b")
     assert all(torch.equal(ckpt["model"][k], again["model"][k]) for k in ckpt["model"])  # the same run
     assert torch.equal(ckpt["schedule"]["betas"], again["schedule"]["betas"]) and again["data"] == ckpt["data"]
+    assert again["objective"] == ckpt["objective"]
     assert main(["train", "--config", str(tmp_path / "a"), "--lr", "1e-3", "--steps", "3", "--out",
                  str(tmp_path / "c"), *base]) == 0
     changed = read_checkpoint(tmp_path / "c")["train_config"]
@@ -281,15 +303,35 @@ def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
 def test_a_hand_written_config_sets_what_it_names(tmp_path, one_thread):
     (tmp_path / "mine.json").write_text(json.dumps({
         "network": {"ch_list": [3, 16, 32], "attention_layer": [], "num_heads": 1, "temb_dim": 16, "norm_groups": 8,
-                    "time_mlp_dim": 32, "image_size": 16, "prediction": "v"},
+                    "time_mlp_dim": 32, "image_size": 16},
+        "objective": {"prediction": "v"},
         "training": {"lr": 1e-3, "batch_size": 4, "steps": 2, "grad_clip": 0.5, "flip": False}}))
     assert main(["train", "--config", str(tmp_path / "mine.json"), "--data", "shapes", "--n-images", "8",
                  "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu", "--sample-every", "0"]) == 0
     ckpt = read_checkpoint(tmp_path / "run")
-    assert ckpt["unet_config"]["ch_list"] == (3, 16, 32) and ckpt["unet_config"]["prediction"] == "v"
+    assert ckpt["unet_config"]["ch_list"] == (3, 16, 32) and ckpt["objective"]["prediction"] == "v"
+    assert (ckpt["objective"]["weighting"], ckpt["objective"]["snr_gamma"]) == ("uniform", 5.0)  # the defaults
     training = ckpt["train_config"]
     assert (training["lr"], training["grad_clip"], training["flip"], training["steps"]) == (1e-3, 0.5, False, 2)
     assert training["warmup_steps"] == TrainConfig.warmup_steps  # what the file leaves out: the defaults
+
+
+def test_a_configs_objective_is_the_runs_and_flags_override_it(tmp_path, one_thread):
+    """--config's "objective" section: the run trains for it; its checkpoint and config.json record it, and
+    load_model and Trainer.load (a resume) read it back; an objective flag given overrides its field, the others
+    stay."""
+    objective = {"prediction": "x0", "weighting": "min-snr", "snr_gamma": 2.5}
+    (tmp_path / "obj.json").write_text(json.dumps({"objective": objective}))
+    base = ["--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16", "--steps", "1",
+            "--batch-size", "4", "--no-progress", "--device", "cpu", "--sample-every", "0"]
+    assert main(["train", "--config", str(tmp_path / "obj.json"), "--out", str(tmp_path / "run"), *base]) == 0
+    assert read_checkpoint(tmp_path / "run")["objective"] == objective
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["objective"] == objective
+    assert load_model(tmp_path / "run", device="cpu").objective == Objective(**objective)
+    assert Trainer.load(tmp_path / "run", device="cpu").objective == Objective(**objective)
+    assert main(["train", "--config", str(tmp_path / "obj.json"), "--prediction", "v", "--out",
+                 str(tmp_path / "flag"), *base]) == 0
+    assert read_checkpoint(tmp_path / "flag")["objective"] == {**objective, "prediction": "v"}
 
 
 def channel_means_fid(fake, ref) -> float:
@@ -318,8 +360,8 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
     assert rc == 0, err
     result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
     # 6 samples guided at s = 2 towards balanced labels 0, 1, 2, 0, 1, 2 (seed 0, DDIM 2 steps)
-    model, schedule = load_model(files / "cond", device="cpu")
-    fake = generate_images(model, schedule, 6, steps=2, y=torch.arange(6) % 3, guidance_scale=2, device="cpu")
+    denoiser = load_model(files / "cond", device="cpu")
+    fake = generate_images(denoiser, 6, steps=2, y=torch.arange(6) % 3, guidance_scale=2, device="cpu")
     assert result["guidance_scale"] == 2 and f"FID {result['fid']:.3f}" in out
     assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)  # float64: 2 solvers
     # the IS of 6 samples in min(10, 6) = 6 splits: one sample each, whose p(y|x) is its own p(y), KL 0, IS 1
@@ -341,8 +383,8 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
                "--device", "cpu"])
     _, err = capsys.readouterr()
     assert rc == 0 and f"{sampler} with {steps} steps" in err, err
-    model, schedule = load_model(files / "t20", device="cpu")
-    expected = generate_images(model, schedule, 2, sampler=sampler, steps=steps, device="cpu")  # uint8 (2, 3, 16, 16)
+    denoiser = load_model(files / "t20", device="cpu")
+    expected = generate_images(denoiser, 2, sampler=sampler, steps=steps, device="cpu")  # uint8 (2, 3, 16, 16)
     pixels = torch.from_numpy(numpy.array(Image.open(grid).convert("RGB"))).permute(2, 0, 1)  # (3, 20, 38): 1x2 grid
     torch.testing.assert_close(torch.stack([pixels[:, 2:18, 2:18], pixels[:, 2:18, 20:36]]), expected, atol=0, rtol=0)
 
@@ -352,7 +394,7 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
     assert rc == 0, err
     result = json.loads((files / "t20" / f"checkpoint_fid_{sampler}{steps}_n4.json").read_text())
     assert (result["sampler"], result["steps"], result["n"]) == (sampler, steps, 4)
-    fake = generate_images(model, schedule, 4, sampler=sampler, steps=steps, device="cpu")  # fid's samples: seed 0
+    fake = generate_images(denoiser, 4, sampler=sampler, steps=steps, device="cpu")  # fid's samples: seed 0
     assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)
 
 
@@ -453,13 +495,12 @@ def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, on
     assert rc == 0, capsys.readouterr().err
     ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
     quick = RECIPES["quick-win"]
-    assert UNetConfig(**ckpt["unet_config"]) == replace(PRESETS[quick.preset], image_size=quick.image_size,
-                                                        prediction="v")
+    assert UNetConfig(**ckpt["unet_config"]) == replace(PRESETS[quick.preset], image_size=quick.image_size)
     config = ckpt["train_config"]
     assert (config["recipe"], config["lr"], config["warmup_steps"], config["ema_decay"]) == (
         "quick-win", quick.lr, quick.warmup_steps, quick.ema_decay)  # the recipe's
-    assert (config["steps"], config["batch_size"], config["loss_weighting"], config["snr_gamma"]) == (
-        2, 4, "min-snr", 3.0)  # the flags'
+    assert (config["steps"], config["batch_size"], ckpt["objective"]["prediction"], ckpt["objective"]["weighting"],
+            ckpt["objective"]["snr_gamma"]) == (2, 4, "v", "min-snr", 3.0)  # the flags'
     assert ckpt["data"]["name"] == quick.data and ckpt["data"]["size"] == quick.image_size
     assert NoiseSchedule.from_state_dict(ckpt["schedule"]).kind == quick.schedule == "cosine"  # the recipe's
     rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "3", "--resume", "--device", "cpu",
@@ -560,13 +601,13 @@ def test_export_writes_a_diffusers_pipeline_of_the_ema_weights(run):
     assert rc == 0, err
     pipe = diffusers.DDPMPipeline.from_pretrained(out)
     pipe.set_progress_bar_config(disable=True)
-    ema, schedule = load_model(run, ema=True, device="cpu")
-    raw, _ = load_model(run, ema=False, device="cpu")
-    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, schedule.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    ema, raw = load_model(run, ema=True, device="cpu"), load_model(run, ema=False, device="cpu")
+    torch.testing.assert_close(pipe.scheduler.alphas_cumprod, ema.schedule.alphas_cumprod, rtol=1e-5, atol=1e-7)
+    assert pipe.scheduler.config.prediction_type == "epsilon"  # the run's objective: eps
     g = torch.Generator().manual_seed(0)
     x, t = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([0, 19])
     with torch.no_grad():
-        expected, theirs, other = ema(x, t), pipe.unet(x, t).sample, raw(x, t)
+        expected, theirs, other = ema.net(x, t), pipe.unet(x, t).sample, raw.net(x, t)
     scale = expected.abs().max()
     assert (theirs - expected).abs().max() / scale < 1e-4
     assert (other - expected).abs().max() / scale > 1e-3  # the EMA differs from the raw weights: it is the EMA
@@ -591,10 +632,13 @@ def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
     card, ckpt = (out / "README.md").read_text(), read_checkpoint(run)
     steps = f"{ckpt['step']:,} of {ckpt['train_config']['steps']:,} steps"  # the module's run, resumed by now
     for text in ("library_name: diffusers", "# someone/ddpm-shapes", "channels (3, 16, 32)", "| predicts | eps",
-                 "`epsilon`", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05", steps,
+                 "`epsilon`", "loss weighting uniform", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05",
+                 steps,
                  "| data | shapes, 16 images at 32x32", "| 100 | ddim | 20 | 123.40 |", "2.50 ± 0.10",
                  'DDPMPipeline.from_pretrained("someone/ddpm-shapes")'):
         assert text in card, text
+    other = model_card({**ckpt, "objective": Objective("x0", "min-snr").to_dict()}, run / "checkpoint.pt", "a/b")
+    assert "| predicts | x0 (diffusers' prediction_type `sample`) |" in other and "loss weighting min-snr" in other
     (run / "checkpoint_fid_ddim20_n100.json").unlink()
 
 

@@ -78,9 +78,9 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
         with Image.open(out / name) as im:
             assert im.format == "PNG"
     # its EMA weights in float16 with their card: they load as the shipped model does, with the recipe's objective
-    model, schedule, card = load_shipped_model(out / run_["weights"], device="cpu")
-    assert (card["recipe"], card["step"], model.config.prediction) == ("fast", run_["steps"], FAST.prediction)
-    assert schedule.kind == FAST.schedule and card["train_minutes"] == round(run_["train_seconds"] / 60, 2)
+    denoiser, card = load_shipped_model(out / run_["weights"], device="cpu")
+    assert (card["recipe"], card["step"], denoiser.objective) == ("fast", run_["steps"], FAST.objective)
+    assert denoiser.schedule.kind == FAST.schedule and card["train_minutes"] == round(run_["train_seconds"] / 60, 2)
     assert all(v.dtype == torch.float16 for v in torch.load(out / run_["weights"])["ema"].values()
                if v.is_floating_point())
 

@@ -9,8 +9,9 @@ import torch
 from helpers import perturbed
 
 from ddpm_lib import interop
-from ddpm_lib.interop import (PREDICTION_TYPES, diffusers_config, load_ddpm_cifar10, save_diffusers_pipeline,
-                              scheduler_config, unet_from_diffusers, unet_to_diffusers)
+from ddpm_lib.interop import (PREDICTION_TYPES, diffusers_config, load_ddpm_cifar10, objective_from_diffusers,
+                              save_diffusers_pipeline, scheduler_config, unet_from_diffusers, unet_to_diffusers)
+from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import PRESETS, UNet, UNetConfig
 
@@ -154,9 +155,11 @@ def test_the_official_layout_round_trips_exactly(reference):
     a, b = reference.state_dict(), back.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert unet_from_diffusers(reference).config == PRESETS["ddpm-cifar10"]
-    assert unet_from_diffusers(reference, prediction_type="v_prediction").config.prediction == "v"
+    assert objective_from_diffusers("v_prediction") == Objective(prediction="v")
+    assert objective_from_diffusers() == objective_from_diffusers("epsilon") == Objective()  # the paper's
+    assert objective_from_diffusers("sample") == Objective(prediction="x0")
     with pytest.raises(ValueError, match="prediction_type must be one of .'epsilon', 'sample', 'v_prediction'."):
-        unet_from_diffusers(reference, prediction_type="v")
+        objective_from_diffusers("v")
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -183,6 +186,7 @@ def test_networks_diffusers_cannot_express_raise(change, reason):
 def test_scheduler_config_gives_diffusers_the_same_schedule(schedule, kind):
     config = scheduler_config(schedule)
     assert config.get("beta_schedule") == kind and ("trained_betas" in config) == (kind is None)
+    assert config["prediction_type"] == "epsilon"  # no objective: the paper's
     scheduler = diffusers.DDPMScheduler(**config)
     torch.testing.assert_close(scheduler.alphas_cumprod.double(), schedule.alphas_cumprod.double(),
                                rtol=1e-5, atol=1e-7)
@@ -197,11 +201,13 @@ def test_exported_pipeline_loads_offline_and_samples_as_algorithm_2(tmp_path, mo
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    config = replace(EXPRESSIBLE["paper form"], prediction=prediction)
-    ours, schedule = perturbed(UNet(config), std=0.02), NoiseSchedule.linear(8, 1e-3, 0.3)
-    save_diffusers_pipeline(ours, schedule, tmp_path / "pipe")
-    assert json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())["prediction_type"] \
-        == PREDICTION_TYPES[prediction]
+    ours, schedule = perturbed(UNet(EXPRESSIBLE["paper form"]), std=0.02), NoiseSchedule.linear(8, 1e-3, 0.3)
+    denoiser = Denoiser(ours, schedule, Objective(prediction=prediction))
+    save_diffusers_pipeline(denoiser, tmp_path / "pipe")
+    prediction_type = json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())[
+        "prediction_type"]
+    assert prediction_type == PREDICTION_TYPES[prediction]
+    assert objective_from_diffusers(prediction_type) == denoiser.objective  # and back
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path / "pipe")
     pipe.set_progress_bar_config(disable=True)
@@ -213,7 +219,7 @@ def test_exported_pipeline_loads_offline_and_samples_as_algorithm_2(tmp_path, mo
 
     images = pipe(batch_size=2, num_inference_steps=8, generator=torch.Generator().manual_seed(2),
                   output_type="pt").images                                 # (2, 3, 16, 16) in [0, 1]
-    x0 = ddpm_sample(ours, schedule, (2, 3, 16, 16), generator=torch.Generator().manual_seed(2))
+    x0 = ddpm_sample(denoiser, (2, 3, 16, 16), generator=torch.Generator().manual_seed(2))
     assert x0.std() > 0.1
     torch.testing.assert_close(images, ((x0 + 1) / 2).clamp(0, 1), rtol=0, atol=1e-4)
     few = pipe(batch_size=1, num_inference_steps=3, generator=torch.Generator().manual_seed(3), output_type="np")

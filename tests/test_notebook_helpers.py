@@ -12,6 +12,7 @@ from PIL import Image
 import ddpm_lib.data
 from ddpm_lib.nb import runs, session
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, make_shapes
+from ddpm_lib.objective import Objective
 from ddpm_lib.recipes import QUICK_WIN
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.shipped import load_shipped_model, ship_model
@@ -302,14 +303,14 @@ def no_official_weights(*args, **kwargs):
     raise FileNotFoundError("could not download the DDPM CIFAR-10 weights (offline)")
 
 
-def write_run_of(folder, data_info, seed=0, num_classes=None):
-    """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do), and a
-    class-conditional network with num_classes."""
+def write_run_of(folder, data_info, seed=0, num_classes=None, objective=None):
+    """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do), a
+    class-conditional network with num_classes, and `objective` (default: the paper's)."""
     config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
                          log_every=1, progress=False)
     torch.manual_seed(seed)
     trainer = Trainer(UNet(dataclasses.replace(MICRO, num_classes=num_classes)), NoiseSchedule.linear(10), config,
-                      device="cpu")
+                      objective, device="cpu")
     trainer.data_info = data_info
     images = make_shapes(4, size=16, seed=seed)[0]
     return trainer.fit(images, torch.arange(4) % num_classes if num_classes else None)
@@ -323,23 +324,26 @@ def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monk
     setup = make_setup(tmp_path, smoke=True)
     folder = setup.runs / "05_training"
     old = write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=1)
-    new = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=2)
+    new = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=2,
+                       objective=Objective("v", "min-snr", 3.0))
     shapes = DataInfo("shapes", 4, 16, "train", seed=2, class_names=SHAPE_KINDS)
     write_run_of(runs.training_run(setup, "tiny"), shapes, seed=3)  # the newest, but shapes: not shown
     write_run_of(folder / "tiny-cifar10", CIFAR10_INFO, seed=4)  # a real-size run: not for smoke mode
     os.utime(folder / "seed-cifar10-smoke" / "checkpoint.pt", (1, 1))
-    model, schedule, description = runs.find_model(setup)
+    denoiser, description = runs.find_model(setup)
     assert description.startswith("your model from notebook 05: preset tiny, CIFAR-10, step 2, EMA weights")
     assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
-    assert not model.training and schedule.steps == 10
-    assert_same_weights(model, new.ema)
-    raw, _, description = runs.find_model(setup, "own", ema=False)
-    assert_same_weights(raw, new.model)
-    assert "raw weights" in description
+    assert not denoiser.net.training and denoiser.schedule.steps == 10
+    assert denoiser.objective == new.objective == Objective("v", "min-snr", 3.0)  # the run's, from its checkpoint
+    assert_same_weights(denoiser.net, new.ema)
+    raw, description = runs.find_model(setup, "own", ema=False)
+    assert_same_weights(raw.net, new.model)
+    assert "raw weights" in description and raw.objective == new.objective
     assert runs.own_checkpoints(setup) == [folder / "tiny-cifar10-smoke" / "checkpoint.pt",
                                            folder / "seed-cifar10-smoke" / "checkpoint.pt"]
-    picked, _, _ = runs.find_model(setup, str(folder / "seed-cifar10-smoke"))  # a run folder by path
-    assert_same_weights(picked, old.ema)
+    picked, _ = runs.find_model(setup, str(folder / "seed-cifar10-smoke"))  # a run folder by path
+    assert_same_weights(picked.net, old.ema)
+    assert picked.objective == old.objective == Objective()
     assert capsys.readouterr().out == ""  # nothing to explain when the reader's own model is shown
 
 
@@ -347,10 +351,10 @@ def test_find_model_class_cond_takes_only_class_conditional_runs(tmp_path, monke
     setup = make_setup(tmp_path, smoke=True)
     cond = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=1, num_classes=10)
     write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=2)  # newer, unconditional
-    model, _, description = runs.find_model(setup, class_cond=True)
-    assert_same_weights(model, cond.ema)
+    denoiser, description = runs.find_model(setup, class_cond=True)
+    assert_same_weights(denoiser.net, cond.ema)
     assert "class-conditional" in description
-    _, _, description = runs.find_model(setup)
+    _, description = runs.find_model(setup)
     assert "preset seed" in description  # without class_cond the newest of all
     with pytest.raises(ValueError, match="is unconditional; this notebook needs a class-conditional model"):
         runs.find_model(setup, str(runs.training_run(setup, "seed", data="cifar10")), class_cond=True)
@@ -360,13 +364,14 @@ def test_find_model_falls_back_to_the_shipped_model_and_says_why(tmp_path, monke
     monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", pytest.fail)  # the shipped model comes first
     setup = make_setup(tmp_path, smoke=False)
     write_run_of(setup.runs / "05_training" / "tiny-cifar10-smoke", CIFAR10_INFO)  # a smoke run: not real sizes
-    model, schedule, description = runs.find_model(setup, class_cond=True)
+    denoiser, description = runs.find_model(setup, class_cond=True)
     assert "no class-conditional CIFAR-10 checkpoint from notebook 05 under" in capsys.readouterr().out
-    shipped, shipped_schedule, card = load_shipped_model(device="cpu")
-    assert_same_weights(model, shipped)
+    shipped, card = load_shipped_model(device="cpu")
+    assert_same_weights(denoiser.net, shipped.net)
     assert description.startswith(f"the shipped CPU model: recipe {card['recipe']}, CIFAR-10, class-conditional, "
                                   f"step {card['step']}")
-    assert model.config.num_classes == 10 and schedule.kind == shipped_schedule.kind == "cosine"
+    assert denoiser.net.config.num_classes == 10 and denoiser.schedule.kind == shipped.schedule.kind == "cosine"
+    assert denoiser.objective == shipped.objective == Objective("x0", "min-snr", 5.0)  # cifar10-cond's
     with pytest.raises(FileNotFoundError, match="model='own': no CIFAR-10 checkpoint from notebook 05"):
         runs.find_model(setup, "own")
     with pytest.raises(ValueError, match="ema=False: the shipped and official models"):
@@ -377,13 +382,14 @@ def test_find_model_official_weights_come_last(tmp_path, monkeypatch, capsys, on
     official = UNet(MICRO)
     monkeypatch.setattr(runs.interop, "load_ddpm_cifar10", lambda: official)
     setup = make_setup(tmp_path, smoke=False)
-    model, schedule, description = runs.find_model(setup, "official")
-    assert model is official and not model.training
-    assert schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+    denoiser, description = runs.find_model(setup, "official")
+    assert denoiser.net is official and not official.training
+    assert denoiser.schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+    assert denoiser.objective == Objective()  # eps, the paper's
     # an install without its weights
     monkeypatch.setattr(runs, "load_shipped_model", lambda path, device: load_shipped_model(tmp_path / "missing.pt"))
-    model, _, description = runs.find_model(setup)
-    assert model is official and "the shipped CPU model is unavailable" in capsys.readouterr().out
+    denoiser, description = runs.find_model(setup)
+    assert denoiser.net is official and "the shipped CPU model is unavailable" in capsys.readouterr().out
     with pytest.raises(ValueError, match="the official DDPM CIFAR-10 weights are unconditional"):
         runs.find_model(setup, "official", class_cond=True)
     with pytest.raises(ValueError, match="smoke mode never downloads"):
@@ -394,13 +400,14 @@ def test_find_model_takes_weights_in_the_shipped_form_by_path(tmp_path, one_thre
     """The GPU check's float16 EMA weights (ship_model's form, a card beside them), as `make docs DOCS_MODEL=PATH`
     passes them to notebooks 06-08."""
     setup = make_setup(tmp_path, smoke=True)
-    run = write_run_of(tmp_path / "gpu-run", CIFAR10_INFO, seed=5)
+    run = write_run_of(tmp_path / "gpu-run", CIFAR10_INFO, seed=5, objective=Objective("x0", "min-snr"))
     weights = ship_model(tmp_path / "gpu-run", tmp_path / "fast_ema_fp16.pt", {"machine": "a test", "train_minutes": 1})
-    model, schedule, description = runs.find_model(setup, str(weights))
+    denoiser, description = runs.find_model(setup, str(weights))
     assert description == f"float16 EMA weights: recipe None, step 2, 1 min on a test ({weights})"
-    for ours, theirs in zip(model.state_dict().values(), run.ema.state_dict().values()):
+    for ours, theirs in zip(denoiser.net.state_dict().values(), run.ema.state_dict().values()):
         assert torch.equal(ours, theirs.half().float())  # float16 rounding is all that differs
-    assert schedule.steps == 10 and not model.training
+    assert denoiser.schedule.steps == 10 and not denoiser.net.training
+    assert denoiser.objective == run.objective == Objective("x0", "min-snr")
     with pytest.raises(ValueError, match="fast_ema_fp16.pt is unconditional; this notebook needs a class-cond"):
         runs.find_model(setup, str(weights), class_cond=True)
 
