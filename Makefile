@@ -6,15 +6,16 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.ddpm_lib-installed
+SITE_STAMP := $(VENV)/.site-installed
 TORCH  := torch==2.14.1 torchvision==0.29.1
 # Colab's widgets (ipywidgets 7.7.1 and its release's pins), for the Colab emulation (tests/test_colab.py)
 COLAB_WIDGETS := ipywidgets==7.7.1 widgetsnbextension==3.6.1 jupyterlab_widgets==1.1.1 ipython_genutils==0.2.0
 # the offline JPEG copy of CIFAR-10 (make docs, gpu-carry)
 CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg/train.tar.gz
 
-.PHONY: setup lab demo docs lint test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
+.PHONY: setup lab demo docs site lint test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
 
-setup: $(STAMP) $(VENV)/colab-wheels
+setup: $(STAMP) $(VENV)/colab-wheels $(SITE_STAMP)
 
 # Colab's widgets for the Colab emulation (tests/test_colab.py), downloaded once; the test runs offline
 $(VENV)/colab-wheels: | $(STAMP)
@@ -67,6 +68,27 @@ docs: setup $(DOCS_DATA)
 	mkdir -p docs/notebooks
 	DDPM_SMOKE=0 DDPM_MODEL=$(DOCS_MODEL) $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
 		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/0*.ipynb
+
+# The course as a website (mkdocs.yml, website/): the executed notebooks in docs/notebooks and the pages of docs/,
+# into SITE_DIR (git-ignored); .github/workflows/pages.yml publishes it, and tests/test_site.py builds it the same
+# way. No torch: its stamp installs MkDocs and its plugins (website/requirements.txt) into .venv, creating .venv if
+# there is none (setup installs them too, so the tests never pip-install while other tests run); MathJax comes
+# from npm into .venv/mathjax@VERSION and is copied into the site, which so reads offline, with no CDN.
+SITE_DIR    ?= _site
+MATHJAX     := mathjax@3.2.2
+MATHJAX_DIR := $(VENV)/$(MATHJAX)
+
+$(SITE_STAMP): website/requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -r website/requirements.txt
+	touch $@
+
+$(MATHJAX_DIR): | $(SITE_STAMP)
+	rm -rf $@.tmp && npm install --silent --no-audit --no-fund --prefix $@.tmp $(MATHJAX)
+	mv $@.tmp/node_modules/mathjax $@ && rm -rf $@.tmp
+
+site: $(SITE_STAMP) $(MATHJAX_DIR)
+	NO_MKDOCS_2_WARNING=1 SITE_MATHJAX=$(CURDIR)/$(MATHJAX_DIR) $(PY) -m mkdocs build --strict --site-dir $(abspath $(SITE_DIR))
 
 # ruff (lint and import order, over the code and the notebooks) and mypy over the core; settings in pyproject.toml.
 lint: setup
@@ -130,4 +152,4 @@ gpu-check:
 		$(if $(wildcard $(GPU_CARRY)/cifar10-train.tar.gz),--data $(GPU_CARRY)/cifar10-train.tar.gz)
 
 clean:
-	rm -rf build runs .pytest_cache
+	rm -rf build runs .pytest_cache _site

@@ -66,11 +66,13 @@ def pytest_unconfigure(config):
 
 
 # Tests that must not run side by side under pytest-xdist (make test): notebook 05 trains the model that 06-08 show
-# (find_model), so they run in one process, in order; the two tests that start a JupyterLab server run one after
-# the other. Every other test module, and every other notebook's cells, is a unit of its own (--dist loadscope).
+# (find_model), so they run in one process, in order; the tests that start a server (JupyterLab, or the course site's
+# http.server with Chromium) run one after the other. Every other test module, and every other notebook's cells,
+# is a unit of its own (--dist loadscope).
 SHARED_SCOPES = {"notebooks/05_training.ipynb": "notebooks 05-08", "notebooks/06_sampling.ipynb": "notebooks 05-08",
                  "notebooks/07_evaluation.ipynb": "notebooks 05-08", "notebooks/08_guidance.ipynb": "notebooks 05-08",
-                 "tests/test_browser.py": "JupyterLab servers", "tests/test_packaging.py": "JupyterLab servers"}
+                 "tests/test_browser.py": "servers", "tests/test_packaging.py": "servers",
+                 "tests/test_site.py": "servers"}
 
 
 @pytest.hookimpl(optionalhook=True)
