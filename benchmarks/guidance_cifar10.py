@@ -52,7 +52,8 @@ def load_generator(ckpt: str, device) -> tuple:
     """(the denoiser of its EMA UNet, what it is: checkpoint, step, recipe, training minutes, class names) of a
     checkpoint file or run folder, or of "shipped": the package's model. Only the shipped model's card records its
     training minutes (a checkpoint does not: None)."""
-    from ddpm_lib.checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
+    from ddpm_lib.checkpoint import load_model, read_checkpoint, resolve_checkpoint
+    from ddpm_lib.record import data_info_of
     from ddpm_lib.shipped import SHIPPED_MODEL, load_shipped_model
 
     if ckpt == "shipped":

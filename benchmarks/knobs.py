@@ -1,4 +1,4 @@
-"""The seed's knobs by their effect on samples: small models trained on the shapes set on a CPU (not a test).
+"""The walkthrough's knobs by their effect on samples: small models trained on the shapes set on a CPU (not a test).
 
     python benchmarks/knobs.py quick            # the CPU quick win against the paper's objective, 2 seeds each:
                                                 # docs/knobs/quick_win.{png,md,json}
@@ -50,7 +50,7 @@ class Run:
     The defaults are the quick win's settings (ddpm_lib.recipes.QUICK_WIN) with the paper's objective."""
     name: str                                  # what is varied, e.g. "num_heads=1"
     unet: dict = field(default_factory=dict)   # UNetConfig overrides of the preset
-    timesteps: int = 1000                      # T (the seed's `step` knob)
+    timesteps: int = 1000                      # T (the walkthrough's `step` knob)
     beta_min: float = 1e-4                     # beta_1 of the linear schedule
     beta_max: float = 0.02                     # beta_T of the linear schedule
     schedule: str = "linear"                   # linear or cosine betas
@@ -221,7 +221,7 @@ def write_knobs(out: Path, results: dict) -> None:
 
 def knobs_markdown(flat: list, measured_on: str) -> list[str]:
     n = {row.get("n", 64) for _, row in flat}  # 64 samples per run (the runs before "n" was recorded too)
-    lines = [f"# The seed's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
+    lines = [f"# The walkthrough's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
              f"steps each)\n", f"Machine: {measured_on}. Reproduce: `python benchmarks/knobs.py knobs` "
              f"(one knob: `--only NAME`). Base: {SWEEP}.\n",
              f"One seed, {', '.join(map(str, sorted(n)))} samples per run. Each share comes with its 95% Wilson "

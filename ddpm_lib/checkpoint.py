@@ -8,24 +8,21 @@ A run folder holds it as folder/checkpoint.pt.
 from __future__ import annotations
 
 import os
-from dataclasses import fields
 from pathlib import Path
 from typing import BinaryIO, Callable
 
 import torch
 
 from .utils import default_device
-from .data import DataInfo
-from .objective import Denoiser, Objective
-from .schedule import NoiseSchedule
-from .unet import UNet, UNetConfig
+from .objective import Denoiser
+from .record import RunRecord
+from .unet import UNet
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
 CHECKPOINT_VERSION = 5  # 4: "data" is a DataInfo (or None); 5: "objective" holds what the network predicts and the
                         # loss weighting (before: UNetConfig.prediction and TrainConfig's weighting fields)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
 BEST_NAME = "checkpoint-best.pt"   # beside it with TrainConfig.keep_best: the run at its evaluation of lowest FID
-CONFIG_NAME = "config.json"        # beside it: the run's configuration, human-readable (Trainer.run_config)
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "objective", "schedule",
                  "data")
 
@@ -138,28 +135,6 @@ def read_checkpoint(path) -> dict:
     return ckpt
 
 
-def config_from_dict(cls, values: dict, path):
-    """Rebuild dataclass `cls` from a stored asdict; unknown stored fields are ignored, bad values named."""
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: stored {cls.__name__} is not a dict (got {type(values).__name__})")
-    names = {f.name for f in fields(cls)}
-    try:
-        return cls(**{k: v for k, v in values.items() if k in names})
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: stored {cls.__name__} is invalid ({e})") from None
-
-
-def data_info_of(ckpt: dict, path) -> DataInfo | None:
-    """The DataInfo of a checkpoint's "data" entry (None: the run did not record its data); a ValueError naming
-    the entry when it is not one."""
-    if ckpt["data"] is None:
-        return None
-    try:
-        return DataInfo.from_dict(ckpt["data"])
-    except ValueError as e:
-        raise ValueError(f"{path}: checkpoint entry 'data' is not a valid DataInfo ({e})") from None
-
-
 def load_weights(module: torch.nn.Module, state: dict, path) -> None:
     """module.load_state_dict(state), with a one-line ValueError when the shapes or names do not fit."""
     try:
@@ -169,20 +144,12 @@ def load_weights(module: torch.nn.Module, state: dict, path) -> None:
                          f"({str(e).strip().splitlines()[0]})") from None
 
 
-def objective_of(ckpt: dict, path) -> Objective:
-    """The Objective of a checkpoint's (or shipped file's) "objective" entry; a ValueError naming the entry."""
-    try:
-        return Objective.from_dict(ckpt["objective"])
-    except ValueError as e:
-        raise ValueError(f"{path}: checkpoint entry 'objective' is not a valid Objective ({e})") from None
-
-
 def denoiser_of(ckpt: dict, weights: dict, path, device) -> Denoiser:
-    """The Denoiser of a checkpoint's records (UNetConfig, schedule, objective) with `weights`, in eval mode."""
-    model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
+    """The Denoiser of a checkpoint's record (its network, schedule and objective) with `weights`, in eval mode."""
+    record = RunRecord.from_checkpoint(ckpt, path)
+    model = UNet(record.network)
     load_weights(model, weights, path)
-    schedule = NoiseSchedule.from_state_dict(ckpt["schedule"])
-    return Denoiser(model.eval(), schedule, objective_of(ckpt, path)).to(device)
+    return Denoiser(model.eval(), record.schedule, record.objective).to(device)
 
 
 def load_model(path, ema: bool = True, device=None) -> Denoiser:

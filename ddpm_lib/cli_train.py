@@ -1,4 +1,4 @@
-"""`python -m ddpm_lib train`: its flags (the seed's knobs), resume checks, the run it builds, DDP under torchrun.
+"""`python -m ddpm_lib train`: its flags (the walkthrough's knobs), resume checks, the run it builds, DDP (torchrun).
 
 Parts before the whole: the knobs' argparse types, the parser, model / schedule / data from the flags, the
 flags a resumed run refuses, DDP set-up, then `train` (what the parser runs).
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -19,10 +19,10 @@ from .objective import PREDICTIONS, WEIGHTINGS, Objective
 from .schedule import PAPER_SCHEDULE, NoiseSchedule
 from .train_config import TrainConfig
 from .train_log import LOGGERS, check_logger
-from .cli_config import RunConfig, read_config
+from .record import RunConfig, RunRecord, read_config, record_differences
 from .unet import PRESETS, UNetConfig
 
-SEED_NET = PRESETS["seed"]                                  # the seed's network: the knobs' documented defaults
+WALKTHROUGH_NET = PRESETS["walkthrough"]  # the walkthrough's network: the knobs' documented defaults
 KNOBS = {"ch_list": "--ch-list", "attention_layer": "--attention-layer", "num_heads": "--heads",
          "temb_dim": "--temb-dim", "dropout": "--dropout",
          "image_size": "--image-size"}  # UNetConfig field -> the flag that sets it
@@ -116,7 +116,7 @@ def add_train_parser(sub) -> None:
                    "at its evaluation of lowest FID (needs --eval-every)")
     p.add_argument("--n-images", type=positive_int, help="shapes: how many to make; else keep the first N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    g = p.add_argument_group("the seed's knobs (override the preset; recorded in the checkpoint)")
+    g = p.add_argument_group("the walkthrough's knobs (override the preset; recorded in the checkpoint)")
     g.add_argument("--timesteps", type=positive_int, metavar="T",
                    help=f"diffusion steps T (default {PAPER_SCHEDULE.steps})")
     g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the recipe's, else linear)")
@@ -125,16 +125,18 @@ def add_train_parser(sub) -> None:
     g.add_argument("--beta-max", type=beta, metavar="B", help=f"beta_T of the linear schedule "
                                                                f"(default {PAPER_SCHEDULE.beta_max})")
     g.add_argument("--heads", dest="num_heads", type=positive_int, metavar="H",
-                   help=f"attention heads (seed: {SEED_NET.num_heads}; default: the preset's)")
+                   help=f"attention heads (walkthrough: {WALKTHROUGH_NET.num_heads}; default: the preset's)")
     g.add_argument("--ch-list", type=ch_list, metavar="C,C,...",
-                   help=f"image channels, then each level's (seed: {_show(SEED_NET.ch_list)}; default: the preset's)")
+                   help=f"image channels, then each level's (walkthrough: {_show(WALKTHROUGH_NET.ch_list)}; "
+                        f"default: the preset's)")
     g.add_argument("--attention-layer", type=levels, metavar="L,L",
                    help=f"levels with self-attention, indices into --ch-list, or none "
-                        f"(seed: {_show(SEED_NET.attention_layer)}; default: the preset's)")
+                        f"(walkthrough: {_show(WALKTHROUGH_NET.attention_layer)}; default: the preset's)")
     g.add_argument("--temb-dim", type=positive_int, metavar="D",
-                   help=f"size of the sinusoidal time embedding (seed: {SEED_NET.temb_dim}; default: the preset's)")
-    g.add_argument("--dropout", type=probability, help=f"dropout in the res blocks (seed: {SEED_NET.dropout}; "
-                                                        f"default: the preset's)")
+                   help=f"size of the sinusoidal time embedding (walkthrough: {WALKTHROUGH_NET.temb_dim}; default: the "
+                        f"preset's)")
+    g.add_argument("--dropout", type=probability, help=f"dropout in the res blocks (walkthrough: "
+                                                        f"{WALKTHROUGH_NET.dropout}; default: the preset's)")
     g = p.add_argument_group("the objective: what the network predicts and how the loss weighs each t")
     g.add_argument("--prediction", choices=PREDICTIONS, help="eps (the paper), x0, or v = sqrt(alpha_bar) eps - "
                    "sqrt(1 - alpha_bar) x0 (default: the recipe's, else eps)")
@@ -241,37 +243,50 @@ def _data_id(data: str) -> str:
     return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
 
 
-def _resume_conflicts(args, ckpt: dict, data, path: Path) -> list:
-    """The flags given that disagree with the checkpoint being resumed and its DataInfo `data` (None: not
-    recorded); flags left out never do."""
-    from .checkpoint import config_from_dict, objective_of
-    from .unet import UNetConfig
+# the flag that sets each field of a run's record (config.json's "section.field"), for a resumed run's conflicts
+RECORD_FLAGS = {**{f"network.{name}": flag for name, flag in KNOBS.items()},
+                **{f"objective.{name}": flag for name, flag in OBJECTIVE.items()},
+                "schedule.kind": "--schedule", "schedule.steps": "--timesteps", "schedule.beta_min": "--beta-min",
+                "schedule.beta_max": "--beta-max", "training.seed": "--seed", "training.batch_size": "--batch-size",
+                "training.recipe": "--recipe", "data.name": "--data", "data.n": "--n-images"}
 
-    net, train_config = config_from_dict(UNetConfig, ckpt["unet_config"], path), ckpt["train_config"]
-    objective = objective_of(ckpt, path)
-    sched = NoiseSchedule.from_state_dict(ckpt["schedule"])
-    stored = {"--seed": train_config["seed"], "--batch-size": train_config["batch_size"],
-              "--recipe": train_config.get("recipe"),
-              **{flag: getattr(objective, name) for name, flag in OBJECTIVE.items()},
-              "--timesteps": sched.steps, "--schedule": sched.kind,
-              "--beta-min": sched.params.get("beta_min", f"none ({sched.kind} schedule)"),
-              "--beta-max": sched.params.get("beta_max", f"none ({sched.kind} schedule)"),
-              **{flag: getattr(net, name) for name, flag in KNOBS.items()}}
-    given = {"--seed": args.seed, "--batch-size": args.batch_size, "--timesteps": args.timesteps,
-             "--recipe": args.recipe, **{flag: getattr(args, name) for name, flag in OBJECTIVE.items()},
-             "--schedule": args.schedule, "--beta-min": args.beta_min, "--beta-max": args.beta_max,
-             **{flag: getattr(args, name) for name, flag in KNOBS.items()}}
-    if data is not None:
-        stored.update({"--data": data.name, "--n-images": data.n})
-        given.update({"--data": args.data and _data_id(args.data), "--n-images": args.n_images})
-    conflicts = [f"{flag} {_show(value)} (the run's: {_show(stored[flag])})" for flag, value in given.items()
-                 if value is not None and value != stored[flag]]
-    if args.preset is not None:  # the preset's other fields (the knobs given are compared above)
-        preset = PRESETS[args.preset]
-        differ = [f.name for f in fields(preset) if f.name not in KNOBS and f.name != "num_classes"
-                  and getattr(preset, f.name) != getattr(net, f.name)]
-        conflicts += [f"--preset {args.preset} (the run's network differs in {', '.join(differ)})"] if differ else []
-    if args.class_cond and net.num_classes is None:
+
+def _asked(args, record: RunRecord) -> dict:
+    """The resumed run's record (config.json's form) with every field a flag given sets replaced by its value:
+    what this command asks for. Flags left out ask for nothing."""
+    asked = record.to_config()
+    if args.preset is not None:  # the preset's fields, but for the knobs (compared one by one) and the labels
+        preset = asdict(PRESETS[args.preset])
+        asked["network"].update({k: v for k, v in preset.items() if k not in KNOBS and k != "num_classes"})
+    values = {**{f"network.{name}": getattr(args, name) for name in KNOBS},
+              **{f"objective.{name}": getattr(args, name) for name in OBJECTIVE},
+              "schedule.kind": args.schedule, "schedule.steps": args.timesteps, "schedule.beta_min": args.beta_min,
+              "schedule.beta_max": args.beta_max, "training.seed": args.seed, "training.batch_size": args.batch_size,
+              "training.recipe": args.recipe}
+    if record.data is not None:
+        values.update({"data.name": args.data and _data_id(args.data), "data.n": args.n_images})
+    for key, value in values.items():
+        section, name = key.split(".")
+        if value is not None:
+            asked[section][name] = value
+    return asked
+
+
+def _resume_conflicts(args, record: RunRecord) -> list:
+    """The flags given that disagree with the record of the run being resumed: the differences between the record
+    and what the flags ask for (`_asked`), each named by the flag that sets its field."""
+    stored, asked = record.to_config(), _asked(args, record)
+    conflicts, preset_fields = [], []
+    for key, (theirs, ours) in record_differences(stored, asked).items():
+        if key in RECORD_FLAGS:
+            kind = stored["schedule"]["kind"]
+            conflicts.append(f"{RECORD_FLAGS[key]} {_show(ours)} (the run's: "
+                             f"{_show(theirs) if theirs is not None else f'none ({kind} schedule)'})")
+        else:
+            preset_fields.append(key.split(".")[1])
+    if preset_fields:
+        conflicts.append(f"--preset {args.preset} (the run's network differs in {', '.join(preset_fields)})")
+    if args.class_cond and record.network.num_classes is None:
         conflicts.append("--class-cond (the run's network is unconditional)")
     return conflicts
 
@@ -279,7 +294,7 @@ def _resume_conflicts(args, ckpt: dict, data, path: Path) -> list:
 # -- train ------------------------------------------------------------------------------------------------------
 def _fit(args, device: torch.device) -> None:
     """A new run from --preset, --data and the knobs, or --resume of OUT/checkpoint.pt; trained to --steps."""
-    from .checkpoint import CHECKPOINT_NAME, data_info_of, read_checkpoint
+    from .checkpoint import CHECKPOINT_NAME, read_checkpoint
     from .data import load_dataset, reload_dataset
     from .runtime import rank_zero_first
     from .train import Trainer
@@ -312,21 +327,20 @@ def _fit(args, device: torch.device) -> None:
         raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
     overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
                  **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
-    recorded = None  # the resumed run's DataInfo
+    recorded, ckpt = None, None  # the resumed run's DataInfo and checkpoint (read once)
     if resuming:
         ckpt = read_checkpoint(checkpoint)
-        recorded = data_info_of(ckpt, checkpoint)
-        conflicts = _resume_conflicts(args, ckpt, recorded, checkpoint)
+        record = RunRecord.from_checkpoint(ckpt, checkpoint)
+        recorded = record.data
+        conflicts = _resume_conflicts(args, record)
         if conflicts:
             raise ValueError(f"--resume: {'; '.join(conflicts)}: leave these flags out to continue {checkpoint}, "
                              f"or choose another --out")
         if recorded is None and args.data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
-        known = {f.name for f in fields(TrainConfig)}  # the flags' new values checked now, before any data is read
-        train_config = _train_config(**{**{k: v for k, v in ckpt["train_config"].items() if k in known}, **overrides})
-        seed = ckpt["train_config"]["seed"]
-        class_cond = ckpt["unet_config"].get("num_classes") is not None
-        size = ckpt["unet_config"]["image_size"]
+        train_config = _train_config(**{**asdict(record.training), **overrides})  # checked before any data is read
+        seed, class_cond = record.training.seed, record.network.num_classes is not None
+        size = record.network.image_size
     else:
         network = config_file.network if config_file is not None else None
         if config_file is not None and args.data is None:
@@ -367,9 +381,9 @@ def _fit(args, device: torch.device) -> None:
     if class_cond and (loaded.labels is None or loaded.info.class_names is None):
         raise ValueError(f"--class-cond: {loaded.info.name} has no classes (an image folder needs its images in "
                          f"class sub-folders, none directly in it)")
-    if resuming:
+    if ckpt is not None:
         try:
-            trainer = Trainer.load(checkpoint, device=device, **overrides)
+            trainer = Trainer.from_checkpoint(ckpt, checkpoint, device=device, **overrides)
         except ValueError as e:
             raise _flag_error(e, overrides) from None
         if trainer.rank == 0:

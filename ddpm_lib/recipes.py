@@ -84,9 +84,9 @@ QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3,
 CIFAR10_COND = Recipe("tiny", "cifar10", 32, steps=5000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.999,
                       objective=X0_MIN_SNR, schedule="cosine", class_cond=True,
                       name="cifar10-cond")
-# The seed project's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
-SEED_3_EPOCHS = Recipe("seed", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
-                       warmup_steps=100, name="seed")
+# The walkthrough's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
+WALKTHROUGH_3_EPOCHS = Recipe("walkthrough", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
+                       warmup_steps=100, name="walkthrough")
 # The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): its network, 800,000 steps at batch 128, eps and L_simple.
 PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
                        name="paper")
@@ -100,5 +100,5 @@ FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 
               warmup_steps=500, ema_decay=0.999, objective=X0_MIN_SNR, schedule="cosine",
               name="fast")
 
-RECIPES = MappingProxyType({name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, SEED_3_EPOCHS,
+RECIPES = MappingProxyType({name: r for r in (QUICK_WIN, QUICK_CIFAR10, CIFAR10_COND, FAST, WALKTHROUGH_3_EPOCHS,
                                                PAPER_CIFAR10) if (name := r.name) is not None})

@@ -14,7 +14,7 @@ import math
 import time
 import warnings
 from contextlib import nullcontext
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from functools import partial
 from pathlib import Path
 
@@ -23,19 +23,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, CONFIG_NAME, config_from_dict, data_info_of, load_weights,
-                         objective_of, read_checkpoint, keep_numbered, remove_stale_temp_files, write_atomically,
-                         write_checkpoint)
+from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, load_weights, read_checkpoint, keep_numbered,
+                         remove_stale_temp_files, write_atomically, write_checkpoint)
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import ddim_sample
 from .objective import Denoiser, Objective, diffusion_loss
+from .record import CONFIG_NAME, RunRecord
 from .schedule import NoiseSchedule
 from .train_config import TrainConfig
 from .train_log import QUARTERS, TrainLog, check_logger, quarter_of
 from .runtime import enable_tf32, precision_dtype, precision_name, rank_and_world, seed_global_rng
-from .unet import UNet, UNetConfig
+from .unet import UNet
 
 
 class Trainer:
@@ -166,7 +166,7 @@ class Trainer:
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:
             remove_stale_temp_files(out / CHECKPOINT_NAME)  # left by a run killed mid-write
-            text = json.dumps(self.run_config(), indent=1) + "\n"
+            text = json.dumps(self.record.to_config(), indent=1) + "\n"
             write_atomically(out / CONFIG_NAME, lambda f: f.write(text.encode()))  # train --config reads it
         log = TrainLog(out, self.step, cfg.logger) if out is not None and self.rank == 0 else None
         bar = tqdm(total=steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
@@ -233,12 +233,13 @@ class Trainer:
         """The EMA network with the run's schedule and objective: what samples and evaluations use."""
         return Denoiser(self.ema, self.schedule, self.objective)
 
-    def run_config(self) -> dict:
-        """The run as its folder's config.json holds it: the network (UNetConfig), the objective, the schedule
-        (NoiseSchedule.config), the training (TrainConfig) and the data (DataInfo, or None)."""
-        return {"network": asdict(self.model.config), "objective": self.objective.to_dict(),
-                "schedule": self.schedule.config(), "training": asdict(self.config),
-                "data": None if self.data_info is None else self.data_info.to_dict()}
+    @property
+    def record(self) -> RunRecord:
+        """The run's record: its network, objective, schedule, training settings and data (saved with every
+        checkpoint and as the run folder's config.json)."""
+        if self.data_info is not None and not isinstance(self.data_info, DataInfo):
+            raise ValueError(f"Trainer.data_info must be a DataInfo or None, got {type(self.data_info).__name__}")
+        return RunRecord(self.model.config, self.objective, self.schedule, self.config, self.data_info)
 
     def _batches(self, images, labels) -> DeviceBatches:
         """A DeviceBatches of images (and labels) on the device; labels must match the model's num_classes."""
@@ -305,19 +306,15 @@ class Trainer:
         if path is None and self.config.out_dir is None:
             raise ValueError("path: expected a file to write, since TrainConfig.out_dir is None")
         path = Path(path) if path is not None else Path(str(self.config.out_dir)) / CHECKPOINT_NAME
-        if self.data_info is not None and not isinstance(self.data_info, DataInfo):
-            raise ValueError(f"Trainer.data_info must be a DataInfo or None, got {type(self.data_info).__name__}")
+        record = self.record  # checks data_info
         if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
             raise FloatingPointError(f"non-finite weights at step {self.step}; not saving a bad state")
         if self.rank == 0:
             write_checkpoint({
                 "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                 "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                "train_config": asdict(self.config), "unet_config": asdict(self.model.config),
-                "objective": self.objective.to_dict(),
-                "schedule": self.schedule.state_dict(),  # float64 betas: the schedule actually used
+                **record.checkpoint_entries(),  # the schedule as its float64 betas: the one actually used
                 "amp_dtype": precision_name(self.amp_dtype),
-                "data": None if self.data_info is None else self.data_info.to_dict(),
                 "evaluation": {"best": self.best, "seconds": self.eval_seconds},
             }, path)
         if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
@@ -328,21 +325,24 @@ class Trainer:
     def load(cls, path, device=None, **overrides) -> "Trainer":
         """Rebuild a Trainer from a checkpoint file or run folder; `overrides` replace TrainConfig fields
         (e.g. steps, out_dir). Warns once when this device trains in another precision than the saved run."""
+        return cls.from_checkpoint(read_checkpoint(path), path, device, **overrides)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, path, device=None, **overrides) -> "Trainer":
+        """`load` of a checkpoint already read (read_checkpoint's dict; `path` names it in errors)."""
         unknown = sorted(set(overrides) - {f.name for f in fields(TrainConfig)})
         if unknown:
             raise ValueError(f"overrides: {', '.join(unknown)} not TrainConfig fields")
-        ckpt = read_checkpoint(path)
-        config = replace(config_from_dict(TrainConfig, ckpt["train_config"], path), **overrides)
-        model = UNet(config_from_dict(UNetConfig, ckpt["unet_config"], path))
-        schedule = NoiseSchedule.from_state_dict(ckpt["schedule"])
-        trainer = cls(model, schedule, config, objective_of(ckpt, path),
+        record = RunRecord.from_checkpoint(ckpt, path)
+        config = replace(record.training, **overrides)
+        trainer = cls(UNet(record.network), record.schedule, config, record.objective,
                       device=device if device is not None else default_device())
         load_weights(trainer.model, ckpt["model"], path)
         load_weights(trainer.ema, ckpt["ema"], path)
         trainer.optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
             trainer.scaler.load_state_dict(ckpt["scaler"])
-        trainer.step, trainer.data_info = ckpt["step"], data_info_of(ckpt, path)
+        trainer.step, trainer.data_info = ckpt["step"], record.data
         evaluation = ckpt.get("evaluation", {})  # written by every save; empty in a checkpoint made otherwise
         trainer.best, trainer.eval_seconds = evaluation.get("best"), evaluation.get("seconds", 0.0)
         saved, now = ckpt.get("amp_dtype", "float32"), precision_name(trainer.amp_dtype)

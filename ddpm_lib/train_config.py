@@ -9,7 +9,7 @@ from .timesteps import DDIM_STEPS
 from .train_log import LOGGERS
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
     lr: float = 2e-4                 # Adam learning rate (paper, CIFAR-10)
     warmup_steps: int = 5000         # linear learning-rate warm-up from 0 over this many steps (0: none)

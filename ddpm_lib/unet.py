@@ -4,7 +4,7 @@ What its output means (eps, x0 or v) is the objective's (ddpm_lib.objective), no
 
 Parts to whole: time embedding, ResBlock, resampling, one Level, UNetConfig, UNet, presets.
 The structure follows the DDPM paper's TensorFlow code (diffusion_tf/models/unet.py), which diffusers'
-google/ddpm-cifar10-32 mirrors; the seed's knobs (ch_list, attention_layer, num_heads, temb_dim) set its numbers.
+google/ddpm-cifar10-32 mirrors; the walkthrough's knobs (ch_list, attention_layer, num_heads, temb_dim) set its numbers.
 With `num_classes` set, a learned label embedding is added to the time embedding (class conditioning, as in
 improved-diffusion), with one extra "null" label for classifier-free guidance.
 model_summary (parameters per level, FLOPs) lives in ddpm_lib.summary.
@@ -287,8 +287,8 @@ class UNet(nn.Module):
 _PAPER = UNetConfig(ch_list=(3, 128, 256, 256, 256), attention_layer=(2,), num_heads=1, temb_dim=128, num_res_blocks=2,
                     dropout=0.1, norm_groups=32, norm_eps=1e-6, time_mlp_dim=512, mid_attention=True)
 PRESETS = MappingProxyType({  # read-only: change a copy, unet_from_preset(name, **overrides)
-    # The seed's network: ch_list [3, 64, 128, 256, 512], 4-head attention on the 64- and 128-channel levels.
-    "seed": UNetConfig(),
+    # The walkthrough's network: ch_list [3, 64, 128, 256, 512], 4-head attention on the 64- and 128-channel levels.
+    "walkthrough": UNetConfig(),
     "ddpm-cifar10": _PAPER,
     # The paper's network at half its width (ch=64): 8,952,067 params and 3.2 forward GFLOPs per 32x32 image, a
     # quarter of the paper's 12.4, so about four times the steps per GPU session (the `fast` recipe's network).
@@ -300,7 +300,7 @@ PRESETS = MappingProxyType({  # read-only: change a copy, unet_from_preset(name,
 
 
 def unet_from_preset(name: str, **overrides) -> UNet:
-    """UNet(PRESETS[name] with `overrides` replacing fields), e.g. unet_from_preset("seed", num_heads=8)."""
+    """UNet(PRESETS[name] with `overrides` replacing fields), e.g. unet_from_preset("walkthrough", num_heads=8)."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     unknown = set(overrides) - {f.name for f in fields(UNetConfig)}

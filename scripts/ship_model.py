@@ -14,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from machine import machine  # noqa: E402
 
-from ddpm_lib.checkpoint import CONFIG_NAME, resolve_checkpoint  # noqa: E402
+from ddpm_lib.checkpoint import resolve_checkpoint  # noqa: E402
+from ddpm_lib.record import CONFIG_NAME  # noqa: E402
 from ddpm_lib.shipped import SHIPPED_MODEL, ship_model  # noqa: E402
 
 

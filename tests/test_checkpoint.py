@@ -6,10 +6,11 @@ import torch
 from helpers import MICRO, Payload, perturbed
 
 import ddpm_lib
-from ddpm_lib.checkpoint import (CHECKPOINT_VERSION, REQUIRED_KEYS, data_info_of, load_model, objective_of,
-                                 read_checkpoint, remove_stale_temp_files, resolve_checkpoint, write_checkpoint)
+from ddpm_lib.checkpoint import (CHECKPOINT_VERSION, REQUIRED_KEYS, load_model, read_checkpoint,
+                                 remove_stale_temp_files, resolve_checkpoint, write_checkpoint)
 from ddpm_lib.data import CIFAR10_CLASSES, DataInfo
 from ddpm_lib.objective import Denoiser, Objective
+from ddpm_lib.record import data_info_of, objective_of
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.train import Trainer
 from ddpm_lib.train_config import TrainConfig

@@ -1,4 +1,4 @@
-"""python -m ddpm_lib: train (the seed's knobs, resume, classes) + sample + export, every bad input as one line.
+"""python -m ddpm_lib: train (the walkthrough's knobs, resume, classes) + sample + export, every bad input as one line.
 
 The CLI runs as subprocesses, several at once (the interpreter start-up dominates).
 """
@@ -34,7 +34,7 @@ from ddpm_lib.unet import PRESETS, UNet, UNetConfig
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "1",
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
-# A run of the seed's knobs that diffusers can express too (one head, temb_dim = the first level's channels).
+# A run of the walkthrough's knobs that diffusers can express too (one head, temb_dim = the first level's channels).
 KNOBS = ("--preset", "tiny", "--ch-list", "3,16,32", "--attention-layer", "2", "--heads", "1", "--temb-dim", "16",
          "--timesteps", "20", "--beta-max", "0.05")
 TRAIN = ("--data", "shapes", "--n-images", "16", "--batch-size", "4", "--seed", "3", "--device", "cpu",
@@ -414,16 +414,16 @@ def test_bad_input_in_a_process_is_one_line_and_a_non_zero_exit(processes, files
 
 
 @pytest.mark.slow
-def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
+def test_help_shows_the_walkthroughs_defaults_and_the_samplers_steps(processes):
     rc, out, _ = processes["train help"]
     assert rc == 0
-    text = " ".join(out.split()).split("the seed's knobs", 1)[1]  # past the usage line
-    seed, linear = PRESETS["seed"], linear_betas.__defaults__  # (steps, beta_min, beta_max)
+    text = " ".join(out.split()).split("the walkthrough's knobs", 1)[1]  # past the usage line
+    walk, linear = PRESETS["walkthrough"], linear_betas.__defaults__  # (steps, beta_min, beta_max)
     for flag, default in [("--timesteps T", f"default {linear[0]}"), ("--beta-min B", f"default {linear[1]}"),
-                          ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"seed: {seed.num_heads}"),
-                          ("--ch-list", "seed: " + ",".join(map(str, seed.ch_list))),
-                          ("--attention-layer", "seed: " + ",".join(map(str, seed.attention_layer))),
-                          ("--temb-dim D", f"seed: {seed.temb_dim}"),
+                          ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"walkthrough: {walk.num_heads}"),
+                          ("--ch-list", "walkthrough: " + ",".join(map(str, walk.ch_list))),
+                          ("--attention-layer", "walkthrough: " + ",".join(map(str, walk.attention_layer))),
+                          ("--temb-dim D", f"walkthrough: {walk.temb_dim}"),
                           ("--schedule", "default: the recipe's, else linear")]:
         assert flag in text and default in text.split(flag, 1)[1][:150], (flag, default)
     rc, out, _ = processes["sample help"]
@@ -432,7 +432,7 @@ def test_help_shows_the_seeds_defaults_and_the_samplers_steps(processes):
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """A 2-step run of the seed's knobs (module-wide; later tests resume and export it)."""
+    """A 2-step run of the walkthrough's knobs (module-wide; later tests resume and export it)."""
     tmp = tmp_path_factory.mktemp("cli")
     rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--no-ema-warmup",
                             "--out", tmp / "run", cwd=tmp))
@@ -452,7 +452,7 @@ def test_train_records_the_knobs_and_the_data(run):
                             "class_names": SHAPE_KINDS, "fallback": None}  # the DataInfo of load_dataset
 
 
-RESUME_CONFLICTS = {"--preset": ("--preset", "seed"), "--heads": ("--heads", "2"),
+RESUME_CONFLICTS = {"--preset": ("--preset", "walkthrough"), "--heads": ("--heads", "2"),
                     "--ch-list": ("--ch-list", "3,32,64"), "--dropout": ("--dropout", "0.2"),
                     "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
                     "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),

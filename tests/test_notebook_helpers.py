@@ -323,13 +323,13 @@ def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monk
     monkeypatch.setattr(runs, "load_shipped_model", pytest.fail)  # never reached: the reader has a model
     setup = make_setup(tmp_path, smoke=True)
     folder = setup.runs / "05_training"
-    old = write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=1)
+    old = write_run_of(runs.training_run(setup, "walkthrough", data="cifar10"), CIFAR10_INFO, seed=1)
     new = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=2,
                        objective=Objective("v", "min-snr", 3.0))
     shapes = DataInfo("shapes", 4, 16, "train", seed=2, class_names=SHAPE_KINDS)
     write_run_of(runs.training_run(setup, "tiny"), shapes, seed=3)  # the newest, but shapes: not shown
     write_run_of(folder / "tiny-cifar10", CIFAR10_INFO, seed=4)  # a real-size run: not for smoke mode
-    os.utime(folder / "seed-cifar10-smoke" / "checkpoint.pt", (1, 1))
+    os.utime(folder / "walkthrough-cifar10-smoke" / "checkpoint.pt", (1, 1))
     denoiser, description = runs.find_model(setup)
     assert description.startswith("your model from notebook 05: preset tiny, CIFAR-10, step 2, EMA weights")
     assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
@@ -350,14 +350,14 @@ def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monk
 def test_find_model_class_cond_takes_only_class_conditional_runs(tmp_path, monkeypatch, one_thread):
     setup = make_setup(tmp_path, smoke=True)
     cond = write_run_of(runs.training_run(setup, "tiny", data="cifar10"), CIFAR10_INFO, seed=1, num_classes=10)
-    write_run_of(runs.training_run(setup, "seed", data="cifar10"), CIFAR10_INFO, seed=2)  # newer, unconditional
+    write_run_of(runs.training_run(setup, "walkthrough", data="cifar10"), CIFAR10_INFO, seed=2)  # newer, unconditional
     denoiser, description = runs.find_model(setup, class_cond=True)
     assert_same_weights(denoiser.net, cond.ema)
     assert "class-conditional" in description
     _, description = runs.find_model(setup)
-    assert "preset seed" in description  # without class_cond the newest of all
+    assert "preset walkthrough" in description  # without class_cond the newest of all
     with pytest.raises(ValueError, match="is unconditional; this notebook needs a class-conditional model"):
-        runs.find_model(setup, str(runs.training_run(setup, "seed", data="cifar10")), class_cond=True)
+        runs.find_model(setup, str(runs.training_run(setup, "walkthrough", data="cifar10")), class_cond=True)
 
 
 def test_find_model_falls_back_to_the_shipped_model_and_says_why(tmp_path, monkeypatch, capsys, one_thread):
@@ -422,7 +422,7 @@ def test_find_model_rejects_an_unknown_choice(tmp_path):
 
 def test_training_run_is_where_notebook_05_writes_and_find_model_looks(tmp_path):
     folder = tmp_path / "runs" / "05_training"
-    assert runs.training_run(make_setup(tmp_path, smoke=True), "seed") == folder / "seed-smoke"
+    assert runs.training_run(make_setup(tmp_path, smoke=True), "walkthrough") == folder / "walkthrough-smoke"
     assert runs.training_run(make_setup(tmp_path, smoke=False), "tiny") == tmp_path / "runs" / "05_training" / "tiny"
     assert (runs.training_run(make_setup(tmp_path, smoke=False), "tiny", data="cifar10")
             == tmp_path / "runs" / "05_training" / "tiny-cifar10")

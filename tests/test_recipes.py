@@ -47,7 +47,7 @@ def test_a_recipes_objective_is_one_field():
 
 
 def test_every_recipe_is_recorded_by_its_name():
-    assert set(RECIPES) == {"quick-win", "quick-cifar10", "cifar10-cond", "fast", "seed", "paper"}
+    assert set(RECIPES) == {"quick-win", "quick-cifar10", "cifar10-cond", "fast", "walkthrough", "paper"}
     assert all(recipe.name == name and recipe.train.recipe == name for name, recipe in RECIPES.items())
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 import ddpm_lib.runtime
 import ddpm_lib.train
-from ddpm_lib.checkpoint import CONFIG_NAME, load_model, read_checkpoint
+from ddpm_lib.checkpoint import load_model, read_checkpoint
+from ddpm_lib.record import CONFIG_NAME
 from ddpm_lib.data import SHAPE_KINDS, DataInfo, DeviceBatches, make_shapes
 from ddpm_lib.guidance import GuidedDenoiser
 from ddpm_lib.objective import Denoiser, Objective, diffusion_loss
@@ -452,7 +453,7 @@ def test_the_objective_is_in_the_checkpoint_and_in_config_json(tmp_path, images)
     assert not {"loss_weighting", "snr_gamma", "prediction"} & set(ckpt["train_config"])
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
     assert list(config) == ["network", "objective", "schedule", "training", "data"]
-    assert config == json.loads(json.dumps(trainer.run_config()))  # tuples come back as lists
+    assert config == json.loads(json.dumps(trainer.record.to_config()))  # tuples come back as lists
     assert Objective.from_dict(config["objective"]) == trainer.objective
     assert "prediction" not in config["network"] and "loss_weighting" not in config["training"]
     assert load_model(tmp_path, device="cpu").objective == trainer.objective

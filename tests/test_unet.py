@@ -50,7 +50,7 @@ def test_preset_parameter_counts():
     assert half.config == replace(PRESETS["ddpm-cifar10"], ch_list=(3, 64, 128, 128, 128), temb_dim=64,
                                   time_mlp_dim=256)
     assert 0.5e6 < sum(p.numel() for p in unet_from_preset("tiny").parameters()) < 2e6
-    seed = unet_from_preset("seed")
+    seed = unet_from_preset("walkthrough")
     assert seed.config == UNetConfig() and seed.config.ch_list == (3, 64, 128, 256, 512)
     attn = [(name, m) for name, m in seed.named_modules() if isinstance(m, MultiHeadSelfAttention2d)]
     assert {m.channels for _, m in attn} == {64, 128} and {m.num_heads for _, m in attn} == {4}
@@ -126,7 +126,7 @@ def test_unknown_preset_or_field_raises():
 
 
 def test_bad_input_raises_at_forward_with_the_sizes():
-    model = unet_from_preset("seed")  # 4 levels: H, W must be multiples of 8
+    model = unet_from_preset("walkthrough")  # 4 levels: H, W must be multiples of 8
     with pytest.raises(ValueError, match="20x16"):
         model(torch.zeros(1, 3, 20, 16), torch.zeros(1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"\(1, 1, 16, 16\)"):

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import interop
-from ..checkpoint import data_info_of, load_model, read_checkpoint, resolve_checkpoint
+from ..checkpoint import load_model, read_checkpoint, resolve_checkpoint
 from ..data import CIFAR10_CLASSES, DataInfo
 from ..objective import Denoiser
+from ..record import data_info_of
 from ..recipes import QUICK_WIN
 from ..schedule import NoiseSchedule
 from ..shipped import SHIPPED_MODEL, card_path, load_shipped_model
