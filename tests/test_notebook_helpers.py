@@ -340,8 +340,8 @@ def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monk
     assert_same_weights(raw.net, new.model)
     assert "raw weights" in description and raw.objective == new.objective
     assert runs.own_checkpoints(setup) == [folder / "tiny-cifar10-smoke" / "checkpoint.pt",
-                                           folder / "seed-cifar10-smoke" / "checkpoint.pt"]
-    picked, _ = runs.find_model(setup, str(folder / "seed-cifar10-smoke"))  # a run folder by path
+                                           folder / "walkthrough-cifar10-smoke" / "checkpoint.pt"]
+    picked, _ = runs.find_model(setup, str(folder / "walkthrough-cifar10-smoke"))  # a run folder by path
     assert_same_weights(picked.net, old.ema)
     assert picked.objective == old.objective == Objective()
     assert capsys.readouterr().out == ""  # nothing to explain when the reader's own model is shown
