@@ -2,7 +2,8 @@
 
 Every usage or input error is one line `error: ...` on stderr and a non-zero exit (2: usage, 1: input,
 130: interrupted), without a traceback. This module holds the parser, `sample`, `fid`, `nll`,
-`export` and `main`; the `train` command lives in cli_train.py, the argparse types both use in cli_args.py.
+`export` and `main`; the `train` command lives in cli_train.py (its flags in cli_train_flags.py), the argparse types
+all use in cli_args.py.
 """
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from pathlib import Path
 import torch
 
 from .cli_args import arg_type, device_arg, image_file, non_negative_float, positive_int, where
-from .cli_train import add_train_parser
+from .cli_train import train
+from .cli_train_flags import add_train_parser
 from .samplers import SAMPLERS, resolve_steps
 from .schedule import VARIANCES
 from .utils import check_labels
@@ -41,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m ddpm_lib",
                      description="Train, sample, evaluate and export DDPMs (Ho et al. 2020).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="{train,sample,fid,nll,export}")
-    add_train_parser(sub)
+    add_train_parser(sub).set_defaults(run=train)
     ckpt_help = "a checkpoint file written by train, or its run folder"
 
     p = sub.add_parser("sample", help="sample a grid of images from a checkpoint")
