@@ -1,4 +1,4 @@
-"""Pictures for the README, from real data and real runs (not a test).
+"""Pictures for the README and the docs pages, from real data and real runs (not a test).
 
     python benchmarks/readme_figures.py forward --images DIR          # docs/forward_process.png
     python benchmarks/readme_figures.py run --run-dir DIR              # docs/loss_curve.png + docs/samples_*.png

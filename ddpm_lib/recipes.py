@@ -1,6 +1,6 @@
 """Named training recipes: a preset, its data and resolution, and the TrainConfig fields it sets.
 
-`QUICK_WIN` is notebook 05's CPU default and the README's first training command (measured by
+`QUICK_WIN` is notebook 05's CPU default and the training guide's first command (docs/training.md) (measured by
 `benchmarks/knobs.py quick`, docs/knobs/quick_win.md); `FAST` is the Colab recipe; the others are notebook 05's
 runs. Every field a
 recipe leaves out is TrainConfig's default, the paper's (Adam, grad clip 1, flips, EMA warm-up).
