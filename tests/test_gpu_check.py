@@ -71,8 +71,12 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     assert s["fp16_gradscaler"]["losses_finite"] and s["fp16_gradscaler"]["ddpm_lib_images_per_s"] > 0
     assert s["sampling"]["images_per_s"] > 0
     run_ = s["cifar10_run"]
-    assert run_["steps"] > max(gpu_sections.DRY.grid_steps)  # trained past the fixed grid steps, then one grid more
-    assert [g["step"] for g in run_["grids"]] == [*gpu_sections.DRY.grid_steps, run_["steps"]]
+    # it trains for DRY.train_seconds, so how far it gets depends on the machine's load: a grid at every fixed grid
+    # step it reached, and one more at its last step unless that was a grid step already
+    steps = run_["steps"]
+    assert steps >= min(gpu_sections.DRY.grid_steps)
+    assert [g["step"] for g in run_["grids"]] == ([s for s in gpu_sections.DRY.grid_steps if s <= steps]
+                                                 + ([steps] if steps not in gpu_sections.DRY.grid_steps else []))
     assert [r["passed"] for r in s["nbval"]["rows"]] == [True]
     for name in ["loss_curve.png"] + [g["file"] for g in run_["grids"]]:
         with Image.open(out / name) as im:
