@@ -15,7 +15,7 @@ import torch
 
 from .utils import default_device
 from .objective import Denoiser
-from .record import RunRecord
+from .record import CHECKPOINT_ENTRIES, RunRecord
 from .unet import UNet
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
@@ -23,8 +23,7 @@ CHECKPOINT_VERSION = 5  # 4: "data" is a DataInfo (or None); 5: "objective" hold
                         # loss weighting (before: UNetConfig.prediction and TrainConfig's weighting fields)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
 BEST_NAME = "checkpoint-best.pt"   # beside it with TrainConfig.keep_best: the run at its evaluation of lowest FID
-REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", "train_config", "unet_config", "objective", "schedule",
-                 "data")
+REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", *CHECKPOINT_ENTRIES)  # the run's record's entries too
 
 
 def resolve_checkpoint(path) -> Path:
