@@ -13,7 +13,7 @@ COLAB_WIDGETS := ipywidgets==7.7.1 widgetsnbextension==3.6.1 jupyterlab_widgets=
 # the offline JPEG copy of CIFAR-10 (make docs, gpu-carry)
 CIFAR10_JPEG ?= ../shared/data/cifar10-jpeg/train.tar.gz
 
-.PHONY: setup lab demo docs site lint test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check clean
+.PHONY: setup lab demo docs site lint test test-mkl test-fast bench gpu-wheels gpu-data gpu-carry gpu-check release clean
 
 setup: $(STAMP) $(VENV)/colab-wheels $(SITE_STAMP)
 
@@ -150,6 +150,16 @@ gpu-check:
 		$(GPU_PACKAGES)
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) benchmarks/gpu_check.py --nbval --out $(GPU_OUT) \
 		$(if $(wildcard $(GPU_CARRY)/cifar10-train.tar.gz),--data $(GPU_CARRY)/cifar10-train.tar.gz)
+
+# make release VERSION=X.Y.Z: X.Y.Z into ddpm_lib/__init__.py (the version's one place) and its tag vX.Y.Z into
+# every notebook's install cell and Colab badge (scripts/install_ref.py, which first refuses a dirty tree, a
+# malformed or non-increasing version or an existing tag, writing nothing), then a commit and the tag vX.Y.Z.
+# Nothing is pushed. Standard library only: no setup needed.
+release:
+	@$(PYTHON) scripts/install_ref.py --release "$(VERSION)"
+	git commit -q -a -m "Release $(VERSION): ddpm_lib/__init__.py's version, the notebooks install tag v$(VERSION)"
+	git tag -a "v$(VERSION)" -m "ddpm_lib $(VERSION)"
+	@echo "tagged v$(VERSION); nothing pushed: git push origin HEAD v$(VERSION) publishes the commit and the tag"
 
 clean:
 	rm -rf build runs .pytest_cache _site

@@ -4,7 +4,7 @@
     python benchmarks/activation_memory.py --device cuda --batch-size 128
 
 Each setting runs in its own process (a fresh allocator): the Trainer is built, one step warms up, then
---steps steps are timed. Memory: on CUDA torch.cuda.max_memory_allocated over the timed steps; on the CPU the
+--train-steps steps are timed. Memory: on CUDA torch.cuda.max_memory_allocated over the timed steps; on the CPU the
 growth of the process's peak resident set (ru_maxrss) over what it held before the first step, which is what
 the step's activations and gradients add. Writes docs/activation_memory.md with the machine named.
 """
@@ -55,26 +55,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="ddpm-cifar10")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=3, help="timed steps per setting (after one warm-up step)")
+    parser.add_argument("--train-steps", type=int, default=3, help="timed steps per setting (after one warm-up step)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "activation_memory.md")
     parser.add_argument("--one", choices=("on", "off"), help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(one_setting(args.preset, args.batch_size, args.steps, args.device, args.one == "on")))
+        print(json.dumps(one_setting(args.preset, args.batch_size, args.train_steps, args.device, args.one == "on")))
         return
     rows = []
     for on in ("off", "on"):
         out = subprocess.run([sys.executable, __file__, "--one", on, "--preset", args.preset, "--batch-size",
-                              str(args.batch_size), "--steps", str(args.steps), "--device", args.device],
+                              str(args.batch_size), "--train-steps", str(args.train_steps), "--device", args.device],
                              capture_output=True, text=True, check=True).stdout
         rows.append(json.loads(out.strip().splitlines()[-1]))
     off, on = rows
     memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "growth of the peak RSS"
     lines = [f"# Activation checkpointing: one training step of `{args.preset}`, batch {args.batch_size}", "",
              f"Measured on {machine(args.device)}; `python benchmarks/activation_memory.py --preset {args.preset} "
-             f"--batch-size {args.batch_size} --steps {args.steps} --device {args.device}`. Memory: {memory} over "
-             f"the step; time: median of {args.steps} steps (each listed), fp32 on the CPU.", "",
+             f"--batch-size {args.batch_size} --train-steps {args.train_steps} --device {args.device}`. Memory: {memory} over "
+             f"the step; time: median of {args.train_steps} steps (each listed), fp32 on the CPU.", "",
              "| checkpoint_activations | peak memory (MiB) | step (s) | steps (s) |", "|---|---:|---:|---|"]
     for row in rows:
         lines.append(f"| {row['checkpointing']} | {row['peak_mib']:,.0f} | {row['step_s']:.2f} | "

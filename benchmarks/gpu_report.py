@@ -47,7 +47,7 @@ def throughput_details(t):
 
 
 def fp16_details(f):
-    return [f"ddpm_lib's Trainer with precision fp16, batch {f['batch']}, {f['steps']} steps: "
+    return [f"ddpm_lib's Trainer with precision fp16, batch {f['batch']}, {f['train_steps']} steps: "
             f"{fmt(f['ddpm_lib_images_per_s'], 'img/s')}, final loss {fmt(f['final_loss'], 'loss')}, "
             f"final loss scale {f['final_scale']:g}; diffusers with fp16 + GradScaler: "
             f"{fmt(f['diffusers_images_per_s'], 'img/s')}."]
@@ -61,7 +61,7 @@ def sampling_details(p):
 
 def run_details(r):
     lines = [f"{r['model']} (torch.compile) on {r['images']:,} images ({r['data']}; {r['load_seconds']:.0f} s to "
-             f"load): first step with compilation {r['first_step_seconds']:.0f} s, then {r['steps']:,} steps in "
+             f"load): first step with compilation {r['first_step_seconds']:.0f} s, then {r['train_steps']:,} steps in "
              f"{r['train_seconds']:.0f} s ({fmt(r['images_per_s'], 'img/s')}); loss "
              f"{fmt(r['final_loss'], 'loss')} ({r['loss']}) at the end. EMA samples, DPM-Solver++ "
              f"{r['solver_steps']} steps, "
@@ -86,7 +86,7 @@ def nbval_details(n):
 DETAILS = {"train_throughput": ("Training throughput", "rows", throughput_details),
            "fp16_gradscaler": ("fp16 + GradScaler", "ddpm_lib_images_per_s", fp16_details),
            "sampling": ("Sampling", "images_per_s", sampling_details),
-           "cifar10_run": ("CIFAR-10 run", "steps", run_details),
+           "cifar10_run": ("CIFAR-10 run", "train_steps", run_details),
            "nbval": ("Notebooks under nbval (smoke mode, on this card)", "rows", nbval_details)}
 
 

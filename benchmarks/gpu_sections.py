@@ -132,8 +132,8 @@ def throughput_summary(rows, peak, sizes, device):
                        check("ddpm_lib / diffusers UNet2DModel (eager)", ratio, "x", ">= 2x",
                              ratio is not None and ratio >= 2),
                        check(f"the fast recipe's steps in {SESSION_S // 60} minutes, this card (eager)", session,
-                             "steps", f">= {FAST.steps:,} (its run: 20 epochs)",
-                             session is not None and session >= FAST.steps)]}
+                             "steps", f">= {FAST.train_steps:,} (its run: 20 epochs)",
+                             session is not None and session >= FAST.train_steps)]}
 
 
 def train_throughput(args, sizes, device):
@@ -178,7 +178,7 @@ def fp16_gradscaler(args, sizes, device):
                                   for _ in range(sizes.rounds))
     k = min(10, len(losses))
     last = losses[-k:].mean().item() if finite else None
-    return {"batch": sizes.batch, "steps": len(losses), "final_loss": last, "losses_finite": finite,
+    return {"batch": sizes.batch, "train_steps": len(losses), "final_loss": last, "losses_finite": finite,
             "final_scale": scale, "ddpm_lib_images_per_s": ours, "diffusers_images_per_s": diffusers,
             "checks": [check(f"{len(losses)} steps: loss (mean of the last {k})", last, "loss", "finite", finite),
                        check("ddpm_lib fp16 / diffusers fp16 (this card, not a T4)", ours / diffusers, "x",
@@ -201,7 +201,7 @@ def sampling(args, sizes, device):
     def draw(steps):
         generator = torch.Generator(device).manual_seed(0)
         with tp.autocast(device):
-            return dpm_solver_sample(denoiser, shape, steps=steps, generator=generator, device=device)
+            return dpm_solver_sample(denoiser, shape, sample_steps=steps, generator=generator, device=device)
 
     draw(2)  # warm-up: kernels, allocator, cuDNN autotuning
     reset_peak(device)
@@ -275,14 +275,14 @@ def cifar10_run(args, sizes, device):
     config = replace(recipe.train, batch_size=sizes.batch, compile=True, out_dir=None, progress=False)
     trainer = Trainer(UNet(network), recipe.noise_schedule(), config, recipe.objective, device=device)
     start = time.perf_counter()
-    trainer.fit(images, steps=1)  # compilation, the data set onto the device
+    trainer.fit(images, train_steps=1)  # compilation, the data set onto the device
     tp.sync(device)
     first_step_s, train_s, grids = time.perf_counter() - start, 0.0, []  # grids: {"step", "file"} per PNG
     logged = f"{recipe.objective.prediction} loss, {recipe.objective.weighting} weights"  # what Trainer.history holds
 
     def grid():
         x = generate_images(trainer.denoiser, sizes.grid_n, sampler="dpm-solver",
-                            steps=sizes.solver_steps, batch_size=sizes.grid_n, seed=0, device=device)
+                            sample_steps=sizes.solver_steps, batch_size=sizes.grid_n, seed=0, device=device)
         name = f"samples_step_{trainer.step:06d}.png"
         save_image(x.float() / 255, out / name, nrow=math.ceil(math.sqrt(sizes.grid_n)))
         grids.append({"step": trainer.step, "file": name})
@@ -293,7 +293,7 @@ def cifar10_run(args, sizes, device):
         return {"model": f"recipe {recipe.name}, preset {recipe.preset}",
                 "data": str(args.data or ("shapes" if sizes.toy else "cifar10")),
                 "images": len(images), "load_seconds": load_s, "first_step_seconds": first_step_s,
-                "steps": trainer.step, "loss": logged,
+                "train_steps": trainer.step, "loss": logged,
                 "train_seconds": train_s, "images_per_s": (trainer.step - 1) * sizes.batch / max(train_s, 1e-9),
                 "final_loss": last if finite else None, "grids": grids, "solver_steps": sizes.solver_steps,
                 "checks": [check(f"{trainer.step:,} steps in {train_s:.0f} s: {logged} (mean of the last 100)",
@@ -302,7 +302,7 @@ def cifar10_run(args, sizes, device):
     while train_s < args.train_seconds and time.monotonic() < args.deadline - FINISH_S:
         stop = min([s for s in sizes.grid_steps if s > trainer.step] + [trainer.step + sizes.chunk])
         start = time.perf_counter()
-        trainer.fit(images, steps=stop)
+        trainer.fit(images, train_steps=stop)
         tp.sync(device)
         train_s += time.perf_counter() - start
         if trainer.step in sizes.grid_steps:

@@ -125,7 +125,7 @@ def benchmark(args) -> None:
     results, best_images = [], None
     for s in args.scales:
         t0 = time.perf_counter()
-        images = generate_images(denoiser, args.n, sampler=args.sampler, steps=args.steps,
+        images = generate_images(denoiser, args.n, sampler=args.sampler, sample_steps=args.sample_steps,
                                  batch_size=args.batch_size, seed=args.seed, y=labels, guidance_scale=s, device=device,
                                  progress=args.progress)
         seconds = time.perf_counter() - t0
@@ -137,7 +137,7 @@ def benchmark(args) -> None:
             best_images = images
     command = shlex.join(["python", "benchmarks/guidance_cifar10.py", *sys.argv[1:]])
     summary = {"measured_on": measured_on, "command": command, "model": about, "n": args.n, "sampler": args.sampler,
-               "steps": args.steps, "seed": args.seed, "batch_size": args.batch_size,
+               "sample_steps": args.sample_steps, "seed": args.seed, "batch_size": args.batch_size,
                "reference": f"{len(test.images):,} test images ({_shown(args.data)}/test)",
                "classifier": {"sha256": read_card(CLASSIFIER_WEIGHTS)["sha256"], **ceiling},
                "chance": CHANCE, "class_names": list(test.info.class_names), "real_train": real_train,
@@ -208,7 +208,8 @@ def write_table(out: Path) -> None:
         f"(`{summary['command']}`).", "",
         f"Model: `{m['checkpoint']}`, EMA weights at step {m['step']:,} (recipe {m['recipe']}{trained}). "
         f"{summary['n']:,} samples per scale, sample i asking for class i % 10 ({summary['n'] // 10} per class), "
-        f"{summary['sampler']} with {summary['steps']} steps, seed {summary['seed']} (batch {summary['batch_size']}): "
+        f"{summary['sampler']} with {summary['sample_steps']} sample steps, seed {summary['seed']} "
+        f"(batch {summary['batch_size']}): "
         "every scale starts from the same noise.", "",
         f"Share: the samples that the small CIFAR-10 classifier shipped with ddpm_lib (`ddpm_lib.classifier`) "
         f"assigns to the class asked for, with its 95% Wilson interval. Real photographs score that classifier's "
@@ -244,7 +245,7 @@ def main() -> None:
                         help="guidance scales, separated by commas (default 1,1.5,2,3,4,6)")
     parser.add_argument("--n", type=int, default=1000, help="samples per scale (default 1,000; at least 20)")
     parser.add_argument("--sampler", default="dpm-solver", help="a ddpm_lib sampler (default dpm-solver: DPM-Solver++)")
-    parser.add_argument("--steps", type=int, default=20, help="sampler steps (default 20)")
+    parser.add_argument("--sample-steps", type=int, default=20, help="the sampler's model evaluations (default 20)")
     parser.add_argument("--seed", type=int, default=0, help="the noise of every scale (default 0)")
     parser.add_argument("--batch-size", type=int, default=250, help="samples drawn at a time (default 250)")
     parser.add_argument("--device", help="where to sample and classify (default: CUDA, MPS, else the CPU)")
@@ -254,8 +255,8 @@ def main() -> None:
                         "(default docs/cifar10_cond)")
     parser.add_argument("--progress", action="store_true", help="a progress bar while sampling")
     args = parser.parse_args()
-    if args.n < 20 or args.steps < 1 or args.batch_size < 1:
-        parser.error("--n must be >= 20, --steps and --batch-size >= 1")
+    if args.n < 20 or args.sample_steps < 1 or args.batch_size < 1:
+        parser.error("--n must be >= 20, --sample-steps and --batch-size >= 1")
     if args.what == "table":
         write_table(args.out)
     else:

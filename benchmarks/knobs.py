@@ -50,19 +50,19 @@ class Run:
     The defaults are the quick win's settings (ddpm_lib.recipes.QUICK_WIN) with the paper's objective."""
     name: str                                  # what is varied, e.g. "num_heads=1"
     unet: dict = field(default_factory=dict)   # UNetConfig overrides of the preset
-    timesteps: int = 1000                      # T (the walkthrough's `step` knob)
+    num_timesteps: int = 1000                  # T (the walkthrough's `step` knob)
     beta_min: float = 1e-4                     # beta_1 of the linear schedule
     beta_max: float = 0.02                     # beta_T of the linear schedule
     schedule: str = "linear"                   # linear or cosine betas
     prediction: str = "eps"                    # what the network predicts: eps (the paper), x0 or v
     loss_weighting: str = "uniform"            # uniform (L_simple with eps) or min-snr (gamma 5)
     image_size: int = QUICK_WIN.image_size     # training and sampling resolution (16: 4x cheaper than 32)
-    steps: int = QUICK_WIN.steps               # optimizer steps
+    train_steps: int = QUICK_WIN.train_steps   # optimizer steps
     batch_size: int = QUICK_WIN.batch_size     # images per step
     lr: float = QUICK_WIN.lr                   # Adam; a small network tolerates 10x the paper's 2e-4
     warmup_steps: int = QUICK_WIN.warmup_steps  # linear lr warm-up
     ema_decay: float = QUICK_WIN.ema_decay     # with the EMA warm-up (TrainConfig.ema_warmup) on
-    sample_steps: int = 50                     # DDIM steps for the samples (at most T)
+    sample_steps: int = 50                     # DDIM's model evaluations per sample (at most T)
 
 
 PAPER_OBJECTIVE = Run("paper objective")  # the quick win's settings with eps, L_simple and the paper's betas
@@ -72,7 +72,7 @@ QUICK_SEEDS, QUICK_SAMPLES = (0, 1), 256  # `quick`: seeds per recipe, samples s
 QUICK_WORKERS = 2  # `quick`: runs at a time, one torch thread each (a small network uses one core best)
 
 KNOBS = {  # knob -> settings; the first of each is the sweep's base (QUICK at 16x16 for fewer steps)
-    "timesteps": [{"timesteps": 1000}, {"timesteps": 200}, {"timesteps": 50}],
+    "num_timesteps": [{"num_timesteps": 1000}, {"num_timesteps": 200}, {"num_timesteps": 50}],
     "beta_max": [{"beta_max": 0.02}, {"beta_max": 0.005}, {"beta_max": 0.05}],
     "beta_min": [{"beta_min": 1e-4}, {"beta_min": 1e-3}],
     "schedule": [{"schedule": "linear"}, {"schedule": "cosine"}],
@@ -82,7 +82,7 @@ KNOBS = {  # knob -> settings; the first of each is the sweep's base (QUICK at 1
                         {"unet": {"attention_layer": (2, 3)}}],
     "temb_dim": [{"unet": {"temb_dim": 64}}, {"unet": {"temb_dim": 8}}, {"unet": {"temb_dim": 256}}],
 }
-SWEEP = replace(PAPER_OBJECTIVE, name="quick win", steps=500)  # every knob's runs: a quarter of the steps
+SWEEP = replace(PAPER_OBJECTIVE, name="quick win", train_steps=500)  # every knob's runs: a quarter of the steps
 
 
 def describe(run: Run, base: Run) -> str:
@@ -93,12 +93,13 @@ def describe(run: Run, base: Run) -> str:
 
 def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
     """Train `run` on 5,000 shapes, sample n_samples with DDIM, score them; returns the numbers and the samples."""
-    T = run.timesteps
+    T = run.num_timesteps
     schedule = (NoiseSchedule.cosine(T) if run.schedule == "cosine"
                 else NoiseSchedule.linear(T, run.beta_min, run.beta_max))
     torch.manual_seed(seed)
     model = UNet(replace(PRESETS[QUICK_WIN.preset], image_size=run.image_size, **run.unet))
-    config = TrainConfig(steps=run.steps, batch_size=run.batch_size, lr=run.lr, warmup_steps=run.warmup_steps,
+    config = TrainConfig(train_steps=run.train_steps, batch_size=run.batch_size, lr=run.lr,
+                         warmup_steps=run.warmup_steps,
                          ema_decay=run.ema_decay, seed=seed, out_dir=None, progress=False, log_every=25)
     objective = Objective(prediction=run.prediction, weighting=run.loss_weighting)  # min-snr: gamma 5
     trainer = Trainer(model, schedule, config, objective, device="cpu")
@@ -106,7 +107,7 @@ def train_and_score(run: Run, n_samples: int = 64, seed: int = 0) -> dict:
     trainer.fit(make_shapes(5000, size=run.image_size, seed=seed)[0])
     train_s = time.perf_counter() - start
     x0 = ddim_sample(trainer.denoiser, (n_samples, 3, run.image_size, run.image_size),
-                     steps=min(run.sample_steps, T), generator=torch.Generator().manual_seed(seed))
+                     sample_steps=min(run.sample_steps, T), generator=torch.Generator().manual_seed(seed))
     sample_s = time.perf_counter() - start - train_s
     samples = to_uint8(x0)
     tail = [loss for _, loss in trainer.history[-max(1, len(trainer.history) // 10):]]
@@ -150,8 +151,9 @@ def quick_table(out: Path) -> None:
     rows = saved["runs"]
     lines = ["# CPU quick win: the tiny preset on shapes, against the paper's objective\n",
              f"Machine: {saved['machine']}; `python benchmarks/knobs.py quick`.\n",
-             f"Every row: the tiny preset on 5,000 16x16 shapes, {QUICK.steps} steps at batch {QUICK.batch_size}, "
-             f"lr {QUICK.lr}, EMA {QUICK.ema_decay} with warm-up, T = {QUICK.timesteps}; {QUICK_WORKERS} runs at a "
+             f"Every row: the tiny preset on 5,000 16x16 shapes, {QUICK.train_steps} steps at batch "
+             f"{QUICK.batch_size}, "
+             f"lr {QUICK.lr}, EMA {QUICK.ema_decay} with warm-up, T = {QUICK.num_timesteps}; {QUICK_WORKERS} runs at a "
              f"time, one torch thread each; {QUICK_SAMPLES} EMA samples per run (DDIM, {QUICK.sample_steps} steps) "
              f"scored by `ddpm_lib.shapes.shape_score`, with 95% Wilson intervals (`ddpm_lib.metrics.wilson_interval`)."
              f" Final losses are not comparable across objectives (each predicts another target and weighs t "
@@ -221,7 +223,8 @@ def write_knobs(out: Path, results: dict) -> None:
 
 def knobs_markdown(flat: list, measured_on: str) -> list[str]:
     n = {row.get("n", 64) for _, row in flat}  # 64 samples per run (the runs before "n" was recorded too)
-    lines = [f"# The walkthrough's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, {SWEEP.steps} "
+    lines = [f"# The walkthrough's knobs on the shapes set (CPU, {SWEEP.image_size}x{SWEEP.image_size}, "
+             f"{SWEEP.train_steps} "
              f"steps each)\n", f"Machine: {measured_on}. Reproduce: `python benchmarks/knobs.py knobs` "
              f"(one knob: `--only NAME`). Base: {SWEEP}.\n",
              f"One seed, {', '.join(map(str, sorted(n)))} samples per run. Each share comes with its 95% Wilson "

@@ -94,7 +94,7 @@ class _Ours:
         return self.trainer.step
 
     def fit(self, images, total: int) -> None:
-        self.trainer.fit(images, steps=total)
+        self.trainer.fit(images, train_steps=total)
 
     def ema_state(self) -> dict:
         return self.trainer.ema.state_dict()
@@ -177,7 +177,7 @@ def _train(run: Run, minutes: float, work: Path) -> dict:
         path = work / _tag(run) / f"ema_{fraction:g}.pt"
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(trainer.ema_state(), path)
-        kept[fraction] = {"path": str(path.relative_to(work)), "steps": trainer.step,
+        kept[fraction] = {"path": str(path.relative_to(work)), "step": trainer.step,
                           "cpu_s": round(time.process_time() - start, 1)}
         print(f"{run.name} (seed {run.seed}): {fraction * minutes:g} CPU-min, {trainer.step} steps", flush=True)
     return {"run": asdict(run), "kept": kept}
@@ -208,14 +208,14 @@ def _peer_denoiser(unet, schedule):
     return Denoiser(_PeerAsModel(unet), schedule, Objective(prediction="v"))
 
 
-def sample_and_score(result: dict, fraction: float, n: int, steps: int, work: Path) -> dict:
+def sample_and_score(result: dict, fraction: float, n: int, sample_steps: int, work: Path) -> dict:
     """The scores of `result`'s EMA weights at `fraction` of the budget (or what an interrupted benchmark scored)."""
-    settings = {"run": result["run"], "kept": result["kept"][fraction], "n": n, "steps": steps}
+    settings = {"run": result["run"], "kept": result["kept"][fraction], "n": n, "sample_steps": sample_steps}
     return _cached(work / _tag(Run(**result["run"])) / f"scores_{fraction:g}.json", settings,
-                   lambda: _sample_and_score(result, fraction, n, steps, work))
+                   lambda: _sample_and_score(result, fraction, n, sample_steps, work))
 
 
-def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: Path) -> dict:
+def _sample_and_score(result: dict, fraction: float, n: int, sample_steps: int, work: Path) -> dict:
     from cifar_scores import score
 
     from ddpm_lib.classifier import features_and_probabilities, load_cifar10_classifier
@@ -234,12 +234,12 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: P
     if run.peer:
         from denoising_diffusion_pytorch import GaussianDiffusion, Unet
 
-        diffusion = GaussianDiffusion(Unet(**PEER_NET), image_size=32, timesteps=1000, sampling_timesteps=steps)
+        diffusion = GaussianDiffusion(Unet(**PEER_NET), image_size=32, timesteps=1000, sampling_timesteps=sample_steps)
         diffusion.load_state_dict(state)
         diffusion.eval()
         schedule = NoiseSchedule(diffusion.betas.double().clamp(1e-12, 0.999))
         samples["DPM-Solver++"] = generate_images(_peer_denoiser(diffusion.model, schedule), n, sampler="dpm-solver",
-                                                  steps=steps, seed=0)
+                                                  sample_steps=sample_steps, seed=0)
         torch.manual_seed(0)
         with torch.no_grad():
             ddim = torch.cat([diffusion.sample(batch_size=min(250, n - i)) for i in range(0, n, 250)])
@@ -248,7 +248,7 @@ def _sample_and_score(result: dict, fraction: float, n: int, steps: int, work: P
         model = unet_from_preset("tiny")
         model.load_state_dict(state)
         samples["DPM-Solver++"] = generate_images(Denoiser(model, _schedule(run), _objective(run)), n,
-                                                  sampler="dpm-solver", steps=steps, seed=0)
+                                                  sampler="dpm-solver", sample_steps=sample_steps, seed=0)
     scored = {}
     for sampler, images in samples.items():
         feats, probs = features_and_probabilities(classifier, images)
@@ -270,7 +270,7 @@ def _stage(runs, args, results: dict) -> None:
         jobs = [(r, f) for r in trained for f in BUDGETS]
         k = len(jobs)
         scored = list(pool.map(sample_and_score, [r for r, _ in jobs], [f for _, f in jobs], [args.n] * k,
-                               [args.steps] * k, [args.work] * k))
+                               [args.sample_steps] * k, [args.work] * k))
     for r in trained:
         results[_tag(Run(**r["run"]))] = {**r, "scores": {}}
     for s in scored:
@@ -310,7 +310,7 @@ def benchmark(args) -> None:
     if not args.quick and _fid_at(results, cosine, 1.0) < _fid_at(results, best, 1.0):
         _stage([replace(cosine, seed=1)], args, results)
     summary = {"measured_on": measured_on, "minutes": args.minutes, "budgets": BUDGETS, "n": args.n,
-               "sampler_steps": args.steps, "classifier_test_accuracy": card["test_accuracy"],
+               "sample_steps": args.sample_steps, "classifier_test_accuracy": card["test_accuracy"],
                "classifier_epochs": card["epochs"], "wall_minutes": round((time.perf_counter() - start) / 60, 1),
                "quick": args.quick, "note": args.note, "results": results}
     (out / "recipes.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -390,7 +390,7 @@ def write_table(out: Path) -> None:
             reach = _minutes_to(fids, minutes, target)
             at_most = "≤ " if reach == minutes[0] and fids[0] < target else ""
             speed_up = "< 1x" if reach is None else ("≥ " if at_most else "") + f"{minutes[-1] / reach:.1f}x"
-            lines.append(f"| {name} | {len(rs)} | {sum(r['kept'][budgets[-1]]['steps'] for r in rs) // len(rs):,} | "
+            lines.append(f"| {name} | {len(rs)} | {sum(r['kept'][budgets[-1]]['step'] for r in rs) // len(rs):,} | "
                          f"{sampler} | {' | '.join(cells)} | "
                          f"{_cell([s['kid'] for s in last], [s['kid_std'] for s in last], 2, 1e3)} | "
                          f"{_cell([s['is'] for s in last], [s['is_std'] for s in last], 2)} | "
@@ -398,7 +398,7 @@ def write_table(out: Path) -> None:
                          f"{speed_up} |")
     quick = " --quick" if summary["quick"] else ""
     command = (f"python benchmarks/recipes.py{quick} --minutes {summary['minutes']:g} --n {summary['n']} "
-               f"--steps {summary['sampler_steps']}")
+               f"--sample-steps {summary['sample_steps']}")
     note = f" {summary['note']}" if summary.get("note") else ""
     text = [f"# Training recipes side by side: real CIFAR-10, equal CPU budgets{quick}",
             "", f"Measured on {summary['measured_on']}; the whole run took {summary['wall_minutes']} minutes "
@@ -406,13 +406,14 @@ def write_table(out: Path) -> None:
             "what else runs on the machine; the wall time does.", "",
             f"Each run: {minutes[-1]:g} minutes of one core's CPU time (two runs at a time on the two cores), the tiny "
             f"network, scored at {', '.join(f'{m:g}' for m in minutes)} CPU-minutes from the EMA weights kept then. "
-            f"{summary['n']:,} samples per score, {summary['sampler_steps']} sampler steps, against the 10,000 test "
+            f"{summary['n']:,} samples per score, {summary['sample_steps']} sample steps, against the 10,000 test "
             f"images, in the features of the small CIFAR-10 classifier that ships with ddpm_lib (ddpm_lib.classifier; "
             f"{summary['classifier_epochs']} epochs; test accuracy {summary['classifier_test_accuracy']:.1%}). "
             "FID and KID: lower is better; the IS-form score: higher is better. One seed: ± the bootstrap (FID) "
             "or subset (KID) or split (IS) spread; two seeds: their mean and range.", "", *lines, "",
             "![FID against CPU-minutes](fid_minutes.png)", "",
-            f"Samples at {minutes[-1]:g} CPU-minutes (first seed, DPM-Solver++, {summary['sampler_steps']} steps):", "",
+            f"Samples at {minutes[-1]:g} CPU-minutes (first seed, DPM-Solver++, {summary['sample_steps']} sample "
+            f"steps):", "",
             *[f"**{name}**\n\n![{name}](samples_{_tag(Run(**rs[0]['run']))}.png)\n"
               for name, rs in _recipes(summary["results"]).items()]]
     (out / "recipes.md").write_text("\n".join(text))
@@ -425,7 +426,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a first look: 1 CPU-minute per run, 256 samples, 1 seed")
     parser.add_argument("--minutes", type=float, help="CPU-minutes per run (default 10; --quick 1)")
     parser.add_argument("--n", type=int, help="samples per score (default 1,000; --quick 256)")
-    parser.add_argument("--steps", type=int, default=20, help="DPM-Solver++ / DDIM steps per sample")
+    parser.add_argument("--sample-steps", type=int, default=20, help="DPM-Solver++ / DDIM model evaluations per sample")
     parser.add_argument("--out", type=Path, help="results folder (default docs/recipes; --quick: docs/recipes/quick)")
     parser.add_argument("--note", help="a sentence on the conditions of the run (what else ran), kept in recipes.json "
                         "and printed under the table; with `table`, replaces the stored one")
@@ -434,8 +435,8 @@ def main() -> None:
     args.n = args.n or (256 if args.quick else 1000)
     args.out = args.out or (DOCS / "quick" if args.quick else DOCS)
     args.work = WORK / "quick" if args.quick else WORK
-    if args.minutes <= 0 or args.n < 20 or args.steps < 1:
-        parser.error("--minutes must be > 0, --n >= 20 and --steps >= 1")
+    if args.minutes <= 0 or args.n < 20 or args.sample_steps < 1:
+        parser.error("--minutes must be > 0, --n >= 20 and --sample-steps >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if args.what == "table":
         if args.note is not None:

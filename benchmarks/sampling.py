@@ -57,7 +57,7 @@ def sample_once(denoiser, name, steps, shape, device, amp):
     generator = torch.Generator(device=device).manual_seed(0)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if amp else nullcontext()
     entry = SAMPLERS[name]
-    kwargs = {} if entry.default_steps is None else {"steps": steps}  # ddpm runs all T steps
+    kwargs = {} if entry.default_sample_steps is None else {"sample_steps": steps}  # ddpm: all T
     with autocast:
         return entry.fn(denoiser, shape, generator=generator, device=device, **kwargs)
 

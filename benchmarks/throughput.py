@@ -6,7 +6,7 @@ Prints and writes a markdown table (images/s, forward GFLOPs per image, utilisat
 benchmarks/gpu_sections.py and gpu_report.py import the contenders, the timing and the table helpers from here.
 
     python benchmarks/throughput.py --device cuda --batch-size 128 --repeats 5
-    python benchmarks/throughput.py --device cpu --batch-size 8 --repeats 3 --steps 2
+    python benchmarks/throughput.py --device cpu --batch-size 8 --repeats 3 --train-steps 2
 """
 import argparse
 import datetime
@@ -217,7 +217,7 @@ def main():
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: the best available)")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds (median reported)")
-    parser.add_argument("--steps", type=int, default=10, help="training steps timed per contender per round")
+    parser.add_argument("--train-steps", type=int, default=10, help="training steps timed per contender per round")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps per contender first")
     parser.add_argument("--compile", action="store_true", help="torch.compile every contender's model")
     parser.add_argument("--out", default="docs/benchmarks.md", help="markdown file the table is appended to")
@@ -237,12 +237,12 @@ def main():
         steps[name] = step
     for _ in range(args.repeats):
         for name, step in steps.items():
-            rates[name].append(images_per_second(step, x0, args.steps, device))
+            rates[name].append(images_per_second(step, x0, args.train_steps, device))
 
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     lines = [f"### Training throughput: {machine(device)}", "",
              f"{datetime.date.today()}, at the end of the run; batch {args.batch_size}, {precision}, "
-             f"compile={args.compile}, {args.repeats} interleaved rounds of {args.steps} steps; measured matmul peak "
+             f"compile={args.compile}, {args.repeats} interleaved rounds of {args.train_steps} steps; measured matmul peak "
              f"{peak / 1e12:.2f} TFLOP/s. Utilisation = images/s x 3 x forward FLOPs / peak.", "",
              ratio_note(), "",
              *throughput_table(rates, params, flops, peak)]

@@ -19,8 +19,9 @@ from .record import CHECKPOINT_ENTRIES, RunRecord
 from .unet import UNet
 
 CHECKPOINT_FORMAT = "ddpm_lib.checkpoint"
-CHECKPOINT_VERSION = 5  # 4: "data" is a DataInfo (or None); 5: "objective" holds what the network predicts and the
-                        # loss weighting (before: UNetConfig.prediction and TrainConfig's weighting fields)
+CHECKPOINT_VERSION = 6  # 5: "objective" holds what the network predicts and the loss weighting (before:
+                        # UNetConfig.prediction and TrainConfig's weighting fields); 6: T is the schedule's
+                        # "num_timesteps" and the training's length "train_steps" (both "steps" before)
 CHECKPOINT_NAME = "checkpoint.pt"  # the file inside a run folder
 BEST_NAME = "checkpoint-best.pt"   # beside it with TrainConfig.keep_best: the run at its evaluation of lowest FID
 REQUIRED_KEYS = ("step", "model", "ema", "optimizer", "scaler", *CHECKPOINT_ENTRIES)  # the run's record's entries too

@@ -18,12 +18,12 @@ import torch
 from .cli_args import arg_type, device_arg, image_file, non_negative_float, positive_int, where
 from .cli_train import train
 from .cli_train_flags import add_train_parser
-from .samplers import SAMPLERS, resolve_steps
+from .samplers import SAMPLERS, resolve_sample_steps
 from .schedule import VARIANCES
 from .utils import check_labels
 
-STEPS_HELP = "sampler steps (default: " + ", ".join(
-    f"{name} {entry.default_steps or 'T'}" for name, entry in SAMPLERS.items()) + "; at most T)"
+SAMPLE_STEPS_HELP = "the sampler's model evaluations (default: " + ", ".join(
+    f"{name} {entry.default_sample_steps or 'T'}" for name, entry in SAMPLERS.items()) + "; at most T)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="sample a grid of images from a checkpoint")
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
-    p.add_argument("--steps", type=positive_int, help=STEPS_HELP)
+    p.add_argument("--sample-steps", type=positive_int, help=SAMPLE_STEPS_HELP)
     p.add_argument("--n", type=positive_int, default=64, help="number of images (default 64)")
     p.add_argument("--out", required=True, type=image_file, help="image file for the grid (.png, .jpg, ...)")
     p.add_argument("--seed", type=int, default=0)
@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True, help=ckpt_help)
     p.add_argument("--n", type=_fid_samples, default=50_000, help="samples to draw (paper: 50,000)")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default="ddim", help="(default ddim)")
-    p.add_argument("--steps", type=positive_int, help=STEPS_HELP)
+    p.add_argument("--sample-steps", type=positive_int, help=SAMPLE_STEPS_HELP)
     p.add_argument("--ref", default="cifar10", help="cifar10 (training split) or a folder of images")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root for --ref cifar10")
     p.add_argument("--guidance", type=non_negative_float, default=1.0, metavar="S",
@@ -114,16 +114,19 @@ def _check_guidance(args, num_classes: int | None) -> None:
         check_labels([label], num_classes, name="--class", low=0)
 
 
-def _sampler_steps(args, T: int) -> int:
-    """--steps of --sampler on the checkpoint's T-step schedule: left out, the sampler's default capped at T
-    (resolve_steps, as generate_images and evaluate_checkpoint count them); given, checked against T."""
+def _sample_steps(args, T: int) -> int:
+    """--sample-steps of --sampler on the checkpoint's schedule of T timesteps: left out, the sampler's default
+    capped at T (resolve_sample_steps, as generate_images and evaluate_checkpoint count them); given, checked
+    against T."""
     try:
-        return resolve_steps(args.sampler, args.steps, T)
+        return resolve_sample_steps(args.sampler, args.sample_steps, T)
     except ValueError:
-        if SAMPLERS[args.sampler].default_steps is None:
-            raise ValueError(f"--steps {args.steps}: --sampler {args.sampler} runs all T={T} steps of the "
-                             f"checkpoint; leave --steps out, or use --sampler ddim or dpm-solver") from None
-        raise ValueError(f"--steps {args.steps}: expected at most T={T}, the checkpoint's diffusion steps") from None
+        if SAMPLERS[args.sampler].default_sample_steps is None:
+            raise ValueError(f"--sample-steps {args.sample_steps}: --sampler {args.sampler} runs all T={T} "
+                             f"timesteps of the checkpoint; leave --sample-steps out, or use --sampler ddim or "
+                             f"dpm-solver") from None
+        raise ValueError(f"--sample-steps {args.sample_steps}: expected at most T={T}, the checkpoint's "
+                         f"timesteps") from None
 
 
 def _sample(args) -> None:
@@ -137,17 +140,17 @@ def _sample(args) -> None:
     denoiser = load_model(args.ckpt, ema=not args.no_ema, device=device)
     K = denoiser.net.config.num_classes
     _check_guidance(args, K)
-    steps = _sampler_steps(args, denoiser.schedule.steps)
+    sample_steps = _sample_steps(args, denoiser.schedule.num_timesteps)
     y = None  # labels (n,): --class K for all, else the classes in turn
     if K is not None:
         y = torch.full((args.n,), args.label) if args.label is not None else torch.arange(args.n) % K
-    images = generate_images(denoiser, args.n, sampler=args.sampler, steps=steps,
+    images = generate_images(denoiser, args.n, sampler=args.sampler, sample_steps=sample_steps,
                              batch_size=args.batch_size, seed=args.seed, y=y, guidance_scale=args.guidance,
                              device=device, progress=True)  # uint8 (n, 3, H, W)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_image(images.float() / 255, out, nrow=math.ceil(math.sqrt(args.n)))
-    print(f"wrote {out} ({args.n} images, {args.sampler} with {steps} steps)", file=sys.stderr)
+    print(f"wrote {out} ({args.n} images, {args.sampler} with {sample_steps} sample steps)", file=sys.stderr)
 
 
 def _fid(args) -> None:
@@ -160,12 +163,12 @@ def _fid(args) -> None:
         raise FileNotFoundError(f"--ref {args.ref}: no such folder (expected cifar10 or a folder of images)")
     ckpt = read_checkpoint(ckpt_path)  # a clear error before any sampling
     _check_guidance(args, ckpt["unet_config"].get("num_classes"))
-    steps = _sampler_steps(args, NoiseSchedule.from_state_dict(ckpt["schedule"]).steps)
-    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, steps=steps, ref=args.ref,
+    sample_steps = _sample_steps(args, NoiseSchedule.from_state_dict(ckpt["schedule"]).num_timesteps)
+    result = evaluate_checkpoint(ckpt_path, n=args.n, sampler=args.sampler, sample_steps=sample_steps, ref=args.ref,
                                  data_root=args.data_root, batch_size=args.batch_size, device=args.device,
                                  seed=args.seed, guidance_scale=args.guidance)
     guided = f"_cfg{args.guidance:g}" if args.guidance != 1 else ""
-    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{steps}{guided}_n{args.n}.json")
+    path = ckpt_path.with_name(f"{ckpt_path.stem}_fid_{args.sampler}{sample_steps}{guided}_n{args.n}.json")
     path.write_text(json.dumps(result, indent=2) + "\n")
     inception = f"  IS {result['is_mean']:.2f} +- {result['is_std']:.2f}" if result["is_mean"] is not None else ""
     print(f"FID {result['fid']:.3f}  KID {result['kid_mean']:.5f} +- {result['kid_std']:.5f}{inception}  ({path})")
@@ -180,7 +183,7 @@ def _nll(args) -> None:
     ckpt_path = resolve_checkpoint(args.ckpt)
     device = args.device if args.device is not None else default_device()
     denoiser = load_model(ckpt_path, ema=not args.no_ema, device=device)  # a clear error before any data is read
-    config, T = denoiser.net.config, denoiser.schedule.steps
+    config, T = denoiser.net.config, denoiser.schedule.num_timesteps
     if args.n_t is not None and args.n_t > T - 1:
         raise ValueError(f"--n-t {args.n_t}: expected at most T - 1 = {T - 1} KL terms (leave it out for all)")
     if args.data not in ("cifar10", "shapes") and not Path(args.data).is_dir():

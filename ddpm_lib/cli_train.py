@@ -24,11 +24,11 @@ from .unet import PRESETS, UNetConfig
 
 # -- what the flags build ---------------------------------------------------------------------------------------
 def _schedule(args, config: RunConfig | None = None) -> NoiseSchedule:
-    """The noise schedule of --schedule, --timesteps, --beta-min and --beta-max (--config's when it fills them)."""
+    """The noise schedule of --schedule, --num-timesteps, --beta-min and --beta-max (--config's when it fills them)."""
     if args.schedule == "custom":  # --config's own betas (no flag names a custom schedule)
         assert config is not None and config.schedule is not None
         return config.schedule
-    T = args.timesteps or PAPER_SCHEDULE.steps
+    T = args.num_timesteps or PAPER_SCHEDULE.num_timesteps
     if args.schedule == "cosine":
         if args.beta_min is not None or args.beta_max is not None:
             raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
@@ -80,8 +80,8 @@ def _layer_config(args, config: RunConfig, explicit: set) -> dict:
     if config.data is not None and "data" not in explicit:
         args.data = None  # the config's images, by their record (not a recipe's data by name)
     schedule = config.schedule
-    if schedule is not None and not explicit & {"schedule", "timesteps", "beta_min", "beta_max"}:
-        args.schedule, args.timesteps = schedule.kind, schedule.steps
+    if schedule is not None and not explicit & {"schedule", "num_timesteps", "beta_min", "beta_max"}:
+        args.schedule, args.num_timesteps = schedule.kind, schedule.num_timesteps
         args.beta_min, args.beta_max = schedule.params.get("beta_min"), schedule.params.get("beta_max")
     return extra
 
@@ -123,9 +123,9 @@ def _asked(args, record: RunRecord) -> tuple[dict, set]:
         asked["network"].update({k: v for k, v in asdict(PRESETS[args.preset]).items() if k != "num_classes"})
     values = {**{f"network.{name}": getattr(args, name) for name in KNOBS},
               **{f"objective.{name}": getattr(args, name) for name in OBJECTIVE},
-              "schedule.kind": args.schedule, "schedule.steps": args.timesteps, "schedule.beta_min": args.beta_min,
-              "schedule.beta_max": args.beta_max, "training.seed": args.seed, "training.batch_size": args.batch_size,
-              "training.recipe": args.recipe}
+              "schedule.kind": args.schedule, "schedule.num_timesteps": args.num_timesteps,
+              "schedule.beta_min": args.beta_min, "schedule.beta_max": args.beta_max, "training.seed": args.seed,
+              "training.batch_size": args.batch_size, "training.recipe": args.recipe}
     if record.data is not None:
         values.update({"data.name": args.data and _data_id(args.data), "data.n": args.n_images})
     named = {key for key, value in values.items() if value is not None}
@@ -157,7 +157,7 @@ def _resume_conflicts(args, record: RunRecord) -> list:
 
 # -- train ------------------------------------------------------------------------------------------------------
 def _fit(args, device: torch.device) -> None:
-    """A new run from --preset, --data and the knobs, or --resume of OUT/checkpoint.pt; trained to --steps."""
+    """A new run from --preset, --data and the knobs, or --resume of OUT/checkpoint.pt; trained to --train-steps."""
     from .checkpoint import CHECKPOINT_NAME, read_checkpoint
     from .data import load_dataset, reload_dataset
     from .runtime import rank_zero_first
@@ -183,13 +183,14 @@ def _fit(args, device: torch.device) -> None:
                 setattr(args, name, getattr(recipe.objective, name))
         args.class_cond = args.class_cond or recipe.class_cond
     extra = _layer_config(args, config_file, explicit) if config_file is not None else {}
-    if args.steps is None and args.recipe is not None:  # resuming a recipe's run: its steps
-        args.steps = RECIPES[args.recipe].steps
-    if args.steps is None:
-        raise ValueError("--steps: expected the total optimizer steps of the run (or --recipe, which sets them)")
+    if args.train_steps is None and args.recipe is not None:  # resuming a recipe's run: its train_steps
+        args.train_steps = RECIPES[args.recipe].train_steps
+    if args.train_steps is None:
+        raise ValueError("--train-steps: expected the optimizer steps of the run in all (or --recipe, which sets them)")
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    overrides = {"steps": args.steps, "out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,
+    overrides = {"train_steps": args.train_steps, "out_dir": args.out, "progress": not args.no_progress,
+                 "compile": args.compile,
                  **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
     recorded, ckpt = None, None  # the resumed run's DataInfo and checkpoint (read once)
     if resuming:
@@ -251,7 +252,7 @@ def _fit(args, device: torch.device) -> None:
         except ValueError as e:
             raise _flag_error(e, overrides) from None
         if trainer.rank == 0:
-            print(f"resuming {checkpoint} at step {trainer.step} of {args.steps}", file=sys.stderr)
+            print(f"resuming {checkpoint} at step {trainer.step} of {args.train_steps}", file=sys.stderr)
     else:
         torch.manual_seed(seed)  # weight init (DDP broadcasts rank 0's anyway)
         classes = loaded.info.class_names

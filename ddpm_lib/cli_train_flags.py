@@ -24,7 +24,7 @@ TRAIN_OVERRIDES = ("lr", "warmup_steps", "ema_decay", "ema_warmup", "log_every",
                    "checkpoint_activations", "eval_every", "eval_n", "keep_best")
 # Objective field -> the flag that sets it (a new run only)
 OBJECTIVE = {"prediction": "--prediction", "weighting": "--loss-weighting", "snr_gamma": "--snr-gamma"}
-RECIPE_FIELDS = ("preset", "data", "image_size", "steps", "batch_size", "lr", "warmup_steps", "ema_decay",
+RECIPE_FIELDS = ("preset", "data", "image_size", "train_steps", "batch_size", "lr", "warmup_steps", "ema_decay",
                  "schedule")  # what --recipe fills where no flag is given, with its objective's fields
 
 
@@ -54,7 +54,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     """The `train` sub-command, added to build_parser()'s sub-parsers (which sets what it runs)."""
     p = sub.add_parser("train", help="train a UNet (Algorithm 1); DDP under torchrun")
     p.add_argument("--recipe", type=recipe_name, help=f"a named recipe ({', '.join(RECIPES)}): its preset, data, image "
-                   f"size, steps and training settings; flags given override its fields (ddpm_lib.recipes)")
+                   f"size, training steps and settings; flags given override its fields (ddpm_lib.recipes)")
     p.add_argument("--config", metavar="FILE", help="start from a config.json (a run folder's, or hand-written): its "
                    "network, objective, schedule, training and data; flags given override it, and it overrides "
                    "--recipe")
@@ -64,8 +64,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                                                            "the preset's, 32)")
     p.add_argument("--data", help="cifar10, shapes, or a folder of images (default on --resume: the run's)")
     p.add_argument("--data-root", default="data", help="CIFAR-10 root (downloaded there when missing)")
-    p.add_argument("--steps", type=integer, help="total optimizer steps to reach (also on --resume; "
-                                                      "default: the recipe's)")
+    p.add_argument("--train-steps", type=integer, help="optimizer steps to reach in all (also on --resume; "
+                                                            "default: the recipe's)")
     p.add_argument("--batch-size", type=integer, help=f"global batch size, split over DDP ranks "
                                                            f"(default {TrainConfig.batch_size})")
     p.add_argument("--out", required=True, help="run folder: checkpoint.pt, loss.jsonl, samples/")
@@ -89,7 +89,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
                    help="a constant EMA decay from the first step, as in the paper")
     p.add_argument("--logger", choices=LOGGERS, help="jsonl: OUT/loss.jsonl (default); tensorboard: also event files "
                    "in OUT/tensorboard: loss, loss by quarter of t, lr, gradient norm, EMA decay, images/s, sample "
-                   "grids (the tensorboard extra)")
+                   "grids (the tensorboard extra); wandb: the same as a W&B run in OUT/wandb, offline unless "
+                   "WANDB_MODE says otherwise (the wandb extra)")
     p.add_argument("--log-every", type=integer, help=f"steps between loss read-backs "
                                                           f"(default {TrainConfig.log_every})")
     p.add_argument("--sample-every", type=integer, help=f"steps between sample grids, 0 = never "
@@ -101,7 +102,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--milestones", type=step_list, metavar="S,S,...", help="steps whose checkpoint is kept for good "
                    "as OUT/checkpoint-<step>.pt (saved at those steps whatever --checkpoint-every)")
     p.add_argument("--eval-every", type=integer, metavar="N", help="evaluate the EMA model every N steps into "
-                   "OUT/eval.jsonl: FID and KID of --eval-n DPM-Solver++ samples (20 steps) against Inception "
+                   "OUT/eval.jsonl: FID and KID of --eval-n DPM-Solver++ samples (20 sample steps) against Inception "
                    "features of the training images (cached), and the loss on held-out images at fixed t and noise "
                    "(CIFAR-10's test split, other shapes; a folder: its first images) (default 0: never)")
     p.add_argument("--eval-n", type=integer, metavar="K", help=f"samples per evaluation (default {TrainConfig.eval_n})")
@@ -110,8 +111,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=positive_int, help="shapes: how many to make; else keep the first N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("the walkthrough's knobs (override the preset; recorded in the checkpoint)")
-    g.add_argument("--timesteps", type=positive_int, metavar="T",
-                   help=f"diffusion steps T (default {PAPER_SCHEDULE.steps})")
+    g.add_argument("--num-timesteps", type=positive_int, metavar="T",
+                   help=f"diffusion timesteps T (default {PAPER_SCHEDULE.num_timesteps})")
     g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the recipe's, else linear)")
     g.add_argument("--beta-min", type=beta, metavar="B", help=f"beta_1 of the linear schedule "
                                                                f"(default {PAPER_SCHEDULE.beta_min})")
@@ -147,6 +148,7 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
 # the flag that sets each field of a run's record (config.json's "section.field"), for a resumed run's conflicts
 RECORD_FLAGS = {**{f"network.{name}": flag for name, flag in KNOBS.items()},
                 **{f"objective.{name}": flag for name, flag in OBJECTIVE.items()},
-                "schedule.kind": "--schedule", "schedule.steps": "--timesteps", "schedule.beta_min": "--beta-min",
-                "schedule.beta_max": "--beta-max", "training.seed": "--seed", "training.batch_size": "--batch-size",
-                "training.recipe": "--recipe", "data.name": "--data", "data.n": "--n-images"}
+                "schedule.kind": "--schedule", "schedule.num_timesteps": "--num-timesteps",
+                "schedule.beta_min": "--beta-min", "schedule.beta_max": "--beta-max", "training.seed": "--seed",
+                "training.batch_size": "--batch-size", "training.recipe": "--recipe", "data.name": "--data",
+                "data.n": "--n-images"}

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .metrics import check_images, extract_features, extractor_name, fid_kid, inception_extractor, inception_score
-from .samplers import generate_images, resolve_steps
+from .samplers import generate_images, resolve_sample_steps
 from .objective import Denoiser, diffusion_loss
 from .utils import check_int, to_model_range
 
@@ -32,17 +32,18 @@ class Evaluator:
 
     def __init__(self, reference, held_out, feature_extractor=None, reference_key: str = "train",
                  held_out_labels=None, held_out_name: str = "held-out images", sampler: str = "dpm-solver",
-                 steps: int = 20, loss_n: int = VAL_IMAGES, seed: int = 0, cache_dir=None, batch_size: int = 256):
+                 sample_steps: int = 20, loss_n: int = VAL_IMAGES, seed: int = 0, cache_dir=None,
+                 batch_size: int = 256):
         check_images("reference", reference)
         check_images("held_out", held_out, minimum=1)
-        check_int(loss_n, "loss_n"), check_int(steps, "steps"), check_int(batch_size, "batch_size")
+        check_int(loss_n, "loss_n"), check_int(sample_steps, "sample_steps"), check_int(batch_size, "batch_size")
         self.reference, self.reference_key = reference, reference_key
         self.held_out = held_out[:loss_n]
         self.held_out_labels = None if held_out_labels is None else held_out_labels[:loss_n]
         self.held_out_name = held_out_name
         self.extractor = feature_extractor if feature_extractor is not None else inception_extractor()
         self.extractor_name = extractor_name(self.extractor)
-        self.sampler, self.steps, self.seed = sampler, steps, seed
+        self.sampler, self.sample_steps, self.seed = sampler, sample_steps, seed
         self.cache_dir, self.batch_size = cache_dir, batch_size
 
     @torch.no_grad()
@@ -53,7 +54,7 @@ class Evaluator:
         device = next(model.parameters()).device
         m = len(self.held_out)
         x0 = to_model_range(self.held_out).to(device)
-        t = (torch.arange(m) * schedule.steps // m).to(device)                    # evenly over 0..T-1
+        t = (torch.arange(m) * schedule.num_timesteps // m).to(device)                    # evenly over 0..T-1
         noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(self.seed)).to(device)
         net = model
         if model.config.num_classes is not None:  # the held-out labels, else the unconditional label -1
@@ -72,7 +73,7 @@ class Evaluator:
         check_int(n, "n", 2)
         start = time.perf_counter()
         K = denoiser.net.config.num_classes
-        samples = generate_images(denoiser, n, sampler=self.sampler, steps=self.steps, seed=self.seed,
+        samples = generate_images(denoiser, n, sampler=self.sampler, sample_steps=self.sample_steps, seed=self.seed,
                                   batch_size=self.batch_size, y=None if K is None else torch.arange(n) % K)
         device = next(denoiser.net.parameters()).device
         scores = fid_kid(self.reference, samples, self.extractor, real_key=self.reference_key,
@@ -80,7 +81,8 @@ class Evaluator:
         val_loss = self.validation_loss(denoiser)
         return {"fid": scores["fid"], "kid": scores["kid_mean"], "kid_std": scores["kid_std"], "val_loss": val_loss,
                 "val_on": f"{len(self.held_out)} of the {self.held_out_name}", "n": n, "sampler": self.sampler,
-                "steps": self.steps, "extractor": self.extractor_name, "eval_s": time.perf_counter() - start}
+                "sample_steps": self.sample_steps, "extractor": self.extractor_name,
+                "eval_s": time.perf_counter() - start}
 
 
 def load_reference(ref="cifar10", data_root="data", size=32):
@@ -95,7 +97,7 @@ def load_reference(ref="cifar10", data_root="data", size=32):
     return data.load_image_folder(folder, size=size).images, f"folder-{folder.resolve().name}"
 
 
-def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10", data_root="data",
+def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", sample_steps=None, ref="cifar10", data_root="data",
                         batch_size=256, device=None, seed=0, guidance_scale=1.0, feature_extractor=None,
                         cache_dir=None, progress=True, classifier=None) -> dict:
     """FID/KID of a checkpoint's (file or run folder) EMA model: n samples against `ref` (default: the paper's
@@ -109,7 +111,7 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
         raise ValueError(f"n must be an int >= 2 (FID needs two samples; the paper uses 50,000), got {n!r}")
     device = torch.device(device) if device is not None else default_device()
     denoiser = load_model(ckpt, ema=True, device=device)
-    steps = resolve_steps(sampler, steps, denoiser.schedule.steps)              # fail before any sampling
+    sample_steps = resolve_sample_steps(sampler, sample_steps, denoiser.schedule.num_timesteps)  # before sampling
     num_classes = denoiser.net.config.num_classes
     if num_classes is None and guidance_scale != 1:
         raise ValueError(f"guidance_scale={guidance_scale!r} needs a class-conditional model; {ckpt} is "
@@ -119,7 +121,7 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
     if classifier is None and feature_extractor is None:
         classifier = inception_extractor(output="logits_unbiased")
     real, key = load_reference(ref, data_root, size=denoiser.net.config.image_size)
-    fake = generate_images(denoiser, n, sampler=sampler, steps=steps, batch_size=batch_size, seed=seed,
+    fake = generate_images(denoiser, n, sampler=sampler, sample_steps=sample_steps, batch_size=batch_size, seed=seed,
                            y=y, guidance_scale=guidance_scale, device=device, progress=progress)
     scores = fid_kid(real, fake, extractor, real_key=key, cache_dir=cache_dir, batch_size=batch_size,
                      device=device, seed=seed, progress=progress)
@@ -127,5 +129,5 @@ def evaluate_checkpoint(ckpt, n=50_000, sampler="ddim", steps=None, ref="cifar10
     if classifier is not None:
         logits = extract_features(fake, classifier, batch_size, device, progress)
         is_mean, is_std = inception_score(logits.double().softmax(1), splits=min(10, n))
-    return {**scores, "is_mean": is_mean, "is_std": is_std, "n": n, "sampler": sampler, "steps": steps,
+    return {**scores, "is_mean": is_mean, "is_std": is_std, "n": n, "sampler": sampler, "sample_steps": sample_steps,
             "guidance_scale": guidance_scale, "ref": ref}

@@ -1,7 +1,7 @@
 """An exported pipeline on the Hugging Face Hub: its model card, and the upload (`export --push-to-hub REPO_ID`).
 
 The card (the folder's README.md) says what the model is: the network, the schedule, what it predicts, the
-recipe and the steps it was trained for, its data, the evaluations `python -m ddpm_lib fid` wrote next to the
+recipe and the training steps it ran, its data, the evaluations `python -m ddpm_lib fid` wrote next to the
 checkpoint, and how to load it with diffusers. The upload is huggingface_hub's `upload_folder` (the interop
 extra); when it fails (offline, no token, no access) the error is one line and the local folder stays.
 """
@@ -14,7 +14,7 @@ from .interop import PREDICTION_TYPES
 
 
 def _evaluations(ckpt_path: Path) -> list[dict]:
-    """The score files `fid` wrote next to the checkpoint (<stem>_fid_<sampler><steps>..._n<N>.json)."""
+    """The score files `fid` wrote next to the checkpoint (<stem>_fid_<sampler><sample_steps>..._n<N>.json)."""
     rows = []
     for path in sorted(ckpt_path.parent.glob(f"{ckpt_path.stem}_fid_*.json")):
         try:
@@ -29,7 +29,7 @@ def model_card(ckpt: dict, ckpt_path: Path, repo_id: str, ema: bool = True) -> s
     unet, train, schedule, objective = ckpt["unet_config"], ckpt["train_config"], ckpt["schedule"], ckpt["objective"]
     data = ckpt.get("data") or {}
     images = f", {data['n']:,} images at {data['size']}x{data['size']}" if data else ""
-    params = ", ".join(f"{k}={v:g}" for k, v in schedule["params"].items() if k != "steps")
+    params = ", ".join(f"{k}={v:g}" for k, v in schedule["params"].items() if k != "num_timesteps")
     evaluations = _evaluations(Path(ckpt_path))
     lines = ["---", "library_name: diffusers", "tags:", "- ddpm_lib", "- ddpm", "- diffusion",
              "- unconditional-image-generation", "pipeline_tag: unconditional-image-generation", "---", "",
@@ -45,20 +45,21 @@ def model_card(ckpt: dict, ckpt_path: Path, repo_id: str, ema: bool = True) -> s
              f"| schedule | {schedule['kind']}, T = {len(schedule['betas'])}{', ' + params if params else ''} |",
              f"| recipe | {train.get('recipe') or 'by hand'}; loss weighting {objective['weighting']}, "
              f"batch {train['batch_size']}, lr {train['lr']:g}, EMA decay {train['ema_decay']:g} |",
-             f"| trained | {ckpt['step']:,} of {train['steps']:,} steps |",
+             f"| trained | {ckpt['step']:,} of {train['train_steps']:,} training steps |",
              f"| data | {data.get('name', 'not recorded')}{images} |", ""]
     if evaluations:
-        lines += ["## Evaluation (`python -m ddpm_lib fid`)", "", "| samples | sampler | steps | FID | KID | IS |",
+        lines += ["## Evaluation (`python -m ddpm_lib fid`)", "",
+                  "| samples | sampler | sample steps | FID | KID | IS |",
                   "|---:|---|---:|---:|---:|---:|"]
         for e in evaluations:
             inception = f"{e['is_mean']:.2f} ± {e['is_std']:.2f}" if e.get("is_mean") is not None else "-"
-            lines.append(f"| {e['n']:,} | {e['sampler']} | {e['steps']} | {e['fid']:.2f} | "
+            lines.append(f"| {e['n']:,} | {e['sampler']} | {e['sample_steps']} | {e['fid']:.2f} | "
                          f"{e['kid_mean']:.4f} ± {e['kid_std']:.4f} | {inception} |")
         lines.append("")
     lines += ["## Use", "", "```python", "from diffusers import DDIMScheduler, DDPMPipeline", "",
               f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")',
               f"images = pipeline(batch_size=16, num_inference_steps={len(schedule['betas'])}).images  "
-              "# ancestral sampling, all T steps",
+              "# ancestral sampling, all T timesteps",
               "pipeline.scheduler = DDIMScheduler.from_config(pipeline.scheduler.config)",
               "images = pipeline(batch_size=16, num_inference_steps=50).images  # DDIM, 50 steps", "```", ""]
     return "\n".join(lines)

@@ -221,7 +221,7 @@ def scheduler_config(schedule: NoiseSchedule, objective: Objective | None = None
     variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
     variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
     """
-    config = dict(num_train_timesteps=schedule.steps, variance_type="fixed_large", clip_sample=True,
+    config = dict(num_train_timesteps=schedule.num_timesteps, variance_type="fixed_large", clip_sample=True,
                   clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[(objective or Objective()).prediction])
     if schedule.kind == "linear":
         return {**config, "beta_schedule": "linear", "beta_start": schedule.params["beta_min"],

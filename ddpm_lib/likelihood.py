@@ -57,7 +57,7 @@ def _mean_over_pixels(x: torch.Tensor) -> torch.Tensor:
 
 def prior_bpd(schedule, x0: torch.Tensor) -> torch.Tensor:
     """L_T in bits/dim per image: KL(q(x_T | x0) || N(0, I)), x0 (B, C, H, W) in [-1, 1]."""
-    t = torch.full((x0.shape[0],), schedule.steps - 1, device=x0.device)
+    t = torch.full((x0.shape[0],), schedule.num_timesteps - 1, device=x0.device)
     mean = schedule.sqrt_alpha_bar(t, x0) * x0                                       # Eq. 4's mean
     logvar = 2 * torch.log(schedule.sqrt_one_minus_alpha_bar(t, x0)).expand(x0.shape)
     return _mean_over_pixels(normal_kl(mean, logvar, torch.zeros_like(x0), torch.zeros_like(x0))) / LOG2
@@ -111,7 +111,7 @@ def variational_bound(denoiser: Denoiser, x0: torch.Tensor, *, variance: str = "
                          f"{type(x0).__name__} {tuple(getattr(x0, 'shape', ()))}")
     check_int(batch_size, "batch_size")
     schedule = denoiser.schedule
-    strata = kl_strata(schedule.steps, n_t)
+    strata = kl_strata(schedule.num_timesteps, n_t)
     N, K = len(x0), len(strata)
     lo = torch.tensor([a for a, _ in strata] or [0], dtype=torch.float64)
     size = torch.tensor([b - a for a, b in strata] or [0], dtype=torch.float64)

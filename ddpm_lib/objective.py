@@ -146,7 +146,7 @@ def diffusion_loss(net, schedule: NoiseSchedule, x0: torch.Tensor, objective: Ob
     B = x0.shape[0]
     if t is None:                                                                         # Algorithm 1, line 3
         gen_device = generator.device if generator is not None else x0.device
-        t = torch.randint(0, schedule.steps, (B,), generator=generator, device=gen_device).to(x0.device)
+        t = torch.randint(0, schedule.num_timesteps, (B,), generator=generator, device=gen_device).to(x0.device)
     elif t.shape != (B,):
         raise ValueError(f"t must have shape ({B},), got {tuple(t.shape)}")
     weight = objective.weight(schedule, t)                                                # checked before the net

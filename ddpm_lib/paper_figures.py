@@ -37,7 +37,7 @@ def progressive_generation(denoiser: Denoiser, n: int, n_frames: int = 8, *,
     defaults to the network's config (ch_list[0], image_size, image_size); device to the schedule's.
     """
     check_int(n, "n")
-    timesteps = ddim_timesteps(denoiser.schedule.steps, check_int(n_frames, "n_frames"))
+    timesteps = ddim_timesteps(denoiser.schedule.num_timesteps, check_int(n_frames, "n_frames"))
     if image_shape is None:
         config = getattr(denoiser.net, "config", None)
         if not isinstance(config, UNetConfig):
@@ -65,7 +65,7 @@ def coarse_to_fine(denoiser: Denoiser, x0: torch.Tensor, ts: Optional[Sequence[i
     Returns {"t": ts, "x_t": (len(ts), B, C, H, W), "samples": (len(ts), n_continuations, B, C, H, W)}.
     """
     x0 = _check_images(x0, "x0")
-    T = denoiser.schedule.steps
+    T = denoiser.schedule.num_timesteps
     ts = [T - 1, 3 * T // 4, T // 2, T // 4] if ts is None else [check_timestep(t, T, "ts entry") for t in ts]
     if not ts:
         raise ValueError("ts must name at least one timestep")
@@ -99,7 +99,7 @@ def interpolate(denoiser: Denoiser, x0_a: torch.Tensor, x0_b: torch.Tensor, t: i
     x0_a, x0_b = _check_images(x0_a, "x0_a"), _check_images(x0_b, "x0_b")
     if x0_a.shape != x0_b.shape:
         raise ValueError(f"x0_a and x0_b must have the same shape, got {tuple(x0_a.shape)} and {tuple(x0_b.shape)}")
-    check_timestep(t, denoiser.schedule.steps, "t")
+    check_timestep(t, denoiser.schedule.num_timesteps, "t")
     lambdas = [float(lam) for lam in lambdas]
     if not lambdas:
         raise ValueError("lambdas must hold at least one value")

@@ -27,7 +27,7 @@ class Recipe:
     preset: str                                 # the UNet preset (PRESETS) it trains
     data: str                                   # its training data by name (load_dataset): "cifar10" or "shapes"
     image_size: int                             # training resolution, pixels a side
-    steps: int                                  # TrainConfig.steps: optimizer steps to reach
+    train_steps: int                            # TrainConfig.train_steps: optimizer steps to reach
     batch_size: int                             # TrainConfig.batch_size: the global batch
     lr: float                                   # TrainConfig.lr: Adam's learning rate
     warmup_steps: int                           # TrainConfig.warmup_steps: linear learning-rate warm-up
@@ -53,42 +53,42 @@ class Recipe:
     @property
     def train(self) -> TrainConfig:
         """The TrainConfig of this recipe (TrainConfig's defaults elsewhere); `dataclasses.replace` sets the rest."""
-        return TrainConfig(steps=self.steps, batch_size=self.batch_size, lr=self.lr, warmup_steps=self.warmup_steps,
-                           ema_decay=self.ema_decay, recipe=self.name)
+        return TrainConfig(train_steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
+                           warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, recipe=self.name)
 
     @property
     def network(self) -> UNetConfig:
         """The UNetConfig it trains: its preset at its image size."""
         return replace(PRESETS[self.preset], image_size=self.image_size)
 
-    def noise_schedule(self, steps: int = 1000) -> NoiseSchedule:
-        """Its noise schedule with T = `steps`: the paper's linear betas (scaled by 1000 / T, NoiseSchedule.paper)
-        or the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)."""
-        return NoiseSchedule.paper(steps) if self.schedule == "linear" else NoiseSchedule.cosine(steps)
+    def noise_schedule(self, num_timesteps: int = 1000) -> NoiseSchedule:
+        """Its noise schedule with T = `num_timesteps`: the paper's linear betas (scaled by 1000 / T,
+        NoiseSchedule.paper) or the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)."""
+        return NoiseSchedule.paper(num_timesteps) if self.schedule == "linear" else NoiseSchedule.cosine(num_timesteps)
 
 
 # The CPU quick win: the tiny preset on 16x16 procedural shapes, which a learner recognises after a few CPU minutes
 # (its minutes and share of shape-like samples: docs/knobs/quick_win.md); 10x the paper's learning rate (a small
 # network tolerates it), an EMA over the last few hundred steps.
-QUICK_WIN = Recipe("tiny", "shapes", 16, steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
+QUICK_WIN = Recipe("tiny", "shapes", 16, train_steps=2200, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
                    objective=X0_MIN_SNR, schedule="cosine", name="quick-win")
 # The quick win's settings on real CIFAR-10 at 32x32: what a few CPU minutes make of photographs. Its objective is
 # the recipe benchmark's winner (docs/recipes/recipes.md): x0-prediction, min-SNR-5 and the cosine schedule reach
 # the paper objective's FID in a fraction of its CPU time.
-QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
+QUICK_CIFAR10 = Recipe("tiny", "cifar10", 32, train_steps=700, batch_size=32, lr=2e-3, warmup_steps=50, ema_decay=0.995,
                        objective=X0_MIN_SNR, schedule="cosine", name="quick-cifar10")
 # The CPU's CIFAR-10 model, shown by notebooks 06-08: quick-cifar10's network and objective, conditioned on the ten
 # classes (a label dropped 10% of the time, so one network is also the unconditional model classifier-free guidance
 # needs), trained 5,000 steps at batch 64 (6.4 epochs, 14 times quick-cifar10's images) with an EMA over the last
 # ~1,000 steps.
-CIFAR10_COND = Recipe("tiny", "cifar10", 32, steps=5000, batch_size=64, lr=2e-3, warmup_steps=100, ema_decay=0.999,
-                      objective=X0_MIN_SNR, schedule="cosine", class_cond=True,
+CIFAR10_COND = Recipe("tiny", "cifar10", 32, train_steps=5000, batch_size=64, lr=2e-3, warmup_steps=100,
+                      ema_decay=0.999, objective=X0_MIN_SNR, schedule="cosine", class_cond=True,
                       name="cifar10-cond")
 # The walkthrough's experiment: its network for 3 epochs of CIFAR-10's 50,000 training images at batch 128.
-WALKTHROUGH_3_EPOCHS = Recipe("walkthrough", "cifar10", 32, steps=math.ceil(3 * 50_000 / 128), batch_size=128, lr=2e-4,
-                       warmup_steps=100, name="walkthrough")
+WALKTHROUGH_3_EPOCHS = Recipe("walkthrough", "cifar10", 32, train_steps=math.ceil(3 * 50_000 / 128),
+                              batch_size=128, lr=2e-4, warmup_steps=100, name="walkthrough")
 # The paper's CIFAR-10 run (Ho et al. 2020, Appendix B): its network, 800,000 steps at batch 128, eps and L_simple.
-PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
+PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, train_steps=800_000, batch_size=128, lr=2e-4, warmup_steps=5000,
                        name="paper")
 # The Colab recipe: the paper's network at half its width (a quarter of its FLOPs, so about four times the steps per
 # session) for 20 epochs at batch 128, the length after which a report on another DDPM code base saw good CIFAR-10
@@ -96,7 +96,7 @@ PAPER_CIFAR10 = Recipe("ddpm-cifar10", "cifar10", 32, steps=800_000, batch_size=
 # notebook 05). lr 5e-4 lies between the paper's 2e-4 and the CPU benchmark's 2e-3, each scaled as 1 / width to
 # width 64 (4e-4 and 1e-3); not measured at this size. An EMA over about the last 1,000 steps. The objective is the
 # recipe benchmark's winner on the tiny network (QUICK_CIFAR10's), carried over: not measured at this size either.
-FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, steps=20 * math.ceil(50_000 / 128), batch_size=128, lr=5e-4,
+FAST = Recipe("ddpm-cifar10-half", "cifar10", 32, train_steps=20 * math.ceil(50_000 / 128), batch_size=128, lr=5e-4,
               warmup_steps=500, ema_decay=0.999, objective=X0_MIN_SNR, schedule="cosine",
               name="fast")
 

@@ -27,7 +27,7 @@ from .guidance import guided
 from .objective import Denoiser
 from .schedule import VARIANCES, NoiseSchedule
 from .unet import UNetConfig
-from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_solver_steps, ddim_timesteps, dpm_solver_timesteps
+from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_sample_steps, ddim_timesteps, dpm_solver_timesteps
 from .utils import check_int, check_timestep, randn, to_uint8
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # callback(t, x_t, x0_pred), once per step
@@ -68,7 +68,7 @@ class Trajectory:
 
         trajectory = Trajectory()
         x0 = ddim_sample(denoiser, shape, callback=trajectory)
-        steps = trajectory.result(x0)
+        states = trajectory.result(x0)
     """
 
     def __init__(self) -> None:
@@ -82,7 +82,7 @@ class Trajectory:
         self.x0_pred.append(x0_pred.cpu())
 
     def result(self, x0: torch.Tensor) -> dict:
-        """The steps seen, ending with the sample x0 the sampler returned."""
+        """The states seen, ending with the sample x0 the sampler returned."""
         if not self.t:
             raise ValueError("the trajectory is empty: pass it to a sampler as callback= before asking for it")
         return {"t": list(self.t), "x_t": torch.stack(self.x_t + [x0.cpu()]), "x0_pred": torch.stack(self.x0_pred)}
@@ -99,7 +99,7 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                 callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                 x_T: Optional[torch.Tensor] = None, t_start: Optional[int] = None) -> torch.Tensor:
-    """Algorithm 2, ancestral sampling through all T steps, or part-way from t_start.
+    """Algorithm 2, ancestral sampling through all T timesteps, or part-way from t_start.
 
     variance="beta" uses sigma_t^2 = beta_t (the paper's CIFAR-10 choice); "posterior" uses
     sigma_t^2 = beta_tilde_t (Eq. 7, `posterior_log_variance_clipped`). The mean is the posterior mean
@@ -110,7 +110,7 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
     """
     if variance not in VARIANCES:
         raise ValueError(f"variance must be one of {VARIANCES}, got {variance!r}")
-    T = denoiser.schedule.steps
+    T = denoiser.schedule.num_timesteps
     t_start = check_timestep(T - 1 if t_start is None else t_start, T, "t_start")
     if t_start < T - 1 and x_T is None:
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
@@ -130,18 +130,18 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
 
 
 @torch.no_grad()
-def ddim_sample(denoiser, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
+def ddim_sample(denoiser, shape, sample_steps: int = DDIM_STEPS, eta: float = 0.0, *,
                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                 callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                 x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """DDIM (Song et al. 2021, Eq. 12) on `ddim_timesteps(T, steps)`; eta=0 is deterministic, eta=1 is DDPM-like.
+    """DDIM (Song et al. 2021, Eq. 12) on `ddim_timesteps(T, sample_steps)`; eta=0: deterministic, eta=1: DDPM-like.
 
     With clipping, eps is recomputed from the clipped x0 (as improved-diffusion does) so that both agree.
     One noise draw per step when eta > 0.
     """
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    timesteps = ddim_timesteps(denoiser.schedule.steps, steps)
+    timesteps = ddim_timesteps(denoiser.schedule.num_timesteps, sample_steps)
     schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
     abar, _, _ = _cpu_coefficients(schedule)
     abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
@@ -158,19 +158,19 @@ def ddim_sample(denoiser, shape, steps: int = DDIM_STEPS, eta: float = 0.0, *,
 
 
 @torch.no_grad()
-def dpm_solver_sample(denoiser, shape, steps: int = DPM_SOLVER_STEPS, *,
+def dpm_solver_sample(denoiser, shape, sample_steps: int = DPM_SOLVER_STEPS, *,
                       generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
                       callback: Optional[StepCallback] = None, clip_denoised: bool = True,
                       x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep, data prediction, log-SNR-uniform steps.
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): multistep, data prediction, log-SNR-uniform timesteps.
 
     Solves the probability-flow ODE in lambda with the exponential integrator, using the model's x0
     prediction D and a second-order correction from the previous step's D. The first step is first order
     (no history yet, it equals DDIM), and so is the last, from t = 0 to sigma = 0, which returns D there
-    (diffusers' final_sigmas_type="zero"). One model call per timestep: exactly `steps`.
+    (diffusers' final_sigmas_type="zero"). One model call per timestep: exactly `sample_steps`.
     The step sizes use lambda of the rounded timesteps the model sees (diffusers keeps the unrounded ones).
     """
-    timesteps = dpm_solver_timesteps(denoiser.schedule, steps)
+    timesteps = dpm_solver_timesteps(denoiser.schedule, sample_steps)
     schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
     _, alpha, sigma = _cpu_coefficients(schedule)
     # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
@@ -196,8 +196,8 @@ def dpm_solver_sample(denoiser, shape, steps: int = DPM_SOLVER_STEPS, *,
 class Sampler(NamedTuple):
     """A registry entry: the sampling function and how many model evaluations it makes by default."""
 
-    fn: Callable                  # fn(denoiser, shape, [steps,] *, generator, device, callback, ...)
-    default_steps: Optional[int]  # steps when none are asked for; None = all T (ddpm takes no `steps`)
+    fn: Callable                         # fn(denoiser, shape, [sample_steps,] *, generator, device, callback, ...)
+    default_sample_steps: Optional[int]  # sample_steps when none are asked for; None: all T (ddpm takes none)
 
 
 SAMPLERS = MappingProxyType({
@@ -207,26 +207,27 @@ SAMPLERS = MappingProxyType({
 })
 
 
-def resolve_steps(sampler: str, steps: Optional[int], T: int) -> int:
-    """The model evaluations `sampler` makes for `steps` (None: its default, at most T; "ddpm": all T), checked."""
+def resolve_sample_steps(sampler: str, sample_steps: Optional[int], T: int) -> int:
+    """The model evaluations `sampler` makes for `sample_steps` (None: its default, at most T; "ddpm": all T),
+    checked."""
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {tuple(SAMPLERS)}, got {sampler!r}")
-    default = SAMPLERS[sampler].default_steps
-    if default is None and steps not in (None, T):
-        raise ValueError(f"sampler={sampler!r} runs all T={T} steps: pass steps=None, "
-                         f"or use 'ddim'/'dpm-solver' for fewer (got steps={steps})")
-    steps = min(default or T, T) if steps is None else steps
-    check_solver_steps(steps, T)
-    return steps
+    default = SAMPLERS[sampler].default_sample_steps
+    if default is None and sample_steps not in (None, T):
+        raise ValueError(f"sampler={sampler!r} runs all T={T} timesteps: pass sample_steps=None, "
+                         f"or use 'ddim'/'dpm-solver' for fewer (got sample_steps={sample_steps})")
+    sample_steps = min(default or T, T) if sample_steps is None else sample_steps
+    check_sample_steps(sample_steps, T)
+    return sample_steps
 
 
-def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", steps: Optional[int] = None,
+def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", sample_steps: Optional[int] = None,
                     batch_size: int = 256, seed: int = 0, y=None, guidance_scale: float = 1.0, device=None,
                     progress: bool = False) -> torch.Tensor:
     """n samples of a UNet's denoiser as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed,
     batch_size, device).
 
-    sampler: a name in SAMPLERS; steps: its model evaluations (None: its default; "ddpm" always runs all T).
+    sampler: a name in SAMPLERS; sample_steps: its model evaluations (None: its default; "ddpm" always runs all T).
     y: labels (n,) for a class-conditional model, sampled with classifier-free guidance of scale guidance_scale
     (`guided`; both checked before any sampling): the one place labels enter sampling. The network is moved to
     `device` (default: where it is) and put in eval mode for sampling; its train/eval mode is restored afterwards.
@@ -236,7 +237,7 @@ def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", steps:
             config, UNetConfig):
         raise ValueError(f"denoiser: expected a Denoiser of a network with a UNetConfig (it gives the image size), "
                          f"got {denoiser!r}")
-    steps = resolve_steps(sampler, steps, denoiser.schedule.steps)
+    sample_steps = resolve_sample_steps(sampler, sample_steps, denoiser.schedule.num_timesteps)
     check_int(n, "n"), check_int(batch_size, "batch_size")
     entry = SAMPLERS[sampler]
     guide = None if y is None and guidance_scale == 1 else guided(denoiser, y, guidance_scale)
@@ -245,14 +246,14 @@ def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", steps:
     net = denoiser.net
     device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
     C, size = config.ch_list[0], config.image_size  # image channels and side, from the config
-    kwargs = {} if entry.default_steps is None else {"steps": steps}
+    kwargs = {} if entry.default_sample_steps is None else {"sample_steps": sample_steps}
     generator = torch.Generator(device=device).manual_seed(seed)
     images = torch.empty((n, C, size, size), dtype=torch.uint8)
     was_training = net.training
     try:
         net.eval()
         denoiser = denoiser.to(device)
-        with tqdm(total=n, disable=not progress, desc=f"{sampler} {steps} steps", unit="img") as bar:
+        with tqdm(total=n, disable=not progress, desc=f"{sampler}, {sample_steps} sample steps", unit="img") as bar:
             for start in range(0, n, batch_size):
                 stop = min(start + batch_size, n)
                 rows = denoiser if guide is None else guide.rows(start, stop).to(device)  # a denoiser of (x_t, t)

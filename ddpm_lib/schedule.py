@@ -19,14 +19,17 @@ from .utils import check_int
 class LinearBetas(NamedTuple):
     """The arguments of a linear beta schedule."""
 
-    steps: int       # T, the number of diffusion steps
-    beta_min: float  # beta_1
-    beta_max: float  # beta_T
+    num_timesteps: int  # T, the number of diffusion timesteps
+    beta_min: float     # beta_1
+    beta_max: float     # beta_T
 
 
 # The paper's schedule (Ho et al. 2020, Sec. 4): T = 1000 linear betas from 1e-4 to 0.02. The one place it is written.
-PAPER_SCHEDULE = LinearBetas(steps=1000, beta_min=1e-4, beta_max=0.02)
-SCHEDULE_KINDS = ("linear", "cosine", "custom")  # what a NoiseSchedule records of how its betas were made
+PAPER_SCHEDULE = LinearBetas(num_timesteps=1000, beta_min=1e-4, beta_max=0.02)
+# what a NoiseSchedule records of how its betas were made: its kind, and that kind's parameters
+SCHEDULE_PARAMS = MappingProxyType({"linear": ("num_timesteps", "beta_min", "beta_max"),
+                                    "cosine": ("num_timesteps", "s"), "custom": ()})
+SCHEDULE_KINDS = tuple(SCHEDULE_PARAMS)
 
 
 _COEFFICIENTS = (
@@ -38,25 +41,26 @@ _COEFFICIENTS = (
 VARIANCES = ("beta", "posterior")  # the reverse process's fixed sigma_t^2 (Sec. 3.2): beta_t or beta_tilde_t
 
 
-def linear_betas(steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
+def linear_betas(num_timesteps: int = PAPER_SCHEDULE.num_timesteps, beta_min: float = PAPER_SCHEDULE.beta_min,
                  beta_max: float = PAPER_SCHEDULE.beta_max) -> torch.Tensor:
     """The paper's schedule: beta_1..beta_T evenly spaced from beta_min to beta_max (float64, (T,))."""
-    check_int(steps, "steps")
+    check_int(num_timesteps, "num_timesteps")
     if not 0.0 < beta_min < 1.0 or not 0.0 < beta_max < 1.0:
         raise ValueError(f"beta_min and beta_max must lie in (0, 1), got {beta_min!r} and {beta_max!r}")
     if beta_min >= beta_max:
         raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min!r} >= beta_max={beta_max!r}")
-    return torch.linspace(beta_min, beta_max, steps, dtype=torch.float64)
+    return torch.linspace(beta_min, beta_max, num_timesteps, dtype=torch.float64)
 
 
-def cosine_betas(steps: int = PAPER_SCHEDULE.steps, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+def cosine_betas(num_timesteps: int = PAPER_SCHEDULE.num_timesteps, s: float = 0.008,
+                 max_beta: float = 0.999) -> torch.Tensor:
     """Nichol & Dhariwal (2021) Eq. 17: alpha_bar(t) = cos^2(((t/T + s)/(1 + s)) pi/2), betas clipped at max_beta."""
-    check_int(steps, "steps")
+    check_int(num_timesteps, "num_timesteps")
     if not s >= 0.0:
         raise ValueError(f"s must be >= 0, got {s!r}")
     if not 0.0 < max_beta < 1.0:
         raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
-    t = torch.arange(steps + 1, dtype=torch.float64) / steps
+    t = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps
     alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
     betas = 1 - alpha_bar[1:] / alpha_bar[:-1]                       # beta_t = 1 - alpha_bar_t / alpha_bar_{t-1}
     return betas.clamp(max=max_beta)
@@ -65,8 +69,8 @@ def cosine_betas(steps: int = PAPER_SCHEDULE.steps, s: float = 0.008, max_beta: 
 class NoiseSchedule:
     """The forward process q(x_t | x0) of a beta schedule, its posterior, and the conversions between x0 and eps.
 
-    It records how its betas were made: `kind` ("linear", "cosine" or "custom") and `params` (linear: steps,
-    beta_min, beta_max; cosine: steps, s; custom: none), through the constructors `linear` and `cosine`.
+    It records how its betas were made: `kind` ("linear", "cosine" or "custom") and `params` (linear: num_timesteps,
+    beta_min, beta_max; cosine: num_timesteps, s; custom: none), through the constructors `linear` and `cosine`.
     """
 
     # float32 (T,) coefficients, indexed by t (set from the float64 ones in __init__, moved by `to`)
@@ -88,6 +92,8 @@ class NoiseSchedule:
                  params: Optional[dict] = None):
         if kind not in SCHEDULE_KINDS:
             raise ValueError(f"kind must be one of {SCHEDULE_KINDS}, got {kind!r}")
+        if set(params or {}) != set(SCHEDULE_PARAMS[kind]):
+            raise ValueError(f"params of a {kind} schedule must be {SCHEDULE_PARAMS[kind]}, got {tuple(params or {})}")
         betas = torch.as_tensor(betas).detach().to("cpu", torch.float64)
         if betas.ndim != 1 or betas.numel() == 0:
             raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {tuple(betas.shape)}")
@@ -120,31 +126,31 @@ class NoiseSchedule:
         self._f64 = f64
         self.kind = kind
         self.params = MappingProxyType(dict(params or {}))  # read-only: the arguments that made the betas
-        self.steps = len(betas)
+        self.num_timesteps = len(betas)
         self.device = torch.device("cpu")
         for name in _COEFFICIENTS:
             setattr(self, name, f64[name].float())
 
     @classmethod
-    def linear(cls, steps: int = PAPER_SCHEDULE.steps, beta_min: float = PAPER_SCHEDULE.beta_min,
+    def linear(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps, beta_min: float = PAPER_SCHEDULE.beta_min,
                beta_max: float = PAPER_SCHEDULE.beta_max) -> "NoiseSchedule":
-        return cls(linear_betas(steps, beta_min, beta_max), "linear",
-                   {"steps": steps, "beta_min": float(beta_min), "beta_max": float(beta_max)})
+        return cls(linear_betas(num_timesteps, beta_min, beta_max), "linear",
+                   {"num_timesteps": num_timesteps, "beta_min": float(beta_min), "beta_max": float(beta_max)})
 
     @classmethod
-    def cosine(cls, steps: int = PAPER_SCHEDULE.steps, s: float = 0.008) -> "NoiseSchedule":
-        return cls(cosine_betas(steps, s), "cosine", {"steps": steps, "s": float(s)})
+    def cosine(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps, s: float = 0.008) -> "NoiseSchedule":
+        return cls(cosine_betas(num_timesteps, s), "cosine", {"num_timesteps": num_timesteps, "s": float(s)})
 
     @classmethod
-    def paper(cls, steps: int = PAPER_SCHEDULE.steps) -> "NoiseSchedule":
+    def paper(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps) -> "NoiseSchedule":
         """The paper's linear betas; for another T scaled by 1000 / T, so that alpha_bar_T stays near 0 (a short T
         with the paper's betas would end the forward chain far from N(0, I))."""
-        check_int(steps, "steps")
-        scale = PAPER_SCHEDULE.steps / steps
+        check_int(num_timesteps, "num_timesteps")
+        scale = PAPER_SCHEDULE.num_timesteps / num_timesteps
         if PAPER_SCHEDULE.beta_max * scale >= 1:
-            raise ValueError(f"steps: the paper's betas scaled by 1000 / T reach 1 at T = {steps}; expected T > "
-                             f"{math.floor(PAPER_SCHEDULE.beta_max * PAPER_SCHEDULE.steps)}")
-        return cls.linear(steps, PAPER_SCHEDULE.beta_min * scale, PAPER_SCHEDULE.beta_max * scale)
+            raise ValueError(f"num_timesteps: the paper's betas scaled by 1000 / T reach 1 at T = {num_timesteps}; "
+                             f"expected T > {math.floor(PAPER_SCHEDULE.beta_max * PAPER_SCHEDULE.num_timesteps)}")
+        return cls.linear(num_timesteps, PAPER_SCHEDULE.beta_min * scale, PAPER_SCHEDULE.beta_max * scale)
 
     def to(self, device) -> "NoiseSchedule":
         """A copy whose float32 tensors live on `device` (the float64 copy stays on the CPU)."""
@@ -166,8 +172,8 @@ class NoiseSchedule:
         return cls(state["betas"], state["kind"], state["params"])
 
     def config(self) -> dict:
-        """The schedule as config.json writes it: {"kind": "linear", "steps", "beta_min", "beta_max"}, {"kind":
-        "cosine", "steps", "s"}, or {"kind": "custom", "betas": [...]}; `from_config` reads it back."""
+        """The schedule as config.json writes it: {"kind": "linear", "num_timesteps", "beta_min", "beta_max"},
+        {"kind": "cosine", "num_timesteps", "s"}, or {"kind": "custom", "betas": [...]}; `from_config` reads it back."""
         if self.kind == "custom":
             return {"kind": "custom", "betas": self._f64["betas"].tolist()}
         return {"kind": self.kind, **self.params}
@@ -176,7 +182,7 @@ class NoiseSchedule:
     def from_config(cls, values: dict) -> "NoiseSchedule":
         """The schedule of a `config()` dict; a ValueError naming an unknown kind or key."""
         makers: dict[str, tuple[Callable[..., NoiseSchedule], tuple[str, ...]]] = {
-            "linear": (cls.linear, ("steps", "beta_min", "beta_max")), "cosine": (cls.cosine, ("steps", "s")),
+            "linear": (cls.linear, SCHEDULE_PARAMS["linear"]), "cosine": (cls.cosine, SCHEDULE_PARAMS["cosine"]),
             "custom": (cls, ("betas",))}
         kind = values.get("kind") if isinstance(values, dict) else None
         if kind not in makers:
@@ -189,14 +195,14 @@ class NoiseSchedule:
 
     def __repr__(self) -> str:
         b = self._f64["betas"]
-        params = "".join(f", {k}={v:g}" for k, v in self.params.items() if k != "steps")
-        return (f"NoiseSchedule({self.kind}, T={self.steps}{params}, beta_1={b[0].item():.3g}, "
+        params = "".join(f", {k}={v:g}" for k, v in self.params.items() if k != "num_timesteps")
+        return (f"NoiseSchedule({self.kind}, T={self.num_timesteps}{params}, beta_1={b[0].item():.3g}, "
                 f"beta_T={b[-1].item():.3g}, device={self.device})")
 
     def _check_t(self, t, device=None) -> torch.Tensor:
         t = torch.as_tensor(t, device=device)
         if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise ValueError(f"t must hold integer timesteps in [0, {self.steps - 1}], got dtype {t.dtype}")
+            raise ValueError(f"t must hold integer timesteps in [0, {self.num_timesteps - 1}], got dtype {t.dtype}")
         return t.long()
 
     def _extract(self, name: str, t, x: torch.Tensor) -> torch.Tensor:

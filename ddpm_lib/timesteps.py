@@ -1,7 +1,7 @@
 """The timesteps a sampler visits: DDIM's evenly spaced ones, DPM-Solver's spaced uniformly in log-SNR.
 
 Both lists run from T-1 (where x_T ~ N(0, I) starts) down to 0 (one step: T-1 alone), distinct and descending,
-one entry per model evaluation: `steps` asked for are `steps` evaluations made.
+one entry per model evaluation: `sample_steps` asked for are `sample_steps` evaluations made.
 """
 import torch
 
@@ -12,23 +12,23 @@ DDIM_STEPS = 50        # DDIM's default number of model evaluations
 DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
 
 
-def check_solver_steps(steps, T: int) -> int:
-    """steps itself when it is a number of model evaluations a sampler can make on T timesteps: [1, T]."""
-    return check_int(steps, "steps", 1, T, f"T={T}")
+def check_sample_steps(sample_steps, T: int) -> int:
+    """sample_steps itself when it is a number of model evaluations a sampler can make on T timesteps: [1, T]."""
+    return check_int(sample_steps, "sample_steps", 1, T, f"T={T}")
 
 
-def ddim_timesteps(T: int, steps: int) -> list:
-    """`steps` timesteps evenly spaced from T-1 down to 0, both included (diffusers' "linspace" spacing).
+def ddim_timesteps(T: int, sample_steps: int) -> list:
+    """`sample_steps` timesteps evenly spaced from T-1 down to 0, both included (diffusers' "linspace" spacing).
 
-    Unlike "leading" spacing (0, T//steps, ... which stops short of T-1 when steps does not divide T),
+    Unlike "leading" spacing (0, T//sample_steps, ..., short of T-1 when sample_steps does not divide T),
     the first step always starts where x_T ~ N(0, I) is defined and the last one reaches t = 0.
     Rounded half to even, as numpy.linspace(...).round() in diffusers; one step is [T-1].
     """
-    check_solver_steps(steps, T)
-    if steps == 1:
+    check_sample_steps(sample_steps, T)
+    if sample_steps == 1:
         return [T - 1]
-    gap = (T - 1) / (steps - 1)
-    return [round(i * gap) for i in range(steps - 1, -1, -1)]
+    gap = (T - 1) / (sample_steps - 1)
+    return [round(i * gap) for i in range(sample_steps - 1, -1, -1)]
 
 
 def _increasing_integers(targets: list, high: int) -> list:
@@ -50,22 +50,23 @@ def _increasing_integers(targets: list, high: int) -> list:
     return [round(m_i) + i for i, m_i in enumerate(m)]
 
 
-def dpm_solver_timesteps(schedule: NoiseSchedule, steps: int) -> list:
-    """`steps` distinct integer timesteps from T-1 down to 0, spaced as uniformly in log-SNR as integers allow.
+def dpm_solver_timesteps(schedule: NoiseSchedule, sample_steps: int) -> list:
+    """`sample_steps` distinct integer timesteps from T-1 down to 0, spaced as uniformly in log-SNR as integers allow.
 
     Targets evenly spaced in lambda = log(alpha_t / sigma_t) are mapped to t by linear interpolation and
     rounded, as diffusers' `use_lu_lambdas` does. Where lambda changes fast (near t = 0, and near T-1 on
     cosine betas clipped at 0.999) several targets round to the same integer; diffusers then repeats a
     timestep, here the colliding ones move to the nearest free integers (`_increasing_integers`), so
-    there are always exactly `steps` model evaluations.
+    there are always exactly `sample_steps` model evaluations.
     """
-    T = schedule.steps
-    check_solver_steps(steps, T)
+    T = schedule.num_timesteps
+    check_sample_steps(sample_steps, T)
     if T == 1:
         return [0]
     abar = schedule.alphas_cumprod.double().cpu()                    # float32 values, as diffusers has them
     log_sigma = 0.5 * ((1 - abar) / abar).log()                      # log(sigma_t / alpha_t) = -lambda_t
-    target = torch.linspace(log_sigma[-1].item(), log_sigma[0].item(), steps, dtype=torch.float64).flip(0)  # -lambda
+    target = torch.linspace(log_sigma[-1].item(), log_sigma[0].item(), sample_steps,  # -lambda
+                            dtype=torch.float64).flip(0)
     hi = torch.searchsorted(log_sigma, target).clamp(1, T - 1)        # log_sigma increases with t
     lo = hi - 1
     w = ((target - log_sigma[lo]) / (log_sigma[hi] - log_sigma[lo])).clamp(0, 1)

@@ -40,7 +40,7 @@ from .unet import UNet
 
 class Trainer:
     """Trains a UNet with Algorithm 1 for an objective (what it predicts, eps, x0 or v, and the loss weighting;
-    default the paper's); `fit` runs until `config.steps`."""
+    default the paper's); `fit` runs until `config.train_steps`."""
 
     def __init__(self, model, schedule: NoiseSchedule | None = None, config: TrainConfig | None = None,
                  objective: Objective | None = None, device=None):
@@ -86,7 +86,7 @@ class Trainer:
         self._noise_gen = torch.Generator(self.device)
         self._stats = torch.zeros(0)  # the last step's [grad norm, loss sum and count per quarter of t] (train_log)
         if config.out_dir is not None:
-            check_logger(config.logger)  # tensorboard installed, before any step
+            check_logger(config.logger)  # tensorboard or wandb installed, before any step
 
     def lr_at(self, step: int) -> float:
         """The learning rate of update `step` (0, 1, ...): linear warm-up from 0 over warmup_steps, then lr."""
@@ -108,7 +108,7 @@ class Trainer:
         # its images, so K ranks see exactly the noise one process would (and every rank different noise).
         self._noise_gen.manual_seed(mix_seed("noise", cfg.seed, self.step))
         n = b * self.world_size
-        t = torch.randint(0, self.schedule.steps, (n,), generator=self._noise_gen, device=self.device)
+        t = torch.randint(0, self.schedule.num_timesteps, (n,), generator=self._noise_gen, device=self.device)
         eps = torch.randn((n, *x0.shape[1:]), generator=self._noise_gen, device=self.device)
         share = slice(self.rank * b, (self.rank + 1) * b)
         t, eps = t[share], eps[share]
@@ -123,7 +123,7 @@ class Trainer:
             group["lr"] = self.lr_at(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         K, losses = cfg.grad_accum, []
-        quarter = quarter_of(t, self.schedule.steps)
+        quarter = quarter_of(t, self.schedule.num_timesteps)
         sums = torch.zeros(QUARTERS, device=self.device)  # this step's loss summed by quarter of t, for the log
         for k in range(K):  # K equal micro-batches, as views of the batch (b divides by K: TrainConfig checks)
             rows = slice(k * b // K, (k + 1) * b // K)
@@ -153,12 +153,13 @@ class Trainer:
         return loss
 
     # -- the loop ---------------------------------------------------------------------------------
-    def fit(self, images, labels: torch.Tensor | None = None, steps: int | None = None) -> "Trainer":
+    def fit(self, images, labels: torch.Tensor | None = None, train_steps: int | None = None) -> "Trainer":
         """Train on uint8 images (N,3,H,W) (with int64 labels (N,) for a class-conditional model), or on a
-        DeviceBatches, until `steps` (default config.steps) is reached. The caller's global RNG is left as it was."""
+        DeviceBatches, until `train_steps` (default config.train_steps) is reached. The caller's global RNG is left
+        as it was."""
         cfg = self.config
-        steps = cfg.steps if steps is None else steps
-        check_int(steps, "steps")  # the total to reach
+        train_steps = cfg.train_steps if train_steps is None else train_steps
+        check_int(train_steps, "train_steps")  # the total to reach
         if cfg.eval_every and self.evaluator is None:
             raise ValueError(f"TrainConfig.eval_every={cfg.eval_every} needs Trainer.evaluator (a "
                              f"ddpm_lib.evaluation.Evaluator)")
@@ -169,16 +170,16 @@ class Trainer:
             text = json.dumps(self.record.to_config(), indent=1) + "\n"
             write_atomically(out / CONFIG_NAME, lambda f: f.write(text.encode()))  # train --config reads it
         log = TrainLog(out, self.step, cfg.logger) if out is not None and self.rank == 0 else None
-        bar = tqdm(total=steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
+        bar = tqdm(total=train_steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
         pending, stats, clock, since = [], [], time.perf_counter(), self.step
         accelerator = [self.device] if self.device.type in ("cuda", "mps") else []
         try:  # train_step reseeds the global RNG every step; the caller's comes back afterwards
             with torch.random.fork_rng(devices=accelerator, device_type=self.device.type):
-                while self.step < steps:
+                while self.step < train_steps:
                     pending.append(self.train_step(batches.batch(self.step), batches.batch_labels(self.step)))
                     stats.append(self._stats)
                     bar.update(1)
-                    done = self.step == steps
+                    done = self.step == train_steps
                     every = ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
                              or self.step in cfg.milestones)
                     save = out is not None and (done or every)
@@ -278,7 +279,7 @@ class Trainer:
         self.history.extend(logged)
         if log is not None:
             rows = read[:, 1:].tolist()
-            log.steps(logged, [{"lr": self.lr_at(s - 1), "ema_decay": self.ema_decay_at(s - 1), "grad_norm": row[0],
+            log.read_back(logged, [{"lr": self.lr_at(s - 1), "ema_decay": self.ema_decay_at(s - 1), "grad_norm": row[0],
                                 **{f"loss_by_t/q{q + 1}": row[1 + q] / row[1 + QUARTERS + q] if row[1 + QUARTERS + q]
                                    else None for q in range(QUARTERS)}} for (s, _), row in zip(logged, rows)])
         return sum(values) / len(values)
@@ -292,7 +293,7 @@ class Trainer:
         n = n or cfg.sample_n
         gen = torch.Generator(self.device).manual_seed(cfg.seed)
         denoiser = self.denoiser if K is None else guided(self.denoiser, torch.arange(n, device=self.device) % K)
-        x0 = ddim_sample(denoiser, (n, C, size, size), steps=min(cfg.sample_steps, self.schedule.steps),
+        x0 = ddim_sample(denoiser, (n, C, size, size), sample_steps=min(cfg.sample_steps, self.schedule.num_timesteps),
                          generator=gen, device=self.device)
         from torchvision.utils import save_image  # the PNG grid: torchvision only when one is written
 
@@ -324,7 +325,7 @@ class Trainer:
     @classmethod
     def load(cls, path, device=None, **overrides) -> "Trainer":
         """Rebuild a Trainer from a checkpoint file or run folder; `overrides` replace TrainConfig fields
-        (e.g. steps, out_dir). Warns once when this device trains in another precision than the saved run."""
+        (e.g. train_steps, out_dir). Warns once when this device trains in another precision than the saved run."""
         return cls.from_checkpoint(read_checkpoint(path), path, device, **overrides)
 
     @classmethod

@@ -17,7 +17,7 @@ class TrainConfig:
     grad_clip: float = 1.0           # clip the global gradient norm to this (0: no clipping)
     ema_decay: float = 0.9999        # EMA of the weights, used for sampling and evaluation
     ema_warmup: bool = True          # EMA decay min(ema_decay, (1+n)/(10+n)) at update n (False: constant, paper)
-    steps: int = 800_000             # total optimizer steps to reach (also when resuming)
+    train_steps: int = 800_000       # optimizer steps (updates) to reach in all, also when resuming
     flip: bool = True                # random horizontal flips of the training images
     cond_drop_prob: float = 0.1      # class-conditional models only: a label is replaced by -1 (no label) this often
     seed: int = 0                    # seeds data order, noise (t, eps), label drops, dropout and sample grids
@@ -30,7 +30,7 @@ class TrainConfig:
     checkpoint_activations: bool = False  # recompute the res blocks' activations in the backward: less memory
     compile: bool = False            # torch.compile the model
     log_every: int = 100             # read losses back to the host, log them and update the bar
-    logger: str = "jsonl"            # out_dir/loss.jsonl; "tensorboard": also event files (ddpm_lib.train_log)
+    logger: str = "jsonl"            # out_dir/loss.jsonl; "tensorboard", "wandb": also events (ddpm_lib.train_log)
     sample_every: int = 10_000       # save a PNG grid of EMA samples every this many steps (0: never)
     checkpoint_every: int = 10_000   # save out_dir/checkpoint.pt every this many steps (0: only at the end)
     keep_last: int | None = None     # also keep the last N checkpoints as checkpoint-<step>.pt (None: only the latest)
@@ -39,12 +39,12 @@ class TrainConfig:
     eval_n: int = 1000               # samples per evaluation, scored by FID and KID (at least 2)
     keep_best: bool = False          # keep checkpoint-best.pt: the run at its evaluation of lowest FID
     sample_n: int = 64               # images in each sample grid
-    sample_steps: int = DDIM_STEPS   # DDIM steps for the sample grids (DDIM's default)
+    sample_steps: int = DDIM_STEPS   # DDIM's model evaluations for each sample grid (DDIM's default)
     out_dir: str | None = "runs/ddpm"  # where the loss log, grids and checkpoint go (None: write nothing)
     progress: bool = True            # show a tqdm progress bar
 
     def __post_init__(self):
-        positive = ("lr", "batch_size", "steps", "log_every", "sample_n", "sample_steps", "grad_accum")
+        positive = ("lr", "batch_size", "train_steps", "log_every", "sample_n", "sample_steps", "grad_accum")
         non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every", "eval_every", "eval_n")
         for name in positive + non_negative:
             value = getattr(self, name)

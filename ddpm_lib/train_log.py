@@ -1,4 +1,5 @@
-"""A run's log in its folder: loss.jsonl (always), and with TrainConfig.logger="tensorboard" TensorBoard event files.
+"""A run's log in its folder: loss.jsonl (always), and with TrainConfig.logger="tensorboard" TensorBoard event files
+or with logger="wandb" a Weights & Biases run, offline unless WANDB_MODE says otherwise (ddpm_lib.train_log_wandb).
 
 loss.jsonl holds one line per step, {"step": s, "loss": v}. The event files (out_dir/tensorboard, written with
 torch.utils.tensorboard, the `tensorboard` extra) hold, at every read-back of the losses (TrainConfig.log_every):
@@ -7,30 +8,39 @@ decay of each step, the images per second since the last read-back, and the EMA 
 cut back to the checkpoint's step: the lines and events that an interrupted run wrote after it are dropped.
 With evaluations (TrainConfig.eval_every), eval.jsonl holds one line per evaluation (Trainer.evaluate's result:
 FID, KID, validation loss, the extractor, seconds spent), and the event files hold them under eval/.
+The W&B run (out_dir/wandb, the `wandb` extra) holds what the event files hold; on resume it continues the same W&B
+run, which W&B cannot cut back (train_log_wandb says what it keeps).
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import torch
 
-LOGGERS = ("jsonl", "tensorboard")  # TrainConfig.logger
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
+
+    from .train_log_wandb import WandbWriter
+
+LOGGERS = ("jsonl", "tensorboard", "wandb")  # TrainConfig.logger; tensorboard and wandb: the package and extra so named
 QUARTERS = 4                         # the loss by t is logged for t in [0, T/4), [T/4, T/2), ...
 
 
 def check_logger(logger: str) -> None:
-    """A ValueError for an unknown logger, an ImportError naming the extra when tensorboard is not installed."""
+    """A ValueError for an unknown logger, an ImportError naming the extra when tensorboard or wandb is not
+    installed."""
     if logger not in LOGGERS:
         raise ValueError(f"TrainConfig.logger must be one of {LOGGERS}, got {logger!r}")
-    if logger == "tensorboard":
+    if logger != "jsonl":
         try:
-            import tensorboard  # noqa: F401  (torch.utils.tensorboard needs the package)
+            importlib.import_module(logger)  # torch.utils.tensorboard needs the tensorboard package
         except ImportError:
-            raise ImportError("TrainConfig.logger 'tensorboard' needs the tensorboard package: "
-                              "pip install 'ddpm_lib[tensorboard]'") from None
+            raise ImportError(f"TrainConfig.logger {logger!r} needs the {logger} package: "
+                              f"pip install 'ddpm_lib[{logger}]'") from None
 
 
 def quarter_of(t: torch.Tensor, T: int) -> torch.Tensor:
@@ -48,12 +58,16 @@ class TrainLog:
         self._jsonl = self._cut(out / "loss.jsonl").open("a")
         self._cut(out / "eval.jsonl")
         self._eval: IO[str] | None = None  # eval.jsonl, opened at the first evaluation
-        self._events = None
+        self._events: SummaryWriter | WandbWriter | None = None  # what the events go to, with either logger
         if logger == "tensorboard":
             from torch.utils.tensorboard import SummaryWriter
 
             # purge_step: TensorBoard drops this run's earlier events from step + 1 on, those past the checkpoint
             self._events = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
+        elif logger == "wandb":
+            from .train_log_wandb import WandbWriter
+
+            self._events = WandbWriter(out, step)
 
     def _cut(self, path: Path) -> Path:
         """Drop the lines of the jsonl file `path` past the step this log starts at (written after the checkpoint
@@ -63,7 +77,7 @@ class TrainLog:
             path.write_text("".join(ln + "\n" for ln in lines if json.loads(ln)["step"] <= self._step))
         return path
 
-    def steps(self, logged: list[tuple[int, float]], stats: list[dict] | None = None) -> None:
+    def read_back(self, logged: list[tuple[int, float]], stats: list[dict] | None = None) -> None:
         """The loss of each (step, loss) in `logged`; with events, also each step's `stats` (lr, grad_norm,
         ema_decay and the loss by quarter of t, None where a quarter drew no t)."""
         self._jsonl.writelines(json.dumps({"step": s, "loss": v}) + "\n" for s, v in logged)

@@ -23,7 +23,7 @@ OBJECTIVE = Objective("v", "min-snr", 2.0)  # not the default: a reader that ign
 @pytest.fixture
 def run(tmp_path):
     """A run folder with a step-0 checkpoint whose EMA differs from the raw weights, of a v-prediction objective."""
-    config = TrainConfig(batch_size=2, steps=1, out_dir=str(tmp_path / "run"), progress=False)
+    config = TrainConfig(batch_size=2, train_steps=1, out_dir=str(tmp_path / "run"), progress=False)
     trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, OBJECTIVE, device="cpu")
     perturbed(trainer.ema)
     trainer.save()
@@ -53,7 +53,7 @@ def test_load_model_returns_a_denoiser_of_the_ema_its_schedule_and_objective(tmp
     for name, x in run.model.state_dict().items():
         assert torch.equal(raw.net.state_dict()[name], x), name
     ckpt = ddpm_lib.read_checkpoint(tmp_path / "run")
-    assert ckpt["step"] == 0 and ckpt["version"] == CHECKPOINT_VERSION == 5
+    assert ckpt["step"] == 0 and ckpt["version"] == CHECKPOINT_VERSION == 6
     assert ckpt["objective"] == OBJECTIVE.to_dict() and objective_of(ckpt, "run") == OBJECTIVE
     assert "objective" in REQUIRED_KEYS and "prediction" not in ckpt["unet_config"]
 
@@ -121,16 +121,17 @@ def test_an_objective_entry_without_all_its_fields_is_refused_not_read_as_the_pa
     assert Trainer.load(tmp_path / "x0.pt", device="cpu").objective == Objective("x0", "uniform", 5.0)
 
 
-def test_a_version_4_checkpoint_is_refused_in_one_line(tmp_path, run):
-    """Before version 5 what a network predicts lived in its UNetConfig and the weighting in its TrainConfig: no
-    reader of that form is kept (the version says which ddpm_lib wrote it)."""
+def test_a_version_5_checkpoint_is_refused_in_one_line(tmp_path, run):
+    """Before version 6 T was the schedule's "steps" and the training's length TrainConfig's "steps": no reader of
+    that form is kept (the version says which ddpm_lib wrote it)."""
     good = read_checkpoint(tmp_path / "run")
-    old = {**{k: v for k, v in good.items() if k != "objective"}, "version": 4,
-           "unet_config": {**good["unet_config"], "prediction": "v"},
-           "train_config": {**good["train_config"], "loss_weighting": "min-snr", "snr_gamma": 2.0}}
+    schedule = {**good["schedule"], "params": {("steps" if k == "num_timesteps" else k): v
+                                               for k, v in good["schedule"]["params"].items()}}
+    training = {("steps" if k == "train_steps" else k): v for k, v in good["train_config"].items()}
+    old = {**good, "version": 5, "schedule": schedule, "train_config": training}
     torch.save(old, tmp_path / "old.pt")
     for load in (load_model, Trainer.load):
-        with pytest.raises(ValueError, match="is a version 4 ddpm_lib checkpoint; this ddpm_lib reads version 5") as e:
+        with pytest.raises(ValueError, match="is a version 5 ddpm_lib checkpoint; this ddpm_lib reads version 6") as e:
             load(tmp_path / "old.pt", device="cpu")
         assert str(e.value).count("\n") == 0
 

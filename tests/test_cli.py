@@ -36,7 +36,7 @@ OFFLINE = {"http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:
            "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "OMP_NUM_THREADS": "1"}
 # A run of the walkthrough's knobs that diffusers can express too (one head, temb_dim = the first level's channels).
 KNOBS = ("--preset", "tiny", "--ch-list", "3,16,32", "--attention-layer", "2", "--heads", "1", "--temb-dim", "16",
-         "--timesteps", "20", "--beta-max", "0.05")
+         "--num-timesteps", "20", "--beta-max", "0.05")
 TRAIN = ("--data", "shapes", "--n-images", "16", "--batch-size", "4", "--seed", "3", "--device", "cpu",
          "--log-every", "1", "--sample-every", "0", "--no-progress")
 
@@ -70,7 +70,7 @@ def assert_one_line_error(run, message):
 
 def micro_checkpoint(path, T=10, perturb=False, **unet):
     torch.manual_seed(0)
-    config = TrainConfig(batch_size=2, steps=1, out_dir=str(path), progress=False)
+    config = TrainConfig(batch_size=2, train_steps=1, out_dir=str(path), progress=False)
     model = UNet(replace(MICRO, **unet))
     model = perturbed(model) if perturb else model  # random output layers: the step count shows in the samples
     return Trainer(model, NoiseSchedule.linear(T), config, device="cpu").save()
@@ -108,7 +108,7 @@ def files(tmp_path_factory):
 def bad_input(tmp):
     """case -> (command line, what the one-line error must say)."""
     train = ("train", "--preset", "tiny", "--out", tmp / "new", "--batch-size", "2")
-    shapes = train + ("--data", "shapes", "--n-images", "4", "--steps", "1")
+    shapes = train + ("--data", "shapes", "--n-images", "4", "--train-steps", "1")
     sample = ("sample", "--n", "1", "--out", tmp / "grid.png", "--device", "cpu", "--ckpt")
     run, cond, t20 = tmp / "run", tmp / "cond", tmp / "t20"
     return {
@@ -122,10 +122,11 @@ def bad_input(tmp):
         "pickle payload": (sample + (tmp / "evil.pt",), "weights_only=True"),
         "fid missing checkpoint": (("fid", "--ckpt", tmp / "nope.pt", "--n", "2"), "not found"),
         "fid missing reference": (("fid", "--ckpt", run, "--n", "2", "--ref", tmp / "no_ref"), "--ref"),
-        "ddpm with fewer steps": (sample[:-1] + ("--sampler", "ddpm", "--steps", "3", "--ckpt", run), "steps"),
-        "ddim steps beyond T": (sample + (t20, "--steps", "30"), "--steps 30: expected at most T=20"),
-        "fid steps beyond T": (("fid", "--ckpt", t20, "--n", "2", "--steps", "21"),
-                               "--steps 21: expected at most T=20"),
+        "ddpm with fewer steps": (sample[:-1] + ("--sampler", "ddpm", "--sample-steps", "3", "--ckpt", run),
+                                  "timesteps"),
+        "ddim steps beyond T": (sample + (t20, "--sample-steps", "30"), "--sample-steps 30: expected at most T=20"),
+        "fid steps beyond T": (("fid", "--ckpt", t20, "--n", "2", "--sample-steps", "21"),
+                               "--sample-steps 21: expected at most T=20"),
         "fid of one sample": (("fid", "--ckpt", run, "--n", "1"), "--n: expected an integer >= 2"),
         "cuda without cuda": (sample[:-2] + ("cuda", "--ckpt", run), "CUDA is not available"),
         "class of an unconditional model": (sample + (run, "--class", "1"),
@@ -140,19 +141,21 @@ def bad_input(tmp):
                                         "--push-to-hub 'a b': not a Hub repository id"),
         "export of a network diffusers cannot express": (("export", "--ckpt", run, "--out", tmp / "pipe"),
                                                          "time_mlp_dim=0"),
-        "missing data folder": (train + ("--data", tmp / "no_such_folder", "--steps", "1"), "no_such_folder"),
-        "cifar10 offline": (train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--steps", "1"),
+        "missing data folder": (train + ("--data", tmp / "no_such_folder", "--train-steps", "1"), "no_such_folder"),
+        "cifar10 offline": (train + ("--data", "cifar10", "--data-root", tmp / "empty_root", "--train-steps", "1"),
                             "CIFAR-10 not found"),
-        "classes of a folder without class sub-folders": (train + ("--data", tmp / "flat", "--class-cond", "--steps",
+        "classes of a folder without class sub-folders": (train + ("--data", tmp / "flat", "--class-cond",
+                                                                   "--train-steps",
                                                                    "1"), "--class-cond: " + str(tmp / "flat")
                                                           + " has no classes"),
-        "a class folder without images": (train + ("--data", tmp / "classes", "--steps", "1"),
+        "a class folder without images": (train + ("--data", tmp / "classes", "--train-steps", "1"),
                                           "class folder dog holds no images"),
-        "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
+        "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--train-steps", "1", "--out", tmp / "x"),
                            "unknown preset 'huge'"),
-        "no preset for a new run": (("train", "--data", "shapes", "--steps", "1", "--out", tmp / "x"),
+        "no preset for a new run": (("train", "--data", "shapes", "--train-steps", "1", "--out", tmp / "x"),
                                     "--preset and --data are needed"),
-        "zero steps": (train + ("--data", "shapes", "--steps", "0"), "--steps: TrainConfig.steps must be > 0"),
+        "zero steps": (train + ("--data", "shapes", "--train-steps", "0"),
+                       "--train-steps: TrainConfig.train_steps must be > 0"),
         "config with an unknown key": (shapes + ("--config", tmp / "unknown_key.json"),
                                        "unknown_key.json: training.lrr: unknown key; TrainConfig has lr, "),
         "config with a wrong type": (shapes + ("--config", tmp / "wrong_type.json"),
@@ -179,7 +182,7 @@ def bad_input(tmp):
                                                        "network.prediction: unknown key; UNetConfig has ch_list, "),
         "config that is not JSON": (shapes + ("--config", tmp / "not_json.json"), "not a readable JSON file"),
         "missing config": (shapes + ("--config", tmp / "nope.json"), "nope.json: file not found"),
-        "config with --resume": (("train", "--out", run, "--resume", "--steps", "3", "--config",
+        "config with --resume": (("train", "--out", run, "--resume", "--train-steps", "3", "--config",
                                   tmp / "wrong_type.json"),
                                  "--config: " + str(run / "checkpoint.pt") + " holds the run's configuration"),
         "evaluation without samples": (shapes + ("--eval-every", "2", "--eval-n", "0"),
@@ -192,12 +195,13 @@ def bad_input(tmp):
         "micro-batches not dividing the batch": (shapes + ("--grad-accum", "3"),
                                                  "--grad-accum: TrainConfig.grad_accum must divide batch_size=2"),
         "unknown precision": (shapes + ("--precision", "fp8"), "--precision: invalid choice: 'fp8'"),
-        "unknown logger": (shapes + ("--logger", "wandb"), "--logger: invalid choice: 'wandb'"),
+        "unknown logger": (shapes + ("--logger", "mlflow"), "--logger: invalid choice: 'mlflow'"),
         "negative batch size": (shapes + ("--batch-size", "-4"), "--batch-size: TrainConfig.batch_size must be > 0"),
-        "non-integer steps": (train + ("--data", "shapes", "--steps", "ten"), "--steps: expected an integer"),
-        "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--steps", "2",
+        "non-integer steps": (train + ("--data", "shapes", "--train-steps", "ten"),
+                              "--train-steps: expected an integer"),
+        "existing run without --resume": (("train", "--preset", "tiny", "--data", "shapes", "--train-steps", "2",
                                            "--out", run), "--resume"),
-        "a bad learning rate on resume": (("train", "--out", run, "--steps", "3", "--resume", "--lr", "-1",
+        "a bad learning rate on resume": (("train", "--out", run, "--train-steps", "3", "--resume", "--lr", "-1",
                                            "--data", "shapes"), "--lr: TrainConfig.lr must be > 0"),
         "negative sample interval": (shapes + ("--sample-every", "-1"),
                                      "--sample-every: TrainConfig.sample_every must be >= 0"),
@@ -209,7 +213,7 @@ def bad_input(tmp):
                            "--snr-gamma: Objective.snr_gamma must be a number > 0"),
         "unknown recipe": (("train", "--recipe", "fastest", "--out", tmp / "x"), "unknown recipe 'fastest'"),
         "no steps": (("train", "--preset", "tiny", "--data", "shapes", "--out", tmp / "x"),
-                     "--steps: expected the total optimizer steps"),
+                     "--train-steps: expected the optimizer steps of the run"),
         "beta_min >= beta_max": (shapes + ("--beta-min", "0.02", "--beta-max", "0.01"),
                                  "--beta-min 0.02 must be < --beta-max 0.01"),
         "beta outside (0, 1)": (shapes + ("--beta-max", "1.5"), "--beta-max: expected a number in (0, 1)"),
@@ -257,7 +261,7 @@ def test_bf16_on_a_card_without_it_is_refused_before_any_data_is_read(files, cap
     monkeypatch.setattr(ddpm_lib.runtime, "init_distributed", lambda device: torch.device("cuda"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
-    rc = main(["train", "--preset", "tiny", "--data", str(files / "no_such_folder"), "--steps", "1",
+    rc = main(["train", "--preset", "tiny", "--data", str(files / "no_such_folder"), "--train-steps", "1",
                "--precision", "bf16", "--out", str(files / "new")])
     out, err = capsys.readouterr()
     assert_one_line_error((rc, out, err), "--precision: TrainConfig.precision bf16: Tesla T4 (compute capability "
@@ -267,7 +271,7 @@ def test_bf16_on_a_card_without_it_is_refused_before_any_data_is_read(files, cap
 
 def test_grad_accum_precision_and_logger_flags_reach_the_run(tmp_path, one_thread):
     rc = main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
-               "--steps", "2", "--batch-size", "4", "--grad-accum", "2", "--precision", "bf16", "--device", "cpu",
+               "--train-steps", "2", "--batch-size", "4", "--grad-accum", "2", "--precision", "bf16", "--device", "cpu",
                "--logger", "tensorboard", "--out", str(tmp_path / "run"), "--no-progress", "--sample-every", "0"])
     config = read_checkpoint(tmp_path / "run")["train_config"]
     assert rc == 0 and (config["grad_accum"], config["precision"], config["logger"]) == (2, "bf16", "tensorboard")
@@ -280,23 +284,23 @@ def test_config_json_round_trip_and_flags_override_it(tmp_path, one_thread):
     checkpoint records them); `train --config` of it trains the same run bit for bit, and flags given override it."""
     base = ["--no-progress", "--device", "cpu", "--sample-every", "0"]
     assert main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
-                 "--steps", "2", "--batch-size", "4", "--schedule", "cosine", "--timesteps", "50",
+                 "--train-steps", "2", "--batch-size", "4", "--schedule", "cosine", "--num-timesteps", "50",
                  "--out", str(tmp_path / "a"), *base]) == 0
     config, ckpt = json.loads((tmp_path / "a" / "config.json").read_text()), read_checkpoint(tmp_path / "a")
     as_json = lambda values: json.loads(json.dumps(values))  # noqa: E731  (tuples as lists)
     assert config["training"] == as_json(ckpt["train_config"]) and config["data"] == as_json(ckpt["data"])
     assert config["network"] == as_json(ckpt["unet_config"]) and config["objective"] == ckpt["objective"]
     assert config["objective"] == {"prediction": "eps", "weighting": "uniform", "snr_gamma": 5.0}  # the paper's
-    assert config["schedule"] == {"kind": "cosine", "steps": 50, "s": 0.008}
+    assert config["schedule"] == {"kind": "cosine", "num_timesteps": 50, "s": 0.008}
     assert main(["train", "--config", str(tmp_path / "a" / "config.json"), "--out", str(tmp_path / "b"), *base]) == 0
     again = read_checkpoint(tmp_path / "b")
     assert all(torch.equal(ckpt["model"][k], again["model"][k]) for k in ckpt["model"])  # the same run
     assert torch.equal(ckpt["schedule"]["betas"], again["schedule"]["betas"]) and again["data"] == ckpt["data"]
     assert again["objective"] == ckpt["objective"]
-    assert main(["train", "--config", str(tmp_path / "a"), "--lr", "1e-3", "--steps", "3", "--out",
+    assert main(["train", "--config", str(tmp_path / "a"), "--lr", "1e-3", "--train-steps", "3", "--out",
                  str(tmp_path / "c"), *base]) == 0
     changed = read_checkpoint(tmp_path / "c")["train_config"]
-    assert {k for k in changed if changed[k] != ckpt["train_config"][k]} == {"lr", "steps", "out_dir"}
+    assert {k for k in changed if changed[k] != ckpt["train_config"][k]} == {"lr", "train_steps", "out_dir"}
     assert changed["lr"] == 1e-3
 
 
@@ -305,14 +309,14 @@ def test_a_hand_written_config_sets_what_it_names(tmp_path, one_thread):
         "network": {"ch_list": [3, 16, 32], "attention_layer": [], "num_heads": 1, "temb_dim": 16, "norm_groups": 8,
                     "time_mlp_dim": 32, "image_size": 16},
         "objective": {"prediction": "v"},
-        "training": {"lr": 1e-3, "batch_size": 4, "steps": 2, "grad_clip": 0.5, "flip": False}}))
+        "training": {"lr": 1e-3, "batch_size": 4, "train_steps": 2, "grad_clip": 0.5, "flip": False}}))
     assert main(["train", "--config", str(tmp_path / "mine.json"), "--data", "shapes", "--n-images", "8",
                  "--out", str(tmp_path / "run"), "--no-progress", "--device", "cpu", "--sample-every", "0"]) == 0
     ckpt = read_checkpoint(tmp_path / "run")
     assert ckpt["unet_config"]["ch_list"] == (3, 16, 32) and ckpt["objective"]["prediction"] == "v"
     assert (ckpt["objective"]["weighting"], ckpt["objective"]["snr_gamma"]) == ("uniform", 5.0)  # the defaults
     training = ckpt["train_config"]
-    assert (training["lr"], training["grad_clip"], training["flip"], training["steps"]) == (1e-3, 0.5, False, 2)
+    assert (training["lr"], training["grad_clip"], training["flip"], training["train_steps"]) == (1e-3, 0.5, False, 2)
     assert training["warmup_steps"] == TrainConfig.warmup_steps  # what the file leaves out: the defaults
 
 
@@ -322,7 +326,7 @@ def test_a_configs_objective_is_the_runs_and_flags_override_it(tmp_path, one_thr
     stay."""
     objective = {"prediction": "x0", "weighting": "min-snr", "snr_gamma": 2.5}
     (tmp_path / "obj.json").write_text(json.dumps({"objective": objective}))
-    base = ["--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16", "--steps", "1",
+    base = ["--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16", "--train-steps", "1",
             "--batch-size", "4", "--no-progress", "--device", "cpu", "--sample-every", "0"]
     assert main(["train", "--config", str(tmp_path / "obj.json"), "--out", str(tmp_path / "run"), *base]) == 0
     assert read_checkpoint(tmp_path / "run")["objective"] == objective
@@ -354,21 +358,21 @@ def test_fid_passes_guidance_and_writes_the_scores_next_to_the_checkpoint(files,
 
     monkeypatch.setenv("DDPM_LIB_CACHE", str(files / "cache"))
     monkeypatch.setattr(evaluation, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
-    rc = main(["fid", "--ckpt", str(files / "cond"), "--n", "6", "--steps", "2", "--ref", str(ref),
+    rc = main(["fid", "--ckpt", str(files / "cond"), "--n", "6", "--sample-steps", "2", "--ref", str(ref),
                "--guidance", "2", "--device", "cpu"])
     out, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "cond" / "checkpoint_fid_ddim2_cfg2_n6.json").read_text())
     # 6 samples guided at s = 2 towards balanced labels 0, 1, 2, 0, 1, 2 (seed 0, DDIM 2 steps)
     denoiser = load_model(files / "cond", device="cpu")
-    fake = generate_images(denoiser, 6, steps=2, y=torch.arange(6) % 3, guidance_scale=2, device="cpu")
+    fake = generate_images(denoiser, 6, sample_steps=2, y=torch.arange(6) % 3, guidance_scale=2, device="cpu")
     assert result["guidance_scale"] == 2 and f"FID {result['fid']:.3f}" in out
     assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)  # float64: 2 solvers
     # the IS of 6 samples in min(10, 6) = 6 splits: one sample each, whose p(y|x) is its own p(y), KL 0, IS 1
     assert result["is_mean"] == pytest.approx(1.0) and f"IS {result['is_mean']:.2f}" in out  # Inception's logits
 
 
-# Without --steps a sampler runs its default, capped at the checkpoint's T = 20: DDIM's 50 would not fit.
+# Without --sample-steps a sampler runs its default, capped at the checkpoint's T = 20: DDIM's 50 would not fit.
 DEFAULT_STEPS_AT_T20 = {"ddpm": 20, "ddim": 20, "dpm-solver": 20}
 
 
@@ -382,9 +386,9 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
     rc = main(["sample", "--ckpt", str(files / "t20"), "--sampler", sampler, "--n", "2", "--out", str(grid),
                "--device", "cpu"])
     _, err = capsys.readouterr()
-    assert rc == 0 and f"{sampler} with {steps} steps" in err, err
+    assert rc == 0 and f"{sampler} with {steps} sample steps" in err, err
     denoiser = load_model(files / "t20", device="cpu")
-    expected = generate_images(denoiser, 2, sampler=sampler, steps=steps, device="cpu")  # uint8 (2, 3, 16, 16)
+    expected = generate_images(denoiser, 2, sampler=sampler, sample_steps=steps, device="cpu")  # uint8 (2, 3, 16, 16)
     pixels = torch.from_numpy(numpy.array(Image.open(grid).convert("RGB"))).permute(2, 0, 1)  # (3, 20, 38): 1x2 grid
     torch.testing.assert_close(torch.stack([pixels[:, 2:18, 2:18], pixels[:, 2:18, 20:36]]), expected, atol=0, rtol=0)
 
@@ -393,8 +397,8 @@ def test_sample_and_fid_without_steps_fit_a_short_schedule(files, ref, sampler, 
     _, err = capsys.readouterr()
     assert rc == 0, err
     result = json.loads((files / "t20" / f"checkpoint_fid_{sampler}{steps}_n4.json").read_text())
-    assert (result["sampler"], result["steps"], result["n"]) == (sampler, steps, 4)
-    fake = generate_images(denoiser, 4, sampler=sampler, steps=steps, device="cpu")  # fid's samples: seed 0
+    assert (result["sampler"], result["sample_steps"], result["n"]) == (sampler, steps, 4)
+    fake = generate_images(denoiser, 4, sampler=sampler, sample_steps=steps, device="cpu")  # fid's samples: seed 0
     assert result["fid"] == pytest.approx(channel_means_fid(fake, ref), rel=1e-6, abs=1e-9)
 
 
@@ -418,8 +422,8 @@ def test_help_shows_the_walkthroughs_defaults_and_the_samplers_steps(processes):
     rc, out, _ = processes["train help"]
     assert rc == 0
     text = " ".join(out.split()).split("the walkthrough's knobs", 1)[1]  # past the usage line
-    walk, linear = PRESETS["walkthrough"], linear_betas.__defaults__  # (steps, beta_min, beta_max)
-    for flag, default in [("--timesteps T", f"default {linear[0]}"), ("--beta-min B", f"default {linear[1]}"),
+    walk, linear = PRESETS["walkthrough"], linear_betas.__defaults__  # (num_timesteps, beta_min, beta_max)
+    for flag, default in [("--num-timesteps T", f"default {linear[0]}"), ("--beta-min B", f"default {linear[1]}"),
                           ("--beta-max B", f"default {linear[2]}"), ("--heads H", f"walkthrough: {walk.num_heads}"),
                           ("--ch-list", "walkthrough: " + ",".join(map(str, walk.ch_list))),
                           ("--attention-layer", "walkthrough: " + ",".join(map(str, walk.attention_layer))),
@@ -427,14 +431,14 @@ def test_help_shows_the_walkthroughs_defaults_and_the_samplers_steps(processes):
                           ("--schedule", "default: the recipe's, else linear")]:
         assert flag in text and default in text.split(flag, 1)[1][:150], (flag, default)
     rc, out, _ = processes["sample help"]
-    assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_steps}" in " ".join(out.split())
+    assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_sample_steps}" in " ".join(out.split())
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-step run of the walkthrough's knobs (module-wide; later tests resume and export it)."""
     tmp = tmp_path_factory.mktemp("cli")
-    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "2", "--ema-decay", "0.5", "--no-ema-warmup",
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--train-steps", "2", "--ema-decay", "0.5", "--no-ema-warmup",
                             "--out", tmp / "run", cwd=tmp))
     assert rc == 0, err
     return tmp / "run"
@@ -455,7 +459,7 @@ def test_train_records_the_knobs_and_the_data(run):
 RESUME_CONFLICTS = {"--preset": ("--preset", "walkthrough"), "--heads": ("--heads", "2"),
                     "--ch-list": ("--ch-list", "3,32,64"), "--dropout": ("--dropout", "0.2"),
                     "--seed": ("--seed", "0"), "--data": ("--data", "cifar10"),
-                    "--n-images": ("--n-images", "32"), "--timesteps": ("--timesteps", "1000"),
+                    "--n-images": ("--n-images", "32"), "--num-timesteps": ("--num-timesteps", "1000"),
                     "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
                     "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",),
                     "--prediction": ("--prediction", "v"), "--loss-weighting": ("--loss-weighting", "min-snr"),
@@ -466,7 +470,7 @@ RESUME_CONFLICTS = {"--preset": ("--preset", "walkthrough"), "--heads": ("--head
 @pytest.mark.parametrize("flag", RESUME_CONFLICTS)
 def test_resume_refuses_flags_that_change_the_run(run, flag, capsys):
     before = (run / "checkpoint.pt").read_bytes()
-    rc = main(["train", "--out", str(run), "--steps", "3", "--resume", "--device", "cpu", "--no-progress",
+    rc = main(["train", "--out", str(run), "--train-steps", "3", "--resume", "--device", "cpu", "--no-progress",
                *RESUME_CONFLICTS[flag]])
     assert_one_line_error((rc, *capsys.readouterr()), f"--resume: {flag}")
     assert (run / "checkpoint.pt").read_bytes() == before
@@ -474,13 +478,13 @@ def test_resume_refuses_flags_that_change_the_run(run, flag, capsys):
 
 @pytest.mark.slow
 def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run):
-    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--steps", "3", "--resume", "--out", run, cwd=run.parent))
+    rc, _, err = finish(cli("train", *KNOBS, *TRAIN, "--train-steps", "3", "--resume", "--out", run, cwd=run.parent))
     assert rc == 0 and "resuming" in err, err
     assert torch.load(run / "checkpoint.pt", weights_only=True)["step"] == 3
     assert [json.loads(line)["step"] for line in (run / "loss.jsonl").read_text().splitlines()] == [1, 2, 3]
 
     grid = run.parent / "grid.png"
-    rc, _, err = finish(cli("sample", "--ckpt", run, "--sampler", "dpm-solver", "--steps", "2", "--n", "4",
+    rc, _, err = finish(cli("sample", "--ckpt", run, "--sampler", "dpm-solver", "--sample-steps", "2", "--n", "4",
                             "--out", grid, "--device", "cpu", cwd=run.parent))
     assert rc == 0, err
     assert Image.open(grid).size == (2 * 32 + 3 * 2, 2 * 32 + 3 * 2)  # 2x2 grid, padding 2
@@ -489,7 +493,7 @@ def test_resume_accepts_the_same_flags_and_sample_reads_the_run_folder(run):
 def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, one_thread):
     """--recipe quick-win: its preset, data, image size and training settings; flags given override its fields;
     the objective flags set what the network predicts and the weighting; all recorded in the checkpoint."""
-    rc = main(["train", "--recipe", "quick-win", "--steps", "2", "--batch-size", "4", "--n-images", "8",
+    rc = main(["train", "--recipe", "quick-win", "--train-steps", "2", "--batch-size", "4", "--n-images", "8",
                "--prediction", "v", "--loss-weighting", "min-snr", "--snr-gamma", "3", "--out", str(tmp_path / "r"),
                "--device", "cpu", "--no-progress", "--sample-every", "0"])
     assert rc == 0, capsys.readouterr().err
@@ -499,18 +503,19 @@ def test_a_recipe_fills_the_flags_not_given_and_is_recorded(tmp_path, capsys, on
     config = ckpt["train_config"]
     assert (config["recipe"], config["lr"], config["warmup_steps"], config["ema_decay"]) == (
         "quick-win", quick.lr, quick.warmup_steps, quick.ema_decay)  # the recipe's
-    assert (config["steps"], config["batch_size"], ckpt["objective"]["prediction"], ckpt["objective"]["weighting"],
+    assert (config["train_steps"], config["batch_size"], ckpt["objective"]["prediction"],
+            ckpt["objective"]["weighting"],
             ckpt["objective"]["snr_gamma"]) == (2, 4, "v", "min-snr", 3.0)  # the flags'
     assert ckpt["data"]["name"] == quick.data and ckpt["data"]["size"] == quick.image_size
     assert NoiseSchedule.from_state_dict(ckpt["schedule"]).kind == quick.schedule == "cosine"  # the recipe's
-    rc = main(["train", "--out", str(tmp_path / "r"), "--steps", "3", "--resume", "--device", "cpu",
+    rc = main(["train", "--out", str(tmp_path / "r"), "--train-steps", "3", "--resume", "--device", "cpu",
                "--no-progress", "--prediction", "v", "--loss-weighting", "min-snr"])  # the same: accepted
     assert rc == 0 and torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["step"] == 3
 
 
 def test_a_class_conditional_recipe_conditions_on_the_datas_labels(tmp_path, capsys, one_thread):
     """--recipe cifar10-cond trains on the labels without --class-cond (here the shapes' kinds: --data overrides)."""
-    rc = main(["train", "--recipe", "cifar10-cond", "--data", "shapes", "--n-images", "8", "--steps", "1",
+    rc = main(["train", "--recipe", "cifar10-cond", "--data", "shapes", "--n-images", "8", "--train-steps", "1",
                "--batch-size", "4", "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress",
                "--sample-every", "0"])
     assert rc == 0, capsys.readouterr().err
@@ -525,7 +530,7 @@ def test_a_class_conditional_recipe_conditions_on_the_datas_labels(tmp_path, cap
     (("--beta-max", "0.01"), NoiseSchedule.linear(1000, 1e-4, 0.01)),     # betas ask for the linear schedule
 ])
 def test_a_recipes_schedule_gives_way_to_the_schedule_flags(tmp_path, capsys, one_thread, flags, expected):
-    rc = main(["train", "--recipe", "quick-win", "--steps", "1", "--batch-size", "4", "--n-images", "4",
+    rc = main(["train", "--recipe", "quick-win", "--train-steps", "1", "--batch-size", "4", "--n-images", "4",
                *flags, "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress", "--sample-every", "0"])
     assert rc == 0, capsys.readouterr().err
     schedule = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)["schedule"]
@@ -556,19 +561,20 @@ def test_a_notebook_run_resumes_from_the_cli_where_it_stopped(tmp_path, monkeypa
     loaded = load_training_images(setup, size=MICRO.image_size)  # as notebook 05 does
     assert loaded.info == DataInfo("cifar10", 12, 16, "train", class_names=CIFAR10_CLASSES)
 
-    def notebook_run(folder, steps):
+    def notebook_run(folder, train_steps):
         torch.manual_seed(0)
-        config = TrainConfig(steps=steps, batch_size=4, lr=1e-3, warmup_steps=1, seed=3, out_dir=str(folder),
+        config = TrainConfig(train_steps=train_steps, batch_size=4, lr=1e-3, warmup_steps=1, seed=3,
+                             out_dir=str(folder),
                              sample_every=0, checkpoint_every=0, log_every=1, progress=False)
         trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(20), config, device="cpu")
         trainer.data_info = loaded.info
         return trainer.fit(loaded.images)
 
-    notebook_run(tmp_path / "straight", steps=4)
-    notebook_run(tmp_path / "run", steps=2)
+    notebook_run(tmp_path / "straight", train_steps=4)
+    notebook_run(tmp_path / "run", train_steps=2)
     md5s = dict(tvd.CIFAR10.train_list)  # the CLI checks CIFAR-10's md5s: the fixture passes for "the real files"
     monkeypatch.setattr(tvd.utils, "calculate_md5", lambda path: md5s[os.path.basename(path)])
-    rc = main(["train", "--out", str(tmp_path / "run"), "--steps", "4", "--resume", "--data-root",
+    rc = main(["train", "--out", str(tmp_path / "run"), "--train-steps", "4", "--resume", "--data-root",
                str(tmp_path / "data"), "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err
     assert rc == 0 and "at step 2 of 4" in err, err
@@ -579,11 +585,13 @@ def test_a_notebook_run_resumes_from_the_cli_where_it_stopped(tmp_path, monkeypa
 
 def test_a_cli_run_resumes_in_a_notebook_where_it_stopped(tmp_path, capsys, one_thread):
     """`train` for 2 steps, then notebook 05's way (Trainer.load, load_training_images, fit) to 4: the notebook's
-    loader gives the images of the run's record, and the run continues bit for bit as `train --steps 4` does."""
+    loader gives the images of the run's record, and the run continues bit for bit as `train --train-steps 4` does."""
     flags = (*KNOBS, "--image-size", "16", *TRAIN)  # 16 shapes at 16x16, seed 3
     for folder, steps in (("straight", "4"), ("run", "2")):
-        assert main(["train", *flags, "--steps", steps, "--out", str(tmp_path / folder)]) == 0, capsys.readouterr()
-    resumed = Trainer.load(tmp_path / "run", device="cpu", steps=4, out_dir=str(tmp_path / "run"))  # as 05 resumes
+        assert main(["train", *flags, "--train-steps", steps, "--out",
+                     str(tmp_path / folder)]) == 0, capsys.readouterr()
+    resumed = Trainer.load(tmp_path / "run", device="cpu", train_steps=4,
+                           out_dir=str(tmp_path / "run"))  # as 05 resumes
     setup = NotebookSetup(device=torch.device("cpu"), smoke=False, data_root=tmp_path / "data",
                           runs=tmp_path / "runs", in_colab=False, seed=3)
     loaded = load_training_images(setup, n=16, data="shapes", size=16)
@@ -621,7 +629,7 @@ def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
     evaluations fid wrote, how to load it); offline (HF_HUB_OFFLINE), the upload is one line and the folder stays."""
     pytest.importorskip("diffusers")
     scores = {"fid": 123.4, "kid_mean": 0.1, "kid_std": 0.01, "is_mean": 2.5, "is_std": 0.1, "n": 100,
-              "sampler": "ddim", "steps": 20, "guidance_scale": 1.0, "ref": "cifar10"}  # as fid writes them
+              "sampler": "ddim", "sample_steps": 20, "guidance_scale": 1.0, "ref": "cifar10"}  # as fid writes them
     (run / "checkpoint_fid_ddim20_n100.json").write_text(json.dumps(scores))
     out = run.parent / "hub-pipeline"
     rc, _, err = finish(cli("export", "--ckpt", run, "--out", out, "--push-to-hub", "someone/ddpm-shapes",
@@ -630,7 +638,8 @@ def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
                                                                   "failed")
     assert f"{out} is kept" in err and (out / "model_index.json").is_file()
     card, ckpt = (out / "README.md").read_text(), read_checkpoint(run)
-    steps = f"{ckpt['step']:,} of {ckpt['train_config']['steps']:,} steps"  # the module's run, resumed by now
+    # the module's run, resumed by now
+    steps = f"{ckpt['step']:,} of {ckpt['train_config']['train_steps']:,} training steps"
     for text in ("library_name: diffusers", "# someone/ddpm-shapes", "channels (3, 16, 32)", "| predicts | eps",
                  "`epsilon`", "loss weighting uniform", "| schedule | linear, T = 20, beta_min=0.0001, beta_max=0.05",
                  steps,
@@ -646,13 +655,13 @@ def test_push_to_hub_writes_the_model_card_and_offline_keeps_the_folder(run):
 def test_class_conditional_training_and_guided_sampling(tmp_path):
     run = tmp_path / "run"
     rc, _, err = finish(cli("train", "--preset", "tiny", "--class-cond", "--cond-drop-prob", "0.3", *TRAIN,
-                            "--steps", "1", "--out", run, cwd=tmp_path))
+                            "--train-steps", "1", "--out", run, cwd=tmp_path))
     assert rc == 0, err
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["unet_config"]["num_classes"] == len(SHAPE_KINDS)
     assert ckpt["data"]["class_names"] == SHAPE_KINDS and ckpt["train_config"]["cond_drop_prob"] == 0.3
     rc, _, err = finish(cli("sample", "--ckpt", run, "--class", len(SHAPE_KINDS) - 1, "--guidance", "2.5",
-                            "--steps", "2", "--n", "2", "--out", tmp_path / "grid.png", "--device", "cpu",
+                            "--sample-steps", "2", "--n", "2", "--out", tmp_path / "grid.png", "--device", "cpu",
                             cwd=tmp_path))
     assert rc == 0, err
     assert Image.open(tmp_path / "grid.png").size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # 2 images in a row

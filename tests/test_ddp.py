@@ -23,10 +23,10 @@ from ddpm_lib.unet import UNet
 OBJECTIVE = Objective("v", "min-snr", 2.0)  # not the default: a resume must restore it on every rank
 
 
-def make_trainer(out_dir, steps, dropout=0.0, grad_accum=1):
+def make_trainer(out_dir, train_steps, dropout=0.0, grad_accum=1):
     """dropout 0 to compare with one process: ranks draw their own dropout masks, from (seed, step, rank)."""
     torch.manual_seed(0)
-    config = TrainConfig(batch_size=8, steps=steps, warmup_steps=2, log_every=1, sample_every=0,
+    config = TrainConfig(batch_size=8, train_steps=train_steps, warmup_steps=2, log_every=1, sample_every=0,
                          checkpoint_every=0, out_dir=str(out_dir), progress=False, grad_accum=grad_accum)
     return Trainer(UNet(replace(MICRO, dropout=dropout)), NoiseSchedule.linear(100), config, OBJECTIVE,
                    device="cpu")
@@ -49,16 +49,17 @@ def _rank(rank, world_size, tmp):
     dist.init_process_group("gloo", init_method=f"file://{tmp}/store", rank=rank, world_size=world_size)
     try:
         images, _ = make_shapes(40, size=16, seed=1)
-        trainer = make_trainer(tmp / "ddp", steps=2).fit(images)  # checkpoint at step 2 (rank 0 writes)
-        trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", steps=4)
+        trainer = make_trainer(tmp / "ddp", train_steps=2).fit(images)  # checkpoint at step 2 (rank 0 writes)
+        trainer = Trainer.load(tmp / "ddp" / "checkpoint.pt", device="cpu", train_steps=4)
         assert trainer.objective == OBJECTIVE  # read on every rank from the file rank 0 wrote
         trainer.fit(images)
         # with dropout: a resumed DDP run continues every rank's dropout stream (nothing stored but the step)
-        straight = make_trainer(tmp / "straight", steps=4, dropout=0.1).fit(images)
-        make_trainer(tmp / "resumed", steps=2, dropout=0.1).fit(images)
-        resumed = Trainer.load(tmp / "resumed", device="cpu", steps=4).fit(images)
+        straight = make_trainer(tmp / "straight", train_steps=4, dropout=0.1).fit(images)
+        make_trainer(tmp / "resumed", train_steps=2, dropout=0.1).fit(images)
+        resumed = Trainer.load(tmp / "resumed", device="cpu", train_steps=4).fit(images)
         # gradient accumulation: 2 micro-batches per step, all-reduced once per step (no_sync on the first)
-        plain, accum = make_trainer(tmp / "plain", steps=2), make_trainer(tmp / "accum", steps=2, grad_accum=2)
+        plain, accum = make_trainer(tmp / "plain", train_steps=2), make_trainer(tmp / "accum", train_steps=2,
+                                                                                grad_accum=2)
         calls = [_count_all_reduces(t) for t in (plain, accum)]
         plain.fit(images), accum.fit(images)
         torch.save({"model": trainer.model.state_dict(), "history": trainer.history, "calls": calls,
@@ -71,7 +72,7 @@ def _rank(rank, world_size, tmp):
 
 def test_two_gloo_ranks_match_one_process(tmp_path):
     mp.spawn(_rank, args=(2, tmp_path), nprocs=2, join=True)
-    single = make_trainer(tmp_path / "single", steps=4).fit(make_shapes(40, size=16, seed=1)[0])
+    single = make_trainer(tmp_path / "single", train_steps=4).fit(make_shapes(40, size=16, seed=1)[0])
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     for name, w in single.model.state_dict().items():
         assert torch.equal(rank0["model"][name], rank1["model"][name]), name  # ranks hold identical weights
@@ -101,7 +102,8 @@ def test_torchrun_cli_trains_and_resumes(tmp_path):
     env = {**os.environ, "PYTHONPATH": root, "OMP_NUM_THREADS": "1"}
     objective = ["--prediction", "v", "--loss-weighting", "min-snr"]
     for steps in ("1", "2"):
-        done = subprocess.run(args + ["--steps", steps] + (["--resume"] if steps == "2" else objective), cwd=tmp_path,
+        done = subprocess.run(args + ["--train-steps", steps] + (["--resume"] if steps == "2" else objective),
+                              cwd=tmp_path,
                               env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stderr[-2000:]
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)

@@ -34,7 +34,7 @@ def sets():
 def evaluator(sets, tmp_path, **kw):
     train, held = sets
     return Evaluator(train, held, ChannelMeans(), reference_key="shapes", cache_dir=tmp_path / "cache",
-                     held_out_name="shapes test split", steps=5, **kw)
+                     held_out_name="shapes test split", sample_steps=5, **kw)
 
 
 @pytest.mark.parametrize("prediction, weighting", [("eps", "uniform"), ("x0", "min-snr"), ("v", "min-snr")])
@@ -48,9 +48,9 @@ def test_an_evaluation_is_fid_kid_of_seeded_samples_and_the_loss_at_fixed_t_and_
     first, again = ev(denoiser, 6), ev(denoiser, 6)
     assert {k: v for k, v in first.items() if k != "eval_s"} == {k: v for k, v in again.items() if k != "eval_s"}
     assert first["extractor"] == "ChannelMeans" and first["val_on"] == "12 of the shapes test split"
-    assert first["eval_s"] > 0 and (first["n"], first["sampler"], first["steps"]) == (6, "dpm-solver", 5)
+    assert first["eval_s"] > 0 and (first["n"], first["sampler"], first["sample_steps"]) == (6, "dpm-solver", 5)
     # FID and KID: torchmetrics' on the same seeded samples (the cache holds the reference's features)
-    samples = generate_images(denoiser, 6, sampler="dpm-solver", steps=5, seed=0)
+    samples = generate_images(denoiser, 6, sampler="dpm-solver", sample_steps=5, seed=0)
     direct = fid_kid(sets[0], samples, ChannelMeans())
     assert (first["fid"], first["kid"], first["kid_std"]) == (direct["fid"], direct["kid_mean"], direct["kid_std"])
     # the validation loss, inline: t_i = i T / m, the noise of seed 0, Eq. 4, the target and min-SNR's weight
@@ -103,7 +103,8 @@ OBJECTIVE = Objective("x0", "min-snr", 5.0)  # the keep-best runs' (restored on 
 
 def run(tmp_path, steps, fids, **kw):
     torch.manual_seed(0)
-    config = TrainConfig(batch_size=4, steps=steps, warmup_steps=0, log_every=1, sample_every=0, checkpoint_every=0,
+    config = TrainConfig(batch_size=4, train_steps=steps, warmup_steps=0, log_every=1, sample_every=0,
+                         checkpoint_every=0,
                          eval_every=2, eval_n=4, keep_best=True, milestones=(2, 4, 6, 8), out_dir=str(tmp_path),
                          progress=False, **kw)
     trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(T), config, OBJECTIVE, device="cpu")
@@ -129,11 +130,11 @@ def test_keep_best_keeps_the_checkpoint_of_the_lowest_fid_also_across_a_resume(t
     lines = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["fid"], e["best_step"]) for e in lines] == [(2, 5.0, 2), (4, 3.0, 4), (6, 4.0, 4)]
     assert [e["eval_s_total"] for e in lines] == [0.25, 0.5, 0.75] and trainer.eval_seconds == 0.75
-    resumed = attach(Trainer.load(tmp_path, device="cpu", steps=8), {8: 3.5})
+    resumed = attach(Trainer.load(tmp_path, device="cpu", train_steps=8), {8: 3.5})
     assert resumed.best == {"step": 4, "fid": 3.0} and resumed.eval_seconds == 0.75
     resumed.fit(images)
     assert_best_is(tmp_path, 4)  # 3.5 is not below 3.0
-    resumed = attach(Trainer.load(tmp_path, device="cpu", steps=10), {10: 2.0})
+    resumed = attach(Trainer.load(tmp_path, device="cpu", train_steps=10), {10: 2.0})
     resumed.config = replace(resumed.config, milestones=(10,))
     resumed.fit(images)
     assert_best_is(tmp_path, 10)
@@ -144,7 +145,7 @@ def test_evaluation_needs_an_evaluator_and_samples():
         TrainConfig(eval_every=5, eval_n=1)
     with pytest.raises(ValueError, match="TrainConfig.keep_best needs eval_every > 0"):
         TrainConfig(keep_best=True)
-    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(T), TrainConfig(eval_every=1, steps=1, out_dir=None))
+    trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(T), TrainConfig(eval_every=1, train_steps=1, out_dir=None))
     with pytest.raises(ValueError, match="needs Trainer.evaluator"):
         trainer.fit(make_shapes(4, size=16)[0])
 
@@ -155,8 +156,8 @@ def test_train_evaluates_with_the_extractor_it_names(tmp_path, monkeypatch, caps
     monkeypatch.setattr(ddpm_lib.metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
     monkeypatch.setenv("DDPM_LIB_CACHE", str(tmp_path / "cache"))
     rc = main(["train", "--preset", "tiny", "--data", "shapes", "--n-images", "8", "--image-size", "16",
-               "--steps", "4", "--batch-size", "4", "--eval-every", "2", "--eval-n", "4", "--keep-best",
-               "--timesteps", "50", "--device", "cpu", "--no-progress", "--sample-every", "0",
+               "--train-steps", "4", "--batch-size", "4", "--eval-every", "2", "--eval-n", "4", "--keep-best",
+               "--num-timesteps", "50", "--device", "cpu", "--no-progress", "--sample-every", "0",
                "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 0, err
@@ -173,7 +174,7 @@ def test_train_without_the_inception_weights_is_one_line_before_any_data(tmp_pat
         raise FileNotFoundError("could not download the Inception weights for FID/KID (no network)")
 
     monkeypatch.setattr(ddpm_lib.metrics, "inception_extractor", offline)
-    rc = main(["train", "--preset", "tiny", "--data", str(tmp_path / "no_such_folder"), "--steps", "2",
+    rc = main(["train", "--preset", "tiny", "--data", str(tmp_path / "no_such_folder"), "--train-steps", "2",
                "--eval-every", "1", "--device", "cpu", "--out", str(tmp_path / "r")])
     out, err = capsys.readouterr()
     assert rc != 0 and err.count("\n") == 1 and "--eval-every: could not download the Inception weights" in err
@@ -188,7 +189,7 @@ def test_evaluations_reach_tensorboard_and_a_resume_drops_those_after_its_checkp
 
     run(tmp_path, 4, {2: 5.0, 4: 3.0}, logger="tensorboard").fit(sets[0])
     shutil.copy(tmp_path / "checkpoint-0000002.pt", tmp_path / "checkpoint.pt")  # as if killed before step 4's
-    attach(Trainer.load(tmp_path, device="cpu", steps=4), {4: 2.5}).fit(sets[0])
+    attach(Trainer.load(tmp_path, device="cpu", train_steps=4), {4: 2.5}).fit(sets[0])
     lines = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
     assert [(e["step"], e["fid"]) for e in lines] == [(2, 5.0), (4, 2.5)]
     events = accumulator.EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"scalars": 0})

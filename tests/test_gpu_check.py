@@ -73,7 +73,7 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
     run_ = s["cifar10_run"]
     # it trains for DRY.train_seconds, so how far it gets depends on the machine's load: a grid at every fixed grid
     # step it reached, and one more at its last step unless that was a grid step already
-    steps = run_["steps"]
+    steps = run_["train_steps"]
     assert steps >= min(gpu_sections.DRY.grid_steps)
     assert [g["step"] for g in run_["grids"]] == ([s for s in gpu_sections.DRY.grid_steps if s <= steps]
                                                  + ([steps] if steps not in gpu_sections.DRY.grid_steps else []))
@@ -83,7 +83,7 @@ def test_dry_run_writes_every_section_with_finite_numbers(tmp_path):
             assert im.format == "PNG"
     # its EMA weights in float16 with their card: they load as the shipped model does, with the recipe's objective
     denoiser, card = load_shipped_model(out / run_["weights"], device="cpu")
-    assert (card["recipe"], card["step"], denoiser.objective) == ("fast", run_["steps"], FAST.objective)
+    assert (card["recipe"], card["step"], denoiser.objective) == ("fast", run_["train_steps"], FAST.objective)
     assert denoiser.schedule.kind == FAST.schedule and card["train_minutes"] == round(run_["train_seconds"] / 60, 2)
     assert all(v.dtype == torch.float16 for v in torch.load(out / run_["weights"])["ema"].values()
                if v.is_floating_point())

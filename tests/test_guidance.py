@@ -94,7 +94,7 @@ def test_sampling_the_guided_model_is_the_formula_by_hand(name, scale):
     """Every sampler given guided(denoiser, y, s) draws the samples of eps = eps_u + s (eps_c - eps_u) written out
     by hand with two separate calls, and makes one model call per step (half the hand-written calls)."""
     schedule, y = SCHEDULE, torch.tensor([2, 0])
-    fn, steps = SAMPLERS[name].fn, {} if name == "ddpm" else {"steps": 7}
+    fn, steps = SAMPLERS[name].fn, {} if name == "ddpm" else {"sample_steps": 7}
     by_hand_net = Labelled()
 
     def by_hand(x_t, t):

@@ -51,7 +51,7 @@ def setup(tmp_path, one_thread):
     g = torch.Generator().manual_seed(0)
     _images(tmp_path / "data" / "test", 3, g)
     _images(tmp_path / "data" / "train", 2, g)
-    config = TrainConfig(steps=1, batch_size=2, out_dir=str(tmp_path / "run"), progress=False, sample_every=0,
+    config = TrainConfig(train_steps=1, batch_size=2, out_dir=str(tmp_path / "run"), progress=False, sample_every=0,
                          recipe="cifar10-cond")
     torch.manual_seed(0)
     trainer = Trainer(UNet(replace(MICRO, image_size=32, num_classes=10)), NoiseSchedule.cosine(10), config,
@@ -69,7 +69,8 @@ def _run(monkeypatch, *args):
 def test_the_benchmark_writes_its_table_numbers_and_pictures(setup, monkeypatch):
     tmp, _ = setup
     out = tmp / "out"
-    _run(monkeypatch, "--ckpt", str(tmp / "run"), "--n", "20", "--scales", "1,3", "--steps", "2", "--batch-size", "8",
+    _run(monkeypatch, "--ckpt", str(tmp / "run"), "--n", "20", "--scales", "1,3", "--sample-steps", "2",
+         "--batch-size", "8",
          "--data", str(tmp / "data"), "--out", str(out), "--device", "cpu")
     summary = json.loads((out / "guidance.json").read_text())
     assert [r["scale"] for r in summary["scales"]] == [1.0, 3.0]

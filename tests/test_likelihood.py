@@ -229,7 +229,7 @@ def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("nll")
     torch.manual_seed(0)
     trainer = Trainer(UNet(replace(PRESETS["tiny"], image_size=16)), NoiseSchedule.paper(40),
-                      TrainConfig(steps=30, batch_size=8, lr=2e-3, warmup_steps=0, progress=False, sample_every=0,
+                      TrainConfig(train_steps=30, batch_size=8, lr=2e-3, warmup_steps=0, progress=False, sample_every=0,
                                   out_dir=str(out / "run")), Objective(prediction="x0"), device="cpu")
     trainer.fit(make_shapes(64, size=16, seed=0)[0])
     write_image_folder(out / "held", make_shapes(6, size=16, seed=1)[0])

@@ -239,7 +239,7 @@ def tiny():
     torch.manual_seed(0)  # a micro UNet on 16x16 images: the pipeline, not the network, is under test
     model = unet_from_preset("tiny", ch_list=(3, 8, 16), attention_layer=(2,), num_heads=2, temb_dim=16,
                              norm_groups=4, time_mlp_dim=0, mid_attention=False, image_size=16)
-    return model.eval(), NoiseSchedule.linear(steps=10)
+    return model.eval(), NoiseSchedule.linear(num_timesteps=10)
 
 
 @pytest.fixture
@@ -261,21 +261,21 @@ def folder(tmp_path):
 def test_evaluate_checkpoint_end_to_end(tiny, checkpoint, folder, tmp_path):
     from ddpm_lib.data import load_image_folder
 
-    kw = dict(n=12, sampler="dpm-solver", steps=3, ref=str(folder), batch_size=8, device="cpu", seed=3,
+    kw = dict(n=12, sampler="dpm-solver", sample_steps=3, ref=str(folder), batch_size=8, device="cpu", seed=3,
               feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
     result = evaluation.evaluate_checkpoint(checkpoint, **kw)
-    assert {k: result[k] for k in ("n", "sampler", "steps", "guidance_scale", "ref")} == dict(
-        n=12, sampler="dpm-solver", steps=3, guidance_scale=1.0, ref=str(folder))
+    assert {k: result[k] for k in ("n", "sampler", "sample_steps", "guidance_scale", "ref")} == dict(
+        n=12, sampler="dpm-solver", sample_steps=3, guidance_scale=1.0, ref=str(folder))
     assert len(list((tmp_path / "cache").glob("folder-ref-n24-test-conv-*.pt"))) == 1
     # The same numbers by hand: EMA weights (== the model here: no step taken), the same seed and batches, the
     # checkpoint's objective.
     model, schedule = tiny
-    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="dpm-solver", steps=3, batch_size=8,
+    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="dpm-solver", sample_steps=3, batch_size=8,
                            seed=3)
     expected = metrics.fid_kid(load_image_folder(folder, size=16).images, fake, ConvFeatures(), batch_size=8, seed=3)
     assert {k: result[k] for k in expected} == pytest.approx(expected, rel=1e-9)
     assert result["fid"] > 0
-    as_eps = generate_images(Denoiser(model, schedule), 12, sampler="dpm-solver", steps=3, batch_size=8, seed=3)
+    as_eps = generate_images(Denoiser(model, schedule), 12, sampler="dpm-solver", sample_steps=3, batch_size=8, seed=3)
     assert not torch.equal(as_eps, fake)  # read as an eps-predictor, the same network samples other images
 
 
@@ -289,7 +289,8 @@ def test_evaluate_checkpoint_reference_and_errors(checkpoint, tmp_path, monkeypa
         return make_shapes(16, size=16, seed=2)[0], torch.zeros(16, dtype=torch.long)
 
     monkeypatch.setattr(ddpm_lib.data, "load_cifar10", fake_cifar10)
-    result = evaluation.evaluate_checkpoint(checkpoint, n=8, steps=2, data_root="somewhere", batch_size=8, device="cpu",
+    result = evaluation.evaluate_checkpoint(checkpoint, n=8, sample_steps=2, data_root="somewhere", batch_size=8,
+                                            device="cpu",
                                          feature_extractor=ConvFeatures(), cache_dir=tmp_path, progress=False)
     assert calls == [("somewhere", True)] and result["ref"] == "cifar10"  # the paper's reference: training split
     assert len(list(tmp_path.glob("cifar10-train-n16-*.pt"))) == 1
@@ -323,12 +324,12 @@ def test_evaluate_checkpoint_conditional_model_gets_balanced_labels_and_guidance
         return loaded
 
     monkeypatch.setattr(ddpm_lib.checkpoint, "load_model", recording_load_model)
-    result = evaluation.evaluate_checkpoint(ckpt, n=7, steps=2, ref=str(folder), batch_size=4, device="cpu",
+    result = evaluation.evaluate_checkpoint(ckpt, n=7, sample_steps=2, ref=str(folder), batch_size=4, device="cpu",
                                          guidance_scale=2.0, feature_extractor=ConvFeatures(),
                                          cache_dir=tmp_path / "cache", progress=False)
     # labels i % 3, each batch's rows twice (conditional, then -1) in one call per step
     assert labels == [[0, 1, 2, 0, -1, -1, -1, -1]] * 2 + [[1, 2, 0, -1, -1, -1]] * 2
-    assert result["guidance_scale"] == 2.0 and result["steps"] == 2
+    assert result["guidance_scale"] == 2.0 and result["sample_steps"] == 2
 
 
 def test_evaluate_checkpoint_refuses_guidance_without_classes(checkpoint):
@@ -441,11 +442,12 @@ def test_inception_score_is_torch_fidelitys_and_has_its_closed_forms():
 def test_evaluate_checkpoint_scores_is_with_a_classifier(checkpoint, folder, tiny, tmp_path):
     """classifier= gives the Inception Score of the same samples; with another feature extractor and no
     classifier there is none."""
-    kw = dict(n=12, sampler="ddim", steps=2, ref=str(folder), batch_size=8, device="cpu", seed=1,
+    kw = dict(n=12, sampler="ddim", sample_steps=2, ref=str(folder), batch_size=8, device="cpu", seed=1,
               feature_extractor=ConvFeatures(), cache_dir=tmp_path / "cache", progress=False)
     assert evaluation.evaluate_checkpoint(checkpoint, **kw)["is_mean"] is None
     result = evaluation.evaluate_checkpoint(checkpoint, classifier=ConvFeatures(), **kw)
     model, schedule = tiny
-    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="ddim", steps=2, batch_size=8, seed=1)
+    fake = generate_images(Denoiser(model, schedule, OBJECTIVE), 12, sampler="ddim", sample_steps=2, batch_size=8,
+                           seed=1)
     probs = metrics.extract_features(fake, ConvFeatures(), batch_size=8).double().softmax(1)
     assert (result["is_mean"], result["is_std"]) == pytest.approx(metrics.inception_score(probs), rel=1e-9)

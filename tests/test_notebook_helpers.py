@@ -38,7 +38,7 @@ def make_setup(tmp_path, smoke=True):
 
 def write_run(folder, seed=0):
     """A real checkpoint from two steps of a tiny Trainer: folder/checkpoint.pt. Returns the trainer."""
-    config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
+    config = TrainConfig(train_steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
                          log_every=1, progress=False)
     torch.manual_seed(seed)
     trainer = Trainer(UNet(MICRO), NoiseSchedule.linear(10), config, device="cpu")
@@ -306,7 +306,7 @@ def no_official_weights(*args, **kwargs):
 def write_run_of(folder, data_info, seed=0, num_classes=None, objective=None):
     """write_run, with the checkpoint's "data" entry set to `data_info` (as notebook 05 and cli_train do), a
     class-conditional network with num_classes, and `objective` (default: the paper's)."""
-    config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
+    config = TrainConfig(train_steps=2, batch_size=2, warmup_steps=0, seed=seed, out_dir=str(folder), sample_every=0,
                          log_every=1, progress=False)
     torch.manual_seed(seed)
     trainer = Trainer(UNet(dataclasses.replace(MICRO, num_classes=num_classes)), NoiseSchedule.linear(10), config,
@@ -333,7 +333,7 @@ def test_find_model_prefers_the_readers_newest_cifar10_checkpoint(tmp_path, monk
     denoiser, description = runs.find_model(setup)
     assert description.startswith("your model from notebook 05: preset tiny, CIFAR-10, step 2, EMA weights")
     assert str(folder / "tiny-cifar10-smoke" / "checkpoint.pt") in description
-    assert not denoiser.net.training and denoiser.schedule.steps == 10
+    assert not denoiser.net.training and denoiser.schedule.num_timesteps == 10
     assert denoiser.objective == new.objective == Objective("v", "min-snr", 3.0)  # the run's, from its checkpoint
     assert_same_weights(denoiser.net, new.ema)
     raw, description = runs.find_model(setup, "own", ema=False)
@@ -384,7 +384,7 @@ def test_find_model_official_weights_come_last(tmp_path, monkeypatch, capsys, on
     setup = make_setup(tmp_path, smoke=False)
     denoiser, description = runs.find_model(setup, "official")
     assert denoiser.net is official and not official.training
-    assert denoiser.schedule.steps == 1000 and "official DDPM CIFAR-10 weights" in description
+    assert denoiser.schedule.num_timesteps == 1000 and "official DDPM CIFAR-10 weights" in description
     assert denoiser.objective == Objective()  # eps, the paper's
     # an install without its weights
     monkeypatch.setattr(runs, "load_shipped_model", lambda path, device: load_shipped_model(tmp_path / "missing.pt"))
@@ -406,7 +406,7 @@ def test_find_model_takes_weights_in_the_shipped_form_by_path(tmp_path, one_thre
     assert description == f"float16 EMA weights: recipe None, step 2, 1 min on a test ({weights})"
     for ours, theirs in zip(denoiser.net.state_dict().values(), run.ema.state_dict().values()):
         assert torch.equal(ours, theirs.half().float())  # float16 rounding is all that differs
-    assert denoiser.schedule.steps == 10 and not denoiser.net.training
+    assert denoiser.schedule.num_timesteps == 10 and not denoiser.net.training
     assert denoiser.objective == run.objective == Objective("x0", "min-snr")
     with pytest.raises(ValueError, match="fast_ema_fp16.pt is unconditional; this notebook needs a class-cond"):
         runs.find_model(setup, str(weights), class_cond=True)

@@ -218,7 +218,7 @@ def test_denoiser_to_moves_the_network_and_the_schedule():
     assert isinstance(moved, Denoiser) and moved.net is net and net.weight.device.type == "meta"
     assert moved.schedule.device == torch.device("meta") and moved.schedule.alphas_cumprod.device.type == "meta"
     assert schedule.device == torch.device("cpu") and schedule.alphas_cumprod.device.type == "cpu"  # a copy moved
-    assert moved.objective is objective and moved.schedule.steps == 10
+    assert moved.objective is objective and moved.schedule.num_timesteps == 10
     plain = Denoiser(fake_model, schedule).to("meta")  # a plain function goes as it is
     assert plain.net is fake_model and plain.schedule.device == torch.device("meta")
 

@@ -104,7 +104,7 @@ def test_import_ddpm_lib_loads_nothing_heavy():
     """The core needs torch, numpy and tqdm: `import ddpm_lib` in a fresh interpreter loads no widget, plotting,
     image, data-set, metrics or diffusers package."""
     heavy = ["ipywidgets", "matplotlib", "scipy", "PIL", "torchvision", "torchmetrics", "torch_fidelity", "diffusers",
-             "huggingface_hub"]
+             "huggingface_hub", "wandb", "tensorboard"]
     code = f"import sys, ddpm_lib; print([m for m in {heavy!r} if m in sys.modules])"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -25,7 +25,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
     ("objective", {"prediction": "x0", "weighting": "min-snr", "snr_gamma": 5.0}, "Recipe.objective: expected an "
                                                                                    "Objective, got {'prediction'"),
     ("schedule", "sigmoid", "Recipe.schedule: expected one of ('linear', 'cosine'), got 'sigmoid'"),
-    ("steps", 0, "TrainConfig.steps must be > 0"),
+    ("train_steps", 0, "TrainConfig.train_steps must be > 0"),
 ])
 def test_a_bad_recipe_field_is_one_clear_error(field, value, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -42,7 +42,7 @@ def test_a_recipes_objective_is_one_field():
         replace(QUICK_WIN, objective=Objective("score"))
     assert X0_MIN_SNR == Objective("x0", "min-snr", 5.0) and QUICK_WIN.objective == X0_MIN_SNR
     assert replace(QUICK_WIN, objective=Objective("v")).objective == Objective("v")
-    assert Recipe("tiny", "shapes", 16, steps=1, batch_size=1, lr=1e-3, warmup_steps=0).objective == Objective()
+    assert Recipe("tiny", "shapes", 16, train_steps=1, batch_size=1, lr=1e-3, warmup_steps=0).objective == Objective()
     assert all(isinstance(recipe.objective, Objective) for recipe in RECIPES.values())
 
 
@@ -55,7 +55,7 @@ def test_every_recipe_is_recorded_by_its_name():
 def test_a_recipe_builds_its_network_and_schedule(name):
     recipe = RECIPES[name]
     assert recipe.network == replace(PRESETS[recipe.preset], image_size=recipe.image_size)
-    assert recipe.train == TrainConfig(steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
+    assert recipe.train == TrainConfig(train_steps=recipe.train_steps, batch_size=recipe.batch_size, lr=recipe.lr,
                                        warmup_steps=recipe.warmup_steps, ema_decay=recipe.ema_decay, recipe=name)
     schedule = recipe.noise_schedule()
     betas = (linear_betas(1000, 1e-4, 0.02) if recipe.schedule == "linear" else cosine_betas(1000)).double()
@@ -126,6 +126,6 @@ def test_the_quick_win_is_what_its_benchmark_measured():
     assert (runs["paper objective"]["prediction"], runs["paper objective"]["loss_weighting"],
             runs["paper objective"]["schedule"]) == ("eps", "uniform", "linear")
     for run in runs.values():
-        assert (run["image_size"], run["steps"], run["batch_size"], run["lr"], run["warmup_steps"],
-                run["ema_decay"]) == (QUICK_WIN.image_size, QUICK_WIN.steps, QUICK_WIN.batch_size, QUICK_WIN.lr,
+        assert (run["image_size"], run["train_steps"], run["batch_size"], run["lr"], run["warmup_steps"],
+                run["ema_decay"]) == (QUICK_WIN.image_size, QUICK_WIN.train_steps, QUICK_WIN.batch_size, QUICK_WIN.lr,
                                       QUICK_WIN.warmup_steps, QUICK_WIN.ema_decay)

@@ -46,9 +46,9 @@ def test_the_installed_wheel_trains_samples_and_imports_outside_the_checkout(dis
     run = dict(cwd=work, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp), "OMP_NUM_THREADS": "1"})
     assert "train" in run_ok(python, "-m", "ddpm_lib", "--help", **run)
     run_ok(python, "-m", "ddpm_lib", "train", "--preset", "tiny", "--data", "shapes", "--n-images", "8",
-           "--image-size", "16", "--steps", "2", "--batch-size", "4", "--out", "run", "--device", "cpu",
+           "--image-size", "16", "--train-steps", "2", "--batch-size", "4", "--out", "run", "--device", "cpu",
            "--no-progress", "--sample-every", "0", **run)
-    run_ok(python, "-m", "ddpm_lib", "sample", "--ckpt", "run", "--n", "2", "--steps", "2", "--out", "grid.png",
+    run_ok(python, "-m", "ddpm_lib", "sample", "--ckpt", "run", "--n", "2", "--sample-steps", "2", "--out", "grid.png",
            "--device", "cpu", **run)
     assert (work / "run" / "checkpoint.pt").is_file() and (work / "run" / "config.json").is_file()
     assert (work / "grid.png").is_file()

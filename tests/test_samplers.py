@@ -95,7 +95,7 @@ def test_ddim_matches_diffusers_ddim_scheduler(eta):
     for t in ddim_timesteps(1000, 28):
         out = fake_model(x, torch.full((SHAPE[0],), t))
         x = ref.step(out, t, x, eta=eta, use_clipped_model_output=True, generator=g).prev_sample
-    ours = ddim_sample(fake(NoiseSchedule(betas)), SHAPE, steps=28, eta=eta, generator=gen(2))
+    ours = ddim_sample(fake(NoiseSchedule(betas)), SHAPE, sample_steps=28, eta=eta, generator=gen(2))
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
@@ -166,7 +166,7 @@ def test_one_step_samplers_return_the_posterior_mean_of_x0():
         kw = dict(x_T=x_T, clip_denoised=False)
         denoiser = ideal(schedule)
         outs = [dpm_solver_sample(denoiser, x_T.shape, 1, **kw), ddim_sample(denoiser, x_T.shape, 1, **kw)]
-        if schedule.steps == 1:
+        if schedule.num_timesteps == 1:
             outs.append(ddpm_sample(denoiser, x_T.shape, generator=gen(6), **kw))
         for out in outs:
             torch.testing.assert_close(out, exact, rtol=1e-6, atol=1e-6)
@@ -235,7 +235,7 @@ def test_model_calls_equal_steps(name, steps):
 
 def test_registry():
     assert set(SAMPLERS) == {"ddpm", "ddim", "dpm-solver"}
-    assert [SAMPLERS[k].default_steps for k in ("ddpm", "ddim", "dpm-solver")] == [None, 50, 20]
+    assert [SAMPLERS[k].default_sample_steps for k in ("ddpm", "ddim", "dpm-solver")] == [None, 50, 20]
     assert SAMPLERS["ddim"].fn is ddim_sample and SAMPLERS["dpm-solver"].fn is dpm_solver_sample
     with pytest.raises(TypeError):
         SAMPLERS["euler"] = SAMPLERS["ddim"]
@@ -257,11 +257,11 @@ def test_ddpm_reproduces_gaussian_data(variance, prediction):
 @pytest.mark.parametrize("prediction", PREDICTIONS)
 def test_ddim_reproduces_gaussian_data(prediction):
     schedule = NoiseSchedule.linear()
-    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, steps=50, generator=gen(5))
+    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, sample_steps=50, generator=gen(5))
     # DDIM's first-order steps shrink the spread even with a perfect model: sd 0.226 at 50 steps
     # (measured, 20,000 samples); the mean is unbiased.
     check_moments(x, 0.0, 0.03)
-    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, steps=500, generator=gen(5))
+    x = ddim_sample(ideal(schedule, prediction), GAUSS_SHAPE, sample_steps=500, generator=gen(5))
     check_moments(x, 0.0, 0.005)
 
 
@@ -282,8 +282,8 @@ def test_every_sampler_with_an_x0_or_v_model_equals_it_with_the_eps_model(predic
 def test_dpm_solver_beats_ddim_at_10_steps(prediction):
     schedule = NoiseSchedule.linear()
     denoiser = ideal(schedule, prediction)
-    dpm = dpm_solver_sample(denoiser, GAUSS_SHAPE, steps=10, generator=gen(6))
-    ddim = ddim_sample(denoiser, GAUSS_SHAPE, steps=10, generator=gen(6))
+    dpm = dpm_solver_sample(denoiser, GAUSS_SHAPE, sample_steps=10, generator=gen(6))
+    ddim = ddim_sample(denoiser, GAUSS_SHAPE, sample_steps=10, generator=gen(6))
     check_moments(dpm, 0.0, 0.01)                                      # measured sd 0.257
     assert abs(dpm.std().item() - S) < abs(ddim.std().item() - S) / 4   # DDIM: sd 0.138
     assert abs(dpm.mean().item() - MU) <= abs(ddim.mean().item() - MU) + 0.002
@@ -311,8 +311,8 @@ def test_deterministic_samplers_converge_to_probability_flow_solution():
 
 RUNS = {
     "ddpm": lambda **kw: ddpm_sample(fake(NoiseSchedule.linear(20)), SHAPE, **kw),
-    "ddim": lambda **kw: ddim_sample(fake(NoiseSchedule.linear(20)), SHAPE, steps=7, eta=0.5, **kw),
-    "dpm": lambda **kw: dpm_solver_sample(fake(NoiseSchedule.linear(20)), SHAPE, steps=7, **kw),
+    "ddim": lambda **kw: ddim_sample(fake(NoiseSchedule.linear(20)), SHAPE, sample_steps=7, eta=0.5, **kw),
+    "dpm": lambda **kw: dpm_solver_sample(fake(NoiseSchedule.linear(20)), SHAPE, sample_steps=7, **kw),
 }
 
 
@@ -378,20 +378,21 @@ class TinyNet(nn.Module):
 def test_generate_images_matches_the_sampler_and_batches_deterministically():
     net, schedule = TinyNet().eval(), NoiseSchedule.linear(10)
     denoiser = Denoiser(net, schedule)
-    images = generate_images(denoiser, 5, sampler="ddim", steps=3, batch_size=8, seed=7)
-    x0 = ddim_sample(denoiser, (5, 3, 8, 8), steps=3, generator=gen(7))
+    images = generate_images(denoiser, 5, sampler="ddim", sample_steps=3, batch_size=8, seed=7)
+    x0 = ddim_sample(denoiser, (5, 3, 8, 8), sample_steps=3, generator=gen(7))
     assert images.dtype == torch.uint8 and images.shape == (5, 3, 8, 8) and images.device.type == "cpu"
     assert torch.equal(images, to_uint8(x0))
-    batched = generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7)
-    assert torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2, seed=7))
-    assert not torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", steps=3, batch_size=2))
+    batched = generate_images(denoiser, 5, sampler="dpm-solver", sample_steps=3, batch_size=2, seed=7)
+    assert torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", sample_steps=3, batch_size=2,
+                                                seed=7))
+    assert not torch.equal(batched, generate_images(denoiser, 5, sampler="dpm-solver", sample_steps=3, batch_size=2))
     net.calls.clear()
     generate_images(denoiser, 5, sampler="ddpm", batch_size=2)
     assert [rows for rows, _ in net.calls] == [2] * 10 + [2] * 10 + [1] * 10   # three batches of all T steps
 
 
 def test_generate_images_takes_its_channels_from_the_config():
-    images = generate_images(Denoiser(TinyNet(channels=1).eval(), NoiseSchedule.linear(10)), 3, steps=2)
+    images = generate_images(Denoiser(TinyNet(channels=1).eval(), NoiseSchedule.linear(10)), 3, sample_steps=2)
     assert images.shape == (3, 1, 8, 8)  # a grayscale network draws grayscale images
 
 
@@ -399,16 +400,16 @@ def test_generate_images_takes_its_channels_from_the_config():
 def test_generate_images_default_steps_come_from_the_registry(name):
     net, schedule = TinyNet(), NoiseSchedule.linear(60)
     generate_images(Denoiser(net, schedule), 1, sampler=name)
-    assert len(net.calls) == (SAMPLERS[name].default_steps or schedule.steps)
+    assert len(net.calls) == (SAMPLERS[name].default_sample_steps or schedule.num_timesteps)
     net.calls.clear()
     generate_images(Denoiser(net, NoiseSchedule.linear(10)), 1, sampler=name)     # a default above T: all T steps
-    assert len(net.calls) == min(SAMPLERS[name].default_steps or 10, 10)
+    assert len(net.calls) == min(SAMPLERS[name].default_sample_steps or 10, 10)
 
 
 @pytest.mark.parametrize("training", [True, False])
 def test_generate_images_leaves_the_model_mode_as_it_was(training):
     net = TinyNet().train(training)
-    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, steps=2)
+    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, sample_steps=2)
     assert net.training is training
 
     def broken(*args):
@@ -416,14 +417,14 @@ def test_generate_images_leaves_the_model_mode_as_it_was(training):
 
     net.forward = broken
     with pytest.raises(RuntimeError, match="out of memory"):
-        generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, steps=2)
+        generate_images(Denoiser(net, NoiseSchedule.linear(10)), 2, sample_steps=2)
     assert net.training is training
 
 
 def test_generate_images_passes_labels_per_batch_with_guidance():
     net = TinyNet(num_classes=3)
     y = torch.tensor([0, 1, 2, 0, 1])
-    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 5, steps=2, batch_size=3, y=y, guidance_scale=2.0)
+    generate_images(Denoiser(net, NoiseSchedule.linear(10)), 5, sample_steps=2, batch_size=3, y=y, guidance_scale=2.0)
     assert net.calls == [(6, [0, 1, 2, -1, -1, -1])] * 2 + [(4, [0, 1, -1, -1])] * 2
 
 
@@ -432,17 +433,17 @@ def test_generate_images_with_labels_samples_the_guided_model_batch_by_batch(sca
     """y and guidance_scale enter sampling as guided(denoiser, y[batch], s): the same images by hand."""
     denoiser = Denoiser(TinyNet(num_classes=3).eval(), NoiseSchedule.linear(10))
     y = [0, 1, 2, 0, 1]                                                 # a list is taken too
-    images = generate_images(denoiser, 5, steps=3, batch_size=3, seed=7, y=y, guidance_scale=scale)
+    images = generate_images(denoiser, 5, sample_steps=3, batch_size=3, seed=7, y=y, guidance_scale=scale)
     g = gen(7)                                                          # one generator through all batches
-    x0 = torch.cat([ddim_sample(guided(denoiser, torch.tensor(y[a:b]), scale), (b - a, 3, 8, 8), steps=3,
+    x0 = torch.cat([ddim_sample(guided(denoiser, torch.tensor(y[a:b]), scale), (b - a, 3, 8, 8), sample_steps=3,
                                 generator=g) for a, b in ((0, 3), (3, 5))])
     assert torch.equal(images, to_uint8(x0))
 
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(sampler="euler"), "sampler must be one of"),
-    (dict(sampler="ddpm", steps=5), "runs all T=10 steps"),
-    (dict(steps=11), r"steps must be an integer in \[1, T=10\]"),
+    (dict(sampler="ddpm", sample_steps=5), "runs all T=10 timesteps"),
+    (dict(sample_steps=11), r"sample_steps must be an integer in \[1, T=10\]"),
     (dict(n=0), "n must be a positive int"),
     (dict(batch_size=0), "batch_size must be a positive int"),
     (dict(guidance_scale=3.0), "needs class labels y"),
@@ -465,7 +466,7 @@ def test_generate_images_takes_a_denoiser_of_a_network_with_a_unet_config():
     net = TinyNet()
     for not_a_unet_denoiser in (net, Denoiser(fake_model, NoiseSchedule.linear(10))):
         with pytest.raises(ValueError, match="denoiser: expected a Denoiser of a network with a UNetConfig"):
-            generate_images(not_a_unet_denoiser, 2, steps=2)
+            generate_images(not_a_unet_denoiser, 2, sample_steps=2)
     assert net.calls == []
 
 
@@ -516,13 +517,13 @@ def test_ddpm_rejects_a_t_start_outside_the_schedule(t_start):
 @pytest.mark.parametrize("call, match", [
     (lambda s: ddpm_sample(fake(s), SHAPE, variance="fixed"), "variance must be .*'beta'.*'posterior'"),
     (lambda s: ddpm_sample(fake(s), (2, 3, 4)), "shape must be 4-D"),
-    (lambda s: ddim_sample(fake(s), (2, 3, 4, 0), steps=5), "shape must be 4-D"),
-    (lambda s: ddim_sample(fake(s), SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: ddim_sample(fake(s), SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: ddim_sample(fake(s), (2, 3, 4, 0), sample_steps=5), "shape must be 4-D"),
+    (lambda s: ddim_sample(fake(s), SHAPE, sample_steps=0), r"sample_steps must be an integer in \[1, T=20\]"),
+    (lambda s: ddim_sample(fake(s), SHAPE, sample_steps=21), r"sample_steps must be an integer in \[1, T=20\]"),
     (lambda s: ddim_sample(fake(s), SHAPE, eta=-0.1), "eta must be >= 0"),
-    (lambda s: dpm_solver_sample(fake(s), SHAPE, steps=0), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: dpm_solver_sample(fake(s), SHAPE, steps=21), r"steps must be an integer in \[1, T=20\]"),
-    (lambda s: dpm_solver_timesteps(s, 21), r"steps must be an integer in \[1, T=20\]"),
+    (lambda s: dpm_solver_sample(fake(s), SHAPE, sample_steps=0), r"sample_steps must be an integer in \[1, T=20\]"),
+    (lambda s: dpm_solver_sample(fake(s), SHAPE, sample_steps=21), r"sample_steps must be an integer in \[1, T=20\]"),
+    (lambda s: dpm_solver_timesteps(s, 21), r"sample_steps must be an integer in \[1, T=20\]"),
     (lambda s: dpm_solver_sample(fake(s), SHAPE, x_T=torch.zeros(1, 3, 4, 4)), "x_T must have shape"),
     (lambda s: ddpm_sample(fake(s), SHAPE, t_start=5), "t_start=5 needs x_T"),
 ])

@@ -57,9 +57,9 @@ def test_q_sample_matches_iterated_one_step_chain(schedule):
     """Eq. 4 in closed form against x_t = sqrt(1 - beta_t) x_{t-1} + sqrt(beta_t) z iterated t times."""
     n, g = 20_000, gen(2)
     x0 = torch.tensor([-1.0, 0.3, 1.0], dtype=torch.float64).expand(n, 3)
-    checks = {0, schedule.steps // 10, schedule.steps // 2, schedule.steps - 1}
+    checks = {0, schedule.num_timesteps // 10, schedule.num_timesteps // 2, schedule.num_timesteps - 1}
     x = x0.clone()
-    for t in range(schedule.steps):
+    for t in range(schedule.num_timesteps):
         beta = schedule.betas[t].double()
         x = (1 - beta).sqrt() * x + beta.sqrt() * torch.randn(x.shape, generator=g, dtype=torch.float64)
         if t not in checks:
@@ -157,21 +157,21 @@ def test_dtypes_are_kept(dtype):
 
 def test_coefficients_stored_float32_and_state_dict_round_trip(tmp_path):
     schedule = NoiseSchedule.linear(300, 2e-4, 0.03)
-    assert schedule.steps == 300 and schedule.device == torch.device("cpu")
+    assert schedule.num_timesteps == 300 and schedule.device == torch.device("cpu")
     assert all(getattr(schedule, n).dtype == torch.float32 for n in ("betas", "alphas_cumprod", "posterior_variance"))
     torch.save(schedule.state_dict(), tmp_path / "s.pt")
     state = torch.load(tmp_path / "s.pt", weights_only=True)
     assert state["betas"].dtype == torch.float64
     again = NoiseSchedule.from_state_dict(state)
     assert torch.equal(again.posterior_mean_coef1, schedule.posterior_mean_coef1)
-    assert again.kind == "linear" and dict(again.params) == {"steps": 300, "beta_min": 2e-4, "beta_max": 0.03}
+    assert again.kind == "linear" and dict(again.params) == {"num_timesteps": 300, "beta_min": 2e-4, "beta_max": 0.03}
     moved = schedule.to("cpu")
     assert moved is not schedule and torch.equal(moved.alphas_cumprod, schedule.alphas_cumprod)
 
 
 def test_a_schedule_records_how_its_betas_were_made():
     cosine = NoiseSchedule.cosine(50, s=0.01)
-    assert cosine.kind == "cosine" and dict(cosine.params) == {"steps": 50, "s": 0.01}
+    assert cosine.kind == "cosine" and dict(cosine.params) == {"num_timesteps": 50, "s": 0.01}
     assert torch.equal(cosine.betas, cosine_betas(50, 0.01).float())
     custom = NoiseSchedule(torch.linspace(0.3, 1e-3, 40, dtype=torch.float64))
     assert custom.kind == "custom" and dict(custom.params) == {}
@@ -188,7 +188,7 @@ def test_a_schedule_records_how_its_betas_were_made():
 @pytest.mark.parametrize("T", [1000, 100, 21])
 def test_paper_schedule_scales_its_betas_for_a_shorter_T(T):
     schedule = NoiseSchedule.paper(T)
-    assert schedule.kind == "linear" and schedule.steps == T
+    assert schedule.kind == "linear" and schedule.num_timesteps == T
     assert schedule.params["beta_min"] == pytest.approx(1e-4 * 1000 / T)
     assert schedule.params["beta_max"] == pytest.approx(0.02 * 1000 / T)
     assert schedule.alphas_cumprod[-1] < 1e-4  # the forward chain still ends near N(0, I)
@@ -237,9 +237,9 @@ def test_every_coefficient_for_any_T(T, kind):
 # ---- bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: linear_betas(0), "steps"),
-    (lambda: linear_betas(2.5), "steps"),
-    (lambda: cosine_betas(-1), "steps"),
+    (lambda: linear_betas(0), "num_timesteps"),
+    (lambda: linear_betas(2.5), "num_timesteps"),
+    (lambda: cosine_betas(-1), "num_timesteps"),
     (lambda: linear_betas(10, 0.02, 0.0001), "beta_min must be < beta_max"),
     (lambda: linear_betas(10, 0.01, 0.01), "beta_min must be < beta_max"),
     (lambda: linear_betas(10, 0.0, 0.5), r"\(0, 1\)"),
@@ -251,6 +251,10 @@ def test_every_coefficient_for_any_T(T, kind):
     (lambda: NoiseSchedule(torch.full((2, 3), 0.1)), "1-D"),
     (lambda: NoiseSchedule([]), "1-D"),
     (lambda: NoiseSchedule.from_state_dict({}), "betas"),
+    # a stored schedule whose parameters are not its kind's (a version-5 "steps" for T) is refused by name
+    (lambda: NoiseSchedule.from_state_dict({"betas": [0.1, 0.2], "kind": "cosine", "params": {"steps": 2, "s": 0.008}}),
+     r"params of a cosine schedule must be \('num_timesteps', 's'\), got \('steps', 's'\)"),
+    (lambda: NoiseSchedule([0.1], "custom", {"num_timesteps": 1}), r"params of a custom schedule must be \(\)"),
     (lambda: NoiseSchedule.linear(10).q_sample(torch.zeros(2, 3), torch.tensor([0.5, 1.0]), torch.zeros(2, 3)),
      "integer timesteps"),
     (lambda: NoiseSchedule.linear(10).q_sample(torch.zeros(2, 3), 0, torch.zeros(2, 4)), "noise must have"),

@@ -18,7 +18,7 @@ from ddpm_lib.unet import UNet
 @pytest.fixture
 def run(tmp_path, one_thread):
     """A two-step class-conditional run on MICRO with cifar10-cond's objective (x0, min-SNR-5): its trainer."""
-    config = TrainConfig(steps=2, batch_size=2, warmup_steps=0, out_dir=str(tmp_path / "run"), sample_every=0,
+    config = TrainConfig(train_steps=2, batch_size=2, warmup_steps=0, out_dir=str(tmp_path / "run"), sample_every=0,
                          progress=False, recipe="cifar10-cond")
     torch.manual_seed(0)
     trainer = Trainer(UNet(dataclasses.replace(MICRO, num_classes=3)), NoiseSchedule.cosine(10), config, X0_MIN_SNR,

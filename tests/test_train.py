@@ -32,13 +32,14 @@ from ddpm_lib.train_config import TrainConfig
 from ddpm_lib.unet import UNet, UNetConfig, unet_from_preset
 
 
-def make_trainer(out_dir, steps, dropout=0.1, num_classes=None, device="cpu", prediction="eps", weighting="uniform",
+def make_trainer(out_dir, train_steps, dropout=0.1, num_classes=None, device="cpu", prediction="eps",
+                 weighting="uniform",
                  snr_gamma=5.0, **kw):
     """A MICRO trainer on T = 100 linear betas; prediction, weighting and snr_gamma make its Objective, the rest
     are TrainConfig fields."""
     torch.manual_seed(0)
     kw = {"warmup_steps": 3, "log_every": 2, "sample_every": 0, "checkpoint_every": 0, **kw}
-    config = TrainConfig(batch_size=8, steps=steps, out_dir=None if out_dir is None else str(out_dir),
+    config = TrainConfig(batch_size=8, train_steps=train_steps, out_dir=None if out_dir is None else str(out_dir),
                          progress=False, **kw)
     model = UNet(replace(MICRO, dropout=dropout, num_classes=num_classes))
     return Trainer(model, NoiseSchedule.linear(100), config, Objective(prediction, weighting, snr_gamma),
@@ -66,7 +67,7 @@ def assert_same_state(a, b):
 
 
 def test_config_validates_fields():
-    for field, bad in [("lr", 0.0), ("batch_size", 0), ("steps", -1), ("grad_clip", -1.0), ("log_every", 0),
+    for field, bad in [("lr", 0.0), ("batch_size", 0), ("train_steps", -1), ("grad_clip", -1.0), ("log_every", 0),
                        ("warmup_steps", -5), ("sample_steps", 0), ("ema_decay", 1.0), ("cond_drop_prob", 1.0),
                        ("cond_drop_prob", -0.1)]:
         with pytest.raises(ValueError, match=field):
@@ -101,13 +102,13 @@ def test_resume_is_bit_exact_on_cpu(tmp_path, images, labelled, num_classes, pre
     data = (images, None) if num_classes is None else labelled
     run = dict(num_classes=num_classes, cond_drop_prob=0.3, prediction=prediction, weighting=weighting,
                snr_gamma=2.5)
-    straight = make_trainer(tmp_path / "a", steps=6, **run).fit(*data)
-    first = make_trainer(tmp_path / "b", steps=3, **run).fit(*data)
+    straight = make_trainer(tmp_path / "a", train_steps=6, **run).fit(*data)
+    first = make_trainer(tmp_path / "b", train_steps=3, **run).fit(*data)
     objective = Objective(prediction, weighting, 2.5)
     assert "rng" not in read_checkpoint(tmp_path / "b") and read_checkpoint(tmp_path / "b")["objective"] == {
         "prediction": prediction, "weighting": weighting, "snr_gamma": 2.5}
     torch.manual_seed(123)  # the global RNG outside the trainer must not matter
-    resumed = Trainer.load(tmp_path / "b", device="cpu", steps=6).fit(*data)
+    resumed = Trainer.load(tmp_path / "b", device="cpu", train_steps=6).fit(*data)
     assert resumed.objective == objective and resumed.denoiser.objective == objective  # restored, not the default
     assert resumed.step == straight.step == 6
     assert_same_state(straight, resumed)
@@ -125,7 +126,7 @@ def test_the_step_loss_is_diffusion_loss_of_the_models_target_and_weighting(labe
     """The Trainer's first loss equals diffusion_loss of the trainer's objective (prediction and weighting) with
     the step's own t and eps (drawn from (seed, step)), also for a class-conditional model (labels bound)."""
     images, labels = labelled
-    trainer = make_trainer(None, steps=1, dropout=0.0, num_classes=num_classes, prediction=prediction,
+    trainer = make_trainer(None, train_steps=1, dropout=0.0, num_classes=num_classes, prediction=prediction,
                            weighting=weighting, snr_gamma=2.0, flip=False, cond_drop_prob=0.0)
     model = copy.deepcopy(trainer.model)
     batches = trainer._batches(images, None if num_classes is None else labels)
@@ -152,7 +153,7 @@ def test_grad_accum_equals_one_big_batch(images, labelled, num_classes):
     the same loss, the same clipped gradient and, after 3 steps, the same weights, to floating-point tolerance;
     label drops and noise are the big batch's rows."""
     data = (images, None) if num_classes is None else labelled
-    run = dict(dropout=0.0, num_classes=num_classes, cond_drop_prob=0.5, steps=3)
+    run = dict(dropout=0.0, num_classes=num_classes, cond_drop_prob=0.5, train_steps=3)
     big, accum = make_trainer(None, **run), make_trainer(None, grad_accum=4, **run)
     batches = big._batches(*data)
     x0, y = batches.batch(0), batches.batch_labels(0)
@@ -169,9 +170,9 @@ def test_grad_accum_equals_one_big_batch(images, labelled, num_classes):
 
 
 def test_grad_accum_resumes_bit_exact_and_is_checked(tmp_path, images):
-    straight = make_trainer(tmp_path / "a", steps=4, grad_accum=2).fit(images)
-    make_trainer(tmp_path / "b", steps=2, grad_accum=2).fit(images)
-    resumed = Trainer.load(tmp_path / "b", device="cpu", steps=4).fit(images)
+    straight = make_trainer(tmp_path / "a", train_steps=4, grad_accum=2).fit(images)
+    make_trainer(tmp_path / "b", train_steps=2, grad_accum=2).fit(images)
+    resumed = Trainer.load(tmp_path / "b", device="cpu", train_steps=4).fit(images)
     assert resumed.config.grad_accum == 2
     assert_same_state(straight, resumed)
     with pytest.raises(ValueError, match="TrainConfig.grad_accum must be > 0"):
@@ -183,7 +184,7 @@ def test_grad_accum_resumes_bit_exact_and_is_checked(tmp_path, images):
 def test_precision_picks_the_autocast_dtype_and_refuses_bf16_without_it(monkeypatch):
     assert precision_dtype("fp32", "cpu") is None and precision_dtype("auto", "cpu") is autocast_dtype("cpu")
     assert precision_dtype("bf16", "cpu") is torch.bfloat16 and precision_dtype("fp16", "cpu") is torch.float16
-    assert make_trainer(None, steps=1, precision="bf16").amp_dtype is torch.bfloat16
+    assert make_trainer(None, train_steps=1, precision="bf16").amp_dtype is torch.bfloat16
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Tesla T4")
     assert precision_dtype("auto", "cuda") is torch.float16
@@ -198,12 +199,13 @@ def test_precision_picks_the_autocast_dtype_and_refuses_bf16_without_it(monkeypa
 def test_keep_last_and_milestones_keep_numbered_checkpoints(tmp_path, images):
     """checkpoint.pt is the latest; checkpoint-<step>.pt the last keep_last and every milestone, each the run at
     that step (a milestone off the checkpoint_every grid is saved too); resuming from a kept one works."""
-    trainer = make_trainer(tmp_path, steps=7, checkpoint_every=2, keep_last=2, milestones=(3, 4))
+    trainer = make_trainer(tmp_path, train_steps=7, checkpoint_every=2, keep_last=2, milestones=(3, 4))
     trainer.fit(images)
     kept = {p.name: read_checkpoint(p)["step"] for p in tmp_path.glob("checkpoint*.pt")}
     assert kept == {"checkpoint.pt": 7, "checkpoint-0000006.pt": 6, "checkpoint-0000007.pt": 7,
                     "checkpoint-0000003.pt": 3, "checkpoint-0000004.pt": 4}
-    again = Trainer.load(tmp_path / "checkpoint-0000004.pt", device="cpu", steps=7, out_dir=str(tmp_path / "again"))
+    again = Trainer.load(tmp_path / "checkpoint-0000004.pt", device="cpu", train_steps=7,
+                         out_dir=str(tmp_path / "again"))
     assert_same_state(trainer, again.fit(images))  # the kept step-4 state continues to the same run
     with pytest.raises(ValueError, match="TrainConfig.keep_last must be None or an int >= 1, got 0"):
         TrainConfig(keep_last=0)
@@ -212,7 +214,7 @@ def test_keep_last_and_milestones_keep_numbered_checkpoints(tmp_path, images):
 
 
 def test_fit_leaves_the_callers_rng_alone(images):
-    trainer = make_trainer(None, steps=2)
+    trainer = make_trainer(None, train_steps=2)
     torch.manual_seed(7)
     before = torch.get_rng_state()
     trainer.fit(images)
@@ -222,7 +224,7 @@ def test_fit_leaves_the_callers_rng_alone(images):
 def test_dropout_is_reseeded_from_seed_step_and_rank(images):
     """The global RNG the dropout layers draw from is seeded from mix_seed("dropout", seed, step, rank) at
     every step: nothing to store for resuming, and different masks at every step."""
-    trainer = make_trainer(None, steps=2, seed=5)
+    trainer = make_trainer(None, train_steps=2, seed=5)
     states = []
     trainer.model.register_forward_pre_hook(lambda module, args: states.append(torch.get_rng_state()))
     trainer.fit(images)
@@ -234,16 +236,16 @@ def test_dropout_is_reseeded_from_seed_step_and_rank(images):
 
 def test_fit_takes_device_batches(images, labelled):
     """A DeviceBatches built once (kept on the device between fit calls) trains exactly like the images."""
-    a = make_trainer(None, steps=2).fit(images)
-    b = make_trainer(None, steps=2).fit(DeviceBatches(images, 8, device="cpu", seed=0))
+    a = make_trainer(None, train_steps=2).fit(images)
+    b = make_trainer(None, train_steps=2).fit(DeviceBatches(images, 8, device="cpu", seed=0))
     assert_same_state(a, b)
     with pytest.raises(ValueError, match="pass them to DeviceBatches"):
-        make_trainer(None, steps=1, num_classes=3).fit(DeviceBatches(labelled[0], 8), labelled[1])
+        make_trainer(None, train_steps=1, num_classes=3).fit(DeviceBatches(labelled[0], 8), labelled[1])
 
 
 def test_lr_warmup_and_clip_follow_the_recipe(images):
     """One update: lr = lr * 1/warmup; the global grad norm is clipped to grad_clip."""
-    trainer = make_trainer(None, steps=1, grad_clip=1e-3, dropout=0.0)
+    trainer = make_trainer(None, train_steps=1, grad_clip=1e-3, dropout=0.0)
     trainer.fit(images)
     assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(2e-4 / 3)
     # Adam's first step moves every weight by ~lr whatever the gradient scale, so check the clip directly:
@@ -255,10 +257,10 @@ def test_lr_warmup_and_clip_follow_the_recipe(images):
 def test_ema_follows_the_hand_computed_recurrence(images, warmup):
     """ema_{n+1} = d_n ema_n + (1 - d_n) w_{n+1}, d_n = min(decay, (1 + n) / (10 + n)) with warm-up (n = 0, 1,
     ... the updates done before), d_n = decay without. decay 0.2 is reached at n = 2 (0.25 > 0.2)."""
-    trainer = make_trainer(None, steps=4, ema_decay=0.2, ema_warmup=warmup, dropout=0.0)
+    trainer = make_trainer(None, train_steps=4, ema_decay=0.2, ema_warmup=warmup, dropout=0.0)
     ema = [p.detach().clone() for p in trainer.model.parameters()]  # the EMA starts as the initial weights
     for n in range(4):
-        trainer.fit(images, steps=n + 1)
+        trainer.fit(images, train_steps=n + 1)
         d = min(0.2, (1 + n) / (10 + n)) if warmup else 0.2
         ema = [d * e + (1 - d) * w.detach() for e, w in zip(ema, trainer.model.parameters())]
         for e, expected in zip(trainer.ema.parameters(), ema):
@@ -285,7 +287,7 @@ def test_ema_warmup_tracks_the_weights_early(one_thread):
     gaps = {}
     for warmup in (True, False):
         torch.manual_seed(0)
-        config = TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, steps=500, ema_warmup=warmup,
+        config = TrainConfig(lr=1e-2, warmup_steps=0, batch_size=8, train_steps=500, ema_warmup=warmup,
                              log_every=500, out_dir=None, progress=False)
         trainer = Trainer(Toy(), NoiseSchedule.linear(100), config, device="cpu")
         w0 = torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
@@ -326,7 +328,7 @@ def test_autocast_dtype_is_fp32_off_cuda():
 def test_fp16_with_grad_scaler_trains(images):
     """The fp16 path (pre-Ampere cards) end to end on the CPU: autocast in float16, loss scaled by the
     GradScaler, gradients unscaled before the clip, finite losses, weights updated."""
-    trainer = make_trainer(None, steps=3, log_every=1, dropout=0.0, precision="fp16")
+    trainer = make_trainer(None, train_steps=3, log_every=1, dropout=0.0, precision="fp16")
     assert trainer.amp_dtype is torch.float16 and trainer.scaler.is_enabled()
     ratios = []
     real_scale = trainer.scaler.scale
@@ -343,14 +345,14 @@ def test_fp16_with_grad_scaler_trains(images):
     assert len(ratios) == 3 and all(r >= 2 ** 8 and math.log2(r).is_integer() for r in ratios), ratios
     assert trainer.scaler.get_scale() <= 65536.0
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
-    assert make_trainer(None, steps=1, precision="fp32").amp_dtype is None
+    assert make_trainer(None, train_steps=1, precision="fp32").amp_dtype is None
 
 
 def test_resume_on_another_card_says_the_precision_changed(tmp_path, images, monkeypatch):
     """A checkpoint records its autocast dtype; resuming in another one says so in one line, and the fp16
     GradScaler's scale travels with the checkpoint."""
     monkeypatch.setattr(ddpm_lib.runtime, "autocast_dtype", lambda device: torch.float16)
-    make_trainer(tmp_path, steps=2).fit(images)
+    make_trainer(tmp_path, train_steps=2).fit(images)
     assert read_checkpoint(tmp_path)["amp_dtype"] == "float16"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -371,9 +373,9 @@ def test_mixed_precision_steps_on_a_gpu(images, precision):
     later, fp16 + GradScaler before), and bf16 where the card has it (refused in one line where not)."""
     if precision == "bf16" and torch.cuda.get_device_capability() < (8, 0):
         with pytest.raises(ValueError, match="has no bfloat16"):
-            make_trainer(None, steps=4, device="cuda", precision="bf16")
+            make_trainer(None, train_steps=4, device="cuda", precision="bf16")
         return
-    trainer = make_trainer(None, steps=4, log_every=1, device="cuda", precision=precision)
+    trainer = make_trainer(None, train_steps=4, log_every=1, device="cuda", precision=precision)
     expected = {"fp16": torch.float16, "bf16": torch.bfloat16, "auto": autocast_dtype("cuda")}[precision]
     assert trainer.amp_dtype is expected and trainer.scaler.is_enabled() == (expected is torch.float16)
     trainer.fit(images)
@@ -387,7 +389,7 @@ def test_mixed_precision_steps_on_a_gpu(images, precision):
 def test_class_conditional_training_drops_labels(labelled):
     """y = the batch's labels, a fraction cond_drop_prob of them replaced by -1 (no label)."""
     images, labels = labelled
-    trainer = make_trainer(None, steps=4, num_classes=3, cond_drop_prob=0.5)
+    trainer = make_trainer(None, train_steps=4, num_classes=3, cond_drop_prob=0.5)
     seen = []
     trainer.model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["y"].clone()),
                                             with_kwargs=True)
@@ -403,8 +405,8 @@ def test_class_conditional_training_drops_labels(labelled):
 
 def test_labels_must_fit_the_model(images, labelled):
     with pytest.raises(ValueError, match="unconditional"):
-        make_trainer(None, steps=1).fit(*labelled)
-    conditional = make_trainer(None, steps=1, num_classes=3)
+        make_trainer(None, train_steps=1).fit(*labelled)
+    conditional = make_trainer(None, train_steps=1, num_classes=3)
     with pytest.raises(ValueError, match="class-conditional"):
         conditional.fit(images)
     with pytest.raises(ValueError, match=r"labels \(UNetConfig.num_classes=3\): expected labels in \[0, 3\); "
@@ -417,7 +419,7 @@ def test_conditional_sample_grids_use_balanced_labels(tmp_path, labelled, monkey
     monkeypatch.setattr(ddpm_lib.train, "ddim_sample",
                         lambda denoiser, *args, **kwargs: calls.append(denoiser) or ddim_sample(denoiser, *args,
                                                                                                 **kwargs))
-    trainer = make_trainer(tmp_path, steps=1, num_classes=3, sample_every=1, sample_n=5, sample_steps=2,
+    trainer = make_trainer(tmp_path, train_steps=1, num_classes=3, sample_every=1, sample_n=5, sample_steps=2,
                            prediction="v")
     trainer.fit(*labelled)
     grid = calls[0]  # guided(the EMA's denoiser, y): the conditional model
@@ -432,7 +434,7 @@ def test_the_trainers_denoiser_is_the_ema_with_the_runs_schedule_and_objective(t
     monkeypatch.setattr(ddpm_lib.train, "ddim_sample",
                         lambda denoiser, *args, **kwargs: calls.append(denoiser) or ddim_sample(denoiser, *args,
                                                                                                 **kwargs))
-    trainer = make_trainer(tmp_path, steps=1, sample_every=1, sample_n=4, sample_steps=2, prediction="x0",
+    trainer = make_trainer(tmp_path, train_steps=1, sample_every=1, sample_n=4, sample_steps=2, prediction="x0",
                            weighting="min-snr", snr_gamma=3.0)
     denoiser = trainer.denoiser
     assert isinstance(denoiser, Denoiser) and denoiser.net is trainer.ema and denoiser.schedule is trainer.schedule
@@ -445,10 +447,10 @@ def test_the_trainers_denoiser_is_the_ema_with_the_runs_schedule_and_objective(t
 def test_the_objective_is_in_the_checkpoint_and_in_config_json(tmp_path, images):
     """The run's objective as Objective.to_dict() in the checkpoint (its own entry; not in the UNetConfig or the
     TrainConfig) and in config.json's "objective" section, beside the network, schedule, training and data."""
-    trainer = make_trainer(tmp_path, steps=1, prediction="v", weighting="min-snr", snr_gamma=2.0)
+    trainer = make_trainer(tmp_path, train_steps=1, prediction="v", weighting="min-snr", snr_gamma=2.0)
     trainer.fit(images)
     ckpt = read_checkpoint(tmp_path)
-    assert ckpt["version"] == 5 and ckpt["objective"] == {"prediction": "v", "weighting": "min-snr", "snr_gamma": 2.0}
+    assert ckpt["version"] == 6 and ckpt["objective"] == {"prediction": "v", "weighting": "min-snr", "snr_gamma": 2.0}
     assert "prediction" not in ckpt["unet_config"]
     assert not {"loss_weighting", "snr_gamma", "prediction"} & set(ckpt["train_config"])
     config = json.loads((tmp_path / CONFIG_NAME).read_text())
@@ -460,7 +462,7 @@ def test_the_objective_is_in_the_checkpoint_and_in_config_json(tmp_path, images)
 
 
 def test_data_info_travels_with_the_checkpoint(tmp_path, images):
-    trainer = make_trainer(tmp_path, steps=1)
+    trainer = make_trainer(tmp_path, train_steps=1)
     info = DataInfo("shapes", 40, 16, "train", seed=1, class_names=SHAPE_KINDS)
     trainer.data_info = info
     trainer.fit(images)
@@ -478,21 +480,21 @@ def test_fit_removes_stale_temp_files_of_a_killed_write(tmp_path, images):
     stale.write_bytes(b"half a checkpoint")
     other = tmp_path / ".notes.txt.tmp1"  # not ours: stays
     other.write_text("keep")
-    make_trainer(tmp_path, steps=1).fit(images)
+    make_trainer(tmp_path, train_steps=1).fit(images)
     assert not stale.exists() and other.exists()
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, images):
-    trainer = make_trainer(tmp_path, steps=2).fit(images)
+    trainer = make_trainer(tmp_path, train_steps=2).fit(images)
     with torch.no_grad():
         next(trainer.model.parameters()).fill_(float("nan"))
     with pytest.raises(FloatingPointError, match="non-finite loss .* at step 3"):
-        trainer.fit(images, steps=4)
+        trainer.fit(images, train_steps=4)
     assert read_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2
 
 
 def test_sample_grids_and_checkpoints_on_schedule(tmp_path, images):
-    make_trainer(tmp_path, steps=4, sample_every=2, sample_n=4, sample_steps=2, checkpoint_every=3).fit(images)
+    make_trainer(tmp_path, train_steps=4, sample_every=2, sample_n=4, sample_steps=2, checkpoint_every=3).fit(images)
     grids = sorted(p.name for p in (tmp_path / "samples").iterdir())
     assert grids == ["step_0000002.png", "step_0000004.png"]
     assert Image.open(tmp_path / "samples" / grids[0]).size == (2 * 16 + 3 * 2,) * 2  # 2x2 grid, padding 2
@@ -512,7 +514,7 @@ def test_tiny_preset_learns_shapes(tmp_path):
     separate samples from noise this early: L1 distance 1.24 vs 1.28 with 3 bins per channel.)"""
     size = 16
     torch.manual_seed(0)
-    config = TrainConfig(lr=2e-3, warmup_steps=20, batch_size=32, steps=200, ema_decay=0.95, log_every=25,
+    config = TrainConfig(lr=2e-3, warmup_steps=20, batch_size=32, train_steps=200, ema_decay=0.95, log_every=25,
                          sample_every=0, checkpoint_every=0, out_dir=str(tmp_path), progress=False)
     trainer = Trainer(unet_from_preset("tiny", image_size=size), None, config, device="cpu")
     trainer.fit(make_shapes(512, size=size, seed=0)[0])
@@ -523,7 +525,7 @@ def test_tiny_preset_learns_shapes(tmp_path):
     denoiser = load_model(tmp_path, device="cpu")
     assert denoiser.objective == Objective()  # the trainer's default: the paper's
     gen = torch.Generator().manual_seed(1)
-    samples = ddim_sample(denoiser, (64, 3, size, size), steps=20, generator=gen)
+    samples = ddim_sample(denoiser, (64, 3, size, size), sample_steps=20, generator=gen)
     noise = torch.randn(64, 3, size, size, generator=gen).clamp(-1, 1)
     real = neighbour_difference(make_shapes(512, size=size, seed=99)[0].float() / 127.5 - 1)
     d_samples, d_noise = abs(neighbour_difference(samples) - real), abs(neighbour_difference(noise) - real)

@@ -28,7 +28,7 @@ def images():
 
 
 def test_event_files_hold_every_steps_scalars_and_the_sample_grids(tmp_path, images):
-    trainer = make_trainer(tmp_path, steps=4, logger="tensorboard", log_every=2, sample_every=2, sample_n=4,
+    trainer = make_trainer(tmp_path, train_steps=4, logger="tensorboard", log_every=2, sample_every=2, sample_n=4,
                            sample_steps=2, warmup_steps=3, grad_clip=0.5)
     trainer.fit(images)
     events = read_events(tmp_path)
@@ -51,7 +51,7 @@ def test_event_files_hold_every_steps_scalars_and_the_sample_grids(tmp_path, ima
 
 def test_the_loss_by_quarter_of_t_is_the_mean_loss_of_those_t(images):
     """One step's statistics: the per-quarter sums and counts add up to the step's loss over its batch."""
-    trainer = make_trainer(None, steps=1, dropout=0.0)
+    trainer = make_trainer(None, train_steps=1, dropout=0.0)
     loss = trainer.train_step(trainer._batches(images, None).batch(0))
     norm, sums, counts = trainer._stats[0], trainer._stats[1:1 + QUARTERS], trainer._stats[1 + QUARTERS:]
     assert counts.sum() == 8 and torch.isclose(sums.sum() / 8, loss, rtol=1e-6)
@@ -62,13 +62,13 @@ def test_the_loss_by_quarter_of_t_is_the_mean_loss_of_those_t(images):
 def test_resume_drops_the_events_written_after_the_checkpoint(tmp_path, images):
     """A run killed after step 4 whose last checkpoint is step 2: resumed, TensorBoard shows every step once,
     the resumed run's values from step 3 on (purge_step), as loss.jsonl does."""
-    make_trainer(tmp_path, steps=2, logger="tensorboard", log_every=1).fit(images)
+    make_trainer(tmp_path, train_steps=2, logger="tensorboard", log_every=1).fit(images)
     shutil.copy(tmp_path / "checkpoint.pt", tmp_path / "step2.pt")
     from ddpm_lib.train import Trainer
 
-    Trainer.load(tmp_path, device="cpu", steps=4).fit(images)  # writes events for steps 3 and 4
+    Trainer.load(tmp_path, device="cpu", train_steps=4).fit(images)  # writes events for steps 3 and 4
     shutil.copy(tmp_path / "step2.pt", tmp_path / "checkpoint.pt")  # ... but its checkpoint is lost
-    resumed = Trainer.load(tmp_path, device="cpu", steps=4).fit(images)
+    resumed = Trainer.load(tmp_path, device="cpu", train_steps=4).fit(images)
     loss = read_events(tmp_path).Scalars("loss")
     assert [e.step for e in loss] == [1, 2, 3, 4]
     assert [e.value for e in loss][2:] == pytest.approx([v for _, v in resumed.history], rel=1e-6)
@@ -78,7 +78,7 @@ def test_resume_drops_the_events_written_after_the_checkpoint(tmp_path, images):
 
 def test_an_unknown_logger_or_a_missing_tensorboard_is_one_line(monkeypatch):
     with pytest.raises(ValueError, match="TrainConfig.logger must be one of"):
-        TrainConfig(logger="wandb")
+        TrainConfig(logger="mlflow")
     monkeypatch.setitem(__import__("sys").modules, "tensorboard", None)  # as if not installed
     with pytest.raises(ImportError, match=r"pip install 'ddpm_lib\[tensorboard\]'"):
         check_logger("tensorboard")

@@ -82,7 +82,7 @@ def test_noising_explorer_shows_render_noising_for_its_controls(images, schedule
     c = box.controls
     first_int_slider = next(w for w in widgets_in(box) if type(w).__name__ == "IntSlider")
     assert first_int_slider is c["t"]
-    assert c["schedule"].value == "linear" and c["steps"].value == 100
+    assert c["schedule"].value == "linear" and c["num_timesteps"].value == 100
     assert (c["t"].min, c["t"].max) == (1, 100)                                # the paper's t = index + 1
     c["t"].value = 7
     assert box.image.value == render_noising(images, schedule, 6)
@@ -92,14 +92,14 @@ def test_noising_explorer_shows_render_noising_for_its_controls(images, schedule
     assert box.image.value == render_noising(images, NoiseSchedule.cosine(100), 6, index=2)
     assert c["beta_max"].disabled
     c["schedule"].value = "linear"
-    c["steps"].value = 50
+    c["num_timesteps"].value = 50
     c["t"].value = 50
     c["beta_max"].value = 0.03
-    assert box.current_schedule().steps == 50
+    assert box.current_schedule().num_timesteps == 50
     expected = NoiseSchedule.linear(50, c["beta_min"].value, 0.03)
     assert box.image.value == render_noising(images, expected, 49, index=2)
     before = box.image.value
-    c["steps"].value = 20                                                     # t is clamped to the new T
+    c["num_timesteps"].value = 20                                                     # t is clamped to the new T
     assert c["t"].value == 20 and c["t"].max == 20
     assert box.image.value == render_noising(images, NoiseSchedule.linear(20, c["beta_min"].value, 0.03), 19, 2)
     assert differ(before, box.image.value)
@@ -113,7 +113,7 @@ def test_noising_explorer_recognises_a_cosine_schedule(images):
 def test_noising_explorer_offers_a_custom_schedule_as_it_is(images):
     custom = NoiseSchedule(torch.linspace(0.3, 1e-3, 40, dtype=torch.float64))  # no linear or cosine formula
     box = noising_explorer(images, custom)
-    assert box.controls["schedule"].value == "custom" and box.controls["steps"].disabled
+    assert box.controls["schedule"].value == "custom" and box.controls["num_timesteps"].disabled
     assert box.image.value == render_noising(images, custom, 19, index=0)
     box.controls["schedule"].value = "linear"
     assert box.current_schedule().kind == "linear" and not box.controls["beta_min"].disabled

@@ -49,7 +49,7 @@ def forward_sample(images, schedule: NoiseSchedule, t: int, index: int, seed: in
     """(x0, x_t) for images[index], each (1, C, H, W) on the CPU; eps ~ N(0, I) from a generator seeded with `seed`."""
     x = as_images(images, "images")
     index = _check_index(index, len(x), "index")
-    t = _check_index(t, schedule.steps, "t")
+    t = _check_index(t, schedule.num_timesteps, "t")
     x0 = x[index : index + 1]                                                 # (1, C, H, W)
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
     x_t = schedule.q_sample(x0.to(schedule.device), torch.tensor([t]), eps.to(schedule.device))  # Eq. 4
@@ -77,7 +77,7 @@ def render_noising(images, schedule: NoiseSchedule, t: int, index: int = 0, seed
     ax2.plot(grid, np.exp(-grid**2 / 2) / np.sqrt(2 * np.pi), color="black", label="N(0, 1)")
     ax2.set_title("pixels of x_t")
     ax2.legend(loc="upper right", fontsize=8)
-    ax3.plot(np.arange(1, schedule.steps + 1), alpha_bar, color="tab:orange")
+    ax3.plot(np.arange(1, schedule.num_timesteps + 1), alpha_bar, color="tab:orange")
     ax3.plot([t + 1], [alpha_bar[t]], "o", color="tab:red")
     ax3.set_title(f"alpha_bar_t = {alpha_bar[t]:.4f}")
     ax3.set_xlabel("t")
@@ -130,10 +130,10 @@ def render_attention(image, weights, query, head: int) -> bytes:
 
 # ----------------------------------------------------------------------------- sampling trajectory
 
-def _trajectory_step(trajectory: dict, step: int, max_steps: int):
+def _trajectory_step(trajectory: dict, step: int, max_sample_steps: int):
     """Sampler step shown for `step` of the longest trajectory: the same fraction of the way to x0."""
     S = len(trajectory["t"])
-    s = round(step * S / max_steps) if max_steps else 0
+    s = round(step * S / max_sample_steps) if max_sample_steps else 0
     x0_pred = trajectory["x0_pred"][s] if s < S else trajectory["x_t"][S]   # after the last step: the sample
     return s, trajectory["x_t"][s], x0_pred, (trajectory["t"][s] if s < S else None)
 
@@ -145,13 +145,13 @@ def render_trajectory(trajectories: dict, step: int, index: int = 0) -> bytes:
     "x0_pred" (S, B, C, H, W)})."""
     if not isinstance(trajectories, dict) or not trajectories:
         raise ValueError("trajectories must be a non-empty dict label -> sampler trajectory")
-    max_steps = max(len(tr["t"]) for tr in trajectories.values())
-    step = _check_index(step, max_steps + 1, "step")
+    max_sample_steps = max(len(tr["t"]) for tr in trajectories.values())
+    step = _check_index(step, max_sample_steps + 1, "step")
     fig = Figure(figsize=(4.4, 2.2 * len(trajectories)))
     axes = fig.subplots(len(trajectories), 2, squeeze=False)
     for row, (label, tr) in zip(axes, trajectories.items()):
         index = _check_index(index, tr["x_t"].shape[1], "index")
-        s, x_t, x0_pred, t = _trajectory_step(tr, step, max_steps)
+        s, x_t, x0_pred, t = _trajectory_step(tr, step, max_sample_steps)
         row[0].imshow(_hwc(x_t[index]), cmap="gray", vmin=0, vmax=1)
         row[0].set_title(f"{label}: x_t, t={t}" if t is not None else f"{label}: x0", fontsize=9)
         row[1].imshow(_hwc(x0_pred[index]), cmap="gray", vmin=0, vmax=1)
@@ -190,11 +190,11 @@ def render_training(losses, grid=None, loss_name: str = "loss", progress: str | 
         spec = fig.add_gridspec(2, 2, width_ratios=[1.4, 1], height_ratios=[4, 1 if reference is not None else 0.01])
         ax = fig.add_subplot(spec[:, 0])
     if len(losses):
-        steps = np.arange(1, len(losses) + 1)
+        at = np.arange(1, len(losses) + 1)
         window = max(1, len(losses) // 50)
         smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-        ax.plot(steps, losses, color="tab:blue", alpha=0.3, label=loss_name)
-        ax.plot(steps[window - 1:], smooth, color="tab:blue", label=f"mean of {window}")
+        ax.plot(at, losses, color="tab:blue", alpha=0.3, label=loss_name)
+        ax.plot(at[window - 1:], smooth, color="tab:blue", label=f"mean of {window}")
         ax.set_yscale("log")
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{loss_name} {smooth[-1]:.4f} at step {len(losses):,}", fontsize=9)

@@ -57,21 +57,21 @@ def show_widget(widget) -> None:
 # ----------------------------------------------------------------------------- noising explorer
 
 def noising_explorer(images, schedule: NoiseSchedule):
-    """t slider (the first IntSlider: the paper's t, 1..T), image index, and the schedule (linear / cosine, steps,
+    """t slider (the first IntSlider: the paper's t, 1..T), image index, and the schedule (linear / cosine, T,
     beta_min, beta_max) rebuilt whenever one of those changes; the picture is `render_noising` at index t - 1
     (fixed eps: only t moves it). A custom schedule (betas given directly) is offered as it is, with no sliders."""
     import ipywidgets as widgets
 
     images = as_images(images, "images")
     schedule = schedule.to("cpu")
-    T, kind = schedule.steps, schedule.kind
+    T, kind = schedule.num_timesteps, schedule.kind
     b = schedule.betas
     controls = {
         "t": _slider("IntSlider", value=T // 2, min=1, max=T, description="t"),
         "index": _slider("IntSlider", value=0, min=0, max=len(images) - 1, description="image"),
         "schedule": widgets.Dropdown(options=["linear", "cosine"] + (["custom"] if kind == "custom" else []),
                                      value=kind, description="schedule"),
-        "steps": _slider("IntSlider", value=T, min=10, max=max(2000, T), step=10, description="steps T"),
+        "num_timesteps": _slider("IntSlider", value=T, min=10, max=max(2000, T), step=10, description="T"),
         "beta_min": _slider("FloatSlider", value=float(f"{b[0]:.3g}"), min=1e-5, max=1e-3, step=1e-5,
                             readout_format=".5f", description="beta_min"),
         "beta_max": _slider("FloatSlider", value=float(f"{b[-1]:.3g}"), min=2e-3, max=0.05, step=1e-3,
@@ -83,24 +83,24 @@ def noising_explorer(images, schedule: NoiseSchedule):
         return render_noising(images, state["schedule"], t - 1, index)
 
     box = _wire(render, {"t": controls["t"], "index": controls["index"]},
-                [[controls["t"], controls["index"]], [controls["schedule"], controls["steps"]],
+                [[controls["t"], controls["index"]], [controls["schedule"], controls["num_timesteps"]],
                  [controls["beta_min"], controls["beta_max"]]])
 
     def rebuild(_change=None):
         c = {k: w.value for k, w in controls.items()}
-        build = {"linear": lambda: NoiseSchedule.linear(c["steps"], c["beta_min"], c["beta_max"]),
-                 "cosine": lambda: NoiseSchedule.cosine(c["steps"]), "custom": lambda: schedule}
+        build = {"linear": lambda: NoiseSchedule.linear(c["num_timesteps"], c["beta_min"], c["beta_max"]),
+                 "cosine": lambda: NoiseSchedule.cosine(c["num_timesteps"]), "custom": lambda: schedule}
         state["schedule"] = build[c["schedule"]]()
         controls["beta_min"].disabled = controls["beta_max"].disabled = c["schedule"] != "linear"
-        controls["steps"].disabled = c["schedule"] == "custom"
+        controls["num_timesteps"].disabled = c["schedule"] == "custom"
         t_before = controls["t"].value
-        controls["t"].max = c["steps"]  # when T shrinks this first clamps t, which re-renders
+        controls["t"].max = c["num_timesteps"]  # when T shrinks this first clamps t, which re-renders
         if controls["t"].value == t_before:
             box.refresh()
 
     controls["beta_min"].disabled = controls["beta_max"].disabled = kind != "linear"
-    controls["steps"].disabled = kind == "custom"
-    for name in ("schedule", "steps", "beta_min", "beta_max"):
+    controls["num_timesteps"].disabled = kind == "custom"
+    for name in ("schedule", "num_timesteps", "beta_min", "beta_max"):
         controls[name].observe(rebuild, names="value")
     box.controls = controls
     box.current_schedule = lambda: state["schedule"]
@@ -138,10 +138,10 @@ def attention_viewer(block, x, image=None):
 
 def trajectory_scrubber(trajectories: dict):
     """Step slider (0 = pure noise x_T ... S = the sample) and sample index -> `render_trajectory`."""
-    max_steps = max(len(tr["t"]) for tr in trajectories.values())
+    max_sample_steps = max(len(tr["t"]) for tr in trajectories.values())
     batch = min(tr["x_t"].shape[1] for tr in trajectories.values())
     controls = {
-        "step": _slider("IntSlider", value=0, min=0, max=max_steps, description="step"),
+        "step": _slider("IntSlider", value=0, min=0, max=max_sample_steps, description="step"),
         "index": _slider("IntSlider", value=0, min=0, max=batch - 1, description="sample"),
     }
     return _wire(lambda step, index: render_trajectory(trajectories, step, index), controls, [list(controls.values())])
@@ -155,7 +155,7 @@ class TrainingMonitor:
     IPython display id and redrawn in place by `update`. What a saved notebook keeps is the last picture drawn,
     so the run's final state stays without a widget kernel, however the cell ended (done, stopped, interrupted).
 
-    monitor = TrainingMonitor(start_step=trainer.step, total=steps, loss_name=..., reference=images[:8])
+    monitor = TrainingMonitor(start_step=trainer.step, total=train_steps, loss_name=..., reference=images[:8])
     monitor.update(losses, grid, step=trainer.step, seconds=seconds_trained_so_far)
     """
 
