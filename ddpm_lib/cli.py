@@ -177,7 +177,7 @@ def _fid(args) -> None:
 def _nll(args) -> None:
     from .checkpoint import load_model, resolve_checkpoint
     from .data import load_dataset
-    from .likelihood import variational_bound
+    from .likelihood import bound_summary, variational_bound
     from .utils import default_device, to_model_range
 
     ckpt_path = resolve_checkpoint(args.ckpt)
@@ -194,9 +194,7 @@ def _nll(args) -> None:
     result = variational_bound(denoiser, to_model_range(data.images).to(device), variance=args.variance,
                                n_t=args.n_t, y=y, generator=torch.Generator().manual_seed(args.seed),
                                batch_size=args.batch_size)
-    n = len(data.images)
-    summary = {name: {"mean": result[name].mean().item(), "sem": result[name].std().item() / math.sqrt(n)
-                      if n > 1 else None} for name in ("total", "prior", "kl", "decoder")}
+    n, summary = len(data.images), bound_summary(result)
     what = data.info.name if Path(args.data).is_dir() else f"{data.info.name} test split"
     terms = "all T - 1" if result["n_t"] == T - 1 else f"{result['n_t']} strata of the T - 1 (an estimate)"
     out = {"bits_per_dim": summary, "n": n, "data": what, "kl_terms": terms, "T": T, "variance": args.variance,

@@ -6,22 +6,16 @@ a run saves in its checkpoint and `reload_dataset` loads again on resume.
 Images rest as uint8 (N, 3, H, W); `DeviceBatches` keeps them on the training device and turns each
 batch into floats in [-1, 1] there (random horizontal flip included), so no DataLoader workers are needed.
 """
-import hashlib
-import os
-import warnings
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 from .cifar10 import CIFAR10_CLASSES, load_cifar10
+from .folders import class_labels, classes_in_turn, common_size, decode_cached, image_files
 from .shapes import SHAPE_KINDS, make_shapes
 from .utils import check_int, check_labels, mix_seed, to_model_range
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
-
 
 # ----------------------------------------------------------------------------- what the images are
 
@@ -86,96 +80,30 @@ class ImageSet(NamedTuple):
 
 # ----------------------------------------------------------------------------- image folders
 
-def _decode(file, size):
-    """PIL decode -> RGB, centre crop to a square, resize to size x size -> uint8 (3, size, size)."""
-    from PIL import Image  # only image folders need it
-
-    try:
-        with Image.open(file) as im:
-            im = im.convert("RGB")
-    except Exception as e:
-        raise ValueError(f"could not read image {file} ({type(e).__name__}: {e})") from e
-    w, h = im.size
-    side = min(w, h)
-    left, top = (w - side) // 2, (h - side) // 2
-    im = im.crop((left, top, left + side, top + side))
-    if side != size:
-        im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
-
-
-def _class_labels(folder, files):
-    """(labels int64 (N,), class names) from the first-level sub-folder of each file, the names sorted as
-    torchvision's ImageFolder sorts them; (None, None) when an image lies directly in `folder` (no classes)."""
-    if any(len(f.relative_to(folder).parts) == 1 for f in files):
-        return None, None
-    classes = [f.relative_to(folder).parts[0] for f in files]
-    names = tuple(sorted(set(classes)))
-    empty = sorted(d.name for d in folder.iterdir()
-                   if d.is_dir() and not d.name.startswith(".") and d.name not in names)
-    if empty:  # as torchvision's ImageFolder refuses it: a class the data would silently lack
-        which = f"folder {empty[0]} holds" if len(empty) == 1 else f"folders {', '.join(empty)} hold"
-        raise ValueError(f"{folder}: class {which} no images ({', '.join(IMAGE_EXTENSIONS)}); add their images or "
-                         f"move them out of the folder")
-    index = {name: i for i, name in enumerate(names)}
-    return torch.tensor([index[c] for c in classes], dtype=torch.int64), names
-
-
-def _classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
-    """The order that takes one image of each class in turn (the i-th of every class, then the (i+1)-th), so that
-    the first n images of a class-sorted folder hold every class about equally, as the first n of CIFAR-10 do."""
-    rank = torch.empty_like(labels)  # each image's position within its class
-    for k in labels.unique():
-        rank[labels == k] = torch.arange(int((labels == k).sum()))
-    return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
-
-
-def _decode_cached(folder, files, size):
-    """uint8 (N, 3, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches."""
-    listing = "\n".join(f"{f.relative_to(folder)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files)
-    key = hashlib.sha256(f"{size}\n{listing}".encode()).hexdigest()
-    cache = folder / f".ddpm_cache_{size}.pt"
-    if cache.is_file():
-        try:
-            cached = torch.load(cache, weights_only=True)
-            if cached.get("key") == key:
-                return cached["images"]
-        except Exception:
-            pass  # unreadable cache: decode again and overwrite it
-    images = torch.stack([_decode(f, size) for f in files])
-    try:
-        tmp = cache.with_name(cache.name + ".tmp")
-        torch.save({"key": key, "images": images}, tmp)
-        os.replace(tmp, cache)
-    except OSError as e:
-        warnings.warn(f"could not write the image cache {cache} ({e}); images will be decoded again next time",
-                      stacklevel=2)
-    return images
-
-
-def load_image_folder(path, size=32) -> ImageSet:
+def load_image_folder(path, size: int | None = 32) -> ImageSet:
     """All images under `path`, uint8 (N, 3, size, size), labelled when they sit in class sub-folders.
 
-    Classes: an image's label is the index of its first-level sub-folder in the sorted class names; with any
-    image directly in `path` the folder has none (labels and info.class_names None). Order: files sorted by
-    path, and in class sub-folders the classes taken in turn (the first image of each, then the second, ...).
-    Non-square images are centre-cropped to a square, then resized (bicubic). info.name is the folder's
-    absolute path. The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes and
-    modification times, so later calls skip decoding until the folder changes (the labels and the order
-    follow from the same sorted file names, so the key covers them too).
+    size: the side to resize to (non-square images are centre-cropped to a square first, then resized bicubic);
+    None: the images' own side, which all of them must share, square (else a ValueError that names the sizes
+    found and asks for a size). Every file's header is read before any is decoded: an unreadable one is named
+    in one line. Classes: an image's label is the index of its first-level sub-folder in the sorted class names;
+    with any image directly in `path` the folder has none (labels and info.class_names None). Order: files sorted
+    by path, and in class sub-folders the classes taken in turn (the first image of each, then the second, ...).
+    info.name is the folder's absolute path. The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by
+    file names, sizes and modification times, so later calls skip decoding until the folder changes.
     """
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of images)")
-    check_int(size, "size")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXTENSIONS and f.is_file()
-                   and not any(part.startswith(".") for part in f.relative_to(folder).parts))
-    if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {folder}")
-    labels, names = _class_labels(folder, files)
-    images = _decode_cached(folder, files, size)
+    if size is not None:
+        check_int(size, "size")
+    files = image_files(folder)
+    labels, names = class_labels(folder, files)
+    if size is None:
+        size = common_size(folder, files)
+    images = decode_cached(folder, files, size)
     if labels is not None:
-        order = _classes_in_turn(labels)
+        order = classes_in_turn(labels)
         images, labels = images[order], labels[order]
     return ImageSet(images, labels, DataInfo(str(folder.resolve()), len(images), size, None, class_names=names))
 

@@ -25,6 +25,8 @@ from .schedule import VARIANCES
 from .utils import check_int
 
 LOG2 = math.log(2.0)
+UNIFORM_BPD = 8.0  # log2(256): every 8-bit value equally likely, the bound's trivial reference
+PAPER_NLL = {"L (fixed isotropic sigma)": 3.70, "L_simple": 3.75}  # Ho et al. 2020, Table 1, CIFAR-10 test, <=
 
 
 def normal_kl(mean1, logvar1, mean2, logvar2) -> torch.Tensor:
@@ -135,3 +137,24 @@ def variational_bound(denoiser: Denoiser, x0: torch.Tensor, *, variance: str = "
     decoder = terms[:, 0]
     kl = (terms[:, 1:] * size[:K]).sum(1)                                              # each term x its stratum
     return {"prior": prior, "decoder": decoder, "kl": kl, "total": prior + decoder + kl, "n_t": K}
+
+
+def bound_summary(result: dict) -> dict:
+    """Each term of a `variational_bound` result ("total", "prior", "kl", "decoder") as its mean over the images
+    and the standard error of that mean (None for one image), in bits/dim."""
+    n = len(result["total"])
+    return {name: {"mean": result[name].mean().item(),
+                   "sem": result[name].std().item() / math.sqrt(n) if n > 1 else None}
+            for name in ("total", "prior", "kl", "decoder")}
+
+
+def gaussian_fit_bpd(train: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    """Bits/dim per image of x0 (N, C, H, W) in [-1, 1] under one Gaussian per dimension fitted to `train` (its mean
+    and standard deviation at each of the C H W positions), discretised to the 8-bit grid as the decoder is (Eq. 13):
+    the simplest density model, to place a bound between it and the uniform UNIFORM_BPD."""
+    if train.shape[1:] != x0.shape[1:] or len(train) < 2:
+        raise ValueError(f"train must hold at least 2 images shaped like x0's {tuple(x0.shape[1:])}, got "
+                         f"{tuple(train.shape)}")
+    mean = train.double().mean(0).expand(x0.shape)
+    log_scale = train.double().std(0).clamp_min(1e-3).log().expand(x0.shape)     # a constant pixel: no log 0
+    return -_mean_over_pixels(discretized_gaussian_log_likelihood(x0.double(), mean, log_scale)) / LOG2

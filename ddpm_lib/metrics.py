@@ -55,10 +55,10 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
-def share_with_interval(successes: int, n: int) -> str:
-    """'11% (5%-21%)': the share successes / n with its 95% Wilson interval."""
+def share_with_interval(successes: int, n: int, digits: int = 0) -> str:
+    """'11% (5%-21%)': the share successes / n with its 95% Wilson interval, in percent with `digits` decimals."""
     low, high = wilson_interval(successes, n)
-    return f"{successes / n:.0%} ({low:.0%}-{high:.0%})"
+    return f"{successes / n:.{digits}%} ({low:.{digits}%}-{high:.{digits}%})"
 
 
 def beyond_the_noise(counts, base_counts, n: int, names) -> list:

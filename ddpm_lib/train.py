@@ -9,10 +9,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-import json
 import math
-import time
-import warnings
 from contextlib import nullcontext
 from dataclasses import fields, replace
 from functools import partial
@@ -21,20 +18,20 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
-from tqdm.auto import tqdm
 
-from .checkpoint import (BEST_NAME, CHECKPOINT_NAME, load_weights, read_checkpoint, keep_numbered,
-                         remove_stale_temp_files, write_atomically, write_checkpoint)
+from .checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint, keep_numbered
 from .data import DataInfo, DeviceBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import ddim_sample
 from .objective import Denoiser, Objective, diffusion_loss
-from .record import CONFIG_NAME, RunRecord
+from .record import RunRecord
 from .schedule import NoiseSchedule
 from .train_config import TrainConfig
+from .train_checkpoints import checkpoint_due, restore_trainer, save_trainer, start_run_folder
 from .train_log import QUARTERS, TrainLog, check_logger, quarter_of
-from .runtime import enable_tf32, precision_dtype, precision_name, rank_and_world, seed_global_rng
+from .train_progress import Progress
+from .runtime import enable_tf32, precision_dtype, rank_and_world, seed_global_rng
 from .unet import UNet
 
 
@@ -84,7 +81,7 @@ class Trainer:
         if config.compile:
             self.net = torch.compile(self.net)
         self._noise_gen = torch.Generator(self.device)
-        self._stats = torch.zeros(0)  # the last step's [grad norm, loss sum and count per quarter of t] (train_log)
+        self._stats = torch.zeros(0)  # the last step's [grad norm, loss sum and count per quarter of t] (Progress)
         if config.out_dir is not None:
             check_logger(config.logger)  # tensorboard or wandb installed, before any step
 
@@ -166,49 +163,35 @@ class Trainer:
         batches = self._batches(images, labels)
         out = Path(cfg.out_dir) if cfg.out_dir is not None else None
         if out is not None and self.rank == 0:
-            remove_stale_temp_files(out / CHECKPOINT_NAME)  # left by a run killed mid-write
-            text = json.dumps(self.record.to_config(), indent=1) + "\n"
-            write_atomically(out / CONFIG_NAME, lambda f: f.write(text.encode()))  # train --config reads it
+            start_run_folder(out, self.record)
         log = TrainLog(out, self.step, cfg.logger) if out is not None and self.rank == 0 else None
-        bar = tqdm(total=train_steps, initial=self.step, unit="step", disable=not cfg.progress or self.rank != 0)
-        pending, stats, clock, since = [], [], time.perf_counter(), self.step
+        progress = Progress(self.step, train_steps, cfg.batch_size, self.world_size, log,
+                            cfg.progress and self.rank == 0, self.lr_at, self.ema_decay_at)
         accelerator = [self.device] if self.device.type in ("cuda", "mps") else []
         try:  # train_step reseeds the global RNG every step; the caller's comes back afterwards
             with torch.random.fork_rng(devices=accelerator, device_type=self.device.type):
                 while self.step < train_steps:
-                    pending.append(self.train_step(batches.batch(self.step), batches.batch_labels(self.step)))
-                    stats.append(self._stats)
-                    bar.update(1)
+                    loss = self.train_step(batches.batch(self.step), batches.batch_labels(self.step))
+                    progress.add(loss, self._stats)  # the statistics of the step just made
                     done = self.step == train_steps
-                    every = ((cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0)
-                             or self.step in cfg.milestones)
-                    save = out is not None and (done or every)
+                    save = out is not None and (done or checkpoint_due(cfg, self.step))
                     if done or save or self.step % cfg.log_every == 0:
-                        rate = (self.step - since) * cfg.batch_size / (time.perf_counter() - clock)
-                        mean = self._read_losses(pending, stats, log)
-                        if log is not None:
-                            log.rate(self.step, rate)
-                        bar.set_postfix(loss=f"{mean:.4f}", img_s=f"{rate:.3g}")
-                        pending, stats, clock, since = [], [], time.perf_counter(), self.step
+                        self.history.extend(progress.read(self.step))
                     if out is not None and log is not None and cfg.sample_every and self.step % cfg.sample_every == 0:
                         log.grid(self.step, self.save_samples(out / "samples" / f"step_{self.step:07d}.png"))
-                    best = False
                     if cfg.eval_every and self.step % cfg.eval_every == 0:
                         result = self.evaluate()
-                        clock += result["eval_s"]  # images/s counts training time only
-                        best = cfg.keep_best and result["best_step"] == self.step
+                        progress.pause(result["eval_s"])  # images/s counts training time only
                         if log is not None:
                             log.evaluation(result)
-                    if out is not None and best:
-                        self.save(out / BEST_NAME)
+                        if out is not None and cfg.keep_best and result["best_step"] == self.step:
+                            self.save(out / BEST_NAME)
                     if out is not None and save:  # save implies out; said again for the type checker
                         self.save(out / CHECKPOINT_NAME)
                         if self.rank == 0:  # numbered copies: the milestones and the last keep_last
                             keep_numbered(out / CHECKPOINT_NAME, self.step, cfg.keep_last, cfg.milestones)
         finally:
-            bar.close()
-            if log is not None:
-                log.close()
+            progress.close()
         return self
 
     def evaluate(self) -> dict:
@@ -262,28 +245,6 @@ class Trainer:
             check_labels(batches.labels, K, name=f"labels (UNetConfig.num_classes={K})", low=0)
         return batches
 
-    def _read_losses(self, pending: list[torch.Tensor], stats: list[torch.Tensor], log: TrainLog | None) -> float:
-        """Bring the losses and step statistics since the last read to the host (one sync); stop on a non-finite
-        loss; log both."""
-        read = torch.cat([torch.stack(pending).float()[:, None], torch.stack(stats)], 1)  # (steps, 1 + 1 + 2Q)
-        if self.world_size > 1:  # every rank sees the global mean, so every rank stops together
-            dist.all_reduce(read)
-            read[:, :2] /= self.world_size  # the loss and the gradient norm (the same on every rank) as means
-        first = self.step - len(pending) + 1
-        values = read[:, 0].tolist()
-        for i, value in enumerate(values):
-            if not math.isfinite(value):
-                raise FloatingPointError(f"non-finite loss ({value}) at step {first + i}; training stopped "
-                                         f"and the last good checkpoint was kept")
-        logged = list(zip(range(first, self.step + 1), values))  # (step, loss)
-        self.history.extend(logged)
-        if log is not None:
-            rows = read[:, 1:].tolist()
-            log.read_back(logged, [{"lr": self.lr_at(s - 1), "ema_decay": self.ema_decay_at(s - 1), "grad_norm": row[0],
-                                **{f"loss_by_t/q{q + 1}": row[1 + q] / row[1 + QUARTERS + q] if row[1 + QUARTERS + q]
-                                   else None for q in range(QUARTERS)}} for (s, _), row in zip(logged, rows)])
-        return sum(values) / len(values)
-
     @torch.no_grad()
     def save_samples(self, path, n: int | None = None) -> torch.Tensor:
         """DDIM samples of the EMA model (fixed x_T per seed; labels i % num_classes for a class-conditional
@@ -303,23 +264,12 @@ class Trainer:
 
     # -- checkpoints ------------------------------------------------------------------------------
     def save(self, path=None) -> Path:
-        """Write one checkpoint file atomically (ddpm_lib.checkpoint). Under DDP call on every rank."""
+        """Write one checkpoint file atomically (ddpm_lib.train_checkpoints says what it holds). Under DDP call on
+        every rank."""
         if path is None and self.config.out_dir is None:
             raise ValueError("path: expected a file to write, since TrainConfig.out_dir is None")
         path = Path(path) if path is not None else Path(str(self.config.out_dir)) / CHECKPOINT_NAME
-        record = self.record  # checks data_info
-        if not torch.stack([torch.isfinite(p).all() for p in self._params]).all():  # one sync
-            raise FloatingPointError(f"non-finite weights at step {self.step}; not saving a bad state")
-        if self.rank == 0:
-            write_checkpoint({
-                "step": self.step, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
-                **record.checkpoint_entries(),  # the schedule as its float64 betas: the one actually used
-                "amp_dtype": precision_name(self.amp_dtype),
-                "evaluation": {"best": self.best, "seconds": self.eval_seconds},
-            }, path)
-        if self.world_size > 1:  # the file is in place before any rank goes on (and may load it)
-            dist.barrier()
+        save_trainer(self, path)
         return path
 
     @classmethod
@@ -338,16 +288,5 @@ class Trainer:
         config = replace(record.training, **overrides)
         trainer = cls(UNet(record.network), record.schedule, config, record.objective,
                       device=device if device is not None else default_device())
-        load_weights(trainer.model, ckpt["model"], path)
-        load_weights(trainer.ema, ckpt["ema"], path)
-        trainer.optimizer.load_state_dict(ckpt["optimizer"])
-        if ckpt["scaler"]:  # empty when saved without fp16; a fresh scaler then starts at its initial scale
-            trainer.scaler.load_state_dict(ckpt["scaler"])
-        trainer.step, trainer.data_info = ckpt["step"], record.data
-        evaluation = ckpt.get("evaluation", {})  # written by every save; empty in a checkpoint made otherwise
-        trainer.best, trainer.eval_seconds = evaluation.get("best"), evaluation.get("seconds", 0.0)
-        saved, now = ckpt.get("amp_dtype", "float32"), precision_name(trainer.amp_dtype)
-        if saved != now and trainer.rank == 0:  # one line, also under DDP
-            warnings.warn(f"resuming {path}: precision changed from {saved} to {now} "
-                          f"(precision {config.precision} on {trainer.device})", stacklevel=2)
+        restore_trainer(trainer, ckpt, path, record)
         return trainer

@@ -191,6 +191,45 @@ def test_image_folder_errors(tmp_path):
         load_image_folder(tmp_path)
 
 
+def test_an_unreadable_file_is_named_before_any_image_is_decoded(tmp_path, monkeypatch):
+    from ddpm_lib import folders
+
+    for i in range(3):
+        save(tmp_path / f"{i}.png", np.zeros((8, 8, 3)))
+    (tmp_path / "x").mkdir()
+    for name in ("x/bad.png", "z.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    decoded = []
+    monkeypatch.setattr(folders, "decode", lambda f, size: decoded.append(f) or torch.zeros(3, size, size))
+    with pytest.raises(ValueError, match=r"cannot read x/bad.png and 1 more as an image \(UnidentifiedImageError") as e:
+        load_image_folder(tmp_path, size=8)
+    assert decoded == [] and str(e.value).count("\n") == 0 and not (tmp_path / ".ddpm_cache_8.pt").exists()
+    monkeypatch.undo()
+    save(tmp_path / "x" / "bad.png", np.random.default_rng(0).integers(0, 256, (64, 64, 3)))
+    (tmp_path / "z.jpg").unlink()
+    whole = (tmp_path / "x" / "bad.png").read_bytes()
+    (tmp_path / "x" / "bad.png").write_bytes(whole[:len(whole) // 2])  # its header reads, its pixels do not
+    with pytest.raises(ValueError, match="could not read image .*bad.png"):
+        load_image_folder(tmp_path, size=8)
+
+
+def test_without_a_size_a_folder_loads_at_its_own_size_and_mixed_sizes_are_refused(tmp_path):
+    for i in range(2):
+        save(tmp_path / f"{i}.png", np.full((16, 16, 3), 60 * i))
+    images, _, info = load_image_folder(tmp_path, size=None)
+    assert images.shape == (2, 3, 16, 16) and info.size == 16                     # no resampling
+    assert torch.equal(images[1], torch.full((3, 16, 16), 60, dtype=torch.uint8))
+    save(tmp_path / "wide.png", np.zeros((8, 12, 3)))
+    with pytest.raises(ValueError, match=r"different sizes \(16x16 \(2 files\), 12x8 \(1 files\)\); pass "
+                                         r"--image-size N"):
+        load_image_folder(tmp_path, size=None)
+    assert load_image_folder(tmp_path, size=8).images.shape == (3, 3, 8, 8)        # a size: all of them resized
+    for f in ("0.png", "1.png"):
+        (tmp_path / f).unlink()
+    with pytest.raises(ValueError, match=r"a non-square size \(12x8 \(1 files\)\)"):
+        load_image_folder(tmp_path, size=None)
+
+
 def class_folder(root):
     """cat/ (2 red images, one nested a level deeper), dog/ (1 green), bird/ (1 blue): labels by sorted class name."""
     colours = {"cat/a.png": [255, 0, 0], "cat/deeper/b.png": [255, 0, 0], "dog/a.png": [0, 255, 0],

@@ -7,8 +7,8 @@ import pytest
 import torch
 from scipy.stats import norm
 
-from ddpm_lib.likelihood import (approx_standard_normal_cdf, discretized_gaussian_log_likelihood, kl_strata,
-                                 normal_kl, prior_bpd, terms_bpd, variational_bound)
+from ddpm_lib.likelihood import (approx_standard_normal_cdf, discretized_gaussian_log_likelihood, gaussian_fit_bpd,
+                                 kl_strata, normal_kl, prior_bpd, terms_bpd, variational_bound)
 from ddpm_lib.objective import Denoiser, Objective
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.tolerance import assert_close
@@ -118,6 +118,35 @@ def test_discretized_log_likelihood_is_the_bin_mass_within_the_cdf_approximation
     assert np.all(np.abs(ours[ok] - np.log(mass[ok])) <= 3.6e-4 / mass[ok] * 1.01)
     no_log_scale = discretized_gaussian_log_likelihood(x, means, torch.zeros_like(log_scales)).numpy()  # wrong
     assert not np.all(np.abs(no_log_scale[ok] - np.log(mass[ok])) <= 3.6e-4 / mass[ok] * 1.01)
+
+
+def test_the_per_pixel_gaussian_fit_is_scipys_bin_masses_of_the_fitted_normals():
+    """Each dimension's mean and sample standard deviation (numpy, ddof=1) over the training images, each test value's
+    bin mass under that normal (scipy, edge bins with their tails), -mean log2 per image; within the tanh CDF's
+    error (3.6e-4 / mass per element). Fitting the variance as the scale, or the scale of all pixels at once, fails."""
+    g = torch.Generator().manual_seed(0)
+    centre = torch.rand(3, 4, 4, generator=g) * 1.6 - 0.8                  # each dimension its own mean
+    spread = 0.01 + 0.03 * torch.rand(3, 4, 4, generator=g)                  # and its own spread
+
+    def draw(n):
+        x = (centre + spread * torch.randn(n, 3, 4, 4, generator=g).clamp(-2.5, 2.5)).clamp(-1, 1)  # no far tails
+        return torch.round((x + 1) * 127.5) / 127.5 - 1                      # on the 8-bit grid
+    train, x0 = draw(400), draw(12)
+    tr, xs = train.double().numpy(), x0.double().numpy()
+    mean, scale = tr.mean(0), tr.std(0, ddof=1)
+
+    def bpd(scale):
+        upper = np.where(xs > 0.999, 1.0, norm.cdf((xs - mean + 1 / 255) / scale))
+        lower = np.where(xs < -0.999, 0.0, norm.cdf((xs - mean - 1 / 255) / scale))
+        mass = upper - lower
+        return -np.log(mass).reshape(len(xs), -1).mean(1) / math.log(2), mass
+    oracle, mass = bpd(scale)
+    bound = (3.6e-4 / mass).reshape(len(xs), -1).mean(1) / math.log(2) * 1.01
+    ours = gaussian_fit_bpd(train, x0).numpy()
+    assert mass.min() > 1e-3 and np.all(np.abs(ours - oracle) <= bound)
+    with np.errstate(divide="ignore"):                                       # the variance leaves masses of 0
+        for wrong in (scale ** 2, np.full_like(scale, tr.std(ddof=1))):      # the variance; one scale for all
+            assert not np.all(np.abs(ours - bpd(wrong)[0]) <= bound)
 
 
 def test_the_prior_term_is_the_kl_of_q_x_T_to_the_standard_normal():

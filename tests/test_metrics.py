@@ -80,6 +80,7 @@ def test_wilson_interval_matches_scipy(k, n):
 
 def test_shares_with_intervals_and_what_lies_beyond_the_noise():
     assert metrics.share_with_interval(7, 64) == "11% (5%-21%)"
+    assert metrics.share_with_interval(7, 64, digits=1) == "10.9% (5.4%-20.9%)"  # scipy's Wilson: 0.0540-0.2090
     # 7/64 (5-21%) against 2/64 (1-11%) overlap; 0/64 (0-6%) against 10/64 (9-26%) do not
     assert metrics.beyond_the_noise((7, 0), (2, 10), 64, ("shape-like", "solid")) == ["solid"]
     assert metrics.beyond_the_noise((2, 10), (2, 10), 64, ("shape-like", "solid")) == []
