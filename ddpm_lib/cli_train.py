@@ -6,7 +6,7 @@ Parts before the whole: model / schedule / objective / data from the flags, the 
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import torch
@@ -17,7 +17,9 @@ from .objective import Objective
 from .schedule import PAPER_SCHEDULE, NoiseSchedule
 from .train_config import TrainConfig
 from .train_log import check_logger
-from .cli_train_flags import KNOBS, OBJECTIVE, RECIPE_FIELDS, RECORD_FLAGS, TRAIN_OVERRIDES, show
+from .cli_args import FieldError, show
+from .cli_train_flags import KEPT, NETWORK, OBJECTIVE, TRAINING
+from .folders import folder_size
 from .record import RunConfig, RunRecord, read_config, record_differences
 from .unet import PRESETS, UNetConfig
 
@@ -43,15 +45,14 @@ def _schedule(args, config: RunConfig | None = None) -> NoiseSchedule:
 def _network(args, base: UNetConfig | None = None):
     """The UNetConfig of --preset (else `base`, --config's network) with the knobs given; a bad combination names
     its flags."""
-    given = {name: getattr(args, name) for name in KNOBS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in NETWORK if getattr(args, name) is not None}
     start, origin = (PRESETS[args.preset], f"--preset {args.preset}") if args.preset else (base, "--config's network")
     if start is None:
         raise ValueError("--preset: a new run needs a network (--preset, --recipe, or a --config that has one)")
     try:
         return replace(start, **given)
-    except ValueError as e:
-        flags = [flag for name, flag in KNOBS.items() if name in given and name in str(e)]
-        flags = flags or [KNOBS[name] for name in given]
+    except ValueError as e:  # UNetConfig's message names the fields of a bad combination
+        flags = [NETWORK[name].name for name in given if name in str(e)] or [NETWORK[name].name for name in given]
         raise ValueError(f"{'/'.join(flags)}: {e} (with {origin})") from None
 
 
@@ -69,7 +70,7 @@ def _layer_config(args, config: RunConfig, explicit: set) -> dict:
     if config.network is not None:
         if "preset" not in explicit:
             args.preset = None  # the network is the config's (a recipe's preset does not replace it)
-        for name in KNOBS:
+        for name in NETWORK:
             if name in config.network and name not in explicit and args.preset is None:
                 setattr(args, name, config.network[name])
         args.class_cond = args.class_cond or config.network.get("num_classes") is not None
@@ -86,17 +87,17 @@ def _layer_config(args, config: RunConfig, explicit: set) -> dict:
     return extra
 
 
-def _flag_error(e: ValueError, values: dict) -> ValueError:
-    """TrainConfig's error (it checks every field), starting with the flag that set the bad field."""
-    field = next((name for name in values if f"TrainConfig.{name} " in str(e)), None)
-    return ValueError(f"--{field.replace('_', '-')}: {e}" if field else str(e))
+def _flagged(field: str, e: Exception) -> ValueError:
+    """`e` as one line, starting with the flag that sets TrainConfig's `field` (where one does)."""
+    return ValueError(f"{TRAINING[field].name}: {e}" if field in TRAINING else str(e))
 
 
 def _train_config(**values) -> TrainConfig:
+    """TrainConfig(**values) (it checks every field); a bad value's error names the flag of its field."""
     try:
         return TrainConfig(**values)
-    except ValueError as e:
-        raise _flag_error(e, values) from None
+    except FieldError as e:
+        raise _flagged(e.field, e) from None
 
 
 def _objective(args) -> Objective:
@@ -104,9 +105,9 @@ def _objective(args) -> Objective:
     given = {name: getattr(args, name) for name in OBJECTIVE if getattr(args, name) is not None}
     try:
         return Objective(**given)
-    except ValueError as e:
+    except ValueError as e:  # Objective's message starts with "Objective.<field> "
         field = next((name for name in given if f"Objective.{name} " in str(e)), None)
-        raise ValueError(f"{OBJECTIVE[field]}: {e}" if field else str(e)) from None
+        raise ValueError(f"{OBJECTIVE[field].name}: {e}" if field else str(e)) from None
 
 
 def _data_id(data: str) -> str:
@@ -121,14 +122,10 @@ def _asked(args, record: RunRecord) -> tuple[dict, set]:
     asked = record.to_config()
     if args.preset is not None:
         asked["network"].update({k: v for k, v in asdict(PRESETS[args.preset]).items() if k != "num_classes"})
-    values = {**{f"network.{name}": getattr(args, name) for name in KNOBS},
-              **{f"objective.{name}": getattr(args, name) for name in OBJECTIVE},
-              "schedule.kind": args.schedule, "schedule.num_timesteps": args.num_timesteps,
-              "schedule.beta_min": args.beta_min, "schedule.beta_max": args.beta_max, "training.seed": args.seed,
-              "training.batch_size": args.batch_size, "training.recipe": args.recipe}
-    if record.data is not None:
-        values.update({"data.name": args.data and _data_id(args.data), "data.n": args.n_images})
-    named = {key for key, value in values.items() if value is not None}
+    values = {key: getattr(args, name) for key, (name, _) in KEPT.items()}
+    values["data.name"] = args.data and _data_id(args.data)  # as DataInfo records it
+    named = {key for key, value in values.items()  # a run that recorded no data takes --data as its data
+             if value is not None and asked[key.split(".")[0]] is not None}
     for key in named:
         section, name = key.split(".")
         asked[section][name] = values[key]
@@ -144,7 +141,7 @@ def _resume_conflicts(args, record: RunRecord) -> list:
     for key, (theirs, ours) in record_differences(stored, asked).items():
         if key in named:
             kind = stored["schedule"]["kind"]
-            conflicts.append(f"{RECORD_FLAGS[key]} {show(ours)} (the run's: "
+            conflicts.append(f"{KEPT[key][1]} {show(ours)} (the run's: "
                              f"{show(theirs) if theirs is not None else f'none ({kind} schedule)'})")
         else:
             preset_fields.append(key.split(".")[1])
@@ -175,7 +172,7 @@ def _fit(args, device: torch.device) -> None:
     if args.recipe is not None and not resuming:  # the recipe's fields where no flag set them
         recipe = RECIPES[args.recipe]
         betas_given = args.beta_min is not None or args.beta_max is not None  # they ask for the linear schedule
-        for name in RECIPE_FIELDS:
+        for name in (f.name for f in fields(recipe) if f.name in vars(args)):  # named as the fields flags set
             if getattr(args, name) is None and not (name == "schedule" and betas_given):
                 setattr(args, name, getattr(recipe, name))
         for name in OBJECTIVE:
@@ -189,9 +186,9 @@ def _fit(args, device: torch.device) -> None:
         raise ValueError("--train-steps: expected the optimizer steps of the run in all (or --recipe, which sets them)")
     if checkpoint.exists() and not args.resume:
         raise ValueError(f"{checkpoint} exists: pass --resume to continue it, or choose another --out")
-    overrides = {"train_steps": args.train_steps, "out_dir": args.out, "progress": not args.no_progress,
-                 "compile": args.compile,
-                 **{name: getattr(args, name) for name in TRAIN_OVERRIDES if getattr(args, name) is not None}}
+    overrides = {"out_dir": args.out, "progress": not args.no_progress, "compile": args.compile,  # this run's
+                 **{name: getattr(args, name) for name, flag in TRAINING.items()
+                    if flag.resume and getattr(args, name) is not None}}
     recorded, ckpt = None, None  # the resumed run's DataInfo and checkpoint (read once)
     if resuming:
         ckpt = read_checkpoint(checkpoint)
@@ -204,7 +201,7 @@ def _fit(args, device: torch.device) -> None:
         if recorded is None and args.data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
         train_config = _train_config(**{**asdict(record.training), **overrides})  # checked before any data is read
-        seed, class_cond = record.training.seed, record.network.num_classes is not None
+        class_cond = record.network.num_classes is not None
         size = record.network.image_size
     else:
         network = config_file.network if config_file is not None else None
@@ -212,23 +209,25 @@ def _fit(args, device: torch.device) -> None:
             recorded = config_file.data  # --config's images, reloaded by their record
         if (args.preset is None and network is None) or (args.data is None and recorded is None):
             raise ValueError("--preset and --data are needed to start a new run (or a --config that has them)")
-        seed = args.seed if args.seed is not None else TrainConfig.seed
         base = UNetConfig(**network) if network is not None else None
+        if args.image_size is None and base is None and Path(args.data).is_dir():  # no flag, recipe or --config
+            args.image_size = folder_size(args.data)  # sets it: the folder's own size, all its images alike
         config, schedule, class_cond = _network(args, base), _schedule(args, config_file), args.class_cond
         objective = _objective(args)
-        given = {name: getattr(args, name) for name in ("batch_size", "recipe") if getattr(args, name) is not None}
-        train_config = _train_config(seed=seed, **extra, **given, **overrides)
+        given = {name: getattr(args, name) for name in (*TRAINING, "recipe") if getattr(args, name) is not None}
+        train_config = _train_config(**{**extra, **given, **overrides})
         size = config.image_size
+    seed = train_config.seed
     if "cond_drop_prob" in explicit and not class_cond:
         raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
     try:  # the precision on this device (bf16 needs Ampere or later), before any data is read
         precision_dtype(train_config.precision, device)
     except ValueError as e:
-        raise ValueError(f"--precision: {e}") from None
+        raise _flagged("precision", e) from None
     try:
         check_logger(train_config.logger)
     except ImportError as e:
-        raise ValueError(f"--logger: {e}") from None
+        raise _flagged("logger", e) from None
 
     extractor = None  # FID's Inception network, loaded before any data (offline without its weights: one line)
     if train_config.eval_every:
@@ -238,7 +237,7 @@ def _fit(args, device: torch.device) -> None:
             with rank_zero_first():  # one download
                 extractor = inception_extractor()
         except FileNotFoundError as e:
-            raise ValueError(f"--eval-every: {e}") from None
+            raise _flagged("eval_every", e) from None
 
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
         loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else
@@ -247,10 +246,7 @@ def _fit(args, device: torch.device) -> None:
         raise ValueError(f"--class-cond: {loaded.info.name} has no classes (an image folder needs its images in "
                          f"class sub-folders, none directly in it)")
     if ckpt is not None:
-        try:
-            trainer = Trainer.from_checkpoint(ckpt, checkpoint, device=device, **overrides)
-        except ValueError as e:
-            raise _flag_error(e, overrides) from None
+        trainer = Trainer.from_checkpoint(ckpt, checkpoint, device=device, **overrides)  # overrides checked above
         if trainer.rank == 0:
             print(f"resuming {checkpoint} at step {trainer.step} of {args.train_steps}", file=sys.stderr)
     else:

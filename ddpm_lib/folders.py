@@ -56,6 +56,12 @@ def common_size(folder: Path, files) -> int:
                      f"square and resize them all to N x N")
 
 
+def folder_size(path) -> int:
+    """The side that all images of the folder `path` share (headers only); a ValueError naming the sizes found."""
+    folder = Path(path).expanduser()
+    return common_size(folder, image_files(folder))
+
+
 def decode(file, size: int) -> torch.Tensor:
     """PIL decode -> RGB, centre crop to a square, resize to size x size -> uint8 (3, size, size)."""
     from PIL import Image

@@ -11,11 +11,12 @@ the trainer's sample grids, the evaluator and guidance call: (x_t, t) -> (x0, ep
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import torch
 
+from .cli_args import flag, number
 from .schedule import NoiseSchedule
 from .utils import randn
 
@@ -25,9 +26,19 @@ WEIGHTINGS = ("uniform", "min-snr")   # how the loss weighs each t (Objective.we
 
 @dataclass(frozen=True)
 class Objective:
-    prediction: str = "eps"     # what the network outputs: "eps" (the paper), "x0" or "v"
-    weighting: str = "uniform"  # the weight of each t's error: "uniform" (with eps the paper's L_simple) or "min-snr"
-    snr_gamma: float = 5.0      # min-SNR-gamma's gamma (Hang et al. 2023), used with weighting="min-snr"
+    """What the network predicts and how the loss weighs each t; each field with its `python -m ddpm_lib train`
+    flag (cli_args.flag) and --help text."""
+
+    prediction: str = field(  # what the network outputs: "eps" (the paper), "x0" or "v"
+        default="eps", metadata=flag("--prediction", help="eps (the paper), x0, or v = sqrt(alpha_bar) eps - "
+                                     "sqrt(1 - alpha_bar) x0 (default: the recipe's, else {default})",
+                                     choices=PREDICTIONS))
+    weighting: str = field(  # the weight of each t's error: "uniform" (with eps the paper's L_simple) or "min-snr"
+        default="uniform", metadata=flag("--loss-weighting", help="uniform (with eps the paper's L_simple) or min-snr "
+                                         "(min-SNR-gamma, Hang et al. 2023) (default: the recipe's, else {default})",
+                                         choices=WEIGHTINGS))
+    snr_gamma: float = field(  # min-SNR-gamma's gamma (Hang et al. 2023), used with weighting="min-snr"
+        default=5.0, metadata=flag("--snr-gamma", number, "gamma of min-snr (default {default})"))
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:

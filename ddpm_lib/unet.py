@@ -10,7 +10,7 @@ improved-diffusion), with one extra "null" label for classifier-free guidance.
 model_summary (parameters per level, FLOPs) lives in ddpm_lib.summary.
 """
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 
 import torch
@@ -19,6 +19,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .attention import MultiHeadSelfAttention2d
+from .cli_args import channel_counts, flag, level_indices, positive_int, probability
 from .utils import check_labels
 
 
@@ -114,20 +115,29 @@ def attention_channels(ch_list, attention_layer, mid_attention: bool) -> tuple:
 
 @dataclass(frozen=True)
 class UNetConfig:
-    ch_list: tuple = (3, 64, 128, 256, 512)  # image channels, then each level's channels (H, W halve between levels)
-    attention_layer: tuple = (1, 2)  # levels with self-attention, as indices into ch_list: level i has ch_list[i]
-                                     # channels at resolution image_size / 2**(i-1); attention follows every res
-                                     # block of that level, going down and going up (1: the first, full-size level)
-    num_heads: int = 4               # attention heads; each sees channels / num_heads of the channels
-    temb_dim: int = 256              # size of the sinusoidal time embedding (even)
+    ch_list: tuple = field(  # image channels, then each level's channels (H, W halve between levels)
+        default=(3, 64, 128, 256, 512),
+        metadata=flag("--ch-list", channel_counts, "image channels, then each level's", metavar="C,C,..."))
+    attention_layer: tuple = field(  # levels with self-attention, as indices into ch_list: level i has ch_list[i]
+        # channels at resolution image_size / 2**(i-1); attention follows every res block of that level, going down
+        # and going up (1: the first, full-size level)
+        default=(1, 2), metadata=flag("--attention-layer", level_indices, "levels with self-attention, indices into "
+                                      "--ch-list, or none", metavar="L,L"))
+    num_heads: int = field(  # attention heads; each sees channels / num_heads of the channels
+        default=4, metadata=flag("--heads", positive_int, "attention heads", metavar="H"))
+    temb_dim: int = field(  # size of the sinusoidal time embedding (even)
+        default=256, metadata=flag("--temb-dim", positive_int, "size of the sinusoidal time embedding", metavar="D"))
     num_res_blocks: int = 1          # res blocks per level going down; one more per level going up
-    dropout: float = 0.1             # dropout inside every res block
+    dropout: float = field(  # dropout inside every res block
+        default=0.1, metadata=flag("--dropout", probability, "dropout in the res blocks"))
     norm_groups: int = 32            # GroupNorm groups; must divide every level's channels
     norm_eps: float = 1e-5           # GroupNorm epsilon (the paper's TF code: 1e-6)
     time_mlp_dim: int = 0            # 0: blocks map the sinusoid directly; > 0: Linear-SiLU-Linear-SiLU to it first
     mid_attention: bool = False      # self-attention between the two res blocks at the bottom
     resample_with_conv: bool = True  # 3x3 convs in down/up-sampling (else average pool / plain nearest)
-    image_size: int = 32             # resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
+    image_size: int = field(  # resolution it is built for (summaries, samplers); multiples of 2**(levels-1) run
+        default=32, metadata=flag("--image-size", positive_int, "training resolution; data is resized "
+                                                          "to it (a folder without it: its images' own size)"))
     num_classes: int | None = None   # None: unconditional; K: labels 0..K-1 (-1: no label) added to the time embedding
 
     @property

@@ -2,8 +2,10 @@
 
 The CLI runs as subprocesses, several at once (the interpreter start-up dominates).
 """
+import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -20,6 +22,7 @@ from PIL import Image
 from ddpm_lib.checkpoint import load_model, read_checkpoint
 from ddpm_lib.cifar10 import write_cifar10_format
 from ddpm_lib.cli import main
+from ddpm_lib.cli_train_flags import add_train_parser
 from ddpm_lib.data import CIFAR10_CLASSES, SHAPE_KINDS, DataInfo, load_image_folder, make_shapes
 from ddpm_lib.hub import model_card
 from ddpm_lib.nb.session import NotebookSetup, load_training_images
@@ -91,6 +94,10 @@ def files(tmp_path_factory):
     write_image_folder(tmp / "flat", make_shapes(2, size=16, seed=0)[0])  # images, no class sub-folders
     write_image_folder(tmp / "classes" / "cat", make_shapes(2, size=16, seed=1)[0])
     (tmp / "classes" / "dog").mkdir()  # a class folder without images
+    write_image_folder(tmp / "mixed", make_shapes(2, size=16, seed=0)[0])
+    write_image_folder(tmp / "mixed" / "big", make_shapes(1, size=32, seed=0)[0])  # 16x16 and 32x32 images
+    write_image_folder(tmp / "broken", make_shapes(2, size=16, seed=0)[0])
+    (tmp / "broken" / "x.png").write_bytes(b"not an image")
     configs = {"unknown_key": {"training": {"lrr": 1e-3}}, "wrong_type": {"training": {"lr": "fast"}},
                "unknown_section": {"optimizer": {}}, "bad_list": {"network": {"ch_list": "3,32"}},
                "bad_schedule": {"schedule": {"kind": "sigmoid"}}, "bad_network": {"network": {"temb_dim": 7}},
@@ -98,7 +105,8 @@ def files(tmp_path_factory):
                "bad_prediction": {"objective": {"prediction": "z"}},
                "objective_wrong_type": {"objective": {"snr_gamma": "5"}},
                "bad_snr_gamma": {"objective": {"weighting": "min-snr", "snr_gamma": 0}},
-               "prediction_in_network": {"network": {"prediction": "v"}}}
+               "prediction_in_network": {"network": {"prediction": "v"}},
+               "bad_grad_clip": {"training": {"grad_clip": -1.0}}}
     for name, values in configs.items():
         (tmp / f"{name}.json").write_text(json.dumps(values))
     (tmp / "not_json.json").write_text("{network: ")
@@ -148,6 +156,12 @@ def bad_input(tmp):
                                                                    "--train-steps",
                                                                    "1"), "--class-cond: " + str(tmp / "flat")
                                                           + " has no classes"),
+        "mixed sizes without --image-size": (("train", "--preset", "tiny", "--data", tmp / "mixed", "--train-steps",
+                                              "1", "--out", tmp / "x"),
+                                             "different sizes (16x16 (2 files), 32x32 (1 files)); pass "
+                                             "--image-size N"),
+        "an unreadable image": (train + ("--data", tmp / "broken", "--train-steps", "1"),
+                                "cannot read x.png as an image (UnidentifiedImageError"),
         "a class folder without images": (train + ("--data", tmp / "classes", "--train-steps", "1"),
                                           "class folder dog holds no images"),
         "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--train-steps", "1", "--out", tmp / "x"),
@@ -180,6 +194,8 @@ def bad_input(tmp):
                                           "bad_snr_gamma.json: objective.snr_gamma must be a number > 0"),
         "config with the prediction in the network": (shapes + ("--config", tmp / "prediction_in_network.json"),
                                                        "network.prediction: unknown key; UNetConfig has ch_list, "),
+        "config with a bad value that no flag sets": (shapes + ("--config", tmp / "bad_grad_clip.json"),
+                                                      "error: TrainConfig.grad_clip must be >= 0, got -1.0"),
         "config that is not JSON": (shapes + ("--config", tmp / "not_json.json"), "not a readable JSON file"),
         "missing config": (shapes + ("--config", tmp / "nope.json"), "nope.json: file not found"),
         "config with --resume": (("train", "--out", run, "--resume", "--train-steps", "3", "--config",
@@ -434,6 +450,15 @@ def test_help_shows_the_walkthroughs_defaults_and_the_samplers_steps(processes):
     assert rc == 0 and f"ddim {SAMPLERS['ddim'].default_sample_steps}" in " ".join(out.split())
 
 
+def test_every_train_flag_is_in_the_docs_table():
+    """docs/training.md's tables of `train` name each flag of its parser once, and no other."""
+    usage = add_train_parser(argparse.ArgumentParser().add_subparsers()).format_usage()
+    text = (Path(ROOT) / "docs" / "training.md").read_text()
+    tables = "".join(part for part in re.split(r"^### ", text, flags=re.M) if part.startswith("`train`"))
+    documented = re.findall(r"^\| `(--[a-z-]+)", tables, flags=re.M)
+    assert sorted(documented) == sorted(set(re.findall(r"--[a-z][a-z-]*", usage)))
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """A 2-step run of the walkthrough's knobs (module-wide; later tests resume and export it)."""
@@ -463,7 +488,9 @@ RESUME_CONFLICTS = {"--preset": ("--preset", "walkthrough"), "--heads": ("--head
                     "--beta-max": ("--beta-max", "0.02"), "--schedule": ("--schedule", "cosine"),
                     "--batch-size": ("--batch-size", "8"), "--class-cond": ("--class-cond",),
                     "--prediction": ("--prediction", "v"), "--loss-weighting": ("--loss-weighting", "min-snr"),
-                    "--snr-gamma": ("--snr-gamma", "2"), "--recipe": ("--recipe", "quick-win")}
+                    "--snr-gamma": ("--snr-gamma", "2"), "--recipe": ("--recipe", "quick-win"),
+                    "--attention-layer": ("--attention-layer", "1"), "--temb-dim": ("--temb-dim", "32"),
+                    "--image-size": ("--image-size", "16"), "--beta-min": ("--beta-min", "0.001")}
 
 
 @pytest.mark.slow
@@ -665,3 +692,15 @@ def test_class_conditional_training_and_guided_sampling(tmp_path):
                             cwd=tmp_path))
     assert rc == 0, err
     assert Image.open(tmp_path / "grid.png").size == (2 * 32 + 3 * 2, 32 + 2 * 2)  # 2 images in a row
+
+
+def test_a_folder_trains_at_its_own_size_without_image_size(tmp_path, capsys, one_thread):
+    """No --image-size (nor a recipe or --config that sets one): the network is built for the folder's images, 16x16
+    here, and nothing is resized; with --image-size they are resized to it."""
+    folder = write_image_folder(tmp_path / "sixteen", make_shapes(4, size=16, seed=0)[0])
+    common = ["train", "--preset", "tiny", "--data", str(folder), "--train-steps", "1", "--batch-size", "2",
+              "--device", "cpu", "--no-progress", "--sample-every", "0"]
+    for out, extra, size in (("own", [], 16), ("asked", ["--image-size", "8"], 8)):
+        assert main([*common, "--out", str(tmp_path / out), *extra]) == 0, capsys.readouterr().err
+        ckpt = torch.load(tmp_path / out / "checkpoint.pt", weights_only=True)
+        assert ckpt["unet_config"]["image_size"] == ckpt["data"]["size"] == size
