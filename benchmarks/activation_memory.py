@@ -73,8 +73,8 @@ def main() -> None:
     memory = "torch.cuda.max_memory_allocated" if args.device.startswith("cuda") else "growth of the peak RSS"
     lines = [f"# Activation checkpointing: one training step of `{args.preset}`, batch {args.batch_size}", "",
              f"Measured on {machine(args.device)}; `python benchmarks/activation_memory.py --preset {args.preset} "
-             f"--batch-size {args.batch_size} --train-steps {args.train_steps} --device {args.device}`. Memory: {memory} over "
-             f"the step; time: median of {args.train_steps} steps (each listed), fp32 on the CPU.", "",
+             f"--batch-size {args.batch_size} --train-steps {args.train_steps} --device {args.device}`. "
+             f"Memory: {memory} over the step; time: median of {args.train_steps} steps (each listed), fp32 on the CPU.", "",
              "| checkpoint_activations | peak memory (MiB) | step (s) | steps (s) |", "|---|---:|---:|---|"]
     for row in rows:
         lines.append(f"| {row['checkpointing']} | {row['peak_mib']:,.0f} | {row['step_s']:.2f} | "

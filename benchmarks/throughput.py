@@ -242,8 +242,8 @@ def main():
     precision = "bf16 autocast" if device.type == "cuda" else "fp32"
     lines = [f"### Training throughput: {machine(device)}", "",
              f"{datetime.date.today()}, at the end of the run; batch {args.batch_size}, {precision}, "
-             f"compile={args.compile}, {args.repeats} interleaved rounds of {args.train_steps} steps; measured matmul peak "
-             f"{peak / 1e12:.2f} TFLOP/s. Utilisation = images/s x 3 x forward FLOPs / peak.", "",
+             f"compile={args.compile}, {args.repeats} interleaved rounds of {args.train_steps} steps; measured matmul "
+             f"peak {peak / 1e12:.2f} TFLOP/s. Utilisation = images/s x 3 x forward FLOPs / peak.", "",
              ratio_note(), "",
              *throughput_table(rates, params, flops, peak)]
     table = "\n".join(lines) + "\n"

@@ -105,9 +105,8 @@ def _objective(args) -> Objective:
     given = {name: getattr(args, name) for name in OBJECTIVE if getattr(args, name) is not None}
     try:
         return Objective(**given)
-    except ValueError as e:  # Objective's message starts with "Objective.<field> "
-        field = next((name for name in given if f"Objective.{name} " in str(e)), None)
-        raise ValueError(f"{OBJECTIVE[field].name}: {e}" if field else str(e)) from None
+    except FieldError as e:  # the field it came from names its flag
+        raise ValueError(f"{OBJECTIVE[e.field].name}: {e}") from None
 
 
 def _data_id(data: str) -> str:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import torch
 
-from .cli_args import flag, number
+from .cli_args import FieldError, flag, number
 from .schedule import NoiseSchedule
 from .utils import randn
 
@@ -42,12 +42,12 @@ class Objective:
 
     def __post_init__(self):
         if self.prediction not in PREDICTIONS:
-            raise ValueError(f"Objective.prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+            raise FieldError("Objective", "prediction", f"must be one of {PREDICTIONS}, got {self.prediction!r}")
         if self.weighting not in WEIGHTINGS:
-            raise ValueError(f"Objective.weighting must be one of {WEIGHTINGS}, got {self.weighting!r}")
+            raise FieldError("Objective", "weighting", f"must be one of {WEIGHTINGS}, got {self.weighting!r}")
         gamma = self.snr_gamma
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma <= 0:
-            raise ValueError(f"Objective.snr_gamma must be a number > 0, got {gamma!r}")
+            raise FieldError("Objective", "snr_gamma", f"must be a number > 0, got {gamma!r}")
 
     def to_dict(self) -> dict:
         """The objective as a checkpoint and config.json store it; `from_dict` reads it back."""
