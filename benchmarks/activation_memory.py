@@ -74,7 +74,8 @@ def main() -> None:
     lines = [f"# Activation checkpointing: one training step of `{args.preset}`, batch {args.batch_size}", "",
              f"Measured on {machine(args.device)}; `python benchmarks/activation_memory.py --preset {args.preset} "
              f"--batch-size {args.batch_size} --train-steps {args.train_steps} --device {args.device}`. "
-             f"Memory: {memory} over the step; time: median of {args.train_steps} steps (each listed), fp32 on the CPU.", "",
+             f"Memory: {memory} over the step; time: median of {args.train_steps} steps (each listed), fp32 on the "
+             f"CPU.", "",
              "| checkpoint_activations | peak memory (MiB) | step (s) | steps (s) |", "|---|---:|---:|---|"]
     for row in rows:
         lines.append(f"| {row['checkpointing']} | {row['peak_mib']:,.0f} | {row['step_s']:.2f} | "
