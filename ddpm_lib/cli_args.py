@@ -115,8 +115,10 @@ def flags(record) -> dict[str, Flag]:
 
 
 class FieldError(ValueError):
-    """A record's bad value: "Record.field problem", with the field's name as `field` (the CLI names its flag)."""
+    """A record's bad value: "Record.field problem", with the field's name as `field` and, where the value conflicts
+    with others (UNetConfig's num_heads against the attention levels' channels), all the fields it concerns as
+    `fields`, its own first (the CLI names their flags)."""
 
-    def __init__(self, record: str, field: str, problem: str):
+    def __init__(self, record: str, field: str, problem: str, others: tuple = ()):
         super().__init__(f"{record}.{field} {problem}")
-        self.field = field
+        self.field, self.fields = field, (field, *others)

@@ -51,8 +51,8 @@ def _network(args, base: UNetConfig | None = None):
         raise ValueError("--preset: a new run needs a network (--preset, --recipe, or a --config that has one)")
     try:
         return replace(start, **given)
-    except ValueError as e:  # UNetConfig's message names the fields of a bad combination
-        flags = [NETWORK[name].name for name in given if name in str(e)] or [NETWORK[name].name for name in given]
+    except FieldError as e:  # the fields of a bad value (or combination) name their flags, the given ones first
+        flags = [NETWORK[name].name for name in e.fields if name in given] or [NETWORK[name].name for name in given]
         raise ValueError(f"{'/'.join(flags)}: {e} (with {origin})") from None
 
 

@@ -20,7 +20,7 @@ from torch import nn
 
 from .attention import MultiHeadSelfAttention2d
 from .unet_blocks import Downsample, Level, ResBlock, Upsample
-from .cli_args import channel_counts, flag, level_indices, positive_int, probability
+from .cli_args import FieldError, channel_counts, flag, level_indices, positive_int, probability
 from .utils import check_labels
 
 
@@ -75,31 +75,36 @@ class UNetConfig:
             object.__setattr__(self, name, tuple(getattr(self, name)))
         levels = self.ch_list[1:]
         if len(self.ch_list) < 2 or any(not isinstance(c, int) or c < 1 for c in self.ch_list):
-            raise ValueError(f"ch_list must be >= 2 positive ints (image channels, then levels); got {self.ch_list}")
+            raise FieldError("UNetConfig", "ch_list", f"must be >= 2 positive ints (image channels, then levels); got "
+                             f"{self.ch_list}")
         if self.norm_groups < 1 or any(c % self.norm_groups for c in levels):
-            raise ValueError(f"norm_groups={self.norm_groups} must divide every level's channels {levels} (ch_list)")
+            raise FieldError("UNetConfig", "norm_groups", f"must divide every level's channels {levels} (ch_list); "
+                             f"got {self.norm_groups}", ("ch_list",))
         bad = [i for i in self.attention_layer if not isinstance(i, int) or not 1 <= i < len(self.ch_list)]
         if bad:
-            raise ValueError(f"attention_layer {bad} outside the levels 1..{len(self.ch_list) - 1} of ch_list")
+            raise FieldError("UNetConfig", "attention_layer", f"must name levels 1..{len(self.ch_list) - 1} of "
+                             f"ch_list; {bad} outside them", ("ch_list",))
         attn_ch = self.attention_channels
         if self.num_heads < 1 or any(c % self.num_heads for c in attn_ch):
-            raise ValueError(f"num_heads={self.num_heads} must divide the channels {list(attn_ch)} of the "
-                             f"attention levels")
+            raise FieldError("UNetConfig", "num_heads", f"must divide the channels {list(attn_ch)} of the attention "
+                             f"levels; got {self.num_heads}", ("attention_layer", "ch_list"))
         if self.temb_dim < 4 or self.temb_dim % 2:
-            raise ValueError(f"temb_dim must be even and >= 4; got {self.temb_dim}")
+            raise FieldError("UNetConfig", "temb_dim", f"must be even and >= 4; got {self.temb_dim}")
         if self.num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1; got {self.num_res_blocks}")
+            raise FieldError("UNetConfig", "num_res_blocks", f"must be >= 1; got {self.num_res_blocks}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+            raise FieldError("UNetConfig", "dropout", f"must be in [0, 1); got {self.dropout}")
         if self.norm_eps <= 0:
-            raise ValueError(f"norm_eps must be > 0; got {self.norm_eps}")
+            raise FieldError("UNetConfig", "norm_eps", f"must be > 0; got {self.norm_eps}")
         if self.time_mlp_dim < 0:
-            raise ValueError(f"time_mlp_dim must be >= 0 (0: no MLP); got {self.time_mlp_dim}")
+            raise FieldError("UNetConfig", "time_mlp_dim", f"must be >= 0 (0: no MLP); got {self.time_mlp_dim}")
         if self.image_size < 1 or self.image_size % self.downsample_factor:
-            raise ValueError(f"image_size={self.image_size} must be a multiple of {self.downsample_factor} "
-                             f"(the {len(levels)} levels of ch_list halve it {len(levels) - 1} times)")
+            raise FieldError("UNetConfig", "image_size", f"must be a multiple of {self.downsample_factor} (the "
+                             f"{len(levels)} levels of ch_list halve it {len(levels) - 1} times); got "
+                             f"{self.image_size}", ("ch_list",))
         if self.num_classes is not None and (type(self.num_classes) is not int or self.num_classes < 1):
-            raise ValueError(f"num_classes must be None (unconditional) or a positive int; got {self.num_classes!r}")
+            raise FieldError("UNetConfig", "num_classes", f"must be None (unconditional) or a positive int; got "
+                             f"{self.num_classes!r}")
 
     @property
     def downsample_factor(self) -> int:

@@ -235,11 +235,11 @@ def bad_input(tmp):
         "beta outside (0, 1)": (shapes + ("--beta-max", "1.5"), "--beta-max: expected a number in (0, 1)"),
         "betas with the cosine schedule": (shapes + ("--schedule", "cosine", "--beta-max", "0.03"),
                                            "--schedule cosine"),
-        "heads not dividing the channels": (shapes + ("--heads", "3"), "--heads: num_heads=3"),
+        "heads not dividing the channels": (shapes + ("--heads", "3"), "--heads: UNetConfig.num_heads must divide"),
         "attention level outside --ch-list": (shapes + ("--ch-list", "3,32", "--attention-layer", "3"),
                                               "--attention-layer"),
         "malformed --ch-list": (shapes + ("--ch-list", "3,x"), "--ch-list: expected comma-separated"),
-        "odd time embedding": (shapes + ("--temb-dim", "7"), "--temb-dim: temb_dim must be even"),
+        "odd time embedding": (shapes + ("--temb-dim", "7"), "--temb-dim: UNetConfig.temb_dim must be even"),
         "label dropout without --class-cond": (shapes + ("--cond-drop-prob", "0.2"),
                                                "--cond-drop-prob: the network is unconditional"),
     }
