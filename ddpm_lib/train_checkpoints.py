@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
@@ -16,9 +15,6 @@ from .checkpoint import CHECKPOINT_NAME, load_weights, remove_stale_temp_files, 
 from .record import CONFIG_NAME, RunRecord
 from .runtime import precision_name
 from .train_config import TrainConfig
-
-if TYPE_CHECKING:
-    from .train import Trainer
 
 
 def start_run_folder(out: Path, record: RunRecord) -> None:
@@ -35,9 +31,9 @@ def checkpoint_due(config: TrainConfig, step: int) -> bool:
     return bool((config.checkpoint_every and step % config.checkpoint_every == 0) or step in config.milestones)
 
 
-def save_trainer(trainer: Trainer, path: Path) -> None:
-    """Write the trainer's checkpoint onto `path` from rank 0; every rank checks the weights and, under DDP, waits
-    for the file."""
+def save_trainer(trainer, path: Path) -> None:
+    """Write the checkpoint of `trainer` (a ddpm_lib.train.Trainer, untyped here: train imports this module) onto
+    `path` from rank 0; every rank checks the weights and, under DDP, waits for the file."""
     record = trainer.record  # checks data_info
     if not torch.stack([torch.isfinite(p).all() for p in trainer.model.parameters()]).all():  # one sync
         raise FloatingPointError(f"non-finite weights at step {trainer.step}; not saving a bad state")
@@ -53,7 +49,7 @@ def save_trainer(trainer: Trainer, path: Path) -> None:
         dist.barrier()
 
 
-def restore_trainer(trainer: Trainer, ckpt: dict, path, record: RunRecord) -> None:
+def restore_trainer(trainer, ckpt: dict, path, record: RunRecord) -> None:
     """Load what save_trainer wrote (read_checkpoint's dict; `path` names it in errors) into a trainer built from the
     checkpoint's `record`. Warns once when this device trains in another precision than the saved run."""
     load_weights(trainer.model, ckpt["model"], path)

@@ -32,13 +32,11 @@ INSTALL_CELL = Template('''\
 import os
 import sys
 
-if "google.colab" in sys.modules:  # Colab: install ddpm_lib (nbval skips this cell)
-    # the ddpm_lib release this notebook goes with (main until its version is tagged)
-    INSTALL = "ddpm_lib[$extras] @ git+$repo@$ref"
-    # DDPM_INSTALL overrides it: the Colab emulation in tests/ installs the wheel of the checkout
-    INSTALL = os.environ.get("DDPM_INSTALL", INSTALL)
-    %pip install -q "{INSTALL}"
-    print(f"installed {INSTALL}" + (" (from DDPM_INSTALL)" if "DDPM_INSTALL" in os.environ else ""))''')
+if "google.colab" in sys.modules:  # Colab: install the release this notebook goes with (main until it is tagged)
+    # nbval skips this cell; DDPM_INSTALL overrides it (the Colab emulation installs the checkout's wheel); the
+    # next cell's setup_notebook prints what pip installed
+    INSTALL = os.environ.get("DDPM_INSTALL", "ddpm_lib[$extras] @ git+$repo@$ref")
+    %pip install -q "{INSTALL}"''')
 EXTRAS = re.compile(r"ddpm_lib\[([a-z,]+)\] @ git\+")
 BADGE = re.compile(r"(https://colab\.research\.google\.com/github/ddpm-lib/ddpm_lib/blob/)[^/\s)]+(/notebooks/)")
 

@@ -60,10 +60,11 @@ def test_every_install_cell_and_badge_name_the_repository_at_the_versions_ref():
     wrong = disagreements(REPO, ddpm_lib.__version__)
     assert not wrong, (f"{wrong} do not install {URL}@{expected_ref(REPO, ddpm_lib.__version__)} "
                        f"(ddpm_lib {ddpm_lib.__version__}): run `python scripts/install_ref.py`")
-    for name in notebooks(REPO):  # the cell says what it installed, and the Colab emulation's override stays
+    for name in notebooks(REPO):  # the Colab emulation's override stays; setup_notebook then says what it installed
         cells = json.loads((REPO / name).read_text(encoding="utf-8"))["cells"]
-        install = "".join(next(c for c in cells if c["cell_type"] == "code")["source"])
-        assert 'os.environ.get("DDPM_INSTALL", INSTALL)' in install and 'print(f"installed {INSTALL}"' in install
+        code = [c for c in cells if c["cell_type"] == "code"]
+        assert 'INSTALL = os.environ.get("DDPM_INSTALL", "ddpm_lib[' in "".join(code[0]["source"])
+        assert "setup_notebook(" in "".join(code[1]["source"])
 
 
 @pytest.fixture

@@ -130,6 +130,35 @@ def test_a_drive_that_cannot_be_mounted_is_one_clear_error(env, tmp_path):
         session.setup_notebook(use_drive=True)
 
 
+def test_in_colab_setup_says_what_pip_installed_as_pip_recorded_it(env, tmp_path, capsys):
+    """PEP 610's direct_url.json of the installed ddpm_lib: a git install names the URL, the ref asked for and the
+    commit; this checkout's editable install its folder; none (an index) the version. Printed only in Colab."""
+    import importlib.metadata
+    import json
+
+    real = importlib.metadata.distribution("ddpm_lib")  # this checkout's install: editable, or a development one
+    record = json.loads(real.read_text("direct_url.json") or "{}")
+    assert session.installed_from() == (f"ddpm_lib {real.version} from {record['url']} (editable)" if record else
+                                        f"ddpm_lib {real.version} (pip recorded no URL: a package index or a "
+                                        f"development install)")
+    recorded = {"url": "https://github.com/ddpm-lib/ddpm_lib",
+                "vcs_info": {"vcs": "git", "requested_revision": "v0.3.0", "commit_id": "0123456789abcdef" * 2}}
+    for text, expected in ((json.dumps(recorded), "ddpm_lib 0.3.0 from https://github.com/ddpm-lib/ddpm_lib@v0.3.0, "
+                                                  "commit 0123456789ab"),
+                           (json.dumps({"url": "file:///content/ddpm_lib-0.3.0-py3-none-any.whl"}),
+                            "ddpm_lib 0.3.0 from file:///content/ddpm_lib-0.3.0-py3-none-any.whl"),
+                           (None, "ddpm_lib 0.3.0 (pip recorded no URL: a package index or a development install)")):
+        fake = types.SimpleNamespace(version="0.3.0", read_text=lambda name, text=text: text)
+        env.setattr(importlib.metadata, "distribution", lambda name, fake=fake: fake)
+        assert session.installed_from() == expected
+    env.chdir(tmp_path)
+    session.setup_notebook()
+    assert "installed:" not in capsys.readouterr().out                 # not in Colab: nothing was installed here
+    env.setitem(sys.modules, "google.colab", types.SimpleNamespace())
+    session.setup_notebook()
+    assert "installed: ddpm_lib 0.3.0 (pip recorded no URL" in capsys.readouterr().out
+
+
 @pytest.fixture
 def tf32_off():
     """TF32 off for the test, the flags restored after (torch.backends.cuda.matmul: no plain object to monkeypatch)."""

@@ -82,6 +82,28 @@ def _layout(root: Path) -> str | None:
     return "image folder" if (root / "train").is_dir() and (root / "test").is_dir() else None
 
 
+def installed_from() -> str:
+    """Where pip installed ddpm_lib from, as it recorded it (PEP 610's direct_url.json): a git URL with the ref asked
+    for and the commit, a local folder or file; without that record only the version (an index, or a development
+    install)."""
+    import json
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution("ddpm_lib")
+    except PackageNotFoundError:
+        return "not installed (imported from a checkout)"
+    url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if not url:
+        return f"ddpm_lib {dist.version} (pip recorded no URL: a package index or a development install)"
+    if "vcs_info" in url:
+        vcs = url["vcs_info"]
+        return (f"ddpm_lib {dist.version} from {url['url']}@{vcs.get('requested_revision', '(default branch)')}, "
+                f"commit {vcs['commit_id'][:12]}")
+    editable = " (editable)" if url.get("dir_info", {}).get("editable") else ""
+    return f"ddpm_lib {dist.version} from {url['url']}{editable}"
+
+
 def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed: int = 0,
                    drive_root: str | os.PathLike | None = None) -> NotebookSetup:
     """Device, smoke mode, data and runs folders for a notebook; prints one line per choice and seeds torch.
@@ -126,6 +148,8 @@ def setup_notebook(use_drive: bool = False, drive_folder: str = "ddpm_lib", seed
     print(f"data: {data_root} ({data_from})")
     print(f"runs: {runs} ({runs_from})")
     print(f"seed: torch.manual_seed({seed})" + (" | in Colab" if in_colab else ""))
+    if in_colab:  # what the install cell installed, as pip recorded it
+        print(f"installed: {installed_from()}")
     return NotebookSetup(device=device, smoke=smoke, data_root=data_root, runs=runs, in_colab=in_colab, seed=seed,
                          drive=drive)
 
