@@ -99,9 +99,9 @@ def load_image_folder(path, size: int | None = 32) -> ImageSet:
         check_int(size, "size")
     files = image_files(folder)
     labels, names = class_labels(folder, files)
-    if size is None:
-        size = common_size(folder, files)
-    images = decode_cached(folder, files, size)
+    headers_read = size is None  # common_size reads them to find the size
+    size = common_size(folder, files) if size is None else size
+    images = decode_cached(folder, files, size, headers_read)
     if labels is not None:
         order = classes_in_turn(labels)
         images, labels = images[order], labels[order]

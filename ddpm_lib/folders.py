@@ -106,8 +106,9 @@ def classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
     return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
 
 
-def decode_cached(folder, files, size):
-    """uint8 (N, 3, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches."""
+def decode_cached(folder, files, size, headers_read: bool = False):
+    """uint8 (N, 3, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches; else decoded,
+    after every header is read (unless `headers_read`: common_size has read them)."""
     listing = "\n".join(f"{f.relative_to(folder)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files)
     key = hashlib.sha256(f"{size}\n{listing}".encode()).hexdigest()
     cache = folder / f".ddpm_cache_{size}.pt"
@@ -118,7 +119,8 @@ def decode_cached(folder, files, size):
                 return cached["images"]
         except Exception:
             pass  # unreadable cache: decode again and overwrite it
-    image_sizes(folder, files)  # every header first: an unreadable file is named before any decoding
+    if not headers_read:
+        image_sizes(folder, files)  # every header first: an unreadable file is named before any decoding
     images = torch.stack([decode(f, size) for f in files])
     try:
         tmp = cache.with_name(cache.name + ".tmp")
