@@ -3,6 +3,7 @@
     python benchmarks/recipes.py            # the full benchmark: docs/recipes/{recipes.md,recipes.json,*.png}
     python benchmarks/recipes.py --quick    # a first look: short budgets, few samples, one seed
     python benchmarks/recipes.py table      # docs/recipes/recipes.md again from recipes.json (no training)
+    python benchmarks/recipes.py flow       # flow matching against the winner (benchmarks/recipes_flow.py)
 
 Every run trains the same network (the tiny preset, 1.12M weights) from the same initialisation on the same
 CIFAR-10 training images (the JPEG copy in ../shared/data/cifar10-jpeg, extracted by `make data/cifar10-jpeg`)
@@ -48,9 +49,9 @@ PEER_NET = dict(dim=24, dim_mults=(1, 2, 2, 2))
 class Run:
     """One training run of the benchmark."""
     name: str                      # the recipe's name in the table
-    prediction: str = "eps"        # what the network predicts: eps, x0 or v
+    prediction: str = "eps"        # what the network predicts: eps, x0, v or flow (recipes_flow.py)
     weighting: str = "uniform"     # loss weighting: uniform (L_simple) or min-snr
-    schedule: str = "linear"       # the paper's linear betas, or cosine
+    schedule: str = "linear"       # the paper's linear betas, cosine, or flow (recipes_flow.py)
     seed: int = 0                  # data order, noise and initialisation
     peer: bool = False             # denoising-diffusion-pytorch's defaults instead of ddpm_lib
 
@@ -141,7 +142,7 @@ def _objective(run: Run):
 def _schedule(run: Run):
     from ddpm_lib.schedule import NoiseSchedule
 
-    return NoiseSchedule.paper() if run.schedule == "linear" else NoiseSchedule.cosine()
+    return {"linear": NoiseSchedule.paper, "cosine": NoiseSchedule.cosine, "flow": NoiseSchedule.flow}[run.schedule]()
 
 
 def _cached(path: Path, settings: dict, compute):
@@ -422,23 +423,32 @@ def write_table(out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("what", nargs="?", default="run", choices=("run", "table"))
+    parser.add_argument("what", nargs="?", default="run", choices=("run", "table", "flow", "flow-table"),
+                        help="run: the recipes; flow: flow matching against their winner (recipes_flow.py); "
+                        "table, flow-table: their pages again from the stored JSON")
     parser.add_argument("--quick", action="store_true", help="a first look: 1 CPU-minute per run, 256 samples, 1 seed")
     parser.add_argument("--minutes", type=float, help="CPU-minutes per run (default 10; --quick 1)")
     parser.add_argument("--n", type=int, help="samples per score (default 1,000; --quick 256)")
     parser.add_argument("--sample-steps", type=int, default=20, help="DPM-Solver++ / DDIM model evaluations per sample")
     parser.add_argument("--out", type=Path, help="results folder (default docs/recipes; --quick: docs/recipes/quick)")
+    parser.add_argument("--n-sweep", type=int, help="flow: samples per score of the model-evaluation sweep "
+                        "(default 500; --quick 128)")
     parser.add_argument("--note", help="a sentence on the conditions of the run (what else ran), kept in recipes.json "
                         "and printed under the table; with `table`, replaces the stored one")
     args = parser.parse_args()
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
     args.n = args.n or (256 if args.quick else 1000)
+    args.n_sweep = args.n_sweep or (128 if args.quick else 500)
     args.out = args.out or (DOCS / "quick" if args.quick else DOCS)
     args.work = WORK / "quick" if args.quick else WORK
     if args.minutes <= 0 or args.n < 20 or args.sample_steps < 1:
         parser.error("--minutes must be > 0, --n >= 20 and --sample-steps >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if args.what == "table":
+    if args.what in ("flow", "flow-table"):
+        from recipes_flow import benchmark_flow, write_flow_table
+
+        benchmark_flow(args) if args.what == "flow" else write_flow_table(args.out)
+    elif args.what == "table":
         if args.note is not None:
             path = args.out / "recipes.json"
             path.write_text(json.dumps({**json.loads(path.read_text()), "note": args.note}, indent=1) + "\n")

@@ -11,9 +11,11 @@ from .evaluation import evaluate_checkpoint
 from .metrics import fid_kid, frechet_distance, nearest_neighbours
 from .interop import load_ddpm_cifar10, objective_from_diffusers, unet_from_diffusers, unet_to_diffusers
 from .guidance import guided
-from .samplers import SAMPLERS, Trajectory, ddim_sample, ddpm_sample, dpm_solver_sample, generate_images
+from .sampler_steps import Trajectory
+from .samplers import (SAMPLERS, ddim_sample, ddpm_sample, dpm_solver_sample, euler_sample, generate_images,
+                       heun_sample)
 from .objective import Denoiser, Objective, diffusion_loss
-from .schedule import NoiseSchedule, cosine_betas, linear_betas
+from .schedule import NoiseSchedule, cosine_betas, flow_betas, linear_betas
 from .shapes import shape_score
 from .cifar10 import write_cifar10_format
 from .runtime import autocast_dtype
@@ -32,8 +34,9 @@ __all__ = [
     "default_device",
     "evaluate_checkpoint", "fid_kid", "frechet_distance", "nearest_neighbours",
     "load_ddpm_cifar10", "objective_from_diffusers", "unet_from_diffusers", "unet_to_diffusers",
-    "SAMPLERS", "Trajectory", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "generate_images", "guided",
-    "Denoiser", "Objective", "diffusion_loss", "NoiseSchedule", "cosine_betas", "linear_betas",
+    "SAMPLERS", "Trajectory", "ddim_sample", "ddpm_sample", "dpm_solver_sample", "euler_sample", "heun_sample",
+    "generate_images", "guided",
+    "Denoiser", "Objective", "diffusion_loss", "NoiseSchedule", "cosine_betas", "flow_betas", "linear_betas",
     "load_model", "read_checkpoint", "resolve_checkpoint",
     "TrainConfig", "Trainer", "autocast_dtype", "RECIPES", "Recipe",
     "PRESETS", "UNet", "UNetConfig", "model_summary", "unet_from_preset",

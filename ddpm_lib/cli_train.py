@@ -31,10 +31,10 @@ def _schedule(args, config: RunConfig | None = None) -> NoiseSchedule:
         assert config is not None and config.schedule is not None
         return config.schedule
     T = args.num_timesteps or PAPER_SCHEDULE.num_timesteps
-    if args.schedule == "cosine":
+    if args.schedule in ("cosine", "flow"):
         if args.beta_min is not None or args.beta_max is not None:
-            raise ValueError("--beta-min/--beta-max set the linear schedule; --schedule cosine has none")
-        return NoiseSchedule.cosine(T)
+            raise ValueError(f"--beta-min/--beta-max set the linear schedule; --schedule {args.schedule} has none")
+        return NoiseSchedule.cosine(T) if args.schedule == "cosine" else NoiseSchedule.flow(T)
     beta_min = args.beta_min if args.beta_min is not None else PAPER_SCHEDULE.beta_min
     beta_max = args.beta_max if args.beta_max is not None else PAPER_SCHEDULE.beta_max
     if beta_min >= beta_max:

@@ -86,7 +86,8 @@ def add_train_parser(sub) -> argparse.ArgumentParser:
     g = p.add_argument_group("the walkthrough's knobs (override the preset; recorded in the checkpoint)")
     g.add_argument("--num-timesteps", type=positive_int, metavar="T",
                    help=f"diffusion timesteps T (default {PAPER_SCHEDULE.num_timesteps})")
-    g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule (default: the recipe's, else linear)")
+    g.add_argument("--schedule", choices=SCHEDULES, help="beta schedule; flow: flow matching's evenly spaced times "
+                   "(default: the recipe's, else linear)")
     g.add_argument("--beta-min", type=beta, metavar="B", help=f"beta_1 of the linear schedule "
                                                                f"(default {PAPER_SCHEDULE.beta_min})")
     g.add_argument("--beta-max", type=beta, metavar="B", help=f"beta_T of the linear schedule "

@@ -1,5 +1,6 @@
 """The official DDPM CIFAR-10 weights (diffusers' google/ddpm-cifar10-32) as a ddpm_lib UNet, and the way back:
-a ddpm_lib UNet as a diffusers UNet2DModel, a NoiseSchedule as a DDPMScheduler, a checkpoint as a DDPMPipeline.
+a ddpm_lib UNet as a diffusers UNet2DModel, a NoiseSchedule as a DDPMScheduler (a flow-matching network's as a
+FlowMatchEulerDiscreteScheduler), a checkpoint as a DDPMPipeline.
 
 Note: the google/ddpm-cifar10-32 checkpoint is reported to hold the non-EMA weights: its samples score an
 FID of about 12, where the paper's EMA weights give 3.17.
@@ -221,8 +222,12 @@ def scheduler_config(schedule: NoiseSchedule, objective: Objective | None = None
     variance_type "fixed_large" is sigma_t^2 = beta_t, Algorithm 2 as the paper ran it on CIFAR-10 (ddpm_sample's
     variance="beta"); clip_sample clips the predicted x0 to [-1, 1] at every step as ddpm_lib's samplers do.
     """
+    prediction = (objective or Objective()).prediction
+    if prediction not in PREDICTION_TYPES:
+        raise ValueError(f"objective: a {prediction!r} network has no DDPMScheduler (expected one of "
+                         f"{tuple(PREDICTION_TYPES)}); save_diffusers_pipeline gives a flow network its scheduler")
     config = dict(num_train_timesteps=schedule.num_timesteps, variance_type="fixed_large", clip_sample=True,
-                  clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[(objective or Objective()).prediction])
+                  clip_sample_range=1.0, prediction_type=PREDICTION_TYPES[prediction])
     if schedule.kind == "linear":
         return {**config, "beta_schedule": "linear", "beta_start": schedule.params["beta_min"],
                 "beta_end": schedule.params["beta_max"]}
@@ -233,13 +238,24 @@ def scheduler_config(schedule: NoiseSchedule, objective: Objective | None = None
 
 def save_diffusers_pipeline(denoiser: Denoiser, out_dir) -> Path:
     """Write a diffusers DDPMPipeline folder (safetensors weights) of a UNet's denoiser (its network, schedule and
-    prediction type) that DDPMPipeline.from_pretrained(out_dir) loads."""
-    from diffusers import DDPMPipeline, DDPMScheduler
+    prediction type) that DDPMPipeline.from_pretrained(out_dir) loads.
+
+    A flow-matching network (prediction "flow" on the flow schedule) gets diffusers' FlowMatchEulerDiscreteScheduler:
+    its timesteps s T on the grid s = (t + 1) / T are what the network was trained to see (Objective.net_input), and
+    its step is euler_sample's, except that it starts at s = 1 where the flow schedule's last s is 1 - 3.2e-5
+    (T = 1000; flow_betas)."""
+    from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir {str(out_dir)!r} is a file; expected a folder for the pipeline")
-    scheduler = DDPMScheduler(**scheduler_config(denoiser.schedule, denoiser.objective))
+    if denoiser.objective.prediction == "flow":
+        if denoiser.schedule.kind != "flow":
+            raise ValueError(f"schedule: a flow network exports with diffusers' flow-matching scheduler, whose times "
+                             f"are evenly spaced: it needs the flow schedule, got a {denoiser.schedule.kind} one")
+        scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=denoiser.schedule.num_timesteps, shift=1.0)
+    else:
+        scheduler = DDPMScheduler(**scheduler_config(denoiser.schedule, denoiser.objective))
     pipeline = DDPMPipeline(unet=unet_to_diffusers(denoiser.net).eval(), scheduler=scheduler)
     pipeline.save_pretrained(out_dir, safe_serialization=True)
     return out_dir

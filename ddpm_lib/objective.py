@@ -1,12 +1,15 @@
 """What the network predicts and how the loss weighs each t: the objective, the denoiser, and Algorithm 1.
 
-A network's output is one of PREDICTIONS: eps (the paper), x0, or v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
-(Salimans & Ho 2022). `Objective` records which, with the loss weighting of each t (uniform, the paper's L_simple,
-or min-SNR-gamma, Hang et al. 2023); it is saved with the network. This module holds the one set of conversions
-between the three (`Objective.split`, `Objective.target`), the weights (`Objective.weight`) and the loss
-(`diffusion_loss`). `Denoiser` joins a network, its schedule and its objective into the function every sampler,
-the trainer's sample grids, the evaluator and guidance call: (x_t, t) -> (x0, eps), whatever the network predicts
-(EDM's preconditioned denoiser; denoising-diffusion-pytorch's `model_predictions`).
+A network's output is one of PREDICTIONS: eps (the paper), x0, v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0
+(Salimans & Ho 2022), or the flow velocity u = eps - x0 of flow matching (Lipman et al. 2023; rectified flow, Liu et
+al. 2023), the derivative of the straight path z_s = (1 - s) x0 + s eps in s; a flow network sees z_s and s T
+(`Objective.net_input`, as diffusers' flow-matching schedulers feed it), the others x_t and t. `Objective` records
+which, with the loss weighting of each t (uniform, the paper's L_simple, or min-SNR-gamma, Hang et al. 2023); it is
+saved with the network. This module holds the one set of conversions between them (`Objective.split`,
+`Objective.target`), the weights (`Objective.weight`) and the loss (`diffusion_loss`). `Denoiser` joins a network,
+its schedule and its objective into the function every sampler, the trainer's sample grids, the evaluator and
+guidance call: (x_t, t) -> (x0, eps), whatever the network predicts (EDM's preconditioned denoiser; denoising-
+diffusion-pytorch's `model_predictions`).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from .cli_args import FieldError, flag, number
 from .schedule import NoiseSchedule
 from .utils import randn
 
-PREDICTIONS = ("eps", "x0", "v")      # what a network's output is (Objective.prediction)
+PREDICTIONS = ("eps", "x0", "v", "flow")  # what a network's output is (Objective.prediction)
 WEIGHTINGS = ("uniform", "min-snr")   # how the loss weighs each t (Objective.weighting)
 
 
@@ -29,9 +32,10 @@ class Objective:
     """What the network predicts and how the loss weighs each t; each field with its `python -m ddpm_lib train`
     flag (cli_args.flag) and --help text."""
 
-    prediction: str = field(  # what the network outputs: "eps" (the paper), "x0" or "v"
-        default="eps", metadata=flag("--prediction", help="eps (the paper), x0, or v = sqrt(alpha_bar) eps - "
-                                     "sqrt(1 - alpha_bar) x0 (default: the recipe's, else {default})",
+    prediction: str = field(  # what the network outputs: "eps" (the paper), "x0", "v" or "flow" (u = eps - x0)
+        default="eps", metadata=flag("--prediction", help="eps (the paper), x0, v = sqrt(alpha_bar) eps - "
+                                     "sqrt(1 - alpha_bar) x0, or flow: the velocity eps - x0 of flow matching (with "
+                                     "--schedule flow) (default: the recipe's, else {default})",
                                      choices=PREDICTIONS))
     weighting: str = field(  # the weight of each t's error: "uniform" (with eps the paper's L_simple) or "min-snr"
         default="uniform", metadata=flag("--loss-weighting", help="uniform (with eps the paper's L_simple) or min-snr "
@@ -68,21 +72,37 @@ class Objective:
             raise ValueError(f"objective: {', '.join(missing)} missing (expected {', '.join(names)})")
         return cls(**values)
 
+    def net_input(self, schedule: NoiseSchedule, x_t: torch.Tensor, t) -> tuple:
+        """What the network is called with at (x_t, t): (x_t, t) itself, or for "flow" the point of the straight
+        path z_s = x_t / (alpha_t + sigma_t) and its time s T as a float (diffusers' flow schedulers' timestep)."""
+        if self.prediction != "flow":
+            return x_t, t
+        T = schedule.num_timesteps
+        scale = schedule.sqrt_alpha_bar(t, x_t) + schedule.sqrt_one_minus_alpha_bar(t, x_t)   # alpha_t + sigma_t
+        s = schedule.flow_time(t, torch.zeros(x_t.shape[0], dtype=torch.float64, device=x_t.device))  # (B,), float64
+        return x_t / scale, (s * T).float()                                   # s T = t + 1 on the flow schedule
+
     def split(self, schedule: NoiseSchedule, output: torch.Tensor, x_t: torch.Tensor, t) -> tuple:
         """(x0, eps) that a network's `output` at (x_t, t) implies. eps: x0 by Eq. 4 solved for x0; x0: eps by
         Eq. 4 solved for eps; v: x_t and v are a rotation of x0 and eps by the angle phi_t (Salimans & Ho 2022),
-        so x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v and eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v."""
+        so x0 = sqrt(alpha_bar) x_t - sqrt(1 - alpha_bar) v and eps = sqrt(1 - alpha_bar) x_t + sqrt(alpha_bar) v;
+        flow: z_s = (1 - s) x0 + s eps and u = eps - x0, so x0 = z_s - s u and eps = z_s + (1 - s) u."""
         if self.prediction == "eps":
             return schedule.predict_x0(x_t, t, output), output
         if self.prediction == "x0":
             return output, schedule.predict_eps(x_t, t, output)
         a, s = schedule.sqrt_alpha_bar(t, x_t), schedule.sqrt_one_minus_alpha_bar(t, x_t)
+        if self.prediction == "flow":
+            z, time = x_t / (a + s), schedule.flow_time(t, x_t)
+            return z - time * output, z + (1 - time) * output
         return a * x_t - s * output, s * x_t + a * output
 
     def target(self, schedule: NoiseSchedule, x0: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-        """What the network should output for x_t = q_sample(x0, t, eps): eps, x0 or v."""
+        """What the network should output for x_t = q_sample(x0, t, eps): eps, x0, v or u = eps - x0."""
         if self.prediction == "v":
             return schedule.velocity(x0, t, eps)
+        if self.prediction == "flow":
+            return eps - x0
         return eps if self.prediction == "eps" else x0
 
     def weight(self, schedule: NoiseSchedule, t) -> torch.Tensor:
@@ -90,16 +110,18 @@ class Objective:
 
         "uniform": 1 (with eps, the paper's L_simple, Eq. 14). "min-snr" (Hang et al. 2023): every target's error
         is a multiple of x0's, ||eps - eps_hat||^2 = SNR ||x0 - x0_hat||^2 and ||v - v_hat||^2 = (SNR + 1)
-        ||x0 - x0_hat||^2, and min-SNR-gamma weighs x0's error by min(SNR, gamma): so the weight is
-        min(SNR, gamma) / SNR for eps, min(SNR, gamma) for x0 and min(SNR, gamma) / (SNR + 1) for v. It caps
-        the weight of the nearly clean t (large SNR), which otherwise dominate the x0 and v losses.
+        ||x0 - x0_hat||^2, ||u - u_hat||^2 = ||x0 - x0_hat||^2 / s^2 = (sqrt(SNR) + 1)^2 ||x0 - x0_hat||^2, and
+        min-SNR-gamma weighs x0's error by min(SNR, gamma): so the weight is min(SNR, gamma) / SNR for eps,
+        min(SNR, gamma) for x0, min(SNR, gamma) / (SNR + 1) for v and min(SNR, gamma) / (sqrt(SNR) + 1)^2 for flow.
+        It caps the weight of the nearly clean t (large SNR), which otherwise dominate the x0 and v losses.
         """
         t = torch.as_tensor(t)
         if self.weighting == "uniform":
             return torch.ones(t.shape, device=t.device)
         snr = schedule.snr(t, dtype=torch.float64)                        # float64: near t = 0 SNR is about 1e4
         per_x0 = snr.clamp(max=self.snr_gamma)                            # min(SNR, gamma)
-        weight = {"eps": per_x0 / snr, "x0": per_x0, "v": per_x0 / (snr + 1)}[self.prediction]
+        weight = {"eps": per_x0 / snr, "x0": per_x0, "v": per_x0 / (snr + 1),
+                  "flow": per_x0 / (snr.sqrt() + 1) ** 2}[self.prediction]
         return weight.float()
 
 
@@ -127,7 +149,8 @@ class Denoiser:
         self.net, self.schedule, self.objective = net, schedule, objective
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> Denoised:
-        output = self.net(x_t, t) if y is None else self.net(x_t, t, y)
+        x_in, t_in = self.objective.net_input(self.schedule, x_t, t)
+        output = self.net(x_in, t_in) if y is None else self.net(x_in, t_in, y)
         return Denoised(*self.objective.split(self.schedule, output.to(x_t.dtype), x_t, t))
 
     def to(self, device) -> "Denoiser":
@@ -165,6 +188,6 @@ def diffusion_loss(net, schedule: NoiseSchedule, x0: torch.Tensor, objective: Ob
         noise = randn(x0.shape, generator, x0.device, x0.dtype)
     x_t = schedule.q_sample(x0, t, noise)
     target = objective.target(schedule, x0, t, noise)
-    err = (target - net(x_t, t).to(noise.dtype)) ** 2                                     # Algorithm 1, line 5
+    err = (target - net(*objective.net_input(schedule, x_t, t)).to(noise.dtype)) ** 2     # Algorithm 1, line 5
     per_example = err.reshape(B, -1).mean(1) * weight.to(err.dtype)                     # uniform: w_t = 1
     return per_example.mean() if reduction == "mean" else per_example

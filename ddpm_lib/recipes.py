@@ -17,7 +17,8 @@ from .train_config import TrainConfig
 from .unet import PRESETS, UNetConfig
 from .utils import check_int
 
-SCHEDULES = ("linear", "cosine")  # Recipe.schedule: the paper's linear betas, or Nichol & Dhariwal's cosine, T = 1000
+# Recipe.schedule: the paper's linear betas, Nichol & Dhariwal's cosine, or flow matching's evenly spaced s, T = 1000
+SCHEDULES = ("linear", "cosine", "flow")
 # the recipe benchmark's winning objective on the tiny network (docs/recipes/recipes.md): x0-prediction, min-SNR-5
 X0_MIN_SNR = Objective(prediction="x0", weighting="min-snr", snr_gamma=5.0)
 
@@ -34,7 +35,7 @@ class Recipe:
     ema_decay: float = TrainConfig.ema_decay    # TrainConfig.ema_decay (with the EMA warm-up)
     objective: Objective = Objective()          # what the network predicts and the loss weighting (the paper's: eps,
                                                 # uniform, L_simple)
-    schedule: str = "linear"                    # the noise schedule (SCHEDULES): the paper's linear betas or cosine
+    schedule: str = "linear"                    # the noise schedule (SCHEDULES): the paper's linear betas, cosine, flow
     class_cond: bool = False                    # condition on the data's labels, dropped at cond_drop_prob (guidance)
     name: str | None = None                     # its name in RECIPES, recorded as TrainConfig.recipe (None: ad hoc)
 
@@ -63,8 +64,10 @@ class Recipe:
 
     def noise_schedule(self, num_timesteps: int = 1000) -> NoiseSchedule:
         """Its noise schedule with T = `num_timesteps`: the paper's linear betas (scaled by 1000 / T,
-        NoiseSchedule.paper) or the cosine schedule (Nichol & Dhariwal 2021, Eq. 17)."""
-        return NoiseSchedule.paper(num_timesteps) if self.schedule == "linear" else NoiseSchedule.cosine(num_timesteps)
+        NoiseSchedule.paper), the cosine schedule (Nichol & Dhariwal 2021, Eq. 17) or flow matching's
+        (NoiseSchedule.flow)."""
+        return {"linear": NoiseSchedule.paper, "cosine": NoiseSchedule.cosine,
+                "flow": NoiseSchedule.flow}[self.schedule](num_timesteps)
 
 
 # The CPU quick win: the tiny preset on 16x16 procedural shapes, which a learner recognises after a few CPU minutes

@@ -1,4 +1,6 @@
-"""Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021) and DPM-Solver++(2M) (Lu et al. 2022), one registry.
+"""Samplers: DDPM (Algorithm 2), DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022), and Euler's and Heun's
+methods on the probability-flow ODE in flow matching's coordinates (Karras et al. 2022; Lipman et al. 2023); one
+registry.
 
 Each takes a denoiser (ddpm_lib.objective.Denoiser: a network with its schedule and objective), called as
 `denoiser(x_t, t) -> (x0, eps)` with x_t float (B, C, H, W) and t int64 (B,); it draws x_T ~ N(0, I) on the
@@ -25,74 +27,12 @@ from tqdm.auto import tqdm
 
 from .guidance import guided
 from .objective import Denoiser
-from .schedule import VARIANCES, NoiseSchedule
+from .sampler_steps import StepCallback, chain_coefficients, denoise_at, start_chain
+from .schedule import VARIANCES
 from .unet import UNetConfig
-from .timesteps import DDIM_STEPS, DPM_SOLVER_STEPS, check_sample_steps, ddim_timesteps, dpm_solver_timesteps
+from .timesteps import (DDIM_STEPS, DPM_SOLVER_STEPS, EULER_STEPS, HEUN_STEPS, check_sample_steps, ddim_timesteps,
+                        dpm_solver_timesteps)
 from .utils import check_int, check_timestep, randn, to_uint8
-
-StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # callback(t, x_t, x0_pred), once per step
-
-
-def _check_shape(shape) -> tuple:
-    shape = tuple(shape)
-    if len(shape) != 4 or not all(isinstance(n, int) and n >= 1 for n in shape):
-        raise ValueError(f"shape must be 4-D (B, C, H, W) with positive integer sizes, got {shape!r}")
-    return shape
-
-
-def _start(schedule: NoiseSchedule, shape, generator, device, x_T):
-    """The denoiser's schedule on the sampling device and x_T ~ N(0, I)  (Algorithm 2, line 1)."""
-    shape = _check_shape(shape)
-    if x_T is not None and tuple(x_T.shape) != shape:
-        raise ValueError(f"x_T must have shape {shape}, got {tuple(x_T.shape)}")
-    device = torch.device(device) if device is not None else (x_T.device if x_T is not None else schedule.device)
-    x = randn(shape, generator, device) if x_T is None else x_T.to(device)
-    return schedule.to(device), x
-
-
-def _denoise(denoiser, schedule: NoiseSchedule, x_t: torch.Tensor, t: int, clip_denoised: bool):
-    """The denoiser's (x0, eps) at (x_t, t) and t as (B,). With clipping, x0 is clipped to [-1, 1] and eps
-    recomputed from it by Eq. 4 (as improved-diffusion does), so that the two still agree."""
-    t_batch = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)
-    x0, eps = denoiser(x_t, t_batch)
-    if clip_denoised:
-        x0 = x0.clamp(-1, 1)
-        eps = schedule.predict_eps(x_t, t_batch, x0)
-    return x0, eps, t_batch
-
-
-class Trajectory:
-    """A sampler callback that keeps every step on the CPU; `result(x0)` gives them, with the returned sample, as
-    {"t": [S timesteps], "x_t": (S+1, B, C, H, W), "x0_pred": (S, B, C, H, W)}: x_t[i] is the state at timestep
-    t[i], x0_pred[i] the model's x0 there, and x_t[S] the sample x0.
-
-        trajectory = Trajectory()
-        x0 = ddim_sample(denoiser, shape, callback=trajectory)
-        states = trajectory.result(x0)
-    """
-
-    def __init__(self) -> None:
-        self.t: list[int] = []
-        self.x_t: list[torch.Tensor] = []
-        self.x0_pred: list[torch.Tensor] = []
-
-    def __call__(self, t: int, x_t: torch.Tensor, x0_pred: torch.Tensor) -> None:
-        self.t.append(int(t))
-        self.x_t.append(x_t.cpu())
-        self.x0_pred.append(x0_pred.cpu())
-
-    def result(self, x0: torch.Tensor) -> dict:
-        """The states seen, ending with the sample x0 the sampler returned."""
-        if not self.t:
-            raise ValueError("the trajectory is empty: pass it to a sampler as callback= before asking for it")
-        return {"t": list(self.t), "x_t": torch.stack(self.x_t + [x0.cpu()]), "x0_pred": torch.stack(self.x0_pred)}
-
-
-def _cpu_coefficients(schedule: NoiseSchedule):
-    """alpha_bar_t, sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t) as float64 lists (scalars: no device syncs in loops)."""
-    return (schedule.alphas_cumprod.double().cpu().tolist(), schedule.sqrt_alphas_cumprod.double().cpu().tolist(),
-            schedule.sqrt_one_minus_alphas_cumprod.double().cpu().tolist())
-
 
 @torch.no_grad()
 def ddpm_sample(denoiser, shape, variance: str = "beta", *,
@@ -115,9 +55,9 @@ def ddpm_sample(denoiser, shape, variance: str = "beta", *,
     if t_start < T - 1 and x_T is None:
         raise ValueError(f"t_start={t_start} needs x_T, the x_t to start from (x_T ~ N(0, I) is drawn only at "
                          f"t_start = T-1 = {T - 1})")
-    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
+    schedule, x = start_chain(denoiser.schedule, shape, generator, device, x_T)
     for t in tqdm(range(t_start, -1, -1), disable=not progress, desc="DDPM"):              # Algorithm 2, line 2
-        x0, _, t_batch = _denoise(denoiser, schedule, x, t, clip_denoised)
+        x0, _, t_batch = denoise_at(denoiser, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
         mean, _, _ = schedule.q_posterior(x0, x, t_batch)                                  # Eq. 7
@@ -142,12 +82,12 @@ def ddim_sample(denoiser, shape, sample_steps: int = DDIM_STEPS, eta: float = 0.
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
     timesteps = ddim_timesteps(denoiser.schedule.num_timesteps, sample_steps)
-    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
-    abar, _, _ = _cpu_coefficients(schedule)
+    schedule, x = start_chain(denoiser.schedule, shape, generator, device, x_T)
+    abar, _, _ = chain_coefficients(schedule)
     abars = [abar[t] for t in timesteps] + [1.0]                      # the end value: alpha_bar = 1, clean data
     steps_ = tqdm(zip(timesteps, abars[:-1], abars[1:]), total=len(timesteps), disable=not progress, desc="DDIM")
     for t, abar_t, abar_next in steps_:
-        x0, eps, _ = _denoise(denoiser, schedule, x, t, clip_denoised)
+        x0, eps, _ = denoise_at(denoiser, schedule, x, t, clip_denoised)
         if callback is not None:
             callback(t, x, x0)
         sigma = eta * math.sqrt((1 - abar_next) / (1 - abar_t) * (1 - abar_t / abar_next))      # Eq. 16
@@ -171,15 +111,15 @@ def dpm_solver_sample(denoiser, shape, sample_steps: int = DPM_SOLVER_STEPS, *,
     The step sizes use lambda of the rounded timesteps the model sees (diffusers keeps the unrounded ones).
     """
     timesteps = dpm_solver_timesteps(denoiser.schedule, sample_steps)
-    schedule, x = _start(denoiser.schedule, shape, generator, device, x_T)
-    _, alpha, sigma = _cpu_coefficients(schedule)
+    schedule, x = start_chain(denoiser.schedule, shape, generator, device, x_T)
+    _, alpha, sigma = chain_coefficients(schedule)
     # (alpha_t, sigma_t, lambda_t = log(alpha_t / sigma_t)) per timestep, then the end value: clean data
     points = [(alpha[t], sigma[t], math.log(alpha[t] / sigma[t])) for t in timesteps] + [(1.0, 0.0, math.inf)]
     D_prev, h_prev = None, None
     steps_ = tqdm(zip(timesteps, points[:-1], points[1:]), total=len(timesteps), disable=not progress,
                   desc="DPM-Solver++")
     for t, (_, sigma_t, lam_t), (alpha_next, sigma_next, lam_next) in steps_:
-        D, _, _ = _denoise(denoiser, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
+        D, _, _ = denoise_at(denoiser, schedule, x, t, clip_denoised)  # data prediction x0_theta(x_t, t)
         if callback is not None:
             callback(t, x, D)
         h = lam_next - lam_t
@@ -193,6 +133,58 @@ def dpm_solver_sample(denoiser, shape, sample_steps: int = DPM_SOLVER_STEPS, *,
     return x
 
 
+def _flow_ode(denoiser, shape, timesteps: list, heun_steps: int, generator, device, progress: bool, callback,
+              clip_denoised: bool, x_T, desc: str) -> torch.Tensor:
+    """The probability-flow ODE dz/ds = u = eps - x0 on z_s = x_t / (alpha_t + sigma_t), s = sigma_t / (alpha_t +
+    sigma_t) (flow matching's straight path), stepped over `timesteps` and then to s = 0: Heun's method (Karras et al.
+    2022, Algorithm 1 without churn) on the first `heun_steps` intervals, Euler's on the rest (always the last)."""
+    schedule, x = start_chain(denoiser.schedule, shape, generator, device, x_T)
+    _, alpha, sigma = chain_coefficients(schedule)
+    # (t, alpha_t + sigma_t, s_t) per timestep, then the end value: clean data at s = 0
+    points = [(t, alpha[t] + sigma[t], sigma[t] / (alpha[t] + sigma[t])) for t in timesteps] + [(None, 1.0, 0.0)]
+    steps_ = tqdm(enumerate(zip(points[:-1], points[1:])), total=len(timesteps), disable=not progress, desc=desc)
+    for i, ((t, scale, s), (t_next, scale_next, s_next)) in steps_:
+        x0, eps, _ = denoise_at(denoiser, schedule, x, t, clip_denoised)
+        if callback is not None:
+            callback(t, x, x0)
+        z, u = x / scale, eps - x0
+        z_next = z + (s_next - s) * u                                                     # Euler
+        if i < heun_steps and t_next is not None:                                          # Heun's correction
+            x0_next, eps_next, _ = denoise_at(denoiser, schedule, z_next * scale_next, t_next, clip_denoised)
+            z_next = z + (s_next - s) * 0.5 * (u + eps_next - x0_next)
+        x = z_next * scale_next
+    return x
+
+
+@torch.no_grad()
+def euler_sample(denoiser, shape, sample_steps: int = EULER_STEPS, *,
+                 generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
+                 callback: Optional[StepCallback] = None, clip_denoised: bool = True,
+                 x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Euler's method on the probability-flow ODE in flow matching's coordinates, z_s' = z_s + (s' - s) u, on
+    `ddim_timesteps(T, sample_steps)` (evenly spaced in s on the flow schedule): the sampler of a flow-matching model
+    (diffusers' FlowMatchEulerDiscreteScheduler). As z_s' = (1 - s') x0 + s' eps, it is DDIM with eta = 0 on every
+    schedule and objective. One model evaluation per timestep."""
+    timesteps = ddim_timesteps(denoiser.schedule.num_timesteps, sample_steps)
+    return _flow_ode(denoiser, shape, timesteps, 0, generator, device, progress, callback, clip_denoised, x_T, "Euler")
+
+
+@torch.no_grad()
+def heun_sample(denoiser, shape, sample_steps: int = HEUN_STEPS, *,
+                generator: Optional[torch.Generator] = None, device=None, progress: bool = False,
+                callback: Optional[StepCallback] = None, clip_denoised: bool = True,
+                x_T: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Heun's method on the probability-flow ODE in flow matching's coordinates (Karras et al. 2022, Algorithm 1;
+    diffusers' FlowMatchHeunDiscreteScheduler): an Euler step to the next timestep, then the average of the velocities
+    at both ends. `sample_steps` model evaluations: K = ceil((sample_steps + 1) / 2) timesteps evenly spaced
+    (ddim_timesteps), Heun on the first sample_steps - K intervals between them (two evaluations each), Euler on the
+    rest and on the last step to clean data (one each); an odd sample_steps is Heun everywhere but that last step."""
+    K = (check_sample_steps(sample_steps, denoiser.schedule.num_timesteps) + 2) // 2
+    timesteps = ddim_timesteps(denoiser.schedule.num_timesteps, K)
+    return _flow_ode(denoiser, shape, timesteps, sample_steps - K, generator, device, progress, callback,
+                     clip_denoised, x_T, "Heun")
+
+
 class Sampler(NamedTuple):
     """A registry entry: the sampling function and how many model evaluations it makes by default."""
 
@@ -204,6 +196,8 @@ SAMPLERS = MappingProxyType({
     "ddpm": Sampler(ddpm_sample, None),
     "ddim": Sampler(ddim_sample, DDIM_STEPS),
     "dpm-solver": Sampler(dpm_solver_sample, DPM_SOLVER_STEPS),
+    "euler": Sampler(euler_sample, EULER_STEPS),
+    "heun": Sampler(heun_sample, HEUN_STEPS),
 })
 
 
@@ -215,7 +209,7 @@ def resolve_sample_steps(sampler: str, sample_steps: Optional[int], T: int) -> i
     default = SAMPLERS[sampler].default_sample_steps
     if default is None and sample_steps not in (None, T):
         raise ValueError(f"sampler={sampler!r} runs all T={T} timesteps: pass sample_steps=None, "
-                         f"or use 'ddim'/'dpm-solver' for fewer (got sample_steps={sample_steps})")
+                         f"or another sampler for fewer (got sample_steps={sample_steps})")
     sample_steps = min(default or T, T) if sample_steps is None else sample_steps
     check_sample_steps(sample_steps, T)
     return sample_steps

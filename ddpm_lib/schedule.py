@@ -1,5 +1,10 @@
 """Beta schedules, the forward process q and its posterior (Ho et al. 2020, Sec. 2), and Eq. 4 solved for x0 or eps.
 
+Every x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps is also a point of the straight path of flow matching
+(Lipman et al. 2023; rectified flow, Liu et al. 2023) rescaled: z_s = (1 - s) x0 + s eps = x_t / (alpha_t + sigma_t)
+with s = sigma_t / (alpha_t + sigma_t) (alpha_t = sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t)): `flow_time`.
+The "flow" schedule spaces s evenly, s = (t + 1) / T, as flow matching samples its time.
+
 What a network predicts and how its loss weighs each t live in ddpm_lib.objective, which reads its coefficients
 from here.
 
@@ -28,7 +33,7 @@ class LinearBetas(NamedTuple):
 PAPER_SCHEDULE = LinearBetas(num_timesteps=1000, beta_min=1e-4, beta_max=0.02)
 # what a NoiseSchedule records of how its betas were made: its kind, and that kind's parameters
 SCHEDULE_PARAMS = MappingProxyType({"linear": ("num_timesteps", "beta_min", "beta_max"),
-                                    "cosine": ("num_timesteps", "s"), "custom": ()})
+                                    "cosine": ("num_timesteps", "s"), "flow": ("num_timesteps",), "custom": ()})
 SCHEDULE_KINDS = tuple(SCHEDULE_PARAMS)
 
 
@@ -36,7 +41,7 @@ _COEFFICIENTS = (
     "betas", "alphas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod",
     "sqrt_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
     "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-    "log_betas_clipped",
+    "log_betas_clipped", "flow_times",
 )
 VARIANCES = ("beta", "posterior")  # the reverse process's fixed sigma_t^2 (Sec. 3.2): beta_t or beta_tilde_t
 
@@ -66,11 +71,26 @@ def cosine_betas(num_timesteps: int = PAPER_SCHEDULE.num_timesteps, s: float = 0
     return betas.clamp(max=max_beta)
 
 
+def flow_betas(num_timesteps: int = PAPER_SCHEDULE.num_timesteps, max_beta: float = 0.999) -> torch.Tensor:
+    """The betas whose x_t are the straight path z_s = (1 - s) x0 + s eps at s = (t + 1) / T, rescaled (flow matching,
+    the time grid of diffusers' FlowMatchEulerDiscreteScheduler): alpha_bar = (1 - s)^2 / ((1 - s)^2 + s^2), the
+    variance-preserving x_t with z_s's signal-to-noise ratio. Clipped at max_beta as cosine's are: s = 1 would be
+    alpha_bar = 0, so the last s is 1 - 3.2e-5 (T = 1000) instead."""
+    check_int(num_timesteps, "num_timesteps")
+    if not 0.0 < max_beta < 1.0:
+        raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
+    s = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps       # s_0 = 0: clean data
+    alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1].clamp(min=1e-300)                     # beta_t = 1 - abar_t / abar_t-1
+    return betas.clamp(max=max_beta)
+
+
 class NoiseSchedule:
     """The forward process q(x_t | x0) of a beta schedule, its posterior, and the conversions between x0 and eps.
 
-    It records how its betas were made: `kind` ("linear", "cosine" or "custom") and `params` (linear: num_timesteps,
-    beta_min, beta_max; cosine: num_timesteps, s; custom: none), through the constructors `linear` and `cosine`.
+    It records how its betas were made: `kind` ("linear", "cosine", "flow" or "custom") and `params` (linear:
+    num_timesteps, beta_min, beta_max; cosine: num_timesteps, s; flow: num_timesteps; custom: none), through the
+    constructors `linear`, `cosine` and `flow`.
     """
 
     # float32 (T,) coefficients, indexed by t (set from the float64 ones in __init__, moved by `to`)
@@ -87,6 +107,7 @@ class NoiseSchedule:
     posterior_mean_coef1: torch.Tensor           # coefficient of x0 in mu_tilde (Eq. 7)
     posterior_mean_coef2: torch.Tensor           # coefficient of x_t in mu_tilde (Eq. 7)
     log_betas_clipped: torch.Tensor              # log beta_t, t = 0 taking log beta_tilde_2 (the official code's)
+    flow_times: torch.Tensor                     # s_t = sigma_t / (alpha_t + sigma_t), x_t's time on the flow path
 
     def __init__(self, betas: Union[torch.Tensor, Sequence[float]], kind: str = "custom",
                  params: Optional[dict] = None):
@@ -122,6 +143,7 @@ class NoiseSchedule:
             # sigma_t^2 = beta_t, except at the paper's t = 1, where the official code takes beta_tilde_2 as it
             # does for log beta_tilde: the decoder's variance (Eq. 13). Sampling adds no noise there.
             "log_betas_clipped": torch.cat([first, betas[1:]]).log(),
+            "flow_times": (1 - alphas_cumprod).sqrt() / (alphas_cumprod.sqrt() + (1 - alphas_cumprod).sqrt()),
         }
         self._f64 = f64
         self.kind = kind
@@ -140,6 +162,11 @@ class NoiseSchedule:
     @classmethod
     def cosine(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps, s: float = 0.008) -> "NoiseSchedule":
         return cls(cosine_betas(num_timesteps, s), "cosine", {"num_timesteps": num_timesteps, "s": float(s)})
+
+    @classmethod
+    def flow(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps) -> "NoiseSchedule":
+        """Flow matching's time grid, s = (t + 1) / T evenly spaced (`flow_betas`)."""
+        return cls(flow_betas(num_timesteps), "flow", {"num_timesteps": num_timesteps})
 
     @classmethod
     def paper(cls, num_timesteps: int = PAPER_SCHEDULE.num_timesteps) -> "NoiseSchedule":
@@ -173,7 +200,8 @@ class NoiseSchedule:
 
     def config(self) -> dict:
         """The schedule as config.json writes it: {"kind": "linear", "num_timesteps", "beta_min", "beta_max"},
-        {"kind": "cosine", "num_timesteps", "s"}, or {"kind": "custom", "betas": [...]}; `from_config` reads it back."""
+        {"kind": "cosine", "num_timesteps", "s"}, {"kind": "flow", "num_timesteps"} or {"kind": "custom", "betas":
+        [...]}; `from_config` reads it back."""
         if self.kind == "custom":
             return {"kind": "custom", "betas": self._f64["betas"].tolist()}
         return {"kind": self.kind, **self.params}
@@ -183,7 +211,7 @@ class NoiseSchedule:
         """The schedule of a `config()` dict; a ValueError naming an unknown kind or key."""
         makers: dict[str, tuple[Callable[..., NoiseSchedule], tuple[str, ...]]] = {
             "linear": (cls.linear, SCHEDULE_PARAMS["linear"]), "cosine": (cls.cosine, SCHEDULE_PARAMS["cosine"]),
-            "custom": (cls, ("betas",))}
+            "flow": (cls.flow, SCHEDULE_PARAMS["flow"]), "custom": (cls, ("betas",))}
         kind = values.get("kind") if isinstance(values, dict) else None
         if kind not in makers:
             raise ValueError(f"kind: expected one of {sorted(makers)}, got {kind!r}")
@@ -263,3 +291,8 @@ class NoiseSchedule:
     def sqrt_one_minus_alpha_bar(self, t, x: torch.Tensor) -> torch.Tensor:
         """sqrt(1 - alpha_bar_t) in x's dtype and device, shaped to broadcast against x."""
         return self._extract("sqrt_one_minus_alphas_cumprod", t, x)
+
+    def flow_time(self, t, x: torch.Tensor) -> torch.Tensor:
+        """s_t = sigma_t / (alpha_t + sigma_t), where x_t / (alpha_t + sigma_t) lies on the straight path
+        z_s = (1 - s) x0 + s eps; in x's dtype and device, shaped to broadcast against x."""
+        return self._extract("flow_times", t, x)

@@ -10,6 +10,8 @@ from .utils import check_int
 
 DDIM_STEPS = 50        # DDIM's default number of model evaluations
 DPM_SOLVER_STEPS = 20  # DPM-Solver++(2M)'s default number of model evaluations
+EULER_STEPS = 50       # Euler's (on the probability-flow ODE) default number of model evaluations
+HEUN_STEPS = 35        # Heun's default number of model evaluations: EDM's for CIFAR-10 (Karras et al. 2022, 18 steps)
 
 
 def check_sample_steps(sample_steps, T: int) -> int:

@@ -85,15 +85,22 @@ def gaussian_x0(abar, x_t, mu, s):
 class IdealEps:
     """The ideal network for x0 ~ N(MU, S^2), alpha_bar taken from the betas alone (float64): a plain function of
     (x_t, t) whose output is E[eps | x_t], or with prediction="x0" E[x0 | x_t], with "v" E[v | x_t] =
-    sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is linear in eps and x0). The network does not know
-    what it predicts (a UNet does not either): `denoiser()` is it on its schedule with the matching objective,
-    Denoiser(net, schedule, Objective(prediction))."""
+    sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is linear in eps and x0), with "flow" E[eps - x0 | z_s]
+    of z_s = x_t / (sqrt(abar) + sqrt(1 - abar)) at time s T, alpha_bar = (1 - s)^2 / ((1 - s)^2 + s^2) (what a flow
+    network is called with, Objective.net_input). The network does not know what it predicts (a UNet does not
+    either): `denoiser()` is it on its schedule with the matching objective, Denoiser(net, schedule,
+    Objective(prediction))."""
 
     def __init__(self, schedule, prediction="eps"):
         self.schedule, self.prediction = schedule, prediction
         self.abar = torch.cumprod(1 - schedule.state_dict()["betas"], 0)
 
     def __call__(self, x_t, t):
+        if self.prediction == "flow":                                     # x_t is z_s, t is s T
+            s = (t.to(x_t.dtype) / len(self.abar)).view(-1, 1, 1, 1)
+            abar = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
+            x_t = x_t * (abar.sqrt() + (1 - abar).sqrt())
+            return gaussian_eps(abar, x_t, MU, S) - gaussian_x0(abar, x_t, MU, S)
         abar = self.abar.to(x_t.device)[t].to(x_t.dtype).view(-1, 1, 1, 1)
         eps, x0 = gaussian_eps(abar, x_t, MU, S), gaussian_x0(abar, x_t, MU, S)
         return {"eps": eps, "x0": x0, "v": abar.sqrt() * eps - (1 - abar).sqrt() * x0}[self.prediction]

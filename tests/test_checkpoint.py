@@ -202,7 +202,7 @@ def test_a_data_entry_that_is_no_data_record_is_refused(tmp_path, run, entry, ma
 
 @pytest.mark.parametrize("entry, match", [
     ({"prediction": "score", "weighting": "uniform", "snr_gamma": 5.0},
-     r"Objective\.prediction must be one of \('eps', 'x0', 'v'\), got 'score'"),
+     r"Objective\.prediction must be one of \('eps', 'x0', 'v', 'flow'\), got 'score'"),
     ({"prediction": "eps", "weighting": "min_snr", "snr_gamma": 5.0}, r"Objective\.weighting must be one of"),
     ({"prediction": "x0", "weighting": "min-snr", "snr_gamma": 0.0}, r"Objective\.snr_gamma must be a number > 0"),
     ({"prediction": "eps", "loss_weighting": "uniform"}, r"'loss_weighting' is not a field of Objective"),

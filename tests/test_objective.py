@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import MU, S, fake_model, gaussian_eps, gaussian_x0
+from helpers import MU, S, IdealEps, fake_model, gaussian_eps, gaussian_x0
 
 from ddpm_lib.objective import PREDICTIONS, WEIGHTINGS, Denoised, Denoiser, Objective, diffusion_loss
 from ddpm_lib.schedule import NoiseSchedule
@@ -37,7 +37,7 @@ def _f64(*shape, seed):
 def test_the_default_objective_is_the_papers():
     """eps-prediction with every t weighed alike: L_simple (Eq. 14); gamma 5 as Hang et al. recommend."""
     assert Objective() == Objective("eps", "uniform", 5.0)
-    assert PREDICTIONS == ("eps", "x0", "v") and WEIGHTINGS == ("uniform", "min-snr")
+    assert PREDICTIONS == ("eps", "x0", "v", "flow") and WEIGHTINGS == ("uniform", "min-snr")
     with pytest.raises(dataclasses.FrozenInstanceError):
         Objective().prediction = "x0"  # saved with the network: it must not change under it
     assert len({Objective(), Objective("eps"), Objective("x0")}) == 2  # hashable, equal by value
@@ -75,7 +75,7 @@ def test_to_dict_and_from_dict_round_trip(objective, tmp_path):
                                                          r"prediction, weighting, snr_gamma\)"),
     ({"prediction": "eps", "gamma": 5.0}, "'gamma' is not a field of Objective"),
     ({"prediction": "score", "weighting": "uniform", "snr_gamma": 5.0},
-     r"Objective\.prediction must be one of \('eps', 'x0', 'v'\), got 'score'"),
+     r"Objective\.prediction must be one of \('eps', 'x0', 'v', 'flow'\), got 'score'"),
     ({"prediction": "eps", "weighting": "snr", "snr_gamma": 5.0}, r"Objective\.weighting must be one of"),
     ({"prediction": "eps", "weighting": "uniform", "snr_gamma": -2.0},
      r"Objective\.snr_gamma must be a number > 0, got -2.0"),
@@ -147,7 +147,11 @@ def test_min_snr_eps_weight_is_min_snr_gamma_over_snr_and_caps_the_clean_end():
 
 def _ideal(schedule, prediction):
     """The ideal predictor of x0 ~ N(MU, S^2) (alpha_bar in float64 from the betas alone): E[eps | x_t], E[x0 | x_t]
-    or E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is linear in eps and x0)."""
+    or E[v | x_t] = sqrt(abar) E[eps | x_t] - sqrt(1 - abar) E[x0 | x_t] (v is linear in eps and x0); a flow
+    network's, called with z_s and s T, is helpers.IdealEps's."""
+    if prediction == "flow":
+        return IdealEps(schedule, "flow")
+
     def net(x_t, t):
         abar = _abar(schedule, t).to(x_t.dtype)
         eps, x0 = gaussian_eps(abar, x_t, MU, S), gaussian_x0(abar, x_t, MU, S)
@@ -308,15 +312,18 @@ def test_weighted_loss_is_the_weight_times_the_per_example_error():
 
 def test_the_loss_of_the_ideal_predictor_of_gaussian_data_is_the_posterior_variance():
     """For x0 ~ N(MU, S^2) the ideal predictor's squared error per element is the variance of the target given x_t,
-    in closed form: Var(eps | x_t) = abar S^2 / D, Var(x0 | x_t) = S^2 (1 - abar) / D and Var(v | x_t) = S^2 / D,
-    D = abar S^2 + 1 - abar. Under min-SNR the three are one weighted loss, min(SNR, gamma) Var(x0 | x_t)."""
+    in closed form: Var(eps | x_t) = abar S^2 / D, Var(x0 | x_t) = S^2 (1 - abar) / D, Var(v | x_t) = S^2 / D and
+    Var(eps - x0 | x_t) = (sqrt(abar) + sqrt(1 - abar))^2 S^2 / D (given x_t, eps - x0 = -(sqrt(abar) / sqrt(1 -
+    abar) + 1) x0 + const), D = abar S^2 + 1 - abar. Under min-SNR the four are one weighted loss, min(SNR, gamma)
+    Var(x0 | x_t)."""
     schedule = NoiseSchedule.linear()
     t = torch.tensor([0, 10, 100, 300, 600, 999])
     x0 = MU + S * _f64(6, 3, 64, 64, seed=9)
     noise = _f64(6, 3, 64, 64, seed=10)
     abar = _abar(schedule, t).flatten()
     D = abar * S ** 2 + 1 - abar
-    variance = {"eps": abar * S ** 2 / D, "x0": S ** 2 * (1 - abar) / D, "v": S ** 2 / D}
+    variance = {"eps": abar * S ** 2 / D, "x0": S ** 2 * (1 - abar) / D, "v": S ** 2 / D,
+                "flow": (abar.sqrt() + (1 - abar).sqrt()) ** 2 * S ** 2 / D}
     n = x0[0].numel()  # the per-example loss is a mean of n independent variance * chi^2_1: sd variance sqrt(2 / n)
     weighted = {}
     for prediction in PREDICTIONS:
@@ -326,7 +333,7 @@ def test_the_loss_of_the_ideal_predictor_of_gaussian_data_is_the_posterior_varia
         torch.testing.assert_close(loss, variance[prediction], rtol=5 * math.sqrt(2 / n), atol=0)
         objective = Objective(prediction, "min-snr", 5.0)
         weighted[prediction] = diffusion_loss(net, schedule, x0, objective, t=t, noise=noise, reduction="none")
-    for prediction in ("x0", "v"):  # the same errors of x0, weighed alike (weights rounded to float32)
+    for prediction in ("x0", "v", "flow"):  # the same errors of x0, weighed alike (weights rounded to float32)
         torch.testing.assert_close(weighted[prediction], weighted["eps"], rtol=1e-6, atol=0)
     snr = abar / (1 - abar)
     torch.testing.assert_close(weighted["x0"], snr.clamp(max=5) * variance["x0"], rtol=5 * math.sqrt(2 / n), atol=0)

@@ -8,7 +8,8 @@ from helpers import MICRO, MU, S, IdealEps, check_moments, gen, perturbed
 
 from ddpm_lib.objective import Denoiser
 from ddpm_lib.paper_figures import coarse_to_fine, interpolate, progressive_generation
-from ddpm_lib.samplers import Trajectory, ddim_timesteps, ddpm_sample
+from ddpm_lib.sampler_steps import Trajectory
+from ddpm_lib.samplers import ddim_timesteps, ddpm_sample
 from ddpm_lib.schedule import NoiseSchedule
 from ddpm_lib.unet import UNet
 

@@ -24,7 +24,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
     ("objective", "x0", "Recipe.objective: expected an Objective, got 'x0'"),
     ("objective", {"prediction": "x0", "weighting": "min-snr", "snr_gamma": 5.0}, "Recipe.objective: expected an "
                                                                                    "Objective, got {'prediction'"),
-    ("schedule", "sigmoid", "Recipe.schedule: expected one of ('linear', 'cosine'), got 'sigmoid'"),
+    ("schedule", "sigmoid", "Recipe.schedule: expected one of ('linear', 'cosine', 'flow'), got 'sigmoid'"),
     ("train_steps", 0, "TrainConfig.train_steps must be > 0"),
 ])
 def test_a_bad_recipe_field_is_one_clear_error(field, value, message):

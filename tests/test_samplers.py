@@ -11,7 +11,8 @@ from helpers import MU, S, IdealEps, check_moments, fake_model, gen
 from ddpm_lib.guidance import guided
 from ddpm_lib.objective import Denoiser
 from ddpm_lib.utils import to_uint8
-from ddpm_lib.samplers import (SAMPLERS, Trajectory, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
+from ddpm_lib.sampler_steps import Trajectory
+from ddpm_lib.samplers import (SAMPLERS, ddim_sample, ddim_timesteps, ddpm_sample, dpm_solver_sample,
                                dpm_solver_timesteps, generate_images)
 from ddpm_lib.schedule import NoiseSchedule, cosine_betas, linear_betas
 from ddpm_lib.unet import UNetConfig
@@ -234,16 +235,17 @@ def test_model_calls_equal_steps(name, steps):
 
 
 def test_registry():
-    assert set(SAMPLERS) == {"ddpm", "ddim", "dpm-solver"}
-    assert [SAMPLERS[k].default_sample_steps for k in ("ddpm", "ddim", "dpm-solver")] == [None, 50, 20]
+    assert set(SAMPLERS) == {"ddpm", "ddim", "dpm-solver", "euler", "heun"}
+    assert [SAMPLERS[k].default_sample_steps for k in ("ddpm", "ddim", "dpm-solver", "euler", "heun")] == [
+        None, 50, 20, 50, 35]
     assert SAMPLERS["ddim"].fn is ddim_sample and SAMPLERS["dpm-solver"].fn is dpm_solver_sample
     with pytest.raises(TypeError):
-        SAMPLERS["euler"] = SAMPLERS["ddim"]
+        SAMPLERS["sde"] = SAMPLERS["ddim"]
 
 
 # ---- Gaussian data: the samplers return the data's distribution --------------------------------
 
-PREDICTIONS = ("eps", "x0", "v")  # what the network outputs: its denoiser's Objective(prediction) converts it
+PREDICTIONS = ("eps", "x0", "v", "flow")  # what the network outputs: its denoiser's Objective(prediction) converts it
 
 
 @pytest.mark.parametrize("prediction", PREDICTIONS)
@@ -441,7 +443,7 @@ def test_generate_images_with_labels_samples_the_guided_model_batch_by_batch(sca
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(sampler="euler"), "sampler must be one of"),
+    (dict(sampler="sde"), "sampler must be one of"),
     (dict(sampler="ddpm", sample_steps=5), "runs all T=10 timesteps"),
     (dict(sample_steps=11), r"sample_steps must be an integer in \[1, T=10\]"),
     (dict(n=0), "n must be a positive int"),
