@@ -44,7 +44,7 @@ lab: setup
 demo: setup
 	mkdir -p build
 	$(PY) -m jupyter nbconvert --to notebook --execute --ExecutePreprocessor.timeout=-1 \
-		--output-dir build notebooks/0*.ipynb
+		--output-dir build notebooks/[0-9]*.ipynb
 
 # Executed copies of the series for readers on GitHub, committed in docs/notebooks/: the real sizes
 # (not smoke mode), on whatever device is there. The test run never collects them (pyproject's
@@ -67,7 +67,7 @@ DOCS_MODEL ?= shipped
 docs: setup $(DOCS_DATA)
 	mkdir -p docs/notebooks
 	DDPM_SMOKE=0 DDPM_MODEL=$(DOCS_MODEL) $(if $(DOCS_DATA),DDPM_DATA_ROOT=$(CURDIR)/$(DOCS_DATA)) $(PY) -m jupyter nbconvert --to notebook --execute \
-		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/0*.ipynb
+		--ExecutePreprocessor.timeout=-1 --output-dir docs/notebooks notebooks/[0-9]*.ipynb
 
 # The course as a website (mkdocs.yml, website/): the executed notebooks in docs/notebooks and the pages of docs/,
 # into SITE_DIR (git-ignored); .github/workflows/pages.yml publishes it, and tests/test_site.py builds it the same

@@ -75,6 +75,8 @@ def terms_bpd(denoiser: Denoiser, x0: torch.Tensor, t: torch.Tensor, noise: torc
     x0_pred = denoiser(x_t, t, y).x0.clamp(-1, 1)
     model_mean, _, _ = schedule.q_posterior(x0_pred, x_t, t)                         # mu_theta: Eq. 7 of x0_theta
     model_logvar = schedule.reverse_log_variance(t, x_t, variance).expand(x_t.shape)  # log sigma_t^2
+    # Eq. 8's KL; for an eps network (nothing clipped) its part that depends on theta is Eq. 12's
+    # lambda_t ||eps - eps_theta||^2, lambda_t = beta_t^2 / (2 sigma_t^2 alpha_t (1 - alpha_bar_t))
     kl = _mean_over_pixels(normal_kl(true_mean, true_logvar, model_mean, model_logvar)) / LOG2
     decoder = -_mean_over_pixels(discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_logvar)) / LOG2
     return torch.where(t == 0, decoder, kl)

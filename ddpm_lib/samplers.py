@@ -217,7 +217,7 @@ def resolve_sample_steps(sampler: str, sample_steps: Optional[int], T: int) -> i
 
 def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", sample_steps: Optional[int] = None,
                     batch_size: int = 256, seed: int = 0, y=None, guidance_scale: float = 1.0, device=None,
-                    progress: bool = False) -> torch.Tensor:
+                    progress: bool = False, options: Optional[dict] = None) -> torch.Tensor:
     """n samples of a UNet's denoiser as uint8 (n, C, H, W) on the CPU, drawn in batches; deterministic in (seed,
     batch_size, device).
 
@@ -225,6 +225,8 @@ def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", sample
     y: labels (n,) for a class-conditional model, sampled with classifier-free guidance of scale guidance_scale
     (`guided`; both checked before any sampling): the one place labels enter sampling. The network is moved to
     `device` (default: where it is) and put in eval mode for sampling; its train/eval mode is restored afterwards.
+    options: further keyword arguments of the sampler, e.g. {"eta": 1.0} for "ddim" or {"variance": "posterior"}
+    for "ddpm".
     """
     config = getattr(getattr(denoiser, "net", None), "config", None)
     if not isinstance(denoiser, Denoiser) or not isinstance(denoiser.net, torch.nn.Module) or not isinstance(
@@ -240,7 +242,7 @@ def generate_images(denoiser: Denoiser, n: int, *, sampler: str = "ddim", sample
     net = denoiser.net
     device = torch.device(device) if device is not None else next(net.parameters(), torch.empty(0)).device
     C, size = config.ch_list[0], config.image_size  # image channels and side, from the config
-    kwargs = {} if entry.default_sample_steps is None else {"sample_steps": sample_steps}
+    kwargs = {**(options or {}), **({} if entry.default_sample_steps is None else {"sample_steps": sample_steps})}
     generator = torch.Generator(device=device).manual_seed(seed)
     images = torch.empty((n, C, size, size), dtype=torch.uint8)
     was_training = net.training

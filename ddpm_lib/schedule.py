@@ -264,7 +264,7 @@ class NoiseSchedule:
         return self._extract("log_betas_clipped" if variance == "beta" else "posterior_log_variance_clipped", t, x)
 
     def predict_x0(self, x_t: torch.Tensor, t, eps: torch.Tensor) -> torch.Tensor:
-        """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (Eq. 4 solved for x0)."""
+        """x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)  (Eq. 4 solved for x0: the paper's Eq. 15)."""
         return (self._extract("sqrt_recip_alphas_cumprod", t, x_t) * x_t
                 - self._extract("sqrt_recipm1_alphas_cumprod", t, x_t) * eps)
 

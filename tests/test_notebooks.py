@@ -1,4 +1,4 @@
-"""The notebook series as committed: 01..09, valid, without outputs, Colab-ready, with a SMOKE switch and exercises.
+"""The notebook series as committed: 01..11, valid, without outputs, Colab-ready, with a SMOKE switch and exercises.
 
 Running them is nbval's job (`pytest --nbval-lax notebooks/`); these checks are static and take no kernel.
 """
@@ -13,7 +13,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 SERIES = ["01_noise_schedule.ipynb", "02_attention.ipynb", "03_unet.ipynb", "04_reverse_process.ipynb",
           "05_training.ipynb", "06_sampling.ipynb", "07_evaluation.ipynb", "08_guidance.ipynb",
-          "09_prediction_targets.ipynb"]
+          "09_prediction_targets.ipynb", "10_continuous_time_and_flow_matching.ipynb", "11_what_you_built.ipynb"]
 
 # the Colab badge opens the notebook at the ref its install cell installs (main, or a release's tag: the ref itself is
 # checked in tests/test_install_cell.py)

@@ -393,6 +393,18 @@ def test_generate_images_matches_the_sampler_and_batches_deterministically():
     assert [rows for rows, _ in net.calls] == [2] * 10 + [2] * 10 + [1] * 10   # three batches of all T steps
 
 
+def test_generate_images_passes_a_samplers_own_options():
+    """options= reaches the sampler: DDIM with eta = 1 draws noise at every step (not the deterministic samples), as
+    ddim_sample(eta=1) does from the same generator; Algorithm 2's variance likewise."""
+    net, schedule = TinyNet().eval(), NoiseSchedule.linear(10)
+    denoiser = Denoiser(net, schedule)
+    images = generate_images(denoiser, 4, sampler="ddim", sample_steps=5, seed=3, options={"eta": 1.0})
+    assert torch.equal(images, to_uint8(ddim_sample(denoiser, (4, 3, 8, 8), 5, eta=1.0, generator=gen(3))))
+    assert not torch.equal(images, generate_images(denoiser, 4, sampler="ddim", sample_steps=5, seed=3))
+    posterior = generate_images(denoiser, 4, sampler="ddpm", seed=3, options={"variance": "posterior"})
+    assert torch.equal(posterior, to_uint8(ddpm_sample(denoiser, (4, 3, 8, 8), "posterior", generator=gen(3))))
+
+
 def test_generate_images_takes_its_channels_from_the_config():
     images = generate_images(Denoiser(TinyNet(channels=1).eval(), NoiseSchedule.linear(10)), 3, sample_steps=2)
     assert images.shape == (3, 1, 8, 8)  # a grayscale network draws grayscale images
