@@ -434,7 +434,7 @@ def main() -> None:
     parser.add_argument("--n-sweep", type=int, help="flow: samples per score of the model-evaluation sweep "
                         "(default 500; --quick 128)")
     parser.add_argument("--note", help="a sentence on the conditions of the run (what else ran), kept in recipes.json "
-                        "and printed under the table; with `table`, replaces the stored one")
+                        "(flow.json) and printed above the table; with `table` (`flow-table`), replaces the stored one")
     args = parser.parse_args()
     args.minutes = args.minutes or (1.0 if args.quick else 10.0)
     args.n = args.n or (256 if args.quick else 1000)
@@ -444,14 +444,14 @@ def main() -> None:
     if args.minutes <= 0 or args.n < 20 or args.sample_steps < 1:
         parser.error("--minutes must be > 0, --n >= 20 and --sample-steps >= 1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.what in ("table", "flow-table") and args.note is not None:
+        path = args.out / ("recipes.json" if args.what == "table" else "flow.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), "note": args.note}, indent=1) + "\n")
     if args.what in ("flow", "flow-table"):
         from recipes_flow import benchmark_flow, write_flow_table
 
         benchmark_flow(args) if args.what == "flow" else write_flow_table(args.out)
     elif args.what == "table":
-        if args.note is not None:
-            path = args.out / "recipes.json"
-            path.write_text(json.dumps({**json.loads(path.read_text()), "note": args.note}, indent=1) + "\n")
         write_table(args.out)
     else:
         benchmark(args)

@@ -162,11 +162,12 @@ def write_flow_table(out: Path) -> None:
             sweep.append(f"| {name} | {label} | " + " | ".join(
                 f"{by_nfe[k]['fid']:.1f} ± {by_nfe[k]['fid_std']:.1f}" for k in nfes) + " |")
     quick = " --quick" if summary["quick"] else ""
+    note = f" {summary['note']}" if summary.get("note") else ""
     text = [f"# Flow matching against the recipe benchmark's winner{quick}", "",
             f"Measured side by side in one run on {summary['measured_on']}; the whole run took "
             f"{summary['wall_minutes']} minutes (`python benchmarks/recipes.py flow{quick} --minutes "
-            f"{summary['minutes']:g} --n {summary['n']}`). Budgets are each run's own CPU time (one core each, two "
-            "runs at a time). How it is run and scored: the docstring of benchmarks/recipes_flow.py and "
+            f"{summary['minutes']:g} --n {summary['n']}`).{note} Budgets are each run's own CPU time (one core each, "
+            "two runs at a time). How it is run and scored: the docstring of benchmarks/recipes_flow.py and "
             "[recipes.md](recipes.md).", "",
             f"Both recipes train the tiny network with the same optimiser settings; scored by DPM-Solver++(2M) with "
             f"{summary['sample_steps']} model evaluations, {summary['n']:,} samples against the 10,000 test images in "

@@ -46,11 +46,16 @@ class SmallCNN(nn.Module):
         return self.head(self.body(x))
 
 
-def _check_images(images) -> None:
+def _rgb(images) -> torch.Tensor:
+    """uint8 images (N, 3, 32, 32), or grayscale ones (N, 1, 32, 32) with their one channel repeated into R, G and B:
+    the classifier was trained on CIFAR-10's colour images, so grayscale ones (a folder of digits) are scored as
+    the colour images that look the same."""
     if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4
-            and tuple(images.shape[1:]) == (3, 32, 32)):
+            and images.shape[1] in (1, 3) and tuple(images.shape[2:]) == (32, 32)):
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"images must be a uint8 tensor (N, 3, 32, 32) (CIFAR-10's size), got {got}")
+        raise ValueError(f"images must be a uint8 tensor (N, 3, 32, 32) (CIFAR-10's size) or (N, 1, 32, 32) "
+                         f"(grayscale), got {got}")
+    return images.expand(-1, 3, -1, -1)  # grayscale: the one channel repeated (a view); RGB: as it is
 
 
 def _load(path, device) -> tuple[SmallCNN, dict]:
@@ -75,8 +80,8 @@ def load_cifar10_classifier(device=None, path=CLASSIFIER_WEIGHTS) -> SmallCNN:
 def features_and_probabilities(model: SmallCNN, images: torch.Tensor, batch_size: int = 500,
                                device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(features float64 (N, 256), class probabilities float64 (N, 10)) on the CPU of uint8 images (N, 3, 32, 32),
-    in batches on `device` (default: the model's)."""
-    _check_images(images)
+    or grayscale (N, 1, 32, 32) (repeated to RGB: _rgb), in batches on `device` (default: the model's)."""
+    images = _rgb(images)
     check_int(batch_size, "batch_size")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
@@ -90,7 +95,8 @@ def features_and_probabilities(model: SmallCNN, images: torch.Tensor, batch_size
 
 class ClassifierFeatures(nn.Module):
     """uint8 images (N, 3, 32, 32) -> the classifier's 256-d features, or its class logits: the feature_extractor
-    (or classifier) that ddpm_lib.metrics' fid_kid, evaluate_checkpoint and nearest_neighbours take."""
+    (or classifier) that ddpm_lib.metrics' fid_kid, evaluate_checkpoint and nearest_neighbours take. Grayscale
+    images (N, 1, 32, 32) are scored with their channel repeated into R, G and B (_rgb)."""
 
     def __init__(self, classifier: SmallCNN, output: str, test_accuracy: float):
         super().__init__()
@@ -101,8 +107,7 @@ class ClassifierFeatures(nn.Module):
                             if output == "features" else f"CIFAR-10 classifier (test accuracy {test_accuracy:.1%})")
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        _check_images(images)
-        f = self.classifier.features(to_model_range(images))
+        f = self.classifier.features(to_model_range(_rgb(images)))
         return f if self.output == "features" else self.classifier.head(f)
 
 

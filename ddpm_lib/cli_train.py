@@ -19,7 +19,7 @@ from .train_config import TrainConfig
 from .train_log import check_logger
 from .cli_args import FieldError, show
 from .cli_train_flags import KEPT, NETWORK, OBJECTIVE, TRAINING
-from .folders import folder_size
+from .folders import folder_shape
 from .record import RunConfig, RunRecord, read_config, record_differences
 from .unet import PRESETS, UNetConfig
 
@@ -42,9 +42,9 @@ def _schedule(args, config: RunConfig | None = None) -> NoiseSchedule:
     return NoiseSchedule.linear(T, beta_min, beta_max)
 
 
-def _network(args, base: UNetConfig | None = None):
+def _network(args, base: UNetConfig | None = None, own_size: str = ""):
     """The UNetConfig of --preset (else `base`, --config's network) with the knobs given; a bad combination names
-    its flags."""
+    its flags. `own_size`: the folder whose own size --image-size holds (not given), for a size the network refuses."""
     given = {name: getattr(args, name) for name in NETWORK if getattr(args, name) is not None}
     start, origin = (PRESETS[args.preset], f"--preset {args.preset}") if args.preset else (base, "--config's network")
     if start is None:
@@ -52,6 +52,9 @@ def _network(args, base: UNetConfig | None = None):
     try:
         return replace(start, **given)
     except FieldError as e:  # the fields of a bad value (or combination) name their flags, the given ones first
+        if own_size and "image_size" in e.fields:  # the folder's size, not a flag's: resizing is the user's choice
+            raise ValueError(f"--data {own_size}: its images are {args.image_size}x{args.image_size}, and {e} (with "
+                             f"{origin}); pass --image-size N to resize them (bicubic) to a size it takes") from None
         flags = [NETWORK[name].name for name in e.fields if name in given] or [NETWORK[name].name for name in given]
         raise ValueError(f"{'/'.join(flags)}: {e} (with {origin})") from None
 
@@ -109,11 +112,6 @@ def _objective(args) -> Objective:
         raise ValueError(f"{OBJECTIVE[e.field].name}: {e}") from None
 
 
-def _data_id(data: str) -> str:
-    """What --data names: cifar10 or shapes, else the folder's absolute path."""
-    return data if data in ("cifar10", "shapes") else str(Path(data).expanduser().resolve())
-
-
 def _asked(args, record: RunRecord) -> tuple[dict, set]:
     """The resumed run's record (config.json's form) with every field a flag given sets replaced by its value
     (--preset: each field of the preset but the labels, under the knobs given): what this command asks for; and the
@@ -122,7 +120,8 @@ def _asked(args, record: RunRecord) -> tuple[dict, set]:
     if args.preset is not None:
         asked["network"].update({k: v for k, v in asdict(PRESETS[args.preset]).items() if k != "num_classes"})
     values = {key: getattr(args, name) for key, (name, _) in KEPT.items()}
-    values["data.name"] = args.data and _data_id(args.data)  # as DataInfo records it
+    values["data.name"] = args.data and (  # as DataInfo records it: cifar10, shapes, or a folder's absolute path
+        args.data if args.data in ("cifar10", "shapes") else str(Path(args.data).expanduser().resolve()))
     named = {key for key, value in values.items()  # a run that recorded no data takes --data as its data
              if value is not None and asked[key.split(".")[0]] is not None}
     for key in named:
@@ -155,8 +154,8 @@ def _resume_conflicts(args, record: RunRecord) -> list:
 def _fit(args, device: torch.device) -> None:
     """A new run from --preset, --data and the knobs, or --resume of OUT/checkpoint.pt; trained to --train-steps."""
     from .checkpoint import CHECKPOINT_NAME, read_checkpoint
-    from .data import load_dataset, reload_dataset
     from .runtime import rank_zero_first
+    from .stream import GB, FolderSet, memory_budget_bytes, training_data
     from .train import Trainer
     from .unet import UNet
 
@@ -200,8 +199,7 @@ def _fit(args, device: torch.device) -> None:
         if recorded is None and args.data is None:
             raise ValueError(f"--data: {checkpoint} does not record its training data; pass --data")
         train_config = _train_config(**{**asdict(record.training), **overrides})  # checked before any data is read
-        class_cond = record.network.num_classes is not None
-        size = record.network.image_size
+        config, class_cond = record.network, record.network.num_classes is not None
     else:
         network = config_file.network if config_file is not None else None
         if config_file is not None and args.data is None:
@@ -209,14 +207,18 @@ def _fit(args, device: torch.device) -> None:
         if (args.preset is None and network is None) or (args.data is None and recorded is None):
             raise ValueError("--preset and --data are needed to start a new run (or a --config that has them)")
         base = UNetConfig(**network) if network is not None else None
-        if args.image_size is None and base is None and Path(args.data).is_dir():  # no flag, recipe or --config
-            args.image_size = folder_size(args.data)  # sets it: the folder's own size, all its images alike
-        config, schedule, class_cond = _network(args, base), _schedule(args, config_file), args.class_cond
+        own_size, channels = "", 0  # a folder's path when its images' own size sets the network's; their channels
+        if args.data is not None and args.data not in ("cifar10", "shapes") and Path(args.data).is_dir():
+            asked = args.image_size if args.image_size is not None else base.image_size if base is not None else None
+            args.image_size, channels = folder_shape(args.data, asked)  # headers only: its size and channels
+            own_size = args.data if asked is None else ""
+        config, schedule, class_cond = _network(args, base, own_size), _schedule(args, config_file), args.class_cond
+        if channels and "ch_list" not in explicit:  # the image channels are the data's (ch_list[0]): 1 for grayscale
+            config = replace(config, ch_list=(channels, *config.ch_list[1:]))
         objective = _objective(args)
         given = {name: getattr(args, name) for name in (*TRAINING, "recipe") if getattr(args, name) is not None}
         train_config = _train_config(**{**extra, **given, **overrides})
-        size = config.image_size
-    seed = train_config.seed
+    seed, size = train_config.seed, config.image_size
     if "cond_drop_prob" in explicit and not class_cond:
         raise ValueError("--cond-drop-prob: the network is unconditional (train with --class-cond)")
     try:  # the precision on this device (bf16 needs Ampere or later), before any data is read
@@ -238,9 +240,17 @@ def _fit(args, device: torch.device) -> None:
         except FileNotFoundError as e:
             raise _flagged("eval_every", e) from None
 
+    budget = memory_budget_bytes(train_config.memory_budget, device)  # a folder of more streams from its files
     with rank_zero_first():  # a resumed run's own images by its record, else the ones --data names
-        loaded = (reload_dataset(recorded, root=args.data_root) if recorded is not None else
-                  load_dataset(args.data, root=args.data_root, n=args.n_images, seed=seed, size=size))
+        loaded = training_data(recorded if recorded is not None else args.data, budget, root=args.data_root,
+                               n=args.n_images, seed=seed, size=size)
+    if loaded.info.channels != config.ch_list[0]:
+        raise ValueError(f"--ch-list: the network takes {config.ch_list[0]}-channel images (its first entry), "
+                         f"{loaded.info.name}'s have {loaded.info.channels}")
+    if isinstance(loaded, FolderSet):
+        if train_config.eval_every:  # the Evaluator takes the images in memory
+            raise ValueError(f"--eval-every: {loaded.info.name}'s {loaded.images.nbytes / GB:.3g} GB of images "
+                             f"stream (over --memory-budget); evaluating needs them in memory: raise --memory-budget")
     if class_cond and (loaded.labels is None or loaded.info.class_names is None):
         raise ValueError(f"--class-cond: {loaded.info.name} has no classes (an image folder needs its images in "
                          f"class sub-folders, none directly in it)")
@@ -254,35 +264,20 @@ def _fit(args, device: torch.device) -> None:
         model = UNet(replace(config, num_classes=len(classes)) if class_cond and classes else config)
         trainer = Trainer(model, schedule, train_config, objective, device=device)
     trainer.data_info = loaded.info  # resumed: the record itself
+    if isinstance(loaded, FolderSet) and trainer.rank == 0:
+        print(f"streaming {loaded.info.name}: {loaded.images.nbytes / GB:.3g} GB decoded, over the memory budget of "
+              f"{budget / GB:.3g} GB; {train_config.workers} DataLoader workers decode its batches", file=sys.stderr)
     if train_config.eval_every:
-        trainer.evaluator = _evaluator(args, loaded, size, seed, train_config.eval_every, extractor)
+        from .evaluation import training_evaluator
+
+        evaluator = trainer.evaluator = training_evaluator(loaded, args.data_root, size, seed, extractor)
+        if trainer.rank == 0:
+            print(f"evaluating every {train_config.eval_every} steps: FID/KID with {evaluator.extractor_name} "
+                  f"features against {len(loaded.images):,} training images; loss on {len(evaluator.held_out)} "
+                  f"images of the {evaluator.held_out_name}", file=sys.stderr)
     trainer.fit(loaded.images, loaded.labels if class_cond else None)
     if trainer.rank == 0:
         print(f"step {trainer.step}: wrote {checkpoint}", file=sys.stderr)
-
-
-def _evaluator(args, loaded, size: int, seed: int, every: int, extractor):
-    """The Evaluator of --eval-every: `extractor`'s features of the training images, the loss on held-out ones (the
-    test split of CIFAR-10 or the shapes; a folder has none: its first images, and the log says so)."""
-    from .data import load_dataset
-    from .evaluation import VAL_IMAGES, Evaluator
-    from .runtime import rank_zero_first
-
-    info = loaded.info
-    if info.name in ("cifar10", "shapes"):
-        with rank_zero_first():
-            held = load_dataset(info.name, root=args.data_root, n=VAL_IMAGES, seed=info.seed or seed, size=size,
-                                split="test")
-        held_out, labels, name = held.images, held.labels, f"{info.name} test split"
-    else:
-        held_out, labels = loaded.images, loaded.labels
-        name = f"{info.name}: training images (a folder has no test split)"
-    evaluator = Evaluator(loaded.images, held_out, extractor, reference_key=f"{info.name}-{info.split}-{size}",
-                          held_out_labels=labels, held_out_name=name, seed=seed)
-    print(f"evaluating every {every} steps: FID/KID with {evaluator.extractor_name} features against "
-          f"{len(loaded.images):,} training images; loss on {len(evaluator.held_out)} images of the {name}",
-          file=sys.stderr)
-    return evaluator
 
 
 def train(args) -> None:

@@ -3,8 +3,10 @@ drawn on the device.
 
 The loaders return an `ImageSet`: the images, their labels, and the `DataInfo` that says what they are, which
 a run saves in its checkpoint and `reload_dataset` loads again on resume.
-Images rest as uint8 (N, 3, H, W); `DeviceBatches` keeps them on the training device and turns each
-batch into floats in [-1, 1] there (random horizontal flip included), so no DataLoader workers are needed.
+Images rest as uint8 (N, C, H, W) (C = 3, or 1 for a folder of grayscale images); `DeviceBatches` keeps them on the
+training device and turns each batch into floats in [-1, 1] there (random horizontal flip included), so no DataLoader
+workers are needed. A folder too large for that streams from its files instead (`scan_image_folder`, ddpm_lib.stream)
+in the same order, `BatchOrder`'s.
 """
 from dataclasses import MISSING, asdict, dataclass, fields, replace
 from pathlib import Path
@@ -13,7 +15,8 @@ from typing import NamedTuple
 import torch
 
 from .cifar10 import CIFAR10_CLASSES, load_cifar10
-from .folders import class_labels, classes_in_turn, common_size, decode_cached, image_files
+from .folders import (FolderImages, channels_of, class_labels, classes_in_turn, common_size, decode_cached,
+                      image_files, image_headers)
 from .shapes import SHAPE_KINDS, make_shapes
 from .utils import check_int, check_labels, mix_seed, to_model_range
 
@@ -32,6 +35,7 @@ class DataInfo:
     class_names: tuple[str, ...] | None = None  # label k is class_names[k]; None: no labels (a flat folder)
     fallback: str | None = None                 # why these images stand in for the ones asked for (CIFAR-10
                                                 # unavailable: shapes); None: they are the ones asked for
+    channels: int = 3                           # image channels: 3 (RGB), 1 (a folder whose images are all grayscale)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -50,6 +54,9 @@ class DataInfo:
             raise ValueError(f"DataInfo.class_names must be a tuple of class names or None, got {names!r}")
         if self.fallback is not None and not isinstance(self.fallback, str):
             raise ValueError(f"DataInfo.fallback must be a str or None, got {self.fallback!r}")
+        if self.channels not in ((1, 3) if folder else (3,)):
+            expected = "1 (grayscale) or 3 (RGB)" if folder else "3"
+            raise ValueError(f"DataInfo.channels must be {expected} for {self.name}, got {self.channels!r}")
 
     def to_dict(self) -> dict:
         """Plain values (str, int, tuple, None): what a checkpoint stores; from_dict reads them back."""
@@ -73,25 +80,15 @@ class DataInfo:
 
 class ImageSet(NamedTuple):
     """What the loaders return: the images, their labels, and the record of what they are."""
-    images: torch.Tensor         # uint8 (N, 3, size, size)
+    images: torch.Tensor         # uint8 (N, info.channels, size, size)
     labels: torch.Tensor | None  # int64 (N,), indices into info.class_names; None without classes
     info: DataInfo               # what the images are: a run saves it in its checkpoint
 
 
 # ----------------------------------------------------------------------------- image folders
 
-def load_image_folder(path, size: int | None = 32) -> ImageSet:
-    """All images under `path`, uint8 (N, 3, size, size), labelled when they sit in class sub-folders.
-
-    size: the side to resize to (non-square images are centre-cropped to a square first, then resized bicubic);
-    None: the images' own side, which all of them must share, square (else a ValueError that names the sizes
-    found and asks for a size). Every file's header is read before any is decoded: an unreadable one is named
-    in one line. Classes: an image's label is the index of its first-level sub-folder in the sorted class names;
-    with any image directly in `path` the folder has none (labels and info.class_names None). Order: files sorted
-    by path, and in class sub-folders the classes taken in turn (the first image of each, then the second, ...).
-    info.name is the folder's absolute path. The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by
-    file names, sizes and modification times, so later calls skip decoding until the folder changes.
-    """
+def _folder(path, size) -> tuple[Path, list, torch.Tensor | None, tuple | None]:
+    """(folder, its image files, labels, class names), the files and labels in training order (classes in turn)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist (expected a folder of images)")
@@ -99,50 +96,74 @@ def load_image_folder(path, size: int | None = 32) -> ImageSet:
         check_int(size, "size")
     files = image_files(folder)
     labels, names = class_labels(folder, files)
-    headers_read = size is None  # common_size reads them to find the size
-    size = common_size(folder, files) if size is None else size
-    images = decode_cached(folder, files, size, headers_read)
     if labels is not None:
         order = classes_in_turn(labels)
-        images, labels = images[order], labels[order]
-    return ImageSet(images, labels, DataInfo(str(folder.resolve()), len(images), size, None, class_names=names))
+        files, labels = [files[i] for i in order], labels[order]
+    return folder, files, labels, names
+
+
+def load_image_folder(path, size: int | None = 32) -> ImageSet:
+    """All images under `path`, uint8 (N, C, size, size), labelled when they sit in class sub-folders.
+
+    size: the side to resize to (non-square images are centre-cropped to a square first, then resized bicubic);
+    None: the images' own side, which all of them must share, square (else a ValueError that names the sizes
+    found and asks for a size). C: 1 when every image is grayscale (PIL modes L, 1, I, F, ...), else 3 (RGB); info
+    records it. Every file's header is read before any is decoded: an unreadable one is named in one line. Classes:
+    an image's label is the index of its first-level sub-folder in the sorted class names; with any image directly
+    in `path` the folder has none (labels and info.class_names None). Order: files sorted by path, and in class
+    sub-folders the classes taken in turn (the first image of each, then the second, ...). info.name is the
+    folder's absolute path. The decoded tensor is cached in path/.ddpm_cache_{size}.pt, keyed by file names, sizes
+    and modification times, so later calls skip decoding until the folder changes.
+    """
+    folder, files, labels, names = _folder(path, size)
+    headers = image_headers(folder, files) if size is None else None  # read once: the size, then decode_cached
+    size = common_size(folder, headers) if size is None else size
+    images = decode_cached(folder, files, size, headers)
+    return ImageSet(images, labels, DataInfo(str(folder.resolve()), len(images), size, None, class_names=names,
+                                             channels=images.shape[1]))
+
+
+def scan_image_folder(path, size: int | None = 32, n: int | None = None):
+    """(FolderImages, labels, DataInfo) of the first n images under `path` (default all), with no pixel decoded: what
+    load_image_folder(path, size) would load, in its order, with the same labels and record (info.n = n), its
+    images as files decoded on demand. Every header is read (an unreadable file named in one line)."""
+    if n is not None:
+        check_int(n, "n")
+    folder, files, labels, names = _folder(path, size)
+    files, labels = files[:n], None if labels is None else labels[:n]
+    headers = image_headers(folder, files)
+    size = common_size(folder, headers) if size is None else size
+    images = FolderImages(tuple(files), size, channels_of(headers))
+    return images, labels, DataInfo(str(folder.resolve()), len(files), size, None, class_names=names,
+                                    channels=images.channels)
+
+
+def check_recorded(info: DataInfo, found: DataInfo) -> None:
+    """A ValueError when the images found now (`found`) are not the ones a run recorded (`info`): a folder that
+    changed."""
+    if replace(found, fallback=info.fallback) != info:
+        raise ValueError(f"data: {info.name} is not the recorded data any more (recorded {info}, found {found})")
 
 
 # ----------------------------------------------------------------------------- batches on the device
 
-class DeviceBatches:
-    """The whole data set on `device` as uint8; `batch(step)` -> this rank's floats in [-1, 1].
+class BatchOrder:
+    """Which images each global batch holds, and which of them are flipped: the stream of images is the
+    concatenation of per-epoch permutations (epoch e shuffled by a CPU generator seeded from (seed, e)), each with
+    its own horizontal-flip bits, so global batch `step` is stream[step * batch_size : (step + 1) * batch_size] and
+    depends on (seed, step) alone. Rank r of world_size takes the r-th of world_size disjoint, equal slices of every
+    global batch. DeviceBatches and ddpm_lib.stream's StreamBatches share it, so both give the same batches."""
 
-    The stream of images is the concatenation of per-epoch permutations (epoch e shuffled by a CPU
-    generator seeded from (seed, e)), each with its own horizontal-flip bits, so global batch `step`
-    is stream[step * batch_size : (step + 1) * batch_size] and resuming needs only the step. Rank r of
-    world_size takes the r-th of world_size disjoint, equal slices of every global batch.
-    With `labels` (integers >= 0, one per image), `batch_labels(step)` gives the labels of exactly the rows
-    of `batch(step)`.
-    """
-
-    def __init__(self, images_uint8, batch_size, device=None, flip=True, seed=0, rank=0, world_size=1, labels=None):
-        if not (torch.is_tensor(images_uint8) and images_uint8.dtype == torch.uint8 and images_uint8.ndim == 4
-                and len(images_uint8) > 0):
-            raise ValueError("images_uint8: expected a non-empty uint8 tensor (N, C, H, W)")
+    def __init__(self, num_images: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 device=None):
         if not isinstance(world_size, int) or world_size < 1 or not isinstance(rank, int) or not 0 <= rank < world_size:
             raise ValueError(f"rank, world_size: expected 0 <= rank < world_size, got {rank}, {world_size}")
         if not isinstance(batch_size, int) or batch_size < 1 or batch_size % world_size:
             raise ValueError(f"batch_size: expected a positive multiple of world_size={world_size}, got {batch_size!r}")
-        self.images = images_uint8.to(images_uint8.device if device is None else device)  # moved once, stays uint8
-        self.device = self.images.device
-        self.labels = (None if labels is None
-                       else check_labels(labels, n=len(images_uint8), name="labels", low=0).to(self.device))
-        self.batch_size, self.flip, self.seed, self.rank, self.world_size = batch_size, flip, seed, rank, world_size
+        self.num_images, self.batch_size, self.seed, self.rank = num_images, batch_size, seed, rank
         self.local_batch_size = batch_size // world_size
-        self._epochs = {}  # epoch -> (permutation (N,), flip bits (N,)) on the device
-
-    @property
-    def num_images(self):
-        return len(self.images)
-
-    def __len__(self):
-        return len(self.images)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self._epochs: dict = {}  # epoch -> (permutation (N,), flip bits (N,)) on the device
 
     def _epoch(self, epoch):
         if epoch not in self._epochs:
@@ -168,6 +189,48 @@ class DeviceBatches:
         pos = torch.arange(start - first * N, start - first * N + b, device=self.device)
         return perm[pos], flips[pos]
 
+
+class Batches:
+    """What DeviceBatches and ddpm_lib.stream's StreamBatches share: BatchOrder's order of `num_images` images (kept
+    on `order_device`), their labels on `device` and the batch sizes; a subclass's `batch(step)` gives the images."""
+
+    def __init__(self, num_images: int, batch_size, device, seed=0, rank=0, world_size=1, labels=None,
+                 order_device=None):
+        self.device = torch.device(device)
+        self.order = BatchOrder(num_images, batch_size, seed, rank, world_size, order_device)
+        self.labels = (None if labels is None
+                       else check_labels(labels, n=num_images, name="labels", low=0).to(self.device))
+        self.num_images, self.batch_size, self.seed, self.rank = num_images, batch_size, seed, rank
+        self.world_size, self.local_batch_size = world_size, batch_size // world_size
+
+    def __len__(self):
+        return self.num_images
+
+    def indices(self, step):
+        """(image indices (b,), flip bits (b,)) for this rank's share of global batch `step` (BatchOrder.indices)."""
+        return self.order.indices(step)
+
+    def batch_labels(self, step):
+        """Int64 (b,) on the device: the labels of the rows of `batch(step)`; None without labels."""
+        return None if self.labels is None else self.labels.index_select(0, self.indices(step)[0].to(self.device))
+
+
+class DeviceBatches(Batches):
+    """The whole data set on `device` as uint8; `batch(step)` -> this rank's floats in [-1, 1], in BatchOrder's
+    order (per-epoch permutations and flip bits from (seed, epoch)), so resuming needs only the step.
+    With `labels` (integers >= 0, one per image), `batch_labels(step)` gives the labels of exactly the rows
+    of `batch(step)`.
+    """
+
+    def __init__(self, images_uint8, batch_size, device=None, flip=True, seed=0, rank=0, world_size=1, labels=None):
+        if not (torch.is_tensor(images_uint8) and images_uint8.dtype == torch.uint8 and images_uint8.ndim == 4
+                and len(images_uint8) > 0):
+            raise ValueError("images_uint8: expected a non-empty uint8 tensor (N, C, H, W)")
+        self.images = images_uint8.to(images_uint8.device if device is None else device)  # moved once, stays uint8
+        super().__init__(len(images_uint8), batch_size, self.images.device, seed, rank, world_size, labels,
+                         order_device=self.images.device)
+        self.flip = flip
+
     def batch(self, step):
         """Float (b, C, H, W) in [-1, 1] on the device: this rank's share of global batch `step`."""
         idx, flips = self.indices(step)
@@ -175,10 +238,6 @@ class DeviceBatches:
         if self.flip:
             x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         return to_model_range(x)
-
-    def batch_labels(self, step):
-        """Int64 (b,) on the device: the labels of the rows of `batch(step)`; None without labels."""
-        return None if self.labels is None else self.labels.index_select(0, self.indices(step)[0])
 
 
 # ----------------------------------------------------------------------------- by name
@@ -224,6 +283,5 @@ def reload_dataset(info: DataInfo, root=None, download=True, verify_md5=True) ->
     loads now is not what was recorded (a folder that changed). root, download, verify_md5: as load_dataset's."""
     loaded = load_dataset(info.name, root=root, n=info.n, seed=info.seed or 0, download=download, size=info.size,
                           split=info.split or "train", verify_md5=verify_md5)
-    if replace(loaded.info, fallback=info.fallback) != info:
-        raise ValueError(f"data: {info.name} is not the recorded data any more (recorded {info}, found {loaded.info})")
+    check_recorded(info, loaded.info)
     return loaded._replace(info=info)

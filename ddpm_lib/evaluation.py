@@ -85,6 +85,26 @@ class Evaluator:
                 "eval_s": time.perf_counter() - start}
 
 
+def training_evaluator(loaded, data_root, size: int, seed: int, extractor) -> Evaluator:
+    """The Evaluator of a training run (`train --eval-every`): `extractor`'s features of its training images
+    (`loaded`, an ImageSet), the loss on held-out ones: the test split of CIFAR-10 or the shapes; a folder has none,
+    so its first images (the Evaluator's held_out_name says so)."""
+    from .data import load_dataset
+    from .runtime import rank_zero_first
+
+    info = loaded.info
+    if info.name in ("cifar10", "shapes"):
+        with rank_zero_first():
+            held = load_dataset(info.name, root=data_root, n=VAL_IMAGES, seed=info.seed or seed, size=size,
+                                split="test")
+        held_out, labels, name = held.images, held.labels, f"{info.name} test split"
+    else:
+        held_out, labels = loaded.images, loaded.labels
+        name = f"{info.name}: training images (a folder has no test split)"
+    return Evaluator(loaded.images, held_out, extractor, reference_key=f"{info.name}-{info.split}-{size}",
+                     held_out_labels=labels, held_out_name=name, seed=seed)
+
+
 def load_reference(ref="cifar10", data_root="data", size=32):
     """(uint8 images (N,3,size,size), cache key): "cifar10" = its training split, else an image folder."""
     from . import data

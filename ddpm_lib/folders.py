@@ -1,13 +1,15 @@
 """The files of an image folder: which they are, their classes, their size, and their pixels decoded once and cached.
 
-`ddpm_lib.data.load_image_folder` puts these together into an ImageSet. Every file's header is read before any
-file is decoded, so a bad folder (no images, an unreadable file, sizes that differ where no size is asked for, a
-class folder without images) is refused in one line before any work.
+`ddpm_lib.data.load_image_folder` puts these together into an ImageSet (`scan_image_folder` into a FolderImages, the
+files decoded one by one as they stream). Every file's header is read before any file is decoded, so a bad folder
+(no images, an unreadable file, sizes that differ where no size is asked for, a class folder without images) is
+refused in one line before any work. A folder whose images are all grayscale has 1 channel, else 3 (RGB).
 """
 import hashlib
 import os
 import warnings
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,28 +28,37 @@ def image_files(folder: Path) -> list:
     return files
 
 
-def image_sizes(folder: Path, files) -> list:
-    """(width, height) of each file from its header alone (PIL opens lazily); a ValueError naming the first
-    unreadable file and how many there are, before any pixels are decoded."""
+GRAYSCALE_MODES = ("1", "L", "LA", "I", "I;16", "F")  # PIL modes of one channel (LA: with alpha, dropped)
+
+
+def image_headers(folder: Path, files) -> list:
+    """(width, height, PIL mode) of each file from its header alone (PIL opens lazily); a ValueError naming the
+    first unreadable file and how many there are, before any pixels are decoded."""
     from PIL import Image  # only image folders need it
 
-    sizes, bad = [], []
+    headers, bad = [], []
     for f in files:
         try:
             with Image.open(f) as im:
-                sizes.append(im.size)
+                headers.append((*im.size, im.mode))
         except Exception as e:
             bad.append((f, e))
     if bad:
         (first, error), more = bad[0], f" and {len(bad) - 1} more" if len(bad) > 1 else ""
         raise ValueError(f"{folder}: cannot read {first.relative_to(folder)}{more} as an image "
                          f"({type(error).__name__}: {error}); remove or replace it")
-    return sizes
+    return headers
 
 
-def common_size(folder: Path, files) -> int:
-    """The side that every image in `files` has, all square; else a ValueError naming the sizes found."""
-    counts = Counter(image_sizes(folder, files))
+def channels_of(headers) -> int:
+    """The image channels of a folder: 1 when every image is grayscale (image_headers' modes), else 3 (RGB)."""
+    return 1 if all(mode in GRAYSCALE_MODES for _, _, mode in headers) else 3
+
+
+def common_size(folder: Path, headers) -> int:
+    """The side that every image of `headers` (image_headers') has, all square; else a ValueError naming the sizes
+    found."""
+    counts = Counter((w, h) for w, h, _ in headers)
     if len(counts) == 1 and (side := next(iter(counts)))[0] == side[1]:
         return side[0]
     found = ", ".join(f"{w}x{h} ({n} files)" for (w, h), n in counts.most_common(4))
@@ -56,19 +67,22 @@ def common_size(folder: Path, files) -> int:
                      f"square and resize them all to N x N")
 
 
-def folder_size(path) -> int:
-    """The side that all images of the folder `path` share (headers only); a ValueError naming the sizes found."""
+def folder_shape(path, size: int | None = None) -> tuple[int, int]:
+    """(side, channels) of the images of the folder `path` (headers only): `size` where given, else the side they
+    all share (a ValueError naming the sizes found); 1 channel when all are grayscale, else 3."""
     folder = Path(path).expanduser()
-    return common_size(folder, image_files(folder))
+    headers = image_headers(folder, image_files(folder))
+    return common_size(folder, headers) if size is None else size, channels_of(headers)
 
 
-def decode(file, size: int) -> torch.Tensor:
-    """PIL decode -> RGB, centre crop to a square, resize to size x size -> uint8 (3, size, size)."""
+def decode(file, size: int, channels: int = 3) -> torch.Tensor:
+    """PIL decode -> RGB (channels 3) or grayscale (channels 1), centre crop to a square, resize to size x size ->
+    uint8 (channels, size, size)."""
     from PIL import Image
 
     try:
         with Image.open(file) as im:
-            im = im.convert("RGB")
+            im = im.convert("RGB" if channels == 3 else "L")
     except Exception as e:  # a header that reads, pixels that do not (a truncated file)
         raise ValueError(f"could not read image {file} ({type(e).__name__}: {e})") from e
     w, h = im.size
@@ -77,7 +91,8 @@ def decode(file, size: int) -> torch.Tensor:
     im = im.crop((left, top, left + side, top + side))
     if side != size:
         im = im.resize((size, size), Image.Resampling.BICUBIC, reducing_gap=3.0)
-    return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1)  # (H, W, 3) -> (3, H, W)
+    pixels = torch.from_numpy(np.asarray(im).copy())  # (H, W, 3) or, grayscale, (H, W)
+    return pixels.permute(2, 0, 1) if channels == 3 else pixels.unsqueeze(0)  # (C, H, W)
 
 
 def class_labels(folder, files):
@@ -106,9 +121,9 @@ def classes_in_turn(labels: torch.Tensor) -> torch.Tensor:
     return torch.argsort(rank * (int(labels.max()) + 1) + labels, stable=True)
 
 
-def decode_cached(folder, files, size, headers_read: bool = False):
-    """uint8 (N, 3, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches; else decoded,
-    after every header is read (unless `headers_read`: common_size has read them)."""
+def decode_cached(folder, files, size, headers=None):
+    """uint8 (N, C, size, size) of `files`, from folder/.ddpm_cache_{size}.pt when its key matches; else decoded
+    (C: channels_of), after every header is read (unless `headers`, image_headers' of the files, are given)."""
     listing = "\n".join(f"{f.relative_to(folder)}\t{f.stat().st_size}\t{f.stat().st_mtime_ns}" for f in files)
     key = hashlib.sha256(f"{size}\n{listing}".encode()).hexdigest()
     cache = folder / f".ddpm_cache_{size}.pt"
@@ -119,9 +134,10 @@ def decode_cached(folder, files, size, headers_read: bool = False):
                 return cached["images"]
         except Exception:
             pass  # unreadable cache: decode again and overwrite it
-    if not headers_read:
-        image_sizes(folder, files)  # every header first: an unreadable file is named before any decoding
-    images = torch.stack([decode(f, size) for f in files])
+    if headers is None:  # every header first: an unreadable file is named before any decoding
+        headers = image_headers(folder, files)
+    channels = channels_of(headers)
+    images = torch.stack([decode(f, size, channels) for f in files])
     try:
         tmp = cache.with_name(cache.name + ".tmp")
         torch.save({"key": key, "images": images}, tmp)
@@ -130,3 +146,24 @@ def decode_cached(folder, files, size, headers_read: bool = False):
         warnings.warn(f"could not write the image cache {cache} ({e}); images will be decoded again next time",
                       stacklevel=2)
     return images
+
+
+@dataclass(frozen=True)
+class FolderImages:
+    """The image files of a folder in training order, decoded one at a time on demand: what a folder too large for
+    the memory budget gives to training (ddpm_lib.stream), instead of the uint8 tensor of all of them."""
+    files: tuple[Path, ...]  # in the order of load_image_folder's images
+    size: int                # side in pixels each is cropped square and resized to
+    channels: int            # 1 (all grayscale) or 3
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all of them decoded as uint8."""
+        return len(self.files) * self.channels * self.size * self.size
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        """uint8 (channels, size, size) of image i, decoded as load_image_folder decodes it."""
+        return decode(self.files[i], self.size, self.channels)

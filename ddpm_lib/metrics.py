@@ -98,21 +98,25 @@ def extractor_name(extractor) -> str:
 
 
 def check_images(name, images, minimum=2):
-    """A ValueError unless `images` is a uint8 (N, 3, H, W) tensor with N >= minimum."""
-    if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4 and images.shape[1] == 3):
+    """A ValueError unless `images` is a uint8 (N, 3, H, W) or grayscale (N, 1, H, W) tensor with N >= minimum."""
+    if not (torch.is_tensor(images) and images.dtype == torch.uint8 and images.dim() == 4
+            and images.shape[1] in (1, 3)):
         got = f"{images.dtype} {tuple(images.shape)}" if torch.is_tensor(images) else type(images).__name__
-        raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W), got {got}")
+        raise ValueError(f"{name} must be a uint8 tensor (N, 3, H, W) or (N, 1, H, W), got {got}")
     if images.shape[0] < minimum:
         raise ValueError(f"{name} needs at least {minimum} image{'s' * (minimum > 1)}, got {images.shape[0]}")
 
 
 @torch.no_grad()
 def extract_features(images, extractor, batch_size=256, device=None, progress=False) -> torch.Tensor:
-    """Features float32 (N, D) on the CPU of uint8 images (N,3,H,W), batched on `device` (default: extractor's)."""
+    """Features float32 (N, D) on the CPU of uint8 images (N,3,H,W), batched on `device` (default: extractor's).
+    Grayscale images (N,1,H,W) are seen as RGB: their channel repeated into R, G and B (Inception and the classifier
+    take RGB)."""
     check_images("images", images, minimum=1)
     if device is None:
         device = next(extractor.parameters(), torch.empty(0)).device
     extractor = extractor.to(device).eval()
+    images = images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images  # grayscale: R = G = B
     chunks = [extractor(images[i:i + batch_size].to(device)).float().cpu()
               for i in tqdm(range(0, len(images), batch_size), disable=not progress, desc="features", unit="batch")]
     return torch.cat(chunks).reshape(len(images), -1)  # (N, D)

@@ -2,8 +2,9 @@
 (ddpm_lib.runtime), resume, DDP.
 
 Every random draw of step k comes from seeds mixed from (seed, k, rank): the data order and flips
-(DeviceBatches), t, eps and label drops (one generator per step), dropout (the global RNG, reseeded every
-step). So resuming needs only the step, and K ranks see the noise one process would.
+(data.BatchOrder's, for DeviceBatches and StreamBatches alike), t, eps and label drops (one generator per step),
+dropout (the global RNG, reseeded every step). So resuming needs only the step, and K ranks see the noise one
+process would.
 """
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 
 from .checkpoint import BEST_NAME, CHECKPOINT_NAME, read_checkpoint, keep_numbered
 from .data import DataInfo, DeviceBatches
+from .folders import FolderImages
+from .stream import StreamBatches
 from .utils import check_int, check_labels, default_device, mix_seed
 from .guidance import guided
 from .samplers import ddim_sample
@@ -98,7 +101,7 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------------
     def train_step(self, x0: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """One update on this rank's share x0 (b,3,H,W) in [-1,1] (labels y (b,) for a class-conditional
+        """One update on this rank's share x0 (b,C,H,W) in [-1,1] (labels y (b,) for a class-conditional
         model); returns the loss on the device (no sync)."""
         cfg, b = self.config, x0.shape[0]
         # t, eps (and label drops) for the whole global batch from (seed, step); this rank takes the rows of
@@ -151,9 +154,9 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------------
     def fit(self, images, labels: torch.Tensor | None = None, train_steps: int | None = None) -> "Trainer":
-        """Train on uint8 images (N,3,H,W) (with int64 labels (N,) for a class-conditional model), or on a
-        DeviceBatches, until `train_steps` (default config.train_steps) is reached. The caller's global RNG is left
-        as it was."""
+        """Train on uint8 images (N,C,H,W) (with int64 labels (N,) for a class-conditional model), on a folder's files
+        (FolderImages: streamed, StreamBatches with config.workers), or on a DeviceBatches or StreamBatches, until
+        `train_steps` (default config.train_steps) is reached. The caller's global RNG is left as it was."""
         cfg = self.config
         train_steps = cfg.train_steps if train_steps is None else train_steps
         check_int(train_steps, "train_steps")  # the total to reach
@@ -225,13 +228,18 @@ class Trainer:
             raise ValueError(f"Trainer.data_info must be a DataInfo or None, got {type(self.data_info).__name__}")
         return RunRecord(self.model.config, self.objective, self.schedule, self.config, self.data_info)
 
-    def _batches(self, images, labels) -> DeviceBatches:
-        """A DeviceBatches of images (and labels) on the device; labels must match the model's num_classes."""
+    def _batches(self, images, labels) -> DeviceBatches | StreamBatches:
+        """A DeviceBatches of images (and labels) on the device, or a StreamBatches of a folder's files; labels must
+        match the model's num_classes."""
         cfg, K = self.config, self.model.config.num_classes
-        if isinstance(images, DeviceBatches):
+        batches: DeviceBatches | StreamBatches
+        if isinstance(images, (DeviceBatches, StreamBatches)):
             if labels is not None:
-                raise ValueError("labels: pass them to DeviceBatches(labels=...) along with the images")
+                raise ValueError(f"labels: pass them to {type(images).__name__}(labels=...) along with the images")
             batches = images
+        elif isinstance(images, FolderImages):
+            batches = StreamBatches(images, cfg.batch_size, device=self.device, flip=cfg.flip, seed=cfg.seed,
+                                    rank=self.rank, world_size=self.world_size, labels=labels, workers=cfg.workers)
         else:
             batches = DeviceBatches(images, cfg.batch_size, device=self.device, flip=cfg.flip, seed=cfg.seed,
                                     rank=self.rank, world_size=self.world_size, labels=labels)

@@ -34,6 +34,15 @@ class TrainConfig:
         default=800_000, metadata=flag("--train-steps", integer, "optimizer steps to reach in all (also on --resume; "
                                        "default: the recipe's)", resume=True))
     flip: bool = True                # random horizontal flips of the training images
+    memory_budget: float | None = field(  # GB of decoded uint8 images that may rest on the training device; a folder
+        # of more streams from its files (ddpm_lib.stream), the same batches; None: a quarter of the device's memory
+        default=None, metadata=flag("--memory-budget", number, "GB of decoded images that may rest on the training "
+                                    "device; a folder of more streams from its files through DataLoader workers, in "
+                                    "the same batches (default: a quarter of the device's memory)", metavar="GB",
+                                    resume=True))
+    workers: int = field(  # DataLoader workers that decode a streamed folder's batches (0: in the training process)
+        default=4, metadata=flag("--workers", integer, "DataLoader workers decoding a streamed folder's batches, 0 = "
+                                 "in the training process (default {default})", metavar="K", resume=True))
     cond_drop_prob: float = field(  # class-conditional models only: a label is replaced by -1 (no label) this often
         default=0.1, metadata=flag("--cond-drop-prob", number, "how often a label is dropped in training, for "
                                    "classifier-free guidance (--class-cond) (default {default})", resume=True))
@@ -99,7 +108,8 @@ class TrainConfig:
 
     def __post_init__(self):
         positive = ("lr", "batch_size", "train_steps", "log_every", "sample_n", "sample_steps", "grad_accum")
-        non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every", "eval_every", "eval_n")
+        non_negative = ("warmup_steps", "grad_clip", "sample_every", "checkpoint_every", "eval_every", "eval_n",
+                        "workers")
         for name in positive + non_negative:
             value = getattr(self, name)
             kind = float if name in ("lr", "grad_clip") else int
@@ -108,6 +118,10 @@ class TrainConfig:
                 raise FieldError("TrainConfig", name, f"must be {expected}, got {value!r}")
             if value < 0 or (value == 0 and name in positive):
                 raise FieldError("TrainConfig", name, f"must be {'> 0' if name in positive else '>= 0'}, got {value!r}")
+        if self.memory_budget is not None and (isinstance(self.memory_budget, bool) or not isinstance(
+                self.memory_budget, (int, float)) or not 0 < self.memory_budget < math.inf):
+            raise FieldError("TrainConfig", "memory_budget", f"must be None or a number of GB > 0, got "
+                                                             f"{self.memory_budget!r}")
         for name in ("ema_decay", "cond_drop_prob"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:

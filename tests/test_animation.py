@@ -45,5 +45,7 @@ def test_the_gif_holds_every_state_of_the_chain(tmp_path):
     first_vs_last = (torch.from_numpy(numpy.asarray(frames[0])).float()
                      - tile(to_uint8(x0), 2).float()).abs().mean()
     assert first_vs_last > 20  # the chain moves: noise first, the samples last
+    with Image.open(chain_gif(states, tmp_path / "big.gif", nrow=2, scale=3)) as big:
+        assert big.size == (3 * frames[0].width, 3 * frames[0].height) and big.n_frames == 7
     with pytest.raises(ValueError, match="S >= 1"):
         chain_gif({"x_t": states["x_t"][:1]}, tmp_path / "x.gif")

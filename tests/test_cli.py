@@ -97,6 +97,10 @@ def files(tmp_path_factory):
     write_image_folder(tmp / "mixed", make_shapes(2, size=16, seed=0)[0])
     write_image_folder(tmp / "mixed" / "big", make_shapes(1, size=32, seed=0)[0])  # 16x16 and 32x32 images
     write_image_folder(tmp / "broken", make_shapes(2, size=16, seed=0)[0])
+    (tmp / "empty_data").mkdir()
+    (tmp / "no_images").mkdir()
+    (tmp / "no_images" / "notes.txt").write_text("no pictures here")
+    gray_folder(tmp / "digits", make_shapes(2, size=28, seed=0)[0])  # 28x28 grayscale, as MNIST's digits
     (tmp / "broken" / "x.png").write_bytes(b"not an image")
     configs = {"unknown_key": {"training": {"lrr": 1e-3}}, "wrong_type": {"training": {"lr": "fast"}},
                "unknown_section": {"optimizer": {}}, "bad_list": {"network": {"ch_list": "3,32"}},
@@ -111,6 +115,14 @@ def files(tmp_path_factory):
         (tmp / f"{name}.json").write_text(json.dumps(values))
     (tmp / "not_json.json").write_text("{network: ")
     return tmp
+
+
+def gray_folder(folder, images):
+    """Save the first channel of uint8 images (N, 3, H, W) as grayscale PNG files (PIL mode L) in a new folder."""
+    folder.mkdir(parents=True)
+    for i, image in enumerate(images):
+        Image.fromarray(image[0].numpy(), "L").save(folder / f"{i:03d}.png")
+    return folder
 
 
 def bad_input(tmp):
@@ -164,6 +176,18 @@ def bad_input(tmp):
                                 "cannot read x.png as an image (UnidentifiedImageError"),
         "a class folder without images": (train + ("--data", tmp / "classes", "--train-steps", "1"),
                                           "class folder dog holds no images"),
+        "an empty data folder": (train + ("--data", tmp / "empty_data", "--train-steps", "1"), "no images (.png"),
+        "a data folder without images": (train + ("--data", tmp / "no_images", "--train-steps", "1"),
+                                         "no images (.png"),
+        "a folder's own size that the network cannot take": (
+            ("train", "--preset", "walkthrough", "--data", tmp / "digits", "--train-steps", "1", "--out", tmp / "x"),
+            f"--data {tmp / 'digits'}: its images are 28x28, and UNetConfig.image_size must be a multiple of 8"),
+        "rgb channels for grayscale images": (train + ("--data", tmp / "digits", "--ch-list", "3,32,64,64",
+                                                       "--train-steps", "1"),
+                                              "--ch-list: the network takes 3-channel images (its first entry), "),
+        "a memory budget of 0": (shapes + ("--memory-budget", "0"),
+                                 "--memory-budget: TrainConfig.memory_budget must be None or a number of GB > 0"),
+        "negative workers": (shapes + ("--workers", "-1"), "--workers: TrainConfig.workers must be >= 0"),
         "unknown preset": (("train", "--preset", "huge", "--data", "shapes", "--train-steps", "1", "--out", tmp / "x"),
                            "unknown preset 'huge'"),
         "no preset for a new run": (("train", "--data", "shapes", "--train-steps", "1", "--out", tmp / "x"),
@@ -180,14 +204,14 @@ def bad_input(tmp):
         "config with a string for a list": (shapes + ("--config", tmp / "bad_list.json"),
                                             'network.ch_list: expected a list, got "3,32"'),
         "config with an unknown schedule": (shapes + ("--config", tmp / "bad_schedule.json"),
-                                            "schedule.kind: expected one of ['cosine', 'custom', 'linear']"),
+                                            "schedule.kind: expected one of ['cosine', 'custom', 'flow', 'linear']"),
         "config with an invalid network": (shapes + ("--config", tmp / "bad_network.json"), "temb_dim must be even"),
         "config with an unknown objective key": (shapes + ("--config", tmp / "unknown_objective_key.json"),
                                                  "unknown_objective_key.json: objective.loss: unknown key; Objective "
                                                  "has prediction, weighting, snr_gamma"),
         "config with an unknown prediction": (shapes + ("--config", tmp / "bad_prediction.json"),
                                               "bad_prediction.json: objective.prediction must be one of ('eps', "
-                                              "'x0', 'v'), got 'z'"),
+                                              "'x0', 'v', 'flow'), got 'z'"),
         "config with a string for snr_gamma": (shapes + ("--config", tmp / "objective_wrong_type.json"),
                                                'objective.snr_gamma: expected a number, got "5"'),
         "config with an snr_gamma of 0": (shapes + ("--config", tmp / "bad_snr_gamma.json"),
@@ -478,7 +502,7 @@ def test_train_records_the_knobs_and_the_data(run):
     assert ckpt["train_config"]["seed"] == 3 and ckpt["train_config"]["ema_decay"] == 0.5
     assert ckpt["train_config"]["ema_warmup"] is False  # --no-ema-warmup: the paper's constant decay
     assert ckpt["data"] == {"name": "shapes", "n": 16, "size": 32, "split": "train", "seed": 3,
-                            "class_names": SHAPE_KINDS, "fallback": None}  # the DataInfo of load_dataset
+                            "class_names": SHAPE_KINDS, "fallback": None, "channels": 3}  # load_dataset's DataInfo
 
 
 RESUME_CONFLICTS = {"--preset": ("--preset", "walkthrough"), "--heads": ("--heads", "2"),
@@ -704,3 +728,98 @@ def test_a_folder_trains_at_its_own_size_without_image_size(tmp_path, capsys, on
         assert main([*common, "--out", str(tmp_path / out), *extra]) == 0, capsys.readouterr().err
         ckpt = torch.load(tmp_path / out / "checkpoint.pt", weights_only=True)
         assert ckpt["unet_config"]["image_size"] == ckpt["data"]["size"] == size
+
+
+# -- the data people bring: grayscale folders, other sizes, folders over the memory budget ---------------------
+# the tiny preset as diffusers can express it (one head, temb_dim = the first level's channels), at any multiple of 4
+EXPRESSIBLE = ("--preset", "tiny", "--heads", "1", "--temb-dim", "32", "--num-timesteps", "20", "--batch-size", "4",
+               "--device", "cpu", "--no-progress", "--sample-every", "0", "--seed", "1")
+
+
+def test_a_grayscale_folder_streams_over_the_budget_trains_and_samples(tmp_path, capsys, monkeypatch, one_thread):
+    """28x28 grayscale digits (PIL mode L): a 1-channel network at 28x28, recorded with the data's channels; over
+    --memory-budget the folder streams (one line says so), resumes streaming with other workers, and is the run in
+    memory, bit for bit; sample writes its grid; fid scores its samples against the folder."""
+    folder = gray_folder(tmp_path / "digits", make_shapes(10, size=28, seed=3)[0])
+    streamed, in_memory = tmp_path / "streamed", tmp_path / "memory"
+    common = ["train", "--data", str(folder), *EXPRESSIBLE]
+    assert main([*common, "--train-steps", "2", "--out", str(in_memory)]) == 0, capsys.readouterr().err
+    assert "streaming" not in capsys.readouterr().err
+    assert main([*common, "--train-steps", "1", "--out", str(streamed), "--memory-budget", "1e-6", "--workers",
+                 "1"]) == 0
+    assert ("streaming " + str(folder.resolve()) + ": 7.84e-06 GB decoded, over the memory budget of 1e-06 GB"
+            in capsys.readouterr().err)
+    ckpt = read_checkpoint(streamed)
+    assert ckpt["unet_config"]["ch_list"][0] == ckpt["data"]["channels"] == 1
+    assert ckpt["unet_config"]["image_size"] == ckpt["data"]["size"] == 28
+    assert ckpt["train_config"]["memory_budget"] == 1e-6 and ckpt["train_config"]["workers"] == 1
+    assert json.loads((streamed / "config.json").read_text())["data"]["channels"] == 1
+    assert main(["train", "--out", str(streamed), "--resume", "--train-steps", "2", "--device", "cpu",
+                 "--no-progress", "--workers", "0"]) == 0, capsys.readouterr().err
+    assert_same_run(streamed, in_memory)
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--ckpt", str(streamed), "--sample-steps", "2", "--n", "4", "--out", str(grid),
+                 "--device", "cpu"]) == 0
+    assert Image.open(grid).size == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+    from ddpm_lib import evaluation
+
+    monkeypatch.setenv("DDPM_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    assert main(["fid", "--ckpt", str(streamed), "--n", "2", "--sample-steps", "2", "--ref", str(folder),
+                 "--batch-size", "2", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "FID " in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("size", [16, 64])
+def test_folders_of_other_sizes_train_sample_and_score_at_their_size(tmp_path, capsys, monkeypatch, one_thread,
+                                                                     size):
+    from ddpm_lib import evaluation
+
+    folder = write_image_folder(tmp_path / "images", make_shapes(4, size=size, seed=0)[0])
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(folder), *EXPRESSIBLE, "--train-steps", "1", "--out", str(run)]) == 0
+    ckpt = read_checkpoint(run)
+    assert ckpt["unet_config"]["image_size"] == ckpt["data"]["size"] == size and ckpt["data"]["channels"] == 3
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--ckpt", str(run), "--sample-steps", "2", "--n", "1", "--out", str(grid),
+                 "--device", "cpu"]) == 0
+    assert Image.open(grid).size == (size, size)  # one image: no padding
+    monkeypatch.setenv("DDPM_LIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(evaluation, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    assert main(["fid", "--ckpt", str(run), "--n", "2", "--sample-steps", "2", "--ref", str(folder), "--batch-size",
+                 "2", "--device", "cpu"]) == 0, capsys.readouterr().err
+    assert "FID " in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("size, mode", [(28, "L"), (64, "RGB")])
+def test_export_of_a_grayscale_or_64_pixel_run_is_a_unet2dmodel_of_its_channels(tmp_path, capsys, one_thread, size,
+                                                                                  mode):
+    """`export` writes a UNet2DModel of the run's channels in and out (1 for grayscale) that computes the EMA
+    network's output."""
+    diffusers = pytest.importorskip("diffusers")
+    images = make_shapes(2, size=size, seed=0)[0]
+    folder = (gray_folder if mode == "L" else write_image_folder)(tmp_path / "images", images)
+    run, out = tmp_path / "run", tmp_path / "pipeline"
+    assert main(["train", "--data", str(folder), *EXPRESSIBLE, "--train-steps", "1", "--out", str(run)]) == 0
+    assert main(["export", "--ckpt", str(run), "--out", str(out)]) == 0, capsys.readouterr().err
+    channels = 1 if mode == "L" else 3
+    pipe = diffusers.DDPMPipeline.from_pretrained(out)
+    assert pipe.unet.config.in_channels == pipe.unet.config.out_channels == channels
+    assert pipe.unet.config.sample_size == size
+    ema = load_model(run, device="cpu")
+    x, t = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 19])
+    with torch.no_grad():
+        expected = ema.net(x, t)
+        assert (pipe.unet(x, t).sample - expected).abs().max() / expected.abs().max() < 1e-4
+
+
+def test_evaluating_a_streamed_folder_is_refused_before_training(tmp_path, capsys, monkeypatch, one_thread):
+    from ddpm_lib import metrics
+
+    monkeypatch.setattr(metrics, "inception_extractor", lambda *args, **kwargs: ChannelMeans())
+    folder = gray_folder(tmp_path / "digits", make_shapes(2, size=28, seed=0)[0])
+    rc = main(["train", "--data", str(folder), *EXPRESSIBLE, "--train-steps", "1", "--out", str(tmp_path / "run"),
+               "--memory-budget", "1e-9", "--eval-every", "1", "--eval-n", "2"])
+    assert_one_line_error((rc, *capsys.readouterr()), "--eval-every: " + str(folder.resolve()))
+    assert not (tmp_path / "run").exists()

@@ -1,5 +1,5 @@
-"""The Colab emulation: notebooks 05-08, each in a fresh runtime of its own, handing the data and notebook 05's
-checkpoint to one another through a Drive, as in Google Colab.
+"""The Colab emulation: notebooks 05-08, 10 and 11, each in a fresh runtime of its own, handing the data and
+notebook 05's checkpoint to one another through a Drive, as in Google Colab.
 
 What makes a runtime Colab-like here:
 - ddpm_lib comes from its wheel, built from this checkout, installed by the notebook's own first cell
@@ -23,7 +23,8 @@ What makes a runtime Colab-like here:
 
 Notebook 05 runs twice, the second time in a fresh runtime that resumes from the Drive (as after a
 disconnect: its first step is the step the first run left there). Then 06 and 07, which must report 05's
-checkpoint on the Drive (path, preset, step), and 08, which keeps the model it trains on the Drive. An
+checkpoint on the Drive (path, preset, step), and 08, which keeps the model it trains on the Drive; then 10, which
+trains its flow-matching model onto the Drive, and 11, which shows 10's animation from there. An
 audit hook in every Python process of a runtime logs each file opened; none may lie outside its own
 runtime folder, the Drive, the environment (the venv, .venv's packages, the wheel) and system or temporary
 folders: nothing else in the checkout, nothing of another runtime.
@@ -241,7 +242,7 @@ def test_the_runtime_environment_has_colabs_widgets_and_meets_the_wheels_require
         requires = [line.split(":", 1)[1].strip() for line in wheel.read(metadata).decode().splitlines()
                     if line.startswith("Requires-Dist:")]
     extras = set()
-    for path in sorted((REPO / "notebooks").glob("0*.ipynb")):
+    for path in sorted((REPO / "notebooks").glob("[0-9]*.ipynb")):
         extras.update(re.search(r"ddpm_lib\[([a-z,]+)\] @ git\+", path.read_text()).group(1).split(","))
     out = subprocess.check_output([emulation.env / "bin" / "python", "-c", CHECK_REQUIREMENTS, ",".join(sorted(extras)),
                                    *requires],
@@ -282,3 +283,18 @@ def test_notebook_08_guides_the_shipped_model_when_05s_are_unconditional(emulati
     assert not list((emulation.folder / "runs").glob("08_guidance/*/checkpoint.pt"))
     assert not emulation.strays(runtime, opened)
     print(f"wall time per notebook run (s): {emulation.seconds}")
+
+
+def test_notebook_11_shows_notebook_10s_flow_model_from_the_drive(emulation, notebook_05):
+    """Notebook 10 trains its flow-matching U-Net onto the Drive and writes its chain's GIF there; notebook 11, in a
+    fresh runtime, finds that GIF on the Drive and writes its own."""
+    _, text10, runtime10, opened10 = emulation.run("10_continuous_time_and_flow_matching.ipynb")
+    run_10 = emulation.folder / "runs" / "10_flow_matching"
+    assert read_checkpoint(run_10 / "checkpoint.pt")["objective"]["prediction"] == "flow"
+    assert (run_10 / "flow_chain.gif").stat().st_size > 0
+    assert not emulation.strays(runtime10, opened10)
+    _, text11, runtime11, opened11 = emulation.run("11_what_you_built.ipynb")
+    shown = re.search(r"notebook 10's flow-matching model \(16x16 shapes\), 20 Euler steps: (\S+)", text11)
+    assert shown, text11[-3000:]
+    assert _on_drive(shown.group(1), runtime11) == f"{DRIVE_FOLDER}/runs/10_flow_matching/flow_chain.gif"
+    assert not emulation.strays(runtime11, opened11)

@@ -221,8 +221,8 @@ def test_a_flow_network_exports_to_diffusers_flow_matching(tmp_path, monkeypatch
 
 
 def test_a_flow_model_trains_and_samples_through_the_cli(tmp_path):
-    """train --prediction flow --schedule flow records both; sample draws with Heun; export picks the flow
-    scheduler; the trained network's samples move toward the data (shapes) from the untrained one's."""
+    """train --prediction flow --schedule flow records both; the checkpoint's denoiser and `sample` draw with Heun;
+    `export` writes diffusers' flow-matching scheduler."""
     from ddpm_lib.checkpoint import load_model
     from ddpm_lib.cli import main
 
@@ -241,3 +241,7 @@ def test_a_flow_model_trains_and_samples_through_the_cli(tmp_path):
     assert main(["sample", "--ckpt", str(out), "--sampler", "heun", "--sample-steps", "5", "--n", "4",
                  "--out", str(tmp_path / "grid.png")]) == 0
     assert (tmp_path / "grid.png").stat().st_size > 0
+    pytest.importorskip("diffusers")
+    assert main(["export", "--ckpt", str(out), "--out", str(tmp_path / "pipe")]) == 0
+    config = json.loads((tmp_path / "pipe" / "scheduler" / "scheduler_config.json").read_text())
+    assert config["_class_name"] == "FlowMatchEulerDiscreteScheduler" and config["num_train_timesteps"] == 50

@@ -338,7 +338,7 @@ def test_evaluate_checkpoint_refuses_guidance_without_classes(checkpoint):
         evaluation.evaluate_checkpoint(checkpoint, n=4, guidance_scale=3.0, device="cpu",
                                        feature_extractor=ConvFeatures())
     with pytest.raises(ValueError, match="sampler must be one of"):
-        evaluation.evaluate_checkpoint(checkpoint, n=4, sampler="euler", device="cpu", feature_extractor=ConvFeatures())
+        evaluation.evaluate_checkpoint(checkpoint, n=4, sampler="sde", device="cpu", feature_extractor=ConvFeatures())
 
 
 # ---- nearest neighbours ------------------------------------------------------------------------
@@ -452,3 +452,21 @@ def test_evaluate_checkpoint_scores_is_with_a_classifier(checkpoint, folder, tin
                            seed=1)
     probs = metrics.extract_features(fake, ConvFeatures(), batch_size=8).double().softmax(1)
     assert (result["is_mean"], result["is_std"]) == pytest.approx(metrics.inception_score(probs), rel=1e-9)
+
+
+def test_grayscale_images_are_scored_as_their_channel_repeated():
+    """A (N, 1, H, W) image reaches the extractor as R = G = B, the same features as its channel repeated by hand."""
+    class Conv(nn.Module):  # uint8 RGB in, as the real extractors take them
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return self.conv(x.float() / 255).mean((2, 3))
+
+    extractor = Conv()
+    gray = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(metrics.extract_features(gray, extractor),
+                               metrics.extract_features(gray.repeat(1, 3, 1, 1), extractor), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\) or \(N, 1, H, W\), got torch.uint8 \(5, 2, 8, 8\)"):
+        metrics.extract_features(gray.repeat(1, 2, 1, 1), extractor)

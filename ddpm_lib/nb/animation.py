@@ -37,10 +37,11 @@ def chain_gif(trajectory: dict, path, nrow: int = 8, scale: int = 2, frame_ms: i
         raise ValueError(f"trajectory['x_t'] must be (S+1, B, C, H, W) with S >= 1, got {tuple(states.shape)}")
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive int, got {scale!r}")
-    frames = [Image.fromarray(tile(to_uint8(x), nrow).numpy()).resize(
-        (scale * (nrow * (states.shape[-1] + 1) - 1), scale * (-(-states.shape[1] // nrow) * (states.shape[-2] + 1)
-                                                             - 1)), Image.NEAREST).quantize(
-        256, dither=Image.Dither.NONE) for x in states]  # each frame its own 256-colour palette, not dithered
+    frames = []
+    for x in states:
+        picture = Image.fromarray(tile(to_uint8(x), nrow).numpy())
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST)
+        frames.append(picture.quantize(256, dither=Image.Dither.NONE))  # its own 256-colour palette, not dithered
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     frames[0].save(path, save_all=True, append_images=frames[1:], loop=0,
