@@ -78,10 +78,10 @@ def verify(entries=PAPER + BEYOND) -> None:
 
 
 def summary(obj) -> str:
-    """The first sentence of an object's docstring: its first paragraph up to a full stop before a capital letter
-    (so "Eq. 4" and "et al. 2023" do not end it)."""
+    """The first sentence of an object's docstring: its first paragraph up to a full stop before a capital letter or
+    a name in backticks (so "Eq. 4" and "et al. 2023" do not end it)."""
     paragraph = " ".join((inspect.getdoc(obj) or "").split("\n\n")[0].split())
-    return re.split(r"(?<=\.)\s+(?=[A-Z])", paragraph)[0]
+    return re.split(r"(?<=\.)\s+(?=[A-Z`])", paragraph)[0]
 
 
 def table(entries=PAPER) -> str:
