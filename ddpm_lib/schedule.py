@@ -81,7 +81,7 @@ def flow_betas(num_timesteps: int = PAPER_SCHEDULE.num_timesteps, max_beta: floa
         raise ValueError(f"max_beta must lie in (0, 1), got {max_beta!r}")
     s = torch.arange(num_timesteps + 1, dtype=torch.float64) / num_timesteps       # s_0 = 0: clean data
     alpha_bar = (1 - s) ** 2 / ((1 - s) ** 2 + s ** 2)
-    betas = 1 - alpha_bar[1:] / alpha_bar[:-1].clamp(min=1e-300)                     # beta_t = 1 - abar_t / abar_t-1
+    betas = 1 - alpha_bar[1:] / alpha_bar[:-1]            # beta_t = 1 - abar_t / abar_t-1; abar > 0 below s = 1
     return betas.clamp(max=max_beta)
 
 
